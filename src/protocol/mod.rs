@@ -1,0 +1,1 @@
+//! TODO: protocol (being written).

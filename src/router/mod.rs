@@ -1,0 +1,1 @@
+//! TODO: router (being written).

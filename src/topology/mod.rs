@@ -1,0 +1,1 @@
+//! TODO: topology (being written).

@@ -1,0 +1,89 @@
+//! SQLSTATE codes the proxy itself emits or reacts to, as named constants.
+//!
+//! Every error a client sees carries one of these. Codes come from PostgreSQL's
+//! `errcodes.txt`; only the ones causeway uses are listed.
+
+/// A five-character SQLSTATE code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SqlState(&'static str);
+
+impl SqlState {
+    /// `08000` connection_exception.
+    pub const CONNECTION_EXCEPTION: SqlState = SqlState("08000");
+    /// `08001` sqlclient_unable_to_establish_sqlconnection: a server could not be reached.
+    pub const UNABLE_TO_ESTABLISH_CONNECTION: SqlState = SqlState("08001");
+    /// `08006` connection_failure: the server connection broke.
+    pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
+    /// `08P01` protocol_violation.
+    pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
+    /// `0A000` feature_not_supported.
+    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+    /// `22023` invalid_parameter_value.
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    /// `25006` read_only_sql_transaction.
+    pub const READ_ONLY_SQL_TRANSACTION: SqlState = SqlState("25006");
+    /// `28000` invalid_authorization_specification.
+    pub const INVALID_AUTHORIZATION_SPECIFICATION: SqlState = SqlState("28000");
+    /// `28P01` invalid_password.
+    pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
+    /// `3D000` invalid_catalog_name (unknown database).
+    pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
+    /// `40001` serialization_failure.
+    pub const SERIALIZATION_FAILURE: SqlState = SqlState("40001");
+    /// `42601` syntax_error.
+    pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+    /// `42704` undefined_object.
+    pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
+    /// `53300` too_many_connections.
+    pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    /// `54000` program_limit_exceeded.
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
+    /// `57014` query_canceled.
+    pub const QUERY_CANCELED: SqlState = SqlState("57014");
+    /// `57P01` admin_shutdown.
+    pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
+    /// `57P03` cannot_connect_now.
+    pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
+    /// `57P05` idle_session_timeout.
+    pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
+    /// `58000` system_error.
+    pub const SYSTEM_ERROR: SqlState = SqlState("58000");
+    /// `XX000` internal_error.
+    pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
+
+    /// The five-character code.
+    pub fn code(&self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for SqlState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Severity of an ErrorResponse or NoticeResponse the proxy writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The statement failed; the session goes on.
+    Error,
+    /// The session ends after this message.
+    Fatal,
+    /// Informational (NoticeResponse).
+    Notice,
+    /// A warning (NoticeResponse).
+    Warning,
+}
+
+impl Severity {
+    /// The text PostgreSQL uses in the `S`/`V` fields.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+            Severity::Notice => "NOTICE",
+            Severity::Warning => "WARNING",
+        }
+    }
+}

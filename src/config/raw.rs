@@ -95,11 +95,11 @@ impl<'de> Visitor<'de> for RawVisitor {
     }
 
     fn visit_str<E>(self, v: &str) -> Result<Raw, E> {
-        Ok(Raw::String(v.to_owned()))
+        Ok(string_or_datetime(v.to_owned()))
     }
 
     fn visit_string<E>(self, v: String) -> Result<Raw, E> {
-        Ok(Raw::String(v))
+        Ok(string_or_datetime(v))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw, A::Error> {
@@ -123,6 +123,15 @@ impl<'de> Visitor<'de> for RawVisitor {
             });
         }
         Ok(Raw::Table(entries))
+    }
+}
+
+/// A string, unless it is the mask [`parse`] put in place of a date-time.
+fn string_or_datetime(s: String) -> Raw {
+    if s == "\0" {
+        Raw::Datetime
+    } else {
+        Raw::String(s)
     }
 }
 
@@ -159,28 +168,55 @@ fn from_table(table: toml::Table) -> Vec<Entry> {
 /// range) and what.
 ///
 /// Positions come from `toml::Spanned` keys and array elements. toml cannot hand a date-time
-/// to a span-aware visitor, so a document containing one (never valid for causeway) is parsed
-/// a second time without positions; its problems then have no line numbers.
+/// to a span-aware visitor, so each date-time (never valid for causeway, but `00:00:10` is an
+/// easy mistake for a duration) is masked with [`DATETIME_MASK`], padded to the same length so
+/// every position stays put, and the text parsed again. If that ever fails, the document is
+/// parsed without positions and its problems have no line numbers.
 pub(crate) fn parse(text: &str) -> Result<Vec<Entry>, (Option<Range<usize>>, String)> {
-    match toml::from_str::<Raw>(text) {
-        Ok(Raw::Table(entries)) => Ok(entries),
-        Ok(_) => Err((None, "the document is not a table".to_owned())),
-        Err(_) => match text.parse::<toml::Table>() {
-            Ok(table) => Ok(from_table(table)),
-            Err(e) => {
-                // toml's messages can span lines ("invalid table header\nexpected ..."); keep
-                // one problem on one line. They describe syntax, never echo values.
-                let message = e
-                    .message()
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .collect::<Vec<_>>()
-                    .join(": ");
-                Err((e.span(), format!("syntax error: {message}")))
-            }
-        },
+    if let Err(e) = text.parse::<toml::Table>() {
+        // toml's messages can span lines ("invalid table header\nexpected ..."); keep one
+        // problem on one line. They describe syntax, never echo values.
+        let message = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(": ");
+        return Err((e.span(), format!("syntax error: {message}")));
     }
+    let mut masked = text.to_owned();
+    loop {
+        let span = match toml::from_str::<Raw>(&masked) {
+            Ok(Raw::Table(entries)) => return Ok(entries),
+            Ok(_) => return Err((None, "the document is not a table".to_owned())),
+            Err(e) => e.span(),
+        };
+        // The document is valid TOML, so the failure is a date-time at `span`.
+        match span.filter(|s| is_datetime(&masked[s.clone()])) {
+            Some(span) => {
+                let padding = " ".repeat(span.len() - DATETIME_MASK.len());
+                masked.replace_range(span, &format!("{DATETIME_MASK}{padding}"));
+            }
+            None => {
+                let table = text.parse::<toml::Table>().unwrap_or_default();
+                return Ok(from_table(table));
+            }
+        }
+    }
+}
+
+/// Stands in for a date-time: a TOML string holding a lone NUL, 8 bytes long like the
+/// shortest date-time (`07:32:00`).
+const DATETIME_MASK: &str = r#""\u0000""#;
+
+/// Whether `text` is a TOML date-time at least as long as [`DATETIME_MASK`].
+fn is_datetime(text: &str) -> bool {
+    text.len() >= DATETIME_MASK.len()
+        && text.bytes().next().is_some_and(|b| b.is_ascii_digit())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b"-:.+ TtZz".contains(&b))
 }
 
 /// Applies the `CAUSEWAY_*` overrides in [`super::ENV_OVERRIDES`] to the document. An unset or

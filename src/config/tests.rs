@@ -557,6 +557,31 @@ causal_wait = 1979-05-27
     assert!(problem_for(&problems, "routing.causal_wait")
         .message
         .contains("found a date-time"));
+    // Lines survive date-times.
+    assert_eq!(weight.line, Some(5));
+    assert_eq!(problem_for(&problems, "routing.causal_wait").line, Some(14));
+}
+
+#[test]
+fn date_times_anywhere_keep_every_line() {
+    let text = "[monitor]\nuser = \"m\"\nbogus = 1\n[[nodes]]\naddress = \"a:1\"\n[proxy]\n\
+                startup_timeout = 00:00:10\nshutdown_timeout = 1979-05-27 07:32:00Z\n\
+                admin_users = [2024-01-01, \"x\"]\n[routing]\nmax_lag = \"\\u0000\"\n";
+    let problems = problems(text);
+    let lines: Vec<(Option<usize>, &str)> =
+        problems.iter().map(|p| (p.line, p.key.as_str())).collect();
+    assert_eq!(
+        lines,
+        [
+            (Some(3), "monitor.bogus"),
+            (Some(7), "proxy.startup_timeout"),
+            (Some(8), "proxy.shutdown_timeout"),
+            (Some(9), "proxy.admin_users[0]"),
+            (Some(9), "proxy.admin_users"),
+            (Some(11), "routing.max_lag"),
+        ],
+        "{problems:#?}"
+    );
 }
 
 #[test]
@@ -805,7 +830,7 @@ admin_users = ["verifier-only", "ghost"]
         ("users[6].server_password", "must be the plain password"),
         ("users[7].name", "missing: every user needs a name"),
         ("users[8].max_connections", "must be at least 1, not 0"),
-        ("proxy.admin_users[1]", "'ghost' is not a [[users]] entry"),
+        ("proxy.admin_users", "'ghost' is not a [[users]] entry"),
     ];
     for (key, text) in expect {
         let p = problem_for(&problems, key);
@@ -884,7 +909,7 @@ fn routing_lists_and_databases() {
         [
             "routing.write_functions[2]",
             "routing.write_functions[3]",
-            "routing.read_functions[0]",
+            "routing.read_functions",
             "databases[1].name",
             "databases[1].consistency",
         ],

@@ -783,13 +783,12 @@ impl<'l> Walker<'l> {
             }
         }
 
-        for (i, function) in config.routing.read_functions.iter().enumerate() {
+        for function in &config.routing.read_functions {
             if config.routing.write_functions.contains(function) {
-                let path = format!("routing.read_functions[{i}]");
                 let at = self.at_of("routing.read_functions");
                 self.problem(
                     &at,
-                    &path,
+                    "routing.read_functions",
                     format!("'{function}' is also in routing.write_functions; pick one"),
                 );
             }
@@ -830,11 +829,12 @@ impl<'l> Walker<'l> {
     }
 
     fn check_admins(&mut self, config: &Config) {
-        for (i, admin) in config.proxy.admin_users.iter().enumerate() {
+        // Named by value, not index: invalid elements were dropped from the list.
+        for admin in &config.proxy.admin_users {
             if config.user(admin).is_none() {
-                let path = format!("proxy.admin_users[{i}]");
                 let at = self.at_of("proxy.admin_users");
-                self.problem(&at, &path, format!("'{admin}' is not a [[users]] entry"));
+                let message = format!("'{admin}' is not a [[users]] entry");
+                self.problem(&at, "proxy.admin_users", message);
             }
         }
     }

@@ -1,1 +1,291 @@
-//! TODO: App handle.
+//! The `App` handle: everything a task needs (settings, topology, pools, cancel registry,
+//! shutdown), cheap to clone and passed down explicitly. There are no global statics, so several
+//! proxies can run in one process (the integration tests do).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{self, StoredSecret};
+use crate::backend::connection::ConnectTarget;
+use crate::backend::pool::PoolSettings;
+use crate::backend::Pools;
+use crate::config::{AuthMethod, Config, UserConfig};
+use crate::session::cancel::CancelRegistry;
+use crate::topology::{watcher, Topology, TopologyHandle};
+
+/// Errors while building or starting the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A user's password in the configuration is not usable.
+    #[error("user {user:?}: {source}")]
+    Secret {
+        /// The user.
+        user: String,
+        /// Why.
+        source: auth::AuthError,
+    },
+    /// The listening socket could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A configured user, with its secret parsed once at load time.
+#[derive(Debug)]
+pub struct UserEntry {
+    /// The user's configuration.
+    pub config: UserConfig,
+    /// The client-facing secret; `None` for trust.
+    pub secret: Option<StoredSecret>,
+    /// How the client must authenticate.
+    pub method: auth::Method,
+}
+
+/// Configuration plus what is derived from it; replaced as a whole on reload.
+#[derive(Debug)]
+pub struct Settings {
+    /// The validated configuration.
+    pub config: Config,
+    /// Users by name.
+    pub users: HashMap<String, UserEntry>,
+}
+
+impl Settings {
+    /// Derives the settings from a configuration (parses and prepares every user's secret).
+    pub fn new(config: Config) -> Result<Settings, AppError> {
+        let mut users = HashMap::new();
+        for u in &config.users {
+            let method = match u.auth {
+                AuthMethod::ScramSha256 => auth::Method::ScramSha256,
+                AuthMethod::Md5 => auth::Method::Md5,
+                AuthMethod::Trust => auth::Method::Trust,
+            };
+            let secret = match (&u.password, method) {
+                (_, auth::Method::Trust) => None,
+                (Some(p), _) => {
+                    let s = StoredSecret::parse(p.expose()).map_err(|source| AppError::Secret {
+                        user: u.name.clone(),
+                        source,
+                    })?;
+                    // Build the SCRAM verifier now, not on the first login.
+                    s.prepare();
+                    Some(s)
+                }
+                (None, _) => None,
+            };
+            users.insert(
+                u.name.clone(),
+                UserEntry {
+                    config: u.clone(),
+                    secret,
+                    method,
+                },
+            );
+        }
+        Ok(Settings { config, users })
+    }
+}
+
+/// Shared state behind [`App`].
+struct Inner {
+    settings: ArcSwap<Settings>,
+    topology: Arc<TopologyHandle>,
+    pools: Pools,
+    cancels: CancelRegistry,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    /// Random bytes that make mock SCRAM exchanges for unknown users look real.
+    mock_secret: [u8; 32],
+    /// Next process id handed to a client in BackendKeyData.
+    next_pid: AtomicI32,
+}
+
+/// Cheap-to-clone handle to the running proxy.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+impl App {
+    /// Builds the proxy from a configuration without starting anything.
+    pub fn new(config: Config) -> Result<App, AppError> {
+        let settings = Settings::new(config)?;
+        let cfg = &settings.config;
+        let addrs: Vec<String> = cfg.nodes.iter().map(|n| n.address()).collect();
+        let pool_settings = PoolSettings {
+            pool_size: cfg.pool.pool_size,
+            pool_timeout: cfg.pool.pool_timeout,
+            connect_timeout: cfg.pool.server_connect_timeout,
+            idle_timeout: cfg.pool.server_idle_timeout,
+            lifetime: cfg.pool.server_lifetime,
+            reset_query: cfg.pool.server_reset_query.clone(),
+            internal_timeout: cfg.pool.server_connect_timeout,
+        };
+        let pools = Pools::new(
+            pool_settings,
+            cfg.nodes.len(),
+            cfg.pool.max_server_connections,
+        );
+        let mut mock_secret = [0u8; 32];
+        rand::fill(&mut mock_secret);
+        Ok(App {
+            inner: Arc::new(Inner {
+                topology: Arc::new(TopologyHandle::new(Topology::initial(&addrs))),
+                settings: ArcSwap::from_pointee(settings),
+                pools,
+                cancels: CancelRegistry::default(),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                mock_secret,
+                next_pid: AtomicI32::new(rand::random::<i32>().rem_euclid(1 << 20) + 1),
+            }),
+        })
+    }
+
+    /// Starts the topology watcher and the listener; returns the address actually bound (the
+    /// configuration may ask for port 0).
+    pub async fn start(&self) -> Result<SocketAddr, AppError> {
+        let settings = self.settings();
+        let cfg = &settings.config;
+        let listener = TcpListener::bind(cfg.proxy.listen)
+            .await
+            .map_err(|source| AppError::Listen {
+                addr: cfg.proxy.listen,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| AppError::Listen {
+            addr: cfg.proxy.listen,
+            source,
+        })?;
+        watcher::spawn(
+            watcher::WatcherSettings {
+                nodes: cfg.nodes.iter().map(|n| (n.host.clone(), n.port)).collect(),
+                user: cfg.monitor.user.clone(),
+                password: cfg.monitor.password.as_ref().map(|p| p.expose().to_owned()),
+                database: cfg.monitor.database.clone(),
+                check_interval: cfg.routing.check_interval,
+                connect_timeout: cfg.monitor.connect_timeout,
+                query_timeout: cfg.monitor.query_timeout,
+                health_threshold: cfg.routing.health_threshold,
+            },
+            self.inner.topology.clone(),
+            &self.inner.tasks,
+            self.inner.shutdown.clone(),
+        );
+        let app = self.clone();
+        self.inner
+            .tasks
+            .spawn(crate::net::listener::run(app, listener));
+        tracing::info!(%local, "causeway listening");
+        Ok(local)
+    }
+
+    /// Asks every task to stop and waits up to `grace` for sessions to finish.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        if tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period over; closing remaining connections");
+        }
+    }
+
+    // === accessors ===
+
+    /// The current settings.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.inner.settings.load_full()
+    }
+
+    /// The topology handle.
+    pub fn topology(&self) -> &Arc<TopologyHandle> {
+        &self.inner.topology
+    }
+
+    /// The pools.
+    pub fn pools(&self) -> &Pools {
+        &self.inner.pools
+    }
+
+    /// The cancel registry.
+    pub fn cancels(&self) -> &CancelRegistry {
+        &self.inner.cancels
+    }
+
+    /// Fires when the proxy shuts down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Tracks every task the proxy spawns, for shutdown.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+
+    /// Secret for mock authentication of unknown users.
+    pub fn mock_secret(&self) -> &[u8; 32] {
+        &self.inner.mock_secret
+    }
+
+    /// A fresh process id for a client's BackendKeyData.
+    pub fn next_client_pid(&self) -> i32 {
+        // Wraps around after 2^31 sessions; keep it positive like a real pid.
+        self.inner.next_pid.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff
+    }
+
+    /// Where a pool for `user` on `database` at node `node` connects.
+    pub fn connect_target(&self, node: usize, database: &str, user: &str) -> ConnectTarget {
+        let settings = self.settings();
+        let n = &settings.config.nodes[node];
+        let password = settings
+            .users
+            .get(user)
+            .and_then(|u| u.config.server_password.as_ref())
+            .map(|p| p.expose().to_owned());
+        ConnectTarget {
+            node,
+            host: n.host.clone(),
+            port: n.port,
+            user: user.to_owned(),
+            database: database.to_owned(),
+            password,
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C); returns true for SIGINT, which asks for a fast stop.
+pub async fn wait_for_stop_signal() -> bool {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return true;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: stopping after running transactions finish");
+            false
+        }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT: stopping now");
+            true
+        }
+    }
+}

@@ -28,6 +28,7 @@
 //! - [`topology`]: watches every node's role and publishes an immutable snapshot.
 //! - [`cluster`]: a throwaway local primary + standbys built from the machine's PostgreSQL
 //!   binaries; powers `causeway demo` and the integration tests.
+//! - [`demo`]: `causeway demo`, the cluster harness plus the proxy.
 //! - [`app`]: the `App` handle that owns config, topology, pools and shutdown, passed down to
 //!   every task (there are no global statics).
 #![forbid(unsafe_code)]
@@ -39,6 +40,7 @@ pub mod auth;
 pub mod backend;
 pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod net;
 pub mod protocol;
 pub mod router;

@@ -1,1 +1,3 @@
-//! TODO: net (being written).
+//! Networking: the accept loop and connection limits.
+
+pub mod listener;

@@ -195,7 +195,12 @@ pub fn auth_request(body: &[u8]) -> Result<AuthRequest<'_>, ProtocolError> {
             [a, b, c, d] => AuthRequest::Md5 {
                 salt: [*a, *b, *c, *d],
             },
-            _ => return Err(ProtocolError::malformed("AuthenticationMD5Password", "bad salt")),
+            _ => {
+                return Err(ProtocolError::malformed(
+                    "AuthenticationMD5Password",
+                    "bad salt",
+                ))
+            }
         },
         10 => AuthRequest::Sasl { mechanisms: rest },
         11 => AuthRequest::SaslContinue(rest),
@@ -298,7 +303,13 @@ mod tests {
 
     fn reply() -> Vec<u8> {
         let mut b = BytesMut::new();
-        put_frame(&mut b, b'T', &[0, 1, b'a', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        put_frame(
+            &mut b,
+            b'T',
+            &[
+                0, 1, b'a', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+        );
         for i in 0..5u8 {
             put_frame(&mut b, b'D', &[0, 1, 0, 0, 0, 1, b'0' + i]);
         }
@@ -318,7 +329,10 @@ mod tests {
         let mut inspected = Vec::new();
         let mut chunk_iter = chunks.iter().cycle();
         loop {
-            match scanner.step(&buf, 1 << 20, |t| matches!(t, b'Z' | b'S')).unwrap() {
+            match scanner
+                .step(&buf, 1 << 20, |t| matches!(t, b'Z' | b'S'))
+                .unwrap()
+            {
                 Step::Passthrough(n) => passed.extend_from_slice(&buf.split_to(n)),
                 Step::Inspect(h) => inspected.push(buf.split_to(h.frame_len).to_vec()),
                 Step::NeedMore => {
@@ -351,7 +365,11 @@ mod tests {
         }
         for cut in 0..input.len() {
             let (p, i) = run(&input, &[cut.max(1), input.len()]);
-            assert_eq!((p, i), (all_passed.clone(), all_inspected.clone()), "cut {cut}");
+            assert_eq!(
+                (p, i),
+                (all_passed.clone(), all_inspected.clone()),
+                "cut {cut}"
+            );
         }
     }
 
@@ -361,7 +379,10 @@ mod tests {
         put_frame(&mut b, b'D', &vec![7u8; 100_000]);
         let mut scanner = ReplyScanner::default();
         let first = &b[..1000];
-        assert_eq!(scanner.step(first, 100, |t| t == b'Z').unwrap(), Step::Passthrough(1000));
+        assert_eq!(
+            scanner.step(first, 100, |t| t == b'Z').unwrap(),
+            Step::Passthrough(1000)
+        );
         assert!(!scanner.at_boundary());
         let rest = &b[1000..];
         assert_eq!(

@@ -129,7 +129,9 @@ pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Pro
         buf.reserve(header.frame_len - buf.len());
         return Ok(None);
     }
-    Ok(Some(Frame::from_raw(buf.split_to(header.frame_len).freeze())))
+    Ok(Some(Frame::from_raw(
+        buf.split_to(header.frame_len).freeze(),
+    )))
 }
 
 /// Appends a frame with the given tag and body to `dst`.
@@ -225,7 +227,10 @@ mod tests {
         let mut buf = BytesMut::from(&[b'Q', 0x7f, 0xff, 0xff, 0xff][..]);
         let err = decode_frame(&mut buf, 1 << 20).unwrap_err();
         assert!(matches!(err, ProtocolError::TooLarge { tag: 'Q', .. }));
-        assert!(buf.capacity() < 1 << 20, "must not reserve the announced size");
+        assert!(
+            buf.capacity() < 1 << 20,
+            "must not reserve the announced size"
+        );
     }
 
     #[test]

@@ -63,7 +63,10 @@ pub fn is_known_tag(t: u8) -> bool {
 pub fn query_text(body: &[u8]) -> Result<&[u8], ProtocolError> {
     let (text, rest) = split_cstr(body, "Query")?;
     if !rest.is_empty() {
-        return Err(ProtocolError::malformed("Query", "bytes after the query string"));
+        return Err(ProtocolError::malformed(
+            "Query",
+            "bytes after the query string",
+        ));
     }
     Ok(text)
 }
@@ -133,7 +136,10 @@ pub fn describe_or_close(body: &[u8]) -> Result<Target<'_>, ProtocolError> {
     match kind {
         b'S' => Ok(Target::Statement(name)),
         b'P' => Ok(Target::Portal(name)),
-        _ => Err(ProtocolError::malformed(WHAT, "kind is neither 'S' nor 'P'")),
+        _ => Err(ProtocolError::malformed(
+            WHAT,
+            "kind is neither 'S' nor 'P'",
+        )),
     }
 }
 
@@ -173,7 +179,10 @@ mod tests {
         let b = bind(b"p\0s1\0\0\0\0\0\0\0").unwrap();
         assert_eq!((b.portal, b.statement), (&b"p"[..], &b"s1"[..]));
 
-        assert_eq!(describe_or_close(b"Sabc\0").unwrap(), Target::Statement(b"abc"));
+        assert_eq!(
+            describe_or_close(b"Sabc\0").unwrap(),
+            Target::Statement(b"abc")
+        );
         assert_eq!(describe_or_close(b"P\0").unwrap(), Target::Portal(b""));
         assert!(describe_or_close(b"X\0").is_err());
         assert!(describe_or_close(b"").is_err());
@@ -194,7 +203,13 @@ mod tests {
         for s in samples {
             for cut in 0..s.len() {
                 let b = &s[..cut];
-                let _ = (query_text(b), parse(b), bind(b), describe_or_close(b), execute(b));
+                let _ = (
+                    query_text(b),
+                    parse(b),
+                    bind(b),
+                    describe_or_close(b),
+                    execute(b),
+                );
             }
         }
     }

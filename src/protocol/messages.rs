@@ -4,10 +4,10 @@
 //! Backend-side messages are built with pgwire's message types, which keep the field layouts in
 //! one well-tested place; the few frontend messages are one-liners on [`put_frame`].
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
-use pgwire::messages::response::{
-    ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
-};
+use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{
     BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
 };
@@ -32,8 +32,8 @@ fn encode(msg: &impl Message, dst: &mut BytesMut) {
 pub struct ProxyError {
     /// ERROR, FATAL, NOTICE or WARNING.
     pub severity: Severity,
-    /// SQLSTATE.
-    pub code: SqlState,
+    /// SQLSTATE (a server's own code when passing a server error on).
+    pub code: Cow<'static, str>,
     /// Primary message.
     pub message: String,
     /// Optional detail line.
@@ -47,7 +47,7 @@ impl ProxyError {
     pub fn error(code: SqlState, message: impl Into<String>) -> Self {
         ProxyError {
             severity: Severity::Error,
-            code,
+            code: Cow::Borrowed(code.code()),
             message: message.into(),
             detail: None,
             hint: None,
@@ -59,6 +59,17 @@ impl ProxyError {
         ProxyError {
             severity: Severity::Fatal,
             ..Self::error(code, message)
+        }
+    }
+
+    /// A server's error passed on with its own code and message, at the given severity.
+    pub fn from_server(fields: &super::backend::ErrorFields, severity: Severity) -> Self {
+        ProxyError {
+            severity,
+            code: Cow::Owned(fields.code.clone()),
+            message: fields.message.clone(),
+            detail: None,
+            hint: None,
         }
     }
 
@@ -79,7 +90,7 @@ impl ProxyError {
         let mut fields = vec![
             (b'S', sev.clone()),
             (b'V', sev),
-            (b'C', self.code.code().to_owned()),
+            (b'C', self.code.clone().into_owned()),
             (b'M', self.message.clone()),
         ];
         if let Some(d) = &self.detail {
@@ -116,12 +127,18 @@ pub fn authentication_ok(dst: &mut BytesMut) {
 
 /// Appends a ParameterStatus.
 pub fn parameter_status(dst: &mut BytesMut, name: &str, value: &str) {
-    encode(&ParameterStatus::new(name.to_owned(), value.to_owned()), dst);
+    encode(
+        &ParameterStatus::new(name.to_owned(), value.to_owned()),
+        dst,
+    );
 }
 
 /// Appends a BackendKeyData with a protocol 3.0 (4-byte) secret.
 pub fn backend_key_data(dst: &mut BytesMut, key: CancelKey) {
-    encode(&BackendKeyData::new(key.pid, SecretKey::I32(key.secret)), dst);
+    encode(
+        &BackendKeyData::new(key.pid, SecretKey::I32(key.secret)),
+        dst,
+    );
 }
 
 /// Appends a ReadyForQuery.

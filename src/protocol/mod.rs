@@ -115,7 +115,10 @@ pub(crate) fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
 }
 
 /// Reads a big-endian i16 at the start of `buf`.
-pub(crate) fn read_i16<'a>(buf: &'a [u8], what: &'static str) -> Result<(i16, &'a [u8]), ProtocolError> {
+pub(crate) fn read_i16<'a>(
+    buf: &'a [u8],
+    what: &'static str,
+) -> Result<(i16, &'a [u8]), ProtocolError> {
     if buf.len() < 2 {
         return Err(ProtocolError::malformed(what, "truncated"));
     }
@@ -123,9 +126,15 @@ pub(crate) fn read_i16<'a>(buf: &'a [u8], what: &'static str) -> Result<(i16, &'
 }
 
 /// Reads a big-endian i32 at the start of `buf`.
-pub(crate) fn read_i32<'a>(buf: &'a [u8], what: &'static str) -> Result<(i32, &'a [u8]), ProtocolError> {
+pub(crate) fn read_i32<'a>(
+    buf: &'a [u8],
+    what: &'static str,
+) -> Result<(i32, &'a [u8]), ProtocolError> {
     if buf.len() < 4 {
         return Err(ProtocolError::malformed(what, "truncated"));
     }
-    Ok((i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]), &buf[4..]))
+    Ok((
+        i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]),
+        &buf[4..],
+    ))
 }

@@ -176,7 +176,8 @@ fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, ProtocolError>
             [] => return Err(ProtocolError::malformed(WHAT, "missing terminator")),
             _ => {}
         }
-        let name_end = memchr(0, rest).ok_or(ProtocolError::malformed(WHAT, "unterminated name"))?;
+        let name_end =
+            memchr(0, rest).ok_or(ProtocolError::malformed(WHAT, "unterminated name"))?;
         let name = &rest[..name_end];
         rest = &rest[name_end + 1..];
         let value_end =
@@ -222,7 +223,10 @@ mod tests {
         let expected = StartupPacket::Startup(StartupMessage {
             major: 3,
             minor: 0,
-            params: vec![("user".into(), "app".into()), ("database".into(), "db1".into())],
+            params: vec![
+                ("user".into(), "app".into()),
+                ("database".into(), "db1".into()),
+            ],
         });
         assert_eq!(decode_whole(&encoded).unwrap(), Some(expected.clone()));
         for cut in 0..encoded.len() {

@@ -1,1 +1,316 @@
-//! TODO: session (being written).
+//! One task per client: startup and authentication, then the request/reply relay, then a clean
+//! hand-back of the server connection.
+//!
+//! ```text
+//! run ─▶ startup::handshake ─▶ Session::begin (server, parameters, welcome)
+//!     ─▶ Session::relay (relay.rs: client batches ─▶ server, replies ─▶ client)
+//!     ─▶ Session::finish (roll back / reset / close the server connection)
+//! ```
+
+pub mod cancel;
+pub mod client;
+mod relay;
+pub mod startup;
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+use crate::app::App;
+use crate::backend::{BackendError, Lease};
+use crate::protocol::backend::TxStatus;
+use crate::protocol::messages::{self, ProxyError};
+use crate::protocol::sqlstate::Severity;
+use crate::protocol::startup::CancelKey;
+use crate::protocol::{Frame, ProtocolError, SqlState};
+use crate::router::Target;
+use cancel::Registration;
+use client::ClientConn;
+use startup::{Accepted, Outcome};
+
+/// Errors that end a session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The client broke the protocol: FATAL 08P01 (or 0A000 for a version).
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The client's socket failed; nothing can be sent.
+    #[error("client connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// Send this error to the client, then close.
+    #[error("{}", .0.message)]
+    Fatal(ProxyError),
+    /// The server side failed in a way that ends the session.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The client went away.
+    #[error("client closed the connection")]
+    Closed,
+}
+
+impl SessionError {
+    /// What the client is told before the connection closes, if it can still be told anything.
+    fn to_client(&self) -> Option<ProxyError> {
+        match self {
+            SessionError::Protocol(e) => Some(ProxyError::fatal(e.sqlstate(), e.to_string())),
+            SessionError::Fatal(e) => Some(e.clone()),
+            SessionError::Backend(e) => Some(match e.server_fields() {
+                Some(fields) => ProxyError::from_server(fields, Severity::Fatal),
+                None => ProxyError::fatal(e.sqlstate(), e.to_string()),
+            }),
+            SessionError::Io(_) | SessionError::Closed => None,
+        }
+    }
+}
+
+/// Serves one client connection from accept to close.
+pub async fn run(app: App, stream: TcpStream, peer: SocketAddr) {
+    let mut client = ClientConn::new(stream, peer);
+    let limit = app.settings().config.proxy.startup_timeout;
+    let outcome = match tokio::time::timeout(limit, startup::handshake(&app, &mut client)).await {
+        Ok(r) => r,
+        Err(_) => Err(SessionError::Fatal(ProxyError::fatal(
+            SqlState::CONNECTION_FAILURE,
+            format!("startup and authentication did not complete within {limit:?}"),
+        ))),
+    };
+    let accepted = match outcome {
+        Ok(Outcome::Session(a)) => a,
+        Ok(Outcome::Done) => return,
+        Err(e) => return report_and_close(&mut client, e).await,
+    };
+    let mut session = Session::new(app, client, accepted);
+    let result = match session.begin().await {
+        Ok(()) => session.relay().await,
+        Err(e) => Err(e),
+    };
+    session.finish(result).await;
+}
+
+/// Sends the error (if the client can still hear it) and closes.
+async fn report_and_close(client: &mut ClientConn, e: SessionError) {
+    if let Some(err) = e.to_client() {
+        tracing::debug!(peer = %client.peer(), error = %err.message, "closing client connection");
+        client.push_error(&err);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.flush()).await;
+    }
+}
+
+/// A client's session after authentication.
+pub struct Session {
+    /// The proxy.
+    app: App,
+    /// The client connection.
+    client: ClientConn,
+    /// Who the client is and the parameters it asked for.
+    accepted: Accepted,
+    /// The key the client got in BackendKeyData.
+    key: CancelKey,
+    /// The client's entry in the cancel registry.
+    cancel: Registration,
+    /// The server connection serving the client, if any.
+    server: Option<Lease>,
+    /// Frontend messages of the current request, not yet sent (extended protocol, up to
+    /// Sync/Flush).
+    batch: Vec<Frame>,
+    /// Bytes in `batch`.
+    batch_len: usize,
+    /// Transaction status as last reported to the client.
+    tx_status: TxStatus,
+    /// The server is in COPY IN: client CopyData/CopyDone/CopyFail go straight through.
+    copy_in: bool,
+    /// An error was reported in the middle of an extended-protocol batch: drop messages up to
+    /// the next Sync, then answer it with ReadyForQuery (what PostgreSQL does).
+    skip_until_sync: bool,
+    /// Shutdown was requested: end the session at the next point where it is idle.
+    draining: bool,
+    /// Largest frontend message accepted.
+    max_message: usize,
+}
+
+impl Session {
+    fn new(app: App, client: ClientConn, accepted: Accepted) -> Session {
+        let key = CancelKey {
+            pid: app.next_client_pid(),
+            secret: rand::random(),
+        };
+        let cancel = app.cancels().register(key);
+        let max_message = app.settings().config.proxy.max_message_size;
+        Session {
+            app,
+            client,
+            accepted,
+            key,
+            cancel,
+            server: None,
+            batch: Vec::new(),
+            batch_len: 0,
+            tx_status: TxStatus::Idle,
+            copy_in: false,
+            skip_until_sync: false,
+            draining: false,
+            max_message,
+        }
+    }
+
+    /// Gets the first server connection and sends the client its welcome: ParameterStatus for
+    /// every parameter, BackendKeyData, ReadyForQuery.
+    async fn begin(&mut self) -> Result<(), SessionError> {
+        let lease = self.acquire(Target::Primary).await.map_err(|e| match e {
+            // Errors that would be an ERROR mid-session end the session at startup.
+            SessionError::Fatal(mut p) => {
+                p.severity = Severity::Fatal;
+                SessionError::Fatal(p)
+            }
+            other => other,
+        })?;
+        let mut b = BytesMut::with_capacity(512);
+        let mut params: Vec<_> = lease.params().reported.iter().collect();
+        params.sort();
+        for (name, value) in params {
+            messages::parameter_status(&mut b, name, value);
+        }
+        messages::backend_key_data(&mut b, self.key);
+        messages::ready_for_query(&mut b, TxStatus::Idle);
+        self.client.push(b.freeze());
+        self.server = Some(lease);
+        Ok(())
+    }
+
+    /// Checks out a server connection for `target` and applies the client's parameters to it.
+    async fn acquire(&mut self, target: Target) -> Result<Lease, SessionError> {
+        let settings = self.app.settings();
+        let node = match target {
+            Target::Primary => {
+                let wait = settings.config.routing.primary_wait;
+                let topology = self.app.topology();
+                match topology.load().primary {
+                    Some(p) => p,
+                    None => topology.wait_for_primary(wait).await.ok_or_else(|| {
+                        SessionError::Fatal(ProxyError::error(
+                            SqlState::CANNOT_CONNECT_NOW,
+                            format!("no primary server is available (waited {wait:?})"),
+                        ))
+                    })?,
+                }
+            }
+        };
+        let target = self
+            .app
+            .connect_target(node, &self.accepted.database, &self.accepted.user);
+        let pool = self.app.pools().get(&target);
+        let mut lease = pool.checkout().await?;
+        self.sync_params(&mut lease).await?;
+        self.cancel.slot().set(Some(lease.cancel_target()));
+        Ok(lease)
+    }
+
+    /// Applies the client's startup parameters where the server connection differs, in one
+    /// round trip. `set_config` takes the raw value exactly as a startup packet would (a
+    /// `SET x = '...'` would turn a list such as `search_path` into one quoted name).
+    async fn sync_params(&self, lease: &mut Lease) -> Result<(), SessionError> {
+        let mut calls = Vec::new();
+        for (name, value) in &self.accepted.params {
+            let lower = name.to_ascii_lowercase();
+            if lease.params().applied.get(&lower) == Some(value) {
+                continue;
+            }
+            let reported = lease
+                .params()
+                .reported
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v);
+            if reported == Some(value) {
+                continue;
+            }
+            calls.push(format!(
+                "pg_catalog.set_config({}, {}, false)",
+                quote_literal(name),
+                quote_literal(value)
+            ));
+        }
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let sql = format!("SELECT {}", calls.join(", "));
+        let timeout = self.app.settings().config.pool.server_connect_timeout;
+        match lease.run_internal(&sql, timeout).await? {
+            Ok(()) => {
+                for (name, value) in &self.accepted.params {
+                    lease
+                        .params
+                        .applied
+                        .insert(name.to_ascii_lowercase(), value.clone());
+                }
+                Ok(())
+            }
+            Err(fields) => Err(SessionError::Fatal(ProxyError::from_server(
+                &fields,
+                Severity::Error,
+            ))),
+        }
+    }
+
+    /// Ends the session: tells the client why (if it can hear it), and returns the server
+    /// connection clean or closes it. A transaction the client left open is rolled back; a
+    /// request still running is cancelled and its connection closed.
+    async fn finish(mut self, result: Result<(), SessionError>) {
+        if let Err(e) = result {
+            tracing::debug!(peer = %self.client.peer(), error = %e, "session ended with an error");
+            report_and_close(&mut self.client, e).await;
+        } else {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), self.client.flush()).await;
+        }
+        self.cancel.slot().set(None);
+        if let Some(lease) = self.server.take() {
+            release(lease, &self.app, true).await;
+        }
+    }
+}
+
+/// Hands a server connection back after a client is done with it.
+async fn release(mut lease: Lease, app: &App, reset: bool) {
+    let timeout = app.settings().config.pool.server_connect_timeout;
+    if !lease.pending.is_empty() || !lease.scanner.at_boundary() {
+        // A request is still running: stop it so it does not hold locks, then close.
+        cancel::send_cancel(&lease.cancel_target(), timeout).await;
+        lease.mark_broken();
+    } else if lease.status().is_in_transaction() && !lease.is_broken() {
+        // Idle in a transaction: roll it back so nothing stays open on a pooled connection.
+        match lease.run_internal("ROLLBACK", timeout).await {
+            Ok(Ok(())) => {}
+            _ => lease.mark_broken(),
+        }
+    }
+    let pool = lease.pool().clone();
+    pool.checkin(lease, reset).await;
+}
+
+/// Quotes a string as an escape-string literal, safe whatever `standard_conforming_strings` is.
+fn quote_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_escaped() {
+        assert_eq!(quote_literal("a'b\\c"), r"E'a''b\\c'");
+        assert_eq!(quote_literal(""), "E''");
+    }
+}

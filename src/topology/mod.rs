@@ -1,1 +1,194 @@
-//! TODO: topology (being written).
+//! What causeway knows about the cluster: each node's role, health and WAL position, published
+//! as an immutable [`Topology`] snapshot.
+//!
+//! The watcher ([`watcher`]) is the only writer; sessions read with one `ArcSwap::load` per
+//! request and never lock. A `watch` channel carrying the snapshot's epoch lets a session wait
+//! for a change (for instance for a primary to appear) without polling.
+
+pub mod health;
+pub mod watcher;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+/// Index of a node in the configuration's node list.
+pub type NodeId = usize;
+
+/// What a node says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `pg_is_in_recovery()` is false.
+    Primary,
+    /// `pg_is_in_recovery()` is true.
+    Standby,
+    /// Never reached yet.
+    Unknown,
+}
+
+impl Role {
+    /// Lower-case name for logs and admin views.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+/// One node in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeState {
+    /// Index in the configuration.
+    pub id: NodeId,
+    /// `host:port`.
+    pub addr: String,
+    /// Last role the node reported.
+    pub role: Role,
+    /// Healthy after hysteresis: enough consecutive successful checks.
+    pub healthy: bool,
+    /// WAL position: `pg_current_wal_lsn()` on a primary, `pg_last_wal_replay_lsn()` on a
+    /// standby; `None` until known.
+    pub lsn: Option<u64>,
+}
+
+/// An immutable view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// Increases with every published change.
+    pub epoch: u64,
+    /// Every configured node, in configuration order.
+    pub nodes: Vec<NodeState>,
+    /// The node that takes writes, if exactly one healthy node is out of recovery.
+    pub primary: Option<NodeId>,
+}
+
+impl Topology {
+    /// The starting snapshot: every node unknown and unhealthy, no primary.
+    pub fn initial(addrs: &[String]) -> Topology {
+        Topology {
+            epoch: 0,
+            nodes: addrs
+                .iter()
+                .enumerate()
+                .map(|(id, addr)| NodeState {
+                    id,
+                    addr: addr.clone(),
+                    role: Role::Unknown,
+                    healthy: false,
+                    lsn: None,
+                })
+                .collect(),
+            primary: None,
+        }
+    }
+
+    /// Derives `primary` from the nodes: the single healthy node whose role is primary.
+    /// Two or more such nodes (split brain) give `None` until the failover logic can tell them
+    /// apart, so that no write goes to a node that might be the stale one.
+    pub fn derive_primary(nodes: &[NodeState]) -> Option<NodeId> {
+        let mut primaries = nodes
+            .iter()
+            .filter(|n| n.healthy && n.role == Role::Primary);
+        match (primaries.next(), primaries.next()) {
+            (Some(p), None) => Some(p.id),
+            _ => None,
+        }
+    }
+}
+
+/// Shared handle to the current snapshot.
+pub struct TopologyHandle {
+    current: ArcSwap<Topology>,
+    changed: watch::Sender<u64>,
+}
+
+impl TopologyHandle {
+    /// Creates a handle holding `initial`.
+    pub fn new(initial: Topology) -> TopologyHandle {
+        let (changed, _) = watch::channel(initial.epoch);
+        TopologyHandle {
+            current: ArcSwap::from_pointee(initial),
+            changed,
+        }
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<Topology> {
+        self.current.load_full()
+    }
+
+    /// Publishes a new snapshot (one atomic store), giving it the next epoch.
+    pub fn publish(&self, mut next: Topology) {
+        let epoch = self.current.load().epoch + 1;
+        next.epoch = epoch;
+        self.current.store(Arc::new(next));
+        self.changed.send_replace(epoch);
+    }
+
+    /// Waits up to `limit` for a snapshot with a primary; returns it, or `None` on timeout.
+    pub async fn wait_for_primary(&self, limit: Duration) -> Option<NodeId> {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(p) = self.load().primary {
+                return Some(p);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timeout, or the sender is gone (shutting down).
+                _ => return self.load().primary,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: usize, role: Role, healthy: bool) -> NodeState {
+        NodeState {
+            id,
+            addr: format!("n{id}"),
+            role,
+            healthy,
+            lsn: None,
+        }
+    }
+
+    #[test]
+    fn primary_needs_exactly_one_healthy_primary() {
+        let n = [node(0, Role::Primary, true), node(1, Role::Standby, true)];
+        assert_eq!(Topology::derive_primary(&n), Some(0));
+        let n = [node(0, Role::Primary, false), node(1, Role::Standby, true)];
+        assert_eq!(Topology::derive_primary(&n), None);
+        let n = [node(0, Role::Primary, true), node(1, Role::Primary, true)];
+        assert_eq!(Topology::derive_primary(&n), None);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_primary_wakes_on_publish() {
+        let handle = Arc::new(TopologyHandle::new(Topology::initial(&["a".into()])));
+        let waiter = {
+            let h = handle.clone();
+            tokio::spawn(async move { h.wait_for_primary(Duration::from_secs(5)).await })
+        };
+        tokio::task::yield_now().await;
+        let mut t = Topology::initial(&["a".into()]);
+        t.nodes[0].role = Role::Primary;
+        t.nodes[0].healthy = true;
+        t.primary = Some(0);
+        handle.publish(t);
+        assert_eq!(waiter.await.unwrap(), Some(0));
+        assert_eq!(handle.load().epoch, 1);
+        let empty = TopologyHandle::new(Topology::initial(&["a".into()]));
+        assert_eq!(
+            empty.wait_for_primary(Duration::from_millis(20)).await,
+            None
+        );
+    }
+}

@@ -1,0 +1,489 @@
+//! One connection from causeway to a PostgreSQL server: connect, authenticate, and the state a
+//! session needs to relay through it (read/write buffers, reply scanner, who owns each pending
+//! reply, transaction status, the parameters the server reported).
+//!
+//! Authentication towards servers uses postgres-protocol's SCRAM-SHA-256 client and md5 hash, so
+//! causeway implements no client-side crypto of its own.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::BackendError;
+use crate::protocol::backend::{self as be, tag as btag, AuthRequest, ReplyScanner, TxStatus};
+use crate::protocol::startup::{CancelKey, StartupMessage};
+use crate::protocol::{decode_frame, messages, Frame, ProtocolError, DEFAULT_MAX_MESSAGE_LEN};
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectTarget {
+    /// Index of the node in the configuration.
+    pub node: usize,
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Role name on the server.
+    pub user: String,
+    /// Database name on the server.
+    pub database: String,
+    /// Password towards the server, if the server asks for one.
+    pub password: Option<String>,
+}
+
+impl ConnectTarget {
+    /// `host:port`, for messages.
+    pub fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Who is waiting for the reply that ends at the next ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyOwner {
+    /// The client: forward the reply. `sync` tells an extended-protocol request (ended by Sync)
+    /// from a simple Query; it matters when COPY swallows the Sync.
+    Client {
+        /// The request ended with Sync.
+        sync: bool,
+    },
+    /// The proxy itself (parameter sync, reset): swallow the reply.
+    Proxy,
+}
+
+/// Parameters as the server reported them (ParameterStatus), plus what the proxy set itself.
+#[derive(Debug, Clone, Default)]
+pub struct ServerParams {
+    /// Every ParameterStatus the server sent, by the name it used (`DateStyle`, `TimeZone`...).
+    pub reported: HashMap<String, String>,
+    /// Parameters the proxy SET on this connection since it was last reset, by lower-case
+    /// name, holding the client's value (which the server may have normalized when reporting).
+    pub applied: HashMap<String, String>,
+}
+
+/// An authenticated server connection.
+pub struct ServerConn {
+    /// The socket.
+    pub(crate) stream: TcpStream,
+    /// Bytes read from the server and not consumed yet.
+    pub(crate) rbuf: BytesMut,
+    /// Bytes waiting to be written to the server.
+    pub(crate) wbuf: BytesMut,
+    /// Position in the reply stream (at a frame boundary or inside a passthrough frame).
+    pub(crate) scanner: ReplyScanner,
+    /// One entry per ReadyForQuery still to come, oldest first.
+    pub(crate) pending: VecDeque<ReplyOwner>,
+    /// Transaction status from the last ReadyForQuery.
+    pub(crate) status: TxStatus,
+    /// Set when the connection must not be reused (I/O error, FATAL, protocol error).
+    pub(crate) broken: bool,
+    /// Reported and applied parameters.
+    pub(crate) params: ServerParams,
+    /// Node index in the configuration.
+    node: usize,
+    /// host:port, for messages.
+    addr: String,
+    /// Host the connection was made to (for cancel requests).
+    host: String,
+    /// Port the connection was made to.
+    port: u16,
+    /// The server's process id and cancel secret.
+    key: CancelKey,
+    /// When the connection was established (for `server_lifetime`).
+    created: Instant,
+    /// When the connection was last checked in (for `server_idle_timeout`).
+    pub(crate) last_used: Instant,
+}
+
+impl std::fmt::Debug for ServerConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConn")
+            .field("addr", &self.addr)
+            .field("pid", &self.key.pid)
+            .field("status", &self.status)
+            .field("pending", &self.pending.len())
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+impl ServerConn {
+    /// Connects and authenticates, within `timeout` for the whole handshake.
+    pub async fn connect(
+        target: &ConnectTarget,
+        timeout: Duration,
+    ) -> Result<ServerConn, BackendError> {
+        let addr = target.addr();
+        match tokio::time::timeout(timeout, Self::connect_inner(target, addr.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Timeout {
+                what: "connecting and authenticating",
+                addr,
+            }),
+        }
+    }
+
+    async fn connect_inner(
+        target: &ConnectTarget,
+        addr: String,
+    ) -> Result<ServerConn, BackendError> {
+        let stream = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|source| BackendError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        // Small request/reply messages: never wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let now = Instant::now();
+        let mut conn = ServerConn {
+            stream,
+            rbuf: BytesMut::with_capacity(8192),
+            wbuf: BytesMut::with_capacity(1024),
+            scanner: ReplyScanner::default(),
+            pending: VecDeque::new(),
+            status: TxStatus::Idle,
+            broken: false,
+            params: ServerParams::default(),
+            node: target.node,
+            addr,
+            host: target.host.clone(),
+            port: target.port,
+            key: CancelKey { pid: 0, secret: 0 },
+            created: now,
+            last_used: now,
+        };
+        let startup = StartupMessage::encode([
+            ("user", target.user.as_str()),
+            ("database", target.database.as_str()),
+        ]);
+        conn.write_all(&startup).await?;
+        conn.authenticate(target).await?;
+        // After authentication: ParameterStatus, BackendKeyData, then ReadyForQuery.
+        loop {
+            let frame = conn.read_frame().await?;
+            match frame.tag() {
+                btag::PARAMETER_STATUS => conn.record_parameter(frame.body())?,
+                btag::BACKEND_KEY_DATA => {
+                    conn.key = be::backend_key_data(frame.body()).map_err(|e| conn.proto(e))?
+                }
+                btag::READY_FOR_QUERY => {
+                    conn.status = be::ready_for_query(frame.body()).map_err(|e| conn.proto(e))?;
+                    return Ok(conn);
+                }
+                btag::ERROR_RESPONSE => return Err(conn.server_error(&frame)),
+                btag::NOTICE_RESPONSE | btag::NEGOTIATE_PROTOCOL_VERSION => {}
+                t => {
+                    return Err(conn.proto(ProtocolError::Unexpected {
+                        tag: t as char,
+                        context: "during server startup",
+                    }))
+                }
+            }
+        }
+    }
+
+    /// Runs the authentication exchange the server asks for.
+    async fn authenticate(&mut self, target: &ConnectTarget) -> Result<(), BackendError> {
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag() {
+                btag::AUTHENTICATION => {}
+                btag::ERROR_RESPONSE => return Err(self.server_error(&frame)),
+                btag::NOTICE_RESPONSE => continue,
+                t => {
+                    return Err(self.proto(ProtocolError::Unexpected {
+                        tag: t as char,
+                        context: "during server authentication",
+                    }))
+                }
+            }
+            let request = be::auth_request(frame.body()).map_err(|e| self.proto(e))?;
+            let mut out = BytesMut::new();
+            match request {
+                AuthRequest::Ok => return Ok(()),
+                AuthRequest::Cleartext => {
+                    messages::password(&mut out, self.password(target)?.as_bytes());
+                }
+                AuthRequest::Md5 { salt } => {
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        target.user.as_bytes(),
+                        self.password(target)?.as_bytes(),
+                        salt,
+                    );
+                    messages::password(&mut out, hash.as_bytes());
+                }
+                AuthRequest::Sasl { mechanisms } => {
+                    let offered = mechanisms
+                        .split(|&b| b == 0)
+                        .any(|m| m == crate::auth::SCRAM_SHA_256.as_bytes());
+                    if !offered {
+                        return Err(BackendError::UnsupportedAuth {
+                            addr: self.addr.clone(),
+                            what: format!(
+                                "SASL mechanisms {:?}",
+                                String::from_utf8_lossy(mechanisms)
+                            ),
+                        });
+                    }
+                    let client = ScramSha256::new(
+                        self.password(target)?.as_bytes(),
+                        ChannelBinding::unsupported(),
+                    );
+                    messages::sasl_initial_response(
+                        &mut out,
+                        crate::auth::SCRAM_SHA_256,
+                        client.message(),
+                    );
+                    scram = Some(client);
+                }
+                AuthRequest::SaslContinue(data) => {
+                    let client = scram.as_mut().ok_or_else(|| self.unexpected_sasl())?;
+                    client.update(data).map_err(|e| self.sasl_error(e))?;
+                    messages::sasl_response(&mut out, client.message());
+                }
+                AuthRequest::SaslFinal(data) => {
+                    let client = scram.as_mut().ok_or_else(|| self.unexpected_sasl())?;
+                    client.finish(data).map_err(|e| self.sasl_error(e))?;
+                    continue;
+                }
+                AuthRequest::Unsupported(code) => {
+                    return Err(BackendError::UnsupportedAuth {
+                        addr: self.addr.clone(),
+                        what: format!("authentication request code {code}"),
+                    })
+                }
+            }
+            self.write_all(&out).await?;
+        }
+    }
+
+    fn password<'a>(&self, target: &'a ConnectTarget) -> Result<&'a str, BackendError> {
+        target
+            .password
+            .as_deref()
+            .ok_or_else(|| BackendError::NoPassword {
+                addr: self.addr.clone(),
+                user: target.user.clone(),
+            })
+    }
+
+    fn unexpected_sasl(&self) -> BackendError {
+        self.proto(ProtocolError::Unexpected {
+            tag: 'R',
+            context: "(SASL step without SASL start)",
+        })
+    }
+
+    fn sasl_error(&self, e: std::io::Error) -> BackendError {
+        BackendError::UnsupportedAuth {
+            addr: self.addr.clone(),
+            what: format!("SCRAM exchange failed: {e}"),
+        }
+    }
+
+    // === accessors ===
+
+    /// Node index in the configuration.
+    pub fn node(&self) -> usize {
+        self.node
+    }
+
+    /// host:port of the server.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The server's process id and cancel secret.
+    pub fn cancel_key(&self) -> CancelKey {
+        self.key
+    }
+
+    /// Where a CancelRequest for this connection's process must go.
+    pub fn cancel_target(&self) -> crate::session::cancel::CancelTarget {
+        crate::session::cancel::CancelTarget {
+            host: self.host.clone(),
+            port: self.port,
+            key: self.key,
+        }
+    }
+
+    /// Transaction status from the last ReadyForQuery.
+    pub fn status(&self) -> TxStatus {
+        self.status
+    }
+
+    /// The server's reported parameters.
+    pub fn params(&self) -> &ServerParams {
+        &self.params
+    }
+
+    /// When the connection was established.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// Whether the connection must not be reused.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Marks the connection as not reusable.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Whether the connection is between requests: nothing pending in either direction, not
+    /// inside a reply frame, not in a transaction, nothing broken. Only such a connection can
+    /// serve another client.
+    pub fn is_idle(&self) -> bool {
+        !self.broken
+            && self.pending.is_empty()
+            && self.scanner.at_boundary()
+            && self.rbuf.is_empty()
+            && self.wbuf.is_empty()
+            && self.status == TxStatus::Idle
+    }
+
+    // === simple I/O used outside the session relay ===
+
+    /// Writes all of `bytes` now (startup, internal queries).
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        if let Err(source) = self.stream.write_all(bytes).await {
+            self.broken = true;
+            return Err(BackendError::Io {
+                addr: self.addr.clone(),
+                source,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads one whole frame (used only for small control messages, never for relayed rows).
+    async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        loop {
+            match decode_frame(&mut self.rbuf, DEFAULT_MAX_MESSAGE_LEN) {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(e) => return Err(self.proto(e)),
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(8192);
+            }
+            match self.stream.read_buf(&mut self.rbuf).await {
+                Ok(0) => {
+                    self.broken = true;
+                    return Err(BackendError::Closed {
+                        addr: self.addr.clone(),
+                    });
+                }
+                Ok(_) => {}
+                Err(source) => {
+                    self.broken = true;
+                    return Err(BackendError::Io {
+                        addr: self.addr.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Runs one internal simple query on an idle connection and waits for its ReadyForQuery,
+    /// swallowing the reply. Returns the server's error, if any, as `Ok(Err(fields))`.
+    pub async fn run_internal(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Result<(), be::ErrorFields>, BackendError> {
+        debug_assert!(self.pending.is_empty() && self.scanner.at_boundary());
+        let mut out = BytesMut::with_capacity(sql.len() + 8);
+        messages::query(&mut out, sql);
+        let addr = self.addr.clone();
+        let work = async {
+            self.write_all(&out).await?;
+            let mut error = None;
+            loop {
+                let frame = self.read_frame().await?;
+                match frame.tag() {
+                    btag::READY_FOR_QUERY => {
+                        self.status =
+                            be::ready_for_query(frame.body()).map_err(|e| self.proto(e))?;
+                        return Ok(match error {
+                            Some(e) => Err(e),
+                            None => Ok(()),
+                        });
+                    }
+                    btag::ERROR_RESPONSE => {
+                        let fields = be::error_fields(frame.body()).map_err(|e| self.proto(e))?;
+                        if fields.is_fatal() {
+                            self.broken = true;
+                        }
+                        error.get_or_insert(fields);
+                    }
+                    btag::PARAMETER_STATUS => self.record_parameter(frame.body())?,
+                    _ => {}
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.broken = true;
+                Err(BackendError::Timeout {
+                    what: "running an internal query",
+                    addr,
+                })
+            }
+        }
+    }
+
+    /// Records a ParameterStatus body in `params.reported`.
+    pub(crate) fn record_parameter(&mut self, body: &[u8]) -> Result<(), BackendError> {
+        let (name, value) = be::parameter_status(body).map_err(|e| self.proto(e))?;
+        match self.params.reported.get_mut(name) {
+            Some(v) if v == value => {}
+            Some(v) => *v = value.to_owned(),
+            None => {
+                self.params
+                    .reported
+                    .insert(name.to_owned(), value.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends Terminate, best effort, and drops the socket.
+    pub async fn close(mut self) {
+        let mut out = BytesMut::new();
+        messages::terminate(&mut out);
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.write_all(&out)).await;
+    }
+
+    pub(crate) fn proto(&self, source: ProtocolError) -> BackendError {
+        BackendError::Protocol {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
+    pub(crate) fn server_error(&self, frame: &Frame) -> BackendError {
+        match be::error_fields(frame.body()) {
+            Ok(fields) => BackendError::Server {
+                addr: self.addr.clone(),
+                fields,
+            },
+            Err(e) => self.proto(e),
+        }
+    }
+}

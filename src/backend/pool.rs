@@ -1,0 +1,291 @@
+//! Pools of server connections, one per (node, database, user).
+//!
+//! A [`Lease`] is a checked-out connection. It holds a permit of its pool (so at most
+//! `pool_size` connections of a pool are in use) and of its node (so at most
+//! `max_server_connections` connections to a node exist). Giving it back with
+//! [`Pool::checkin`] keeps the connection for the next client if it is clean; dropping a lease
+//! without checking it in closes the connection, which is the safe default for every error path.
+//!
+//! Idle connections sit in a LIFO stack behind a `parking_lot::Mutex`: the lock is held for a
+//! push or a pop only, never across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::connection::{ConnectTarget, ServerConn};
+use super::BackendError;
+
+/// Identifies a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Node index in the configuration.
+    pub node: usize,
+    /// Database name on the server.
+    pub database: String,
+    /// Role name on the server.
+    pub user: String,
+}
+
+/// Limits and timeouts of a pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Most connections of this pool in use at once.
+    pub pool_size: usize,
+    /// How long a checkout may wait for a free connection; `None` waits forever.
+    pub pool_timeout: Option<Duration>,
+    /// Limit for connecting and authenticating a new server connection.
+    pub connect_timeout: Duration,
+    /// Idle connections older than this (since last use) are closed.
+    pub idle_timeout: Option<Duration>,
+    /// Connections older than this (since creation) are closed instead of reused.
+    pub lifetime: Option<Duration>,
+    /// Query that resets a connection before another client gets it (session mode).
+    pub reset_query: Option<String>,
+    /// Limit for the proxy's own short queries (reset, rollback, parameter sync).
+    pub internal_timeout: Duration,
+}
+
+/// A checked-out server connection.
+pub struct Lease {
+    /// The connection.
+    conn: ServerConn,
+    /// Pool permit: released when the lease ends.
+    _active: OwnedSemaphorePermit,
+    /// Node permit: travels with the connection into the idle stack and back.
+    node_permit: OwnedSemaphorePermit,
+    /// The pool it came from.
+    pool: Arc<Pool>,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        &mut self.conn
+    }
+}
+
+impl Lease {
+    /// The pool this lease belongs to.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+}
+
+/// An idle connection with the node permit it keeps.
+struct Idle {
+    conn: ServerConn,
+    node_permit: OwnedSemaphorePermit,
+}
+
+/// A pool of connections to one node as one user to one database.
+pub struct Pool {
+    key: PoolKey,
+    target: ConnectTarget,
+    settings: PoolSettings,
+    /// Connections of this pool in use (pool_size permits).
+    active: Arc<Semaphore>,
+    /// Connections to the node, all pools together (max_server_connections permits).
+    node_permits: Arc<Semaphore>,
+    /// Idle connections, most recently used last.
+    idle: Mutex<Vec<Idle>>,
+    /// Parameters a fresh connection reports (server defaults), captured from the first one.
+    defaults: Mutex<Option<Arc<HashMap<String, String>>>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("name", &self.name()).finish()
+    }
+}
+
+impl Pool {
+    /// `user@database on host:port`, for messages.
+    pub fn name(&self) -> String {
+        format!(
+            "{}@{} on {}",
+            self.key.user,
+            self.key.database,
+            self.target.addr()
+        )
+    }
+
+    /// The key of this pool.
+    pub fn key(&self) -> &PoolKey {
+        &self.key
+    }
+
+    /// Number of idle connections.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().len()
+    }
+
+    /// Parameters a fresh connection of this pool reports, once one has been made.
+    pub fn server_defaults(&self) -> Option<Arc<HashMap<String, String>>> {
+        self.defaults.lock().clone()
+    }
+
+    /// Checks out a connection: an idle one if available, else a new one, waiting at most
+    /// `pool_timeout` for room.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Lease, BackendError> {
+        let started = Instant::now();
+        let active = self.acquire(&self.active, started).await?;
+        while let Some(idle) = self.pop_idle() {
+            if self.is_expired(&idle.conn) {
+                tokio::spawn(idle.conn.close());
+                continue;
+            }
+            return Ok(Lease {
+                conn: idle.conn,
+                _active: active,
+                node_permit: idle.node_permit,
+                pool: self.clone(),
+            });
+        }
+        let node_permit = self.acquire(&self.node_permits, started).await?;
+        let conn = ServerConn::connect(&self.target, self.settings.connect_timeout).await?;
+        {
+            let mut defaults = self.defaults.lock();
+            if defaults.is_none() {
+                *defaults = Some(Arc::new(conn.params().reported.clone()));
+            }
+        }
+        tracing::debug!(pool = %self.name(), pid = conn.cancel_key().pid, "new server connection");
+        Ok(Lease {
+            conn,
+            _active: active,
+            node_permit,
+            pool: self.clone(),
+        })
+    }
+
+    /// Gives a connection back. A connection that is not idle (mid-reply, in a transaction,
+    /// broken) is closed; with `reset`, the reset query runs first and a failure closes it.
+    pub async fn checkin(&self, mut lease: Lease, reset: bool) {
+        if !lease.conn.is_idle() || self.is_expired(&lease.conn) {
+            tracing::debug!(pool = %self.name(), conn = ?lease.conn, "closing server connection");
+            lease.conn.close().await;
+            return;
+        }
+        if reset {
+            if let Some(q) = &self.settings.reset_query {
+                match lease
+                    .conn
+                    .run_internal(q, self.settings.internal_timeout)
+                    .await
+                {
+                    Ok(Ok(())) => lease.conn.params.applied.clear(),
+                    _ => {
+                        lease.conn.close().await;
+                        return;
+                    }
+                }
+            }
+        }
+        let Lease {
+            mut conn,
+            node_permit,
+            ..
+        } = lease;
+        conn.last_used = Instant::now();
+        self.idle.lock().push(Idle { conn, node_permit });
+    }
+
+    fn pop_idle(&self) -> Option<Idle> {
+        self.idle.lock().pop()
+    }
+
+    fn is_expired(&self, conn: &ServerConn) -> bool {
+        let now = Instant::now();
+        self.settings
+            .lifetime
+            .is_some_and(|l| now.duration_since(conn.created()) >= l)
+            || self
+                .settings
+                .idle_timeout
+                .is_some_and(|t| now.duration_since(conn.last_used) >= t)
+    }
+
+    async fn acquire(
+        &self,
+        sem: &Arc<Semaphore>,
+        started: Instant,
+    ) -> Result<OwnedSemaphorePermit, BackendError> {
+        let timeout_err = || BackendError::PoolTimeout {
+            pool: self.name(),
+            waited_ms: started.elapsed().as_millis(),
+        };
+        let fut = sem.clone().acquire_owned();
+        let permit = match self.settings.pool_timeout {
+            Some(limit) => {
+                let left = limit.saturating_sub(started.elapsed());
+                tokio::time::timeout(left, fut)
+                    .await
+                    .map_err(|_| timeout_err())?
+            }
+            None => fut.await,
+        };
+        // The semaphores are never closed.
+        permit.map_err(|_| timeout_err())
+    }
+}
+
+/// All pools, created on first use.
+pub struct Pools {
+    settings: PoolSettings,
+    /// One semaphore per node, shared by that node's pools.
+    node_permits: Vec<Arc<Semaphore>>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Pools {
+    /// Creates the pool registry for `nodes` nodes.
+    pub fn new(settings: PoolSettings, nodes: usize, max_server_connections: usize) -> Pools {
+        Pools {
+            settings,
+            node_permits: (0..nodes)
+                .map(|_| Arc::new(Semaphore::new(max_server_connections)))
+                .collect(),
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pool for `target`, created if needed.
+    pub fn get(&self, target: &ConnectTarget) -> Arc<Pool> {
+        let key = PoolKey {
+            node: target.node,
+            database: target.database.clone(),
+            user: target.user.clone(),
+        };
+        let mut pools = self.pools.lock();
+        pools
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Pool {
+                    key,
+                    target: target.clone(),
+                    settings: self.settings.clone(),
+                    active: Arc::new(Semaphore::new(self.settings.pool_size)),
+                    node_permits: self.node_permits[target.node].clone(),
+                    idle: Mutex::new(Vec::new()),
+                    defaults: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    /// Every pool (for admin views and maintenance).
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.pools.lock().values().cloned().collect()
+    }
+}

@@ -1,0 +1,69 @@
+//! The accept loop: one task per client, bounded by `max_client_connections`.
+//!
+//! A client over the limit still gets a proper answer (FATAL 53300, as PostgreSQL sends for
+//! "too many clients") instead of a silently dropped socket. Accept errors (for instance running
+//! out of file descriptors) are retried with a short backoff instead of ending the listener.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::app::App;
+use crate::protocol::messages::ProxyError;
+use crate::protocol::SqlState;
+use crate::session;
+
+/// Accepts clients until shutdown.
+pub async fn run(app: App, listener: TcpListener) {
+    let settings = app.settings();
+    let limit = Arc::new(Semaphore::new(settings.config.proxy.max_client_connections));
+    let nodelay = settings.config.proxy.tcp_nodelay;
+    drop(settings);
+    let shutdown = app.shutdown_token().clone();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                backoff = Duration::from_millis(5);
+                a
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if nodelay {
+            let _ = stream.set_nodelay(true);
+        }
+        match limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let app = app.clone();
+                app.tasks().clone().spawn(async move {
+                    session::run(app, stream, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                app.tasks().spawn(refuse(stream));
+            }
+        }
+    }
+}
+
+/// Answers a client over the connection limit and closes.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let e = ProxyError::fatal(
+        SqlState::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients already",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&e.to_bytes())).await;
+}

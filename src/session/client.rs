@@ -1,0 +1,131 @@
+//! The client side of a session: socket, read buffer, and the queue of bytes to send.
+//!
+//! Outgoing bytes are kept as a queue of `Bytes` chunks (most of them zero-copy slices of a
+//! server's read buffer) and written with vectored writes, one syscall for everything queued.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::protocol::messages::ProxyError;
+
+/// Most chunks handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// A connected client.
+pub struct ClientConn {
+    /// The socket.
+    pub(crate) stream: TcpStream,
+    /// Bytes read and not consumed yet (at most one incomplete frame after processing).
+    pub(crate) rbuf: BytesMut,
+    /// Chunks waiting to be written, oldest first.
+    pub(crate) out: VecDeque<Bytes>,
+    /// Total bytes in `out`.
+    out_len: usize,
+    /// The client's address.
+    peer: SocketAddr,
+}
+
+impl ClientConn {
+    /// Wraps an accepted socket.
+    pub fn new(stream: TcpStream, peer: SocketAddr) -> ClientConn {
+        ClientConn {
+            stream,
+            rbuf: BytesMut::new(),
+            out: VecDeque::new(),
+            out_len: 0,
+            peer,
+        }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Queues bytes for the client.
+    #[inline]
+    pub fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.out_len += bytes.len();
+            self.out.push_back(bytes);
+        }
+    }
+
+    /// Queues an ErrorResponse or NoticeResponse.
+    pub fn push_error(&mut self, e: &ProxyError) {
+        self.push(e.to_bytes());
+    }
+
+    /// Bytes queued for the client.
+    #[inline]
+    pub fn out_len(&self) -> usize {
+        self.out_len
+    }
+
+    /// Makes room in the read buffer before a read (reads in chunks, not 64 bytes at a time).
+    #[inline]
+    pub fn prepare_read(&mut self) {
+        if self.rbuf.capacity() - self.rbuf.len() < 2048 {
+            self.rbuf.reserve(8192);
+        }
+    }
+
+    /// Reads once into the read buffer (used during startup; the relay reads inside `select!`).
+    pub async fn read_some(&mut self) -> std::io::Result<usize> {
+        self.prepare_read();
+        self.stream.read_buf(&mut self.rbuf).await
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        while self.out_len > 0 {
+            let n = write_queued(&mut self.stream, &self.out).await?;
+            self.advance(n)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `n` written bytes from the front of the queue.
+    pub(crate) fn advance(&mut self, mut n: usize) -> std::io::Result<()> {
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        self.out_len -= n;
+        while n > 0 {
+            let Some(front) = self.out.front_mut() else {
+                break;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                self.out.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One vectored write of the queued chunks. Cancel-safe: nothing is written if it is dropped
+/// before completing.
+pub(crate) async fn write_queued<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    out: &VecDeque<Bytes>,
+) -> std::io::Result<usize> {
+    if out.len() == 1 {
+        return w.write(&out[0]).await;
+    }
+    let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+    let mut n = 0;
+    for (slot, chunk) in slices.iter_mut().zip(out.iter()) {
+        *slot = IoSlice::new(chunk);
+        n += 1;
+    }
+    w.write_vectored(&slices[..n]).await
+}

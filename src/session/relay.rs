@@ -1,0 +1,379 @@
+//! The relay loop: client batches go to the server, replies stream back, in both directions at
+//! once.
+//!
+//! One `select!` waits on four things: bytes from the client, room to write to the client,
+//! bytes from the server, room to write to the server. Reading and writing each side
+//! concurrently is what keeps a proxy from deadlocking when both peers write more than a socket
+//! buffer holds (a large pipelined batch whose replies fill the other direction). Backpressure
+//! is explicit: the server is not read while too much waits for the client, the client is not
+//! read while too much waits for the server.
+//!
+//! Every read and write inside `select!` is cancel-safe (`read_buf` / `write` either complete
+//! or do nothing), and partial frames stay in the buffers between iterations.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::client::write_queued;
+use super::{Session, SessionError};
+use crate::backend::connection::{ReplyOwner, ServerConn};
+use crate::protocol::backend::{self as be, tag as btag, Step};
+use crate::protocol::frontend::{is_known_tag, tag as ftag};
+use crate::protocol::messages::{self, ProxyError};
+use crate::protocol::sqlstate::Severity;
+use crate::protocol::{decode_frame, Frame, ProtocolError, SqlState, HEADER_LEN};
+use crate::router::Target;
+
+/// Stop reading the server while this many bytes wait to be written to the client.
+const CLIENT_OUT_HIGH: usize = 256 * 1024;
+/// Stop reading the client while this many bytes wait to be written to the server.
+const SERVER_OUT_HIGH: usize = 256 * 1024;
+/// Forward an unfinished extended-protocol batch once it is this large.
+const BATCH_FORWARD: usize = 64 * 1024;
+
+/// What ended one wait of the loop.
+enum Event {
+    ClientRead(std::io::Result<usize>),
+    ClientWrote(std::io::Result<usize>),
+    ServerRead(std::io::Result<usize>),
+    ServerWrote(std::io::Result<usize>),
+    Shutdown,
+}
+
+/// How a request (batch of frontend messages) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Terminator {
+    /// A simple Query: one ReadyForQuery will follow.
+    Query,
+    /// Sync: one ReadyForQuery will follow.
+    Sync,
+    /// Flush: replies so far are wanted, no ReadyForQuery yet.
+    Flush,
+    /// The batch grew large: send it on, no ReadyForQuery yet.
+    Partial,
+}
+
+/// Whether the relay goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    End,
+}
+
+impl Session {
+    /// Relays until the client terminates, the proxy shuts down, or an error ends the session.
+    pub(super) async fn relay(&mut self) -> Result<(), SessionError> {
+        loop {
+            let flow = match self.next_event().await {
+                Event::ClientRead(Ok(0)) => return Err(SessionError::Closed),
+                Event::ClientRead(Ok(_)) => self.on_client_bytes().await?,
+                Event::ClientRead(Err(e)) | Event::ClientWrote(Err(e)) => return Err(e.into()),
+                Event::ClientWrote(Ok(n)) => {
+                    self.client.advance(n)?;
+                    Flow::Continue
+                }
+                Event::ServerRead(Ok(0)) => self.server_lost("closed the connection")?,
+                Event::ServerRead(Ok(_)) => self.on_server_bytes()?,
+                Event::ServerRead(Err(e)) => self.server_lost(&e.to_string())?,
+                Event::ServerWrote(Ok(n)) => {
+                    if let Some(s) = self.server.as_deref_mut() {
+                        s.wbuf.advance(n);
+                    }
+                    Flow::Continue
+                }
+                Event::ServerWrote(Err(e)) => self.server_lost(&e.to_string())?,
+                Event::Shutdown => {
+                    self.draining = true;
+                    Flow::Continue
+                }
+            };
+            if flow == Flow::End {
+                return Ok(());
+            }
+            if self.draining && self.is_idle() {
+                self.client.push_error(&ProxyError::fatal(
+                    SqlState::ADMIN_SHUTDOWN,
+                    "terminating connection due to administrator command",
+                ));
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for the next I/O event on either side.
+    async fn next_event(&mut self) -> Event {
+        self.client.prepare_read();
+        let Session {
+            client,
+            server,
+            app,
+            draining,
+            ..
+        } = self;
+        let client_out_len = client.out_len();
+        let (mut client_r, mut client_w) = client.stream.split();
+        let client_rbuf = &mut client.rbuf;
+        let client_out = &client.out;
+        let (server_r, server_w, server_out_len) = match server.as_deref_mut() {
+            Some(s) => {
+                if s.rbuf.capacity() - s.rbuf.len() < 4096 {
+                    s.rbuf.reserve(16 * 1024);
+                }
+                let ServerConn {
+                    stream, rbuf, wbuf, ..
+                } = s;
+                let out_len = wbuf.len();
+                let (r, w) = stream.split();
+                (Some((r, rbuf)), Some((w, &*wbuf)), out_len)
+            }
+            None => (None, None, 0),
+        };
+        let read_server = server_r.is_some() && client_out_len < CLIENT_OUT_HIGH;
+        let read_client = server_out_len < SERVER_OUT_HIGH;
+        let shutdown = app.shutdown_token();
+        tokio::select! {
+            r = client_r.read_buf(client_rbuf), if read_client => Event::ClientRead(r),
+            r = write_queued(&mut client_w, client_out), if client_out_len > 0 => {
+                Event::ClientWrote(r)
+            }
+            r = async move {
+                match server_r {
+                    Some((mut r, buf)) => r.read_buf(buf).await,
+                    None => std::future::pending().await,
+                }
+            }, if read_server => Event::ServerRead(r),
+            r = async move {
+                match server_w {
+                    Some((mut w, buf)) => w.write(&buf[..]).await,
+                    None => std::future::pending().await,
+                }
+            }, if server_out_len > 0 => Event::ServerWrote(r),
+            _ = shutdown.cancelled(), if !*draining => Event::Shutdown,
+        }
+    }
+
+    /// Whether nothing is in flight: no request, no transaction, no partial batch, no COPY.
+    fn is_idle(&self) -> bool {
+        self.batch.is_empty()
+            && !self.copy_in
+            && !self.skip_until_sync
+            && match self.server.as_deref() {
+                None => true,
+                Some(s) => {
+                    s.pending.is_empty()
+                        && s.scanner.at_boundary()
+                        && !s.status.is_in_transaction()
+                }
+            }
+    }
+
+    // === client → server ===
+
+    /// Handles every complete frame the client has sent.
+    async fn on_client_bytes(&mut self) -> Result<Flow, SessionError> {
+        while let Some(frame) = decode_frame(&mut self.client.rbuf, self.max_message)? {
+            let tag = frame.tag();
+            if self.copy_in && matches!(tag, ftag::COPY_DATA | ftag::COPY_DONE | ftag::COPY_FAIL) {
+                if tag != ftag::COPY_DATA {
+                    self.copy_in = false;
+                }
+                if let Some(s) = self.server.as_deref_mut() {
+                    s.wbuf.extend_from_slice(frame.raw());
+                }
+                continue;
+            }
+            if self.skip_until_sync {
+                match tag {
+                    ftag::SYNC => {
+                        self.skip_until_sync = false;
+                        let mut b = BytesMut::with_capacity(6);
+                        messages::ready_for_query(&mut b, self.tx_status);
+                        self.client.push(b.freeze());
+                    }
+                    ftag::TERMINATE => return Ok(Flow::End),
+                    _ => {}
+                }
+                continue;
+            }
+            match tag {
+                ftag::TERMINATE => return Ok(Flow::End),
+                ftag::QUERY => self.add_and_dispatch(frame, Terminator::Query).await?,
+                ftag::SYNC => self.add_and_dispatch(frame, Terminator::Sync).await?,
+                ftag::FLUSH => self.add_and_dispatch(frame, Terminator::Flush).await?,
+                t if is_known_tag(t) => {
+                    self.batch_len += frame.len();
+                    self.batch.push(frame);
+                    if self.batch_len > BATCH_FORWARD {
+                        self.dispatch(Terminator::Partial).await?;
+                    }
+                }
+                t => {
+                    return Err(ProtocolError::Unexpected {
+                        tag: t as char,
+                        context: "(invalid frontend message type)",
+                    }
+                    .into())
+                }
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn add_and_dispatch(
+        &mut self,
+        frame: Frame,
+        term: Terminator,
+    ) -> Result<(), SessionError> {
+        self.batch_len += frame.len();
+        self.batch.push(frame);
+        self.dispatch(term).await
+    }
+
+    /// Sends the batch to the server serving this client, getting one if needed.
+    async fn dispatch(&mut self, term: Terminator) -> Result<(), SessionError> {
+        if self.server.is_none() {
+            match self.acquire(Target::Primary).await {
+                Ok(lease) => self.server = Some(lease),
+                Err(SessionError::Fatal(e)) if e.severity == Severity::Error => {
+                    self.fail_request(&e, term);
+                    return Ok(());
+                }
+                Err(SessionError::Backend(e)) if e.server_fields().is_none() => {
+                    self.fail_request(&ProxyError::error(e.sqlstate(), e.to_string()), term);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(server) = self.server.as_deref_mut() else {
+            return Ok(());
+        };
+        server.wbuf.reserve(self.batch_len);
+        for f in self.batch.drain(..) {
+            server.wbuf.extend_from_slice(f.raw());
+        }
+        self.batch_len = 0;
+        match term {
+            Terminator::Query => server.pending.push_back(ReplyOwner::Client { sync: false }),
+            Terminator::Sync => server.pending.push_back(ReplyOwner::Client { sync: true }),
+            Terminator::Flush | Terminator::Partial => {}
+        }
+        Ok(())
+    }
+
+    /// Answers a request the proxy could not run with an error, keeping the protocol in step.
+    fn fail_request(&mut self, e: &ProxyError, term: Terminator) {
+        self.batch.clear();
+        self.batch_len = 0;
+        self.client.push_error(e);
+        match term {
+            Terminator::Query | Terminator::Sync => {
+                let mut b = BytesMut::with_capacity(6);
+                messages::ready_for_query(&mut b, self.tx_status);
+                self.client.push(b.freeze());
+            }
+            Terminator::Flush | Terminator::Partial => self.skip_until_sync = true,
+        }
+    }
+
+    // === server → client ===
+
+    /// Handles every byte the server has sent: passthrough runs are queued for the client
+    /// without decoding; ReadyForQuery, ParameterStatus, ErrorResponse and COPY starts are read.
+    fn on_server_bytes(&mut self) -> Result<Flow, SessionError> {
+        let Some(server) = self.server.as_deref_mut() else {
+            return Ok(Flow::Continue);
+        };
+        loop {
+            let step = server
+                .scanner
+                .step(&server.rbuf, self.max_message, |t| {
+                    matches!(
+                        t,
+                        btag::READY_FOR_QUERY
+                            | btag::PARAMETER_STATUS
+                            | btag::ERROR_RESPONSE
+                            | btag::COPY_IN_RESPONSE
+                            | btag::COPY_BOTH_RESPONSE
+                    )
+                })
+                .map_err(|e| server.proto(e))?;
+            let for_client = server.pending.front() != Some(&ReplyOwner::Proxy);
+            match step {
+                Step::NeedMore => return Ok(Flow::Continue),
+                Step::Passthrough(n) => {
+                    let chunk = server.rbuf.split_to(n).freeze();
+                    if for_client {
+                        self.client.push(chunk);
+                    }
+                }
+                Step::Inspect(h) => {
+                    let frame = server.rbuf.split_to(h.frame_len).freeze();
+                    let body = &frame[HEADER_LEN..];
+                    match h.tag {
+                        btag::READY_FOR_QUERY => {
+                            let status = be::ready_for_query(body).map_err(|e| server.proto(e))?;
+                            server.status = status;
+                            server.pending.pop_front();
+                            if for_client {
+                                self.tx_status = status;
+                                self.client.push(frame);
+                            }
+                        }
+                        btag::PARAMETER_STATUS => {
+                            server.record_parameter(body)?;
+                            if for_client {
+                                self.client.push(frame);
+                            }
+                        }
+                        btag::ERROR_RESPONSE => {
+                            let fields = be::error_fields(body).map_err(|e| server.proto(e))?;
+                            if fields.is_fatal() {
+                                server.broken = true;
+                            }
+                            // An error ends COPY IN on the server side.
+                            self.copy_in = false;
+                            if for_client {
+                                self.client.push(frame);
+                            } else {
+                                tracing::warn!(server = %server.addr(), error = %fields.message, "internal query failed");
+                            }
+                        }
+                        btag::COPY_IN_RESPONSE => {
+                            self.copy_in = true;
+                            // In the extended protocol the Sync that followed Execute is
+                            // ignored by the server during COPY; the client sends another one
+                            // after CopyDone, which is the one that gets a ReadyForQuery.
+                            if server.pending.front() == Some(&ReplyOwner::Client { sync: true }) {
+                                server.pending.pop_front();
+                            }
+                            self.client.push(frame);
+                        }
+                        btag::COPY_BOTH_RESPONSE => {
+                            return Err(SessionError::Fatal(ProxyError::fatal(
+                                SqlState::FEATURE_NOT_SUPPORTED,
+                                "COPY BOTH (replication protocol) is not supported by causeway",
+                            )))
+                        }
+                        _ => self.client.push(frame),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The server connection failed. If the server already told the client why (a FATAL
+    /// error), the session just ends; otherwise the client is told.
+    fn server_lost(&mut self, why: &str) -> Result<Flow, SessionError> {
+        let Some(server) = self.server.as_deref_mut() else {
+            return Ok(Flow::Continue);
+        };
+        server.mark_broken();
+        let addr = server.addr().to_owned();
+        tracing::warn!(server = %addr, "server connection lost: {why}");
+        Err(SessionError::Fatal(ProxyError::fatal(
+            SqlState::CONNECTION_FAILURE,
+            format!("server connection to {addr} was lost: {why}"),
+        )))
+    }
+}

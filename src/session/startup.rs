@@ -1,0 +1,255 @@
+//! Session start: untagged packets (SSL/GSS refusal, cancel), the StartupMessage, protocol
+//! version negotiation, and client authentication against the proxy's own user list.
+//!
+//! Everything here happens before any server is involved; the whole phase runs under
+//! `startup_timeout` and reads at most [`MAX_STARTUP_PACKET_LEN`] /
+//! [`auth::MAX_AUTH_MESSAGE_LEN`] bytes per message, so an unauthenticated peer cannot hold
+//! memory or a task for long.
+//!
+//! [`MAX_STARTUP_PACKET_LEN`]: crate::protocol::MAX_STARTUP_PACKET_LEN
+
+use bytes::{Bytes, BytesMut};
+
+use super::client::ClientConn;
+use super::SessionError;
+use crate::app::App;
+use crate::auth::{self, AuthExchange};
+use crate::protocol::frontend::tag as ftag;
+use crate::protocol::messages::{self, ProxyError};
+use crate::protocol::startup::{decode_startup, StartupMessage, StartupPacket};
+use crate::protocol::{decode_frame, SqlState};
+
+/// A client that passed startup and authentication.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// Role name.
+    pub user: String,
+    /// Database name as the client asked for it.
+    pub database: String,
+    /// Session parameters from the startup packet (and its `options`), to apply on every server
+    /// connection that serves the client.
+    pub params: Vec<(String, String)>,
+}
+
+/// How the startup phase ended.
+pub enum Outcome {
+    /// Go on with a session.
+    Session(Accepted),
+    /// Nothing more to do: a cancel request was handled or the client left.
+    Done,
+}
+
+/// Runs the startup phase.
+pub async fn handshake(app: &App, client: &mut ClientConn) -> Result<Outcome, SessionError> {
+    let startup = loop {
+        let packet = loop {
+            if let Some(p) = decode_startup(&mut client.rbuf)? {
+                break p;
+            }
+            if client.read_some().await? == 0 {
+                return Ok(Outcome::Done);
+            }
+        };
+        match packet {
+            // No TLS or GSS encryption yet: answer 'N', the client goes on in clear text or
+            // gives up, as its sslmode says.
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                client.push(Bytes::from_static(b"N"));
+                client.flush().await?;
+            }
+            StartupPacket::Cancel(key) => {
+                if let Some(target) = app.cancels().lookup(key) {
+                    let timeout = app.settings().config.pool.server_connect_timeout;
+                    super::cancel::send_cancel(&target, timeout).await;
+                }
+                return Ok(Outcome::Done);
+            }
+            StartupPacket::Startup(m) => break m,
+        }
+    };
+    let accepted = accept_startup(client, &startup)?;
+    authenticate(app, client, &accepted.user).await?;
+    Ok(Outcome::Session(accepted))
+}
+
+/// Checks the StartupMessage and extracts user, database and parameters.
+fn accept_startup(client: &mut ClientConn, m: &StartupMessage) -> Result<Accepted, SessionError> {
+    if let Some(r) = m.param("replication") {
+        if !matches!(r, "false" | "off" | "no" | "0") {
+            return Err(SessionError::Fatal(ProxyError::fatal(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "replication connections are not supported by causeway; connect to the node directly",
+            )));
+        }
+    }
+    let user = match m.param("user") {
+        Some(u) if !u.is_empty() => u.to_owned(),
+        _ => {
+            return Err(SessionError::Fatal(ProxyError::fatal(
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                "no PostgreSQL user name specified in startup packet",
+            )))
+        }
+    };
+    let database = match m.param("database") {
+        Some(d) if !d.is_empty() => d.to_owned(),
+        _ => user.clone(),
+    };
+    let unsupported: Vec<String> = m.protocol_options().map(str::to_owned).collect();
+    if m.minor > 0 || !unsupported.is_empty() {
+        let mut b = BytesMut::new();
+        messages::negotiate_protocol_version(&mut b, unsupported);
+        client.push(b.freeze());
+    }
+    let mut params = Vec::new();
+    for (k, v) in &m.params {
+        match k.as_str() {
+            "user" | "database" | "replication" => {}
+            "options" => params.extend(parse_options(v)?),
+            k if k.starts_with("_pq_.") => {}
+            _ => params.push((k.clone(), v.clone())),
+        }
+    }
+    Ok(Accepted {
+        user,
+        database,
+        params,
+    })
+}
+
+/// Parses the `options` startup parameter: `-c name=value`, `-cname=value` and `--name=value`
+/// switches separated by spaces (a backslash escapes the next character, as in libpq).
+pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, SessionError> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    word.push(n);
+                }
+            }
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let bad = |w: &str| {
+        SessionError::Fatal(ProxyError::fatal(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            format!(
+                "unsupported startup option {w:?}: causeway accepts -c name=value and --name=value"
+            ),
+        ))
+    };
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next().ok_or_else(|| bad(&w))?
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            rest.to_owned()
+        } else if let Some(rest) = w.strip_prefix("--") {
+            rest.to_owned()
+        } else {
+            return Err(bad(&w));
+        };
+        let (name, value) = setting.split_once('=').ok_or_else(|| bad(&setting))?;
+        // PostgreSQL treats '-' in a switch name as '_'.
+        out.push((name.replace('-', "_"), value.to_owned()));
+    }
+    Ok(out)
+}
+
+/// Runs the authentication exchange for `user`.
+async fn authenticate(app: &App, client: &mut ClientConn, user: &str) -> Result<(), SessionError> {
+    let settings = app.settings();
+    let Some(entry) = settings.users.get(user) else {
+        return Err(SessionError::Fatal(ProxyError::fatal(
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("no such user: role \"{user}\" is not configured in causeway"),
+        )));
+    };
+    let (mut exchange, mut step) = match (&entry.secret, entry.method) {
+        (Some(secret), method) => AuthExchange::new(method, user, secret),
+        (None, auth::Method::Trust) => {
+            let mut b = BytesMut::new();
+            messages::authentication_ok(&mut b);
+            client.push(b.freeze());
+            return Ok(());
+        }
+        // Configuration validation requires a password unless the user is trust; should a
+        // user still come without one, no password can match.
+        (None, method) => AuthExchange::new_unknown_user(method, user, app.mock_secret()),
+    };
+    loop {
+        let mut b = BytesMut::new();
+        step.encode(&mut b);
+        client.push(b.freeze());
+        if step.is_done() {
+            return Ok(());
+        }
+        client.flush().await?;
+        let frame = loop {
+            if let Some(f) = decode_frame(&mut client.rbuf, auth::MAX_AUTH_MESSAGE_LEN)? {
+                break f;
+            }
+            if client.read_some().await? == 0 {
+                return Err(SessionError::Closed);
+            }
+        };
+        if frame.tag() != ftag::PASSWORD {
+            return Err(SessionError::Fatal(ProxyError::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                format!(
+                    "expected password response, got message type {:?}",
+                    frame.tag() as char
+                ),
+            )));
+        }
+        step = exchange.receive(frame.body()).map_err(|e| {
+            let code = if e.is_invalid_password() {
+                SqlState::INVALID_PASSWORD
+            } else {
+                SqlState::PROTOCOL_VIOLATION
+            };
+            let message = if e.is_invalid_password() {
+                format!("password authentication failed for user \"{user}\"")
+            } else {
+                e.to_string()
+            };
+            SessionError::Fatal(ProxyError::fatal(code, message))
+        })?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_parsed_like_libpq() {
+        let o = parse_options("-c search_path=a,b --statement-timeout=5s -cwork_mem=64MB").unwrap();
+        assert_eq!(
+            o,
+            vec![
+                ("search_path".into(), "a,b".into()),
+                ("statement_timeout".into(), "5s".into()),
+                ("work_mem".into(), "64MB".into()),
+            ]
+        );
+        let o = parse_options(r"-c application_name=my\ app").unwrap();
+        assert_eq!(o, vec![("application_name".into(), "my app".into())]);
+        assert!(parse_options("-B 100").is_err());
+        assert!(parse_options("-c").is_err());
+        assert!(parse_options("-c novalue").is_err());
+        assert!(parse_options("").unwrap().is_empty());
+    }
+}

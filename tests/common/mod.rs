@@ -1,0 +1,176 @@
+//! Shared fixtures for the integration tests: one real cluster per test binary (primary + 2
+//! streaming standbys, started on first use and removed when the binary exits), and an
+//! in-process causeway in front of it per test.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use causeway::app::App;
+use causeway::cluster::{self, ClusterOptions, LocalCluster};
+use causeway::config::Config;
+
+/// The cluster shared by every test of this binary.
+pub fn cluster() -> &'static LocalCluster {
+    static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        LocalCluster::start(ClusterOptions::default()).expect("start the test cluster")
+    })
+}
+
+/// A proxy running inside the test's runtime.
+pub struct Proxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its handle.
+    pub app: App,
+}
+
+/// The base configuration: every node of the cluster, its roles as users. `extra` is appended
+/// (extra `[[users]]` entries, or whole sections the base leaves out).
+pub fn config_toml(proxy_section: &str, extra: &str) -> String {
+    let c = cluster();
+    let mut nodes = String::new();
+    for n in 0..c.node_count() {
+        nodes.push_str(&format!(
+            "[[nodes]]\naddress = \"127.0.0.1:{}\"\n",
+            c.port(n).unwrap()
+        ));
+    }
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+pool_mode = "session"
+{proxy_section}
+
+[routing]
+check_interval = "100ms"
+
+[monitor]
+user = "{monitor}"
+password = "{monitor_password}"
+
+{nodes}
+[[users]]
+name = "{app}"
+password = "{app_password}"
+
+[[users]]
+name = "{md5}"
+password = "{md5_password}"
+auth = "md5"
+
+[[users]]
+name = "{trust}"
+auth = "trust"
+
+[[users]]
+name = "{su}"
+password = "{su_password}"
+{extra}
+"#,
+        monitor = cluster::MONITOR_USER,
+        monitor_password = cluster::MONITOR_PASSWORD,
+        app = cluster::APP_USER,
+        app_password = cluster::APP_PASSWORD,
+        md5 = cluster::APP_MD5_USER,
+        md5_password = cluster::APP_MD5_PASSWORD,
+        trust = cluster::APP_TRUST_USER,
+        su = cluster::SUPERUSER,
+        su_password = c.superuser_password(),
+    )
+}
+
+/// Starts a proxy with the base configuration plus `proxy_section` lines in `[proxy]` and
+/// `extra` at the end, and waits until it knows the primary.
+pub async fn start_proxy_with(proxy_section: &str, extra: &str) -> Proxy {
+    let toml = config_toml(proxy_section, extra);
+    let loaded = Config::from_toml(&toml, "test", &|_| None).expect("valid test config");
+    let app = App::new(loaded.config).expect("build proxy");
+    let addr = app.start().await.expect("start proxy");
+    app.topology()
+        .wait_for_primary(Duration::from_secs(10))
+        .await
+        .expect("proxy finds the primary");
+    Proxy { addr, app }
+}
+
+/// Starts a proxy with the base configuration.
+pub async fn start_proxy() -> Proxy {
+    start_proxy_with("", "").await
+}
+
+impl Proxy {
+    /// A tokio-postgres connection string through the proxy.
+    pub fn conninfo(&self, user: &str, password: &str, dbname: &str) -> String {
+        format!(
+            "host={} port={} user={user} password={password} dbname={dbname}",
+            self.addr.ip(),
+            self.addr.port()
+        )
+    }
+
+    /// Connects through the proxy as `app`.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        self.connect_as(cluster::APP_USER, cluster::APP_PASSWORD, "postgres")
+            .await
+            .expect("connect through the proxy")
+    }
+
+    /// Connects through the proxy with the given credentials.
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+        dbname: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(
+            &self.conninfo(user, password, dbname),
+            tokio_postgres::NoTls,
+        )
+        .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+}
+
+/// Connects directly to node `n` as the superuser (for assertions that must not go through the
+/// proxy).
+pub async fn connect_direct(n: usize) -> tokio_postgres::Client {
+    let c = cluster();
+    let info = format!(
+        "host=127.0.0.1 port={} user={} password={} dbname=postgres",
+        c.port(n).unwrap(),
+        cluster::SUPERUSER,
+        c.superuser_password()
+    );
+    let (client, conn) = tokio_postgres::connect(&info, tokio_postgres::NoTls)
+        .await
+        .expect("connect directly");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Polls `check` every 50 ms until it returns true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

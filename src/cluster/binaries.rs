@@ -176,6 +176,16 @@ mod tests {
     }
 
     #[test]
+    fn missing_binaries_say_what_to_install() {
+        let err = PgBinaries::from_dir("/nonexistent/causeway").unwrap_err();
+        assert!(matches!(err, ClusterError::BinariesMissing { .. }));
+        assert!(
+            err.to_string().contains("apt-get install -y postgresql"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn versioned_dirs_sort_highest_first() {
         let root = std::env::temp_dir().join(format!("causeway-bin-test-{}", std::process::id()));
         for v in ["9.6", "15", "12", "notaversion"] {

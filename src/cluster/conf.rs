@@ -72,9 +72,11 @@ pub(crate) fn render_node_conf(conf: &NodeConf<'_>) -> String {
          hot_standby = on\n\
          hot_standby_feedback = on\n\
          wal_receiver_status_interval = 1s\n\
-         # pg_rewind needs hint bits WAL-logged and full-page images.\n\
+         # pg_rewind needs hint bits WAL-logged, full-page images, and the target's WAL back\n\
+         # to the last checkpoint before the fork, which later checkpoints would recycle.\n\
          wal_log_hints = on\n\
          full_page_writes = on\n\
+         wal_keep_size = 128MB\n\
          # Throwaway data: durability buys nothing, speed does.\n\
          fsync = off\n\
          synchronous_commit = on\n\

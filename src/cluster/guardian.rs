@@ -55,16 +55,16 @@ pub(crate) struct Guardian {
 impl Guardian {
     /// Starts a guardian for the cluster in `base` whose servers use `data_dirs`.
     ///
-    /// It runs as the cluster's account because pg_ctl refuses root, with output to /dev/null so
-    /// it never holds the terminal or `cargo test`'s pipes open, and in its own process group so
-    /// a terminal's Ctrl-C does not reach it.
+    /// It runs as the cluster's account because pg_ctl refuses root, with output to /dev/null and
+    /// no other inherited descriptors so it never holds the terminal or `cargo test`'s pipes
+    /// open, and in its own process group so a terminal's Ctrl-C does not reach it.
     pub(crate) fn spawn(
         runner: &Runner,
         base: &Path,
         pg_ctl: &Path,
         data_dirs: &[PathBuf],
     ) -> Result<Self, ClusterError> {
-        let mut cmd = runner.command(Path::new("/bin/sh"));
+        let mut cmd = runner.long_lived_command(Path::new("/bin/sh"));
         cmd.arg("-c")
             .arg(SCRIPT)
             .arg("causeway-cluster-guardian")

@@ -79,8 +79,11 @@ mod binaries;
 mod conf;
 mod error;
 mod guardian;
+mod lifecycle;
 mod lsn;
 mod process;
+mod replication;
+mod sql;
 
 use std::{
     collections::hash_map::RandomState,
@@ -88,7 +91,6 @@ use std::{
     fmt, fs,
     hash::{BuildHasher, Hasher},
     path::{Path, PathBuf},
-    process::Command,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Mutex, MutexGuard,
@@ -101,7 +103,7 @@ pub use binaries::PgBinaries;
 pub use error::ClusterError;
 pub use lsn::Lsn;
 
-use conf::{quote_conf, quote_conninfo, quote_literal, NodeConf};
+use conf::{quote_conninfo, quote_literal};
 use guardian::Guardian;
 use process::Runner;
 
@@ -121,8 +123,9 @@ pub const APP_MD5_USER: &str = "app_md5";
 pub const APP_MD5_PASSWORD: &str = "app_md5";
 /// Application role that `pg_hba.conf` trusts over TCP (no password).
 pub const APP_TRUST_USER: &str = "app_trust";
-/// Lowest supported PostgreSQL major version (`pg_basebackup -R` writing `standby.signal`).
-pub const MIN_VERSION: u32 = 12;
+/// Lowest supported PostgreSQL major version (`wal_keep_size`, and pg_rewind recovering a
+/// crashed target by itself).
+pub const MIN_VERSION: u32 = 13;
 
 /// Database every helper connects to.
 const DATABASE: &str = "postgres";
@@ -355,14 +358,21 @@ impl LocalCluster {
         };
         tracing::debug!(base = %cluster.base.display(), version = cluster.bin.version(), "building local cluster");
         cluster.init_primary()?;
-        for n in 1..node_count {
-            cluster.runner.create_private_dir(&cluster.nodes[n].dir)?;
-            cluster.base_backup(n, 0)?;
-            cluster.start_new_node(n)?;
-        }
-        for n in 1..node_count {
-            cluster.wait_streaming(n, 0)?;
-        }
+        // Standbys are independent of each other, and most of a base backup's time is spent
+        // waiting (checkpoint, end-of-backup WAL), so build them side by side.
+        let shared = &cluster;
+        thread::scope(|scope| {
+            let builders: Vec<_> = (1..node_count)
+                .map(|n| scope.spawn(move || shared.create_standby(n, 0)))
+                .collect();
+            builders.into_iter().try_for_each(|builder| {
+                builder.join().unwrap_or_else(|_| {
+                    Err(ClusterError::Invalid(
+                        "a thread building a standby panicked".to_owned(),
+                    ))
+                })
+            })
+        })?;
         tracing::info!(
             base = %cluster.base.display(),
             ports = ?cluster.state().iter().map(|s| s.port).collect::<Vec<_>>(),
@@ -412,6 +422,14 @@ impl LocalCluster {
         }
         self.psql(0, &conf::roles_sql())?;
         Ok(())
+    }
+
+    /// Builds node `n` as a new standby of `from` and waits until it streams.
+    fn create_standby(&self, n: usize, from: usize) -> Result<()> {
+        self.runner.create_private_dir(&self.nodes[n].dir)?;
+        self.base_backup(n, from)?;
+        self.start_new_node(n)?;
+        self.wait_streaming(n, from)
     }
 
     /// Writes the node's configuration and starts it, moving it to a new port if another program
@@ -494,11 +512,6 @@ fn random_u32() -> u32 {
 /// Whether a failed start (pg_ctl's stderr plus the server log) was caused by a taken port.
 fn is_port_clash(text: &str) -> bool {
     text.contains("Address already in use") || text.contains("could not create any TCP/IP sockets")
-}
-
-/// Replication slot of node `n` on its upstream.
-fn slot_name(n: usize) -> String {
-    format!("standby_{n}")
 }
 
 // === accessors ===
@@ -637,565 +650,6 @@ impl LocalCluster {
     }
 }
 
-// === SQL ===
-
-impl LocalCluster {
-    /// Runs `sql` on node `n` as the superuser over its Unix socket (`psql -X -A -t -q -v
-    /// ON_ERROR_STOP=1 -c`) and returns stdout, trimmed: one line per row, columns separated by
-    /// `|`, nothing for statements without rows. Several statements may be given at once; they
-    /// run in one implicit transaction.
-    ///
-    /// # Errors
-    /// [`ClusterError::CommandFailed`] with psql's stderr when the SQL fails or the node is down.
-    pub fn psql(&self, n: usize, sql: &str) -> Result<String> {
-        let node = self.node(n)?;
-        let port = self.port(n)?;
-        let mut cmd = self.psql_command(node.dir.as_os_str(), port, SUPERUSER, sql);
-        Ok(process::run_ok(&mut cmd, COMMAND_TIMEOUT)?
-            .trim()
-            .to_owned())
-    }
-
-    /// Like [`psql`](Self::psql) but over TCP (127.0.0.1) as `user`, so `pg_hba.conf` and
-    /// password authentication apply; with `password`, passed through `PGPASSWORD`.
-    ///
-    /// # Errors
-    /// [`ClusterError::CommandFailed`] with psql's stderr, e.g. on a wrong password.
-    pub fn psql_as(
-        &self,
-        n: usize,
-        user: &str,
-        password: Option<&str>,
-        sql: &str,
-    ) -> Result<String> {
-        let port = self.port(n)?;
-        let mut cmd = self.psql_command("127.0.0.1".as_ref(), port, user, sql);
-        if let Some(password) = password {
-            cmd.env("PGPASSWORD", password);
-        }
-        Ok(process::run_ok(&mut cmd, COMMAND_TIMEOUT)?
-            .trim()
-            .to_owned())
-    }
-
-    fn psql_command(&self, host: &std::ffi::OsStr, port: u16, user: &str, sql: &str) -> Command {
-        let mut cmd = self.runner.command(&self.bin.path("psql"));
-        // -w: never prompt for a password (psql would read it from the terminal, not stdin).
-        cmd.args(["-X", "-A", "-t", "-q", "-w", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(host)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-U",
-                user,
-                "-d",
-                DATABASE,
-                "-c",
-                sql,
-            ]);
-        cmd
-    }
-
-    /// `pg_is_in_recovery()` of node `n`: true for a standby.
-    ///
-    /// # Errors
-    /// As [`psql`](Self::psql).
-    pub fn is_in_recovery(&self, n: usize) -> Result<bool> {
-        parse_bool(&self.psql(n, "SELECT pg_is_in_recovery()")?)
-    }
-
-    /// `pg_last_wal_replay_lsn()` of node `n`: how far a standby has replayed (`None` on a node
-    /// that never replayed anything, such as a primary that was never a standby).
-    ///
-    /// # Errors
-    /// As [`psql`](Self::psql).
-    pub fn replay_lsn(&self, n: usize) -> Result<Option<Lsn>> {
-        let text = self.psql(n, "SELECT pg_last_wal_replay_lsn()")?;
-        if text.is_empty() {
-            Ok(None)
-        } else {
-            text.parse().map(Some)
-        }
-    }
-
-    /// `pg_current_wal_lsn()` of node `n`, which must be a primary.
-    ///
-    /// # Errors
-    /// As [`psql`](Self::psql); fails on a standby.
-    pub fn current_lsn(&self, n: usize) -> Result<Lsn> {
-        self.psql(n, "SELECT pg_current_wal_lsn()")?.parse()
-    }
-
-    /// What node `n` has: written WAL on a primary, replayed WAL on a standby (0 if none yet).
-    fn wal_position(&self, n: usize) -> Result<Lsn> {
-        let text = self.psql(
-            n,
-            "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
-             ELSE pg_current_wal_lsn() END",
-        )?;
-        if text.is_empty() {
-            Ok(Lsn(0))
-        } else {
-            text.parse()
-        }
-    }
-}
-
-fn parse_bool(text: &str) -> Result<bool> {
-    match text {
-        "t" => Ok(true),
-        "f" => Ok(false),
-        other => Err(ClusterError::Invalid(format!(
-            "expected a boolean from psql, got {other:?}"
-        ))),
-    }
-}
-
-// === replication ===
-
-impl LocalCluster {
-    /// Asks standby `n` to stop applying WAL (`pg_wal_replay_pause()`). It keeps receiving WAL,
-    /// but from the moment this returns no further record is applied, so rows written afterwards
-    /// stay invisible there until [`resume_replay`](Self::resume_replay).
-    ///
-    /// # Errors
-    /// As [`psql`](Self::psql); fails on a primary.
-    pub fn pause_replay(&self, n: usize) -> Result<()> {
-        self.psql(n, "SELECT pg_wal_replay_pause()").map(drop)
-    }
-
-    /// Resumes WAL replay on standby `n` (`pg_wal_replay_resume()`).
-    ///
-    /// # Errors
-    /// As [`psql`](Self::psql); fails on a primary.
-    pub fn resume_replay(&self, n: usize) -> Result<()> {
-        self.psql(n, "SELECT pg_wal_replay_resume()").map(drop)
-    }
-
-    /// Waits until standby `n` has replayed up to `target`, polling every 50 ms.
-    ///
-    /// # Errors
-    /// [`ClusterError::Timeout`] after `timeout`; query errors as [`psql`](Self::psql).
-    pub fn wait_replayed(&self, n: usize, target: Lsn, timeout: Duration) -> Result<()> {
-        let node = self.node(n)?;
-        poll_until(
-            || format!("{} to replay up to {target}", node.name),
-            timeout,
-            || {
-                Ok(self
-                    .replay_lsn(n)?
-                    .is_some_and(|lsn| lsn >= target)
-                    .then_some(()))
-            },
-        )
-    }
-
-    /// Waits until every running standby has replayed everything its upstream had when this was
-    /// called (the primary's `pg_current_wal_lsn()`, or a cascading upstream's replay position),
-    /// polling every 50 ms. Standbys whose upstream is stopped are skipped: they cannot catch up.
-    ///
-    /// # Errors
-    /// [`ClusterError::Timeout`] naming the standbys still behind; query errors.
-    pub fn wait_caught_up(&self, timeout: Duration) -> Result<()> {
-        self.check_live()?;
-        let started = Instant::now();
-        let pairs: Vec<(usize, usize)> = self
-            .state()
-            .iter()
-            .enumerate()
-            .filter_map(|(n, s)| s.upstream.map(|u| (n, u)))
-            .collect();
-        let mut pending = Vec::new();
-        for (n, upstream) in pairs {
-            if !self.is_running(n)? || !self.is_running(upstream)? {
-                tracing::debug!(node = n, upstream, "not waiting: node or upstream stopped");
-                continue;
-            }
-            if !self.is_in_recovery(n)? {
-                continue;
-            }
-            pending.push((n, self.wal_position(upstream)?));
-        }
-        poll_until(
-            || {
-                let behind: Vec<String> = pending
-                    .iter()
-                    .map(|(n, target)| format!("node{n} to replay up to {target}"))
-                    .collect();
-                behind.join(", ")
-            },
-            timeout.saturating_sub(started.elapsed()),
-            || {
-                let mut still = Vec::new();
-                for &(n, target) in &pending {
-                    if self.replay_lsn(n)?.map_or(true, |lsn| lsn < target) {
-                        still.push((n, target));
-                    }
-                }
-                Ok(still.is_empty().then_some(()))
-            },
-        )
-    }
-
-    /// Waits until node `n` streams from `from`, as `from`'s `pg_stat_replication` shows.
-    fn wait_streaming(&self, n: usize, from: usize) -> Result<()> {
-        let sql = format!(
-            "SELECT count(*) FROM pg_stat_replication \
-             WHERE application_name = {} AND state = 'streaming'",
-            quote_literal(&self.nodes[n].name)
-        );
-        poll_until(
-            || format!("node{n} to stream from node{from}"),
-            READY_TIMEOUT,
-            || Ok((self.psql(from, &sql)? != "0").then_some(())),
-        )
-    }
-
-    /// pg_basebackup of `from` into node `n`'s (absent) data directory, configured as a standby
-    /// of `from` through slot `standby_<n>`, which it creates.
-    fn base_backup(&self, n: usize, from: usize) -> Result<()> {
-        let from_port = self.port(from)?;
-        let mut cmd = self.runner.command(&self.bin.path("pg_basebackup"));
-        cmd.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &from_port.to_string(),
-            "-U",
-            SUPERUSER,
-        ])
-        .arg("-D")
-        .arg(&self.nodes[n].data)
-        .args(["-X", "stream", "-R", "-C", "-S", &slot_name(n)])
-        // A spread checkpoint would make the backup wait minutes on an idle server.
-        .args(["-c", "fast", "--no-sync", "-w"]);
-        process::run_ok(&mut cmd, COMMAND_TIMEOUT)?;
-        self.state()[n].upstream = Some(from);
-        Ok(())
-    }
-
-    /// Drops replication slot `slot` on node `on` once no WAL sender uses it (a standby that was
-    /// just stopped may hold it for a moment). Absent slots are fine.
-    fn drop_slot(&self, on: usize, slot: &str) -> Result<()> {
-        let slot = quote_literal(slot);
-        let active = format!("SELECT active FROM pg_replication_slots WHERE slot_name = {slot}");
-        poll_until(
-            || format!("replication slot {slot} on node{on} to be released"),
-            SLOT_RELEASE_TIMEOUT,
-            || match self.psql(on, &active)?.as_str() {
-                "" => Ok(Some(())),
-                "f" => {
-                    self.psql(on, &format!("SELECT pg_drop_replication_slot({slot})"))?;
-                    Ok(Some(()))
-                }
-                _ => Ok(None),
-            },
-        )
-    }
-
-    /// Prepares node `n` to follow `from`: validates, stops `n`, and frees the slot name on
-    /// `from` and (best effort) on `n`'s previous upstream, where it would pin WAL forever.
-    fn prepare_refollow(&self, n: usize, from: usize, mode: StopMode) -> Result<()> {
-        self.node(n)?;
-        self.node(from)?;
-        if n == from {
-            return Err(ClusterError::Invalid(format!(
-                "node{n} cannot replicate from itself"
-            )));
-        }
-        if !self.is_running(from)? {
-            return Err(ClusterError::Invalid(format!(
-                "node{from} must be running to be replicated from"
-            )));
-        }
-        self.stop(n, mode)?;
-        let slot = slot_name(n);
-        let previous = self.state()[n].upstream;
-        if let Some(old) = previous.filter(|&old| old != from) {
-            if self.is_running(old).unwrap_or(false) {
-                if let Err(e) = self.drop_slot(old, &slot) {
-                    tracing::warn!(node = old, %slot, error = %e, "could not drop stale replication slot");
-                }
-            }
-        }
-        self.drop_slot(from, &slot)
-    }
-
-    /// Turns node `n` into a fresh standby of node `from`: stops it if running, wipes its data
-    /// directory, pg_basebackups `from` with a fresh slot `standby_<n>`, starts it and waits until
-    /// it streams. Node `n` keeps its port and [`set_conf`](Self::set_conf) lines. This is how a
-    /// failover test rejoins the old primary under the new one.
-    ///
-    /// Other standbys that followed `n` are left pointing at it.
-    ///
-    /// # Errors
-    /// `from` not running or equal to `n`; command failures; no streaming within 60 s.
-    pub fn rebuild_standby(&self, n: usize, from: usize) -> Result<()> {
-        self.prepare_refollow(n, from, StopMode::Immediate)?;
-        let data = &self.nodes[n].data;
-        if data.exists() {
-            fs::remove_dir_all(data)
-                .map_err(ClusterError::io(format!("removing {}", data.display())))?;
-        }
-        self.base_backup(n, from)?;
-        self.write_node_conf(n)?;
-        self.pg_ctl_start(n)?;
-        self.wait_streaming(n, from)
-    }
-
-    /// Like [`rebuild_standby`](Self::rebuild_standby) but keeps node `n`'s data and rewinds it
-    /// with `pg_rewind --source-server` to where its timeline forked from `from`'s, which copies
-    /// only what changed. Node `n` is stopped cleanly first (`-m fast`); a node that crashed is
-    /// recovered by pg_rewind itself (PostgreSQL 13+). Then it is configured as a standby of
-    /// `from` (`standby.signal`, `primary_conninfo`, slot `standby_<n>`), started, and awaited
-    /// until it streams.
-    ///
-    /// # Errors
-    /// As [`rebuild_standby`](Self::rebuild_standby), plus pg_rewind's own refusals (e.g. no
-    /// common history with `from`).
-    pub fn rewind_standby(&self, n: usize, from: usize) -> Result<()> {
-        self.prepare_refollow(n, from, StopMode::Fast)?;
-        let slot = quote_literal(&slot_name(n));
-        // Reserve WAL on the source before rewinding, so everything after the copied WAL stays
-        // available to stream.
-        self.psql(
-            from,
-            &format!("SELECT pg_create_physical_replication_slot({slot}, true)"),
-        )?;
-        let from_node = &self.nodes[from];
-        let source = format!(
-            "host={} port={} user={SUPERUSER} dbname={DATABASE}",
-            quote_conninfo(&from_node.dir.to_string_lossy()),
-            self.port(from)?
-        );
-        let node = &self.nodes[n];
-        let mut cmd = self.runner.command(&self.bin.path("pg_rewind"));
-        cmd.arg("-D")
-            .arg(&node.data)
-            .arg(format!("--source-server={source}"))
-            .arg("--no-sync");
-        process::run_ok(&mut cmd, COMMAND_TIMEOUT)?;
-
-        // pg_rewind copied `from`'s configuration files, including its causeway.conf and a
-        // postgresql.auto.conf that may name `from`'s own old upstream; later lines win.
-        self.write_node_conf(n)?;
-        let primary_conninfo = format!("host=127.0.0.1 port={} user={SUPERUSER}", self.port(from)?);
-        self.runner.append_file(
-            &node.data.join("postgresql.auto.conf"),
-            &format!(
-                "primary_conninfo = {}\nprimary_slot_name = {}\n",
-                quote_conf(&primary_conninfo),
-                quote_conf(&slot_name(n))
-            ),
-        )?;
-        self.runner
-            .write_file(&node.data.join("standby.signal"), "")?;
-        self.state()[n].upstream = Some(from);
-        self.pg_ctl_start(n)?;
-        self.wait_streaming(n, from)
-    }
-
-    /// Promotes standby `n` (`pg_ctl promote -w`) and returns once it answers
-    /// `pg_is_in_recovery() = false`. Other standbys keep following their old upstream.
-    ///
-    /// # Errors
-    /// Fails if `n` is not a running standby; [`ClusterError::Timeout`] after 60 s.
-    pub fn promote(&self, n: usize) -> Result<()> {
-        let node = self.node(n)?;
-        let mut cmd = self.pg_ctl();
-        cmd.arg("promote").arg("-D").arg(&node.data).args([
-            "-w",
-            "-t",
-            &PG_CTL_WAIT_SECS.to_string(),
-        ]);
-        process::run_ok(&mut cmd, COMMAND_TIMEOUT)?;
-        poll_until(
-            || format!("{} to leave recovery", node.name),
-            READY_TIMEOUT,
-            || Ok((!self.is_in_recovery(n)?).then_some(())),
-        )?;
-        let order = self.promotions.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut state = self.state();
-        state[n].upstream = None;
-        state[n].promoted = order;
-        Ok(())
-    }
-}
-
-// === node lifecycle and configuration ===
-
-impl LocalCluster {
-    /// Whether node `n`'s server is running (`pg_ctl status`).
-    ///
-    /// # Errors
-    /// Unexpected pg_ctl failures.
-    pub fn is_running(&self, n: usize) -> Result<bool> {
-        let node = self.node(n)?;
-        let mut cmd = self.pg_ctl();
-        cmd.arg("status").arg("-D").arg(&node.data);
-        let captured = process::run(&mut cmd, COMMAND_TIMEOUT)?;
-        // pg_ctl status: 0 running, 3 not running, 4 no usable data directory.
-        match captured.status.code() {
-            Some(0) => Ok(true),
-            Some(3 | 4) => Ok(false),
-            _ => captured.into_stdout(&cmd).map(|_| false),
-        }
-    }
-
-    /// Starts node `n` (`pg_ctl start -w`) if it is not running, returning once it accepts
-    /// connections (for a standby: once it is consistent and read-only queries work). It keeps
-    /// its role: a stopped old primary comes back as a primary.
-    ///
-    /// # Errors
-    /// [`ClusterError::CommandFailed`] with pg_ctl's stderr and the new server log lines.
-    pub fn start_node(&self, n: usize) -> Result<()> {
-        self.node(n)?;
-        if self.is_running(n)? {
-            return Ok(());
-        }
-        self.pg_ctl_start(n)
-    }
-
-    /// Stops node `n` if it is running, waiting until it is down.
-    ///
-    /// # Errors
-    /// pg_ctl failures.
-    pub fn stop(&self, n: usize, mode: StopMode) -> Result<()> {
-        let node = self.node(n)?;
-        if !self.is_running(n)? {
-            return Ok(());
-        }
-        let mut cmd = self.pg_ctl();
-        cmd.arg("stop")
-            .arg("-D")
-            .arg(&node.data)
-            .args(["-m", mode.as_pg_ctl_arg(), "-w", "-t"])
-            .arg(PG_CTL_WAIT_SECS.to_string());
-        process::run_ok(&mut cmd, COMMAND_TIMEOUT).map(drop)
-    }
-
-    /// Stops node `n` cleanly (`-m fast`) and starts it again; needed for settings that only
-    /// take effect at server start.
-    ///
-    /// # Errors
-    /// As [`stop`](Self::stop) and [`start_node`](Self::start_node).
-    pub fn restart_node(&self, n: usize) -> Result<()> {
-        self.stop(n, StopMode::Fast)?;
-        self.pg_ctl_start(n)
-    }
-
-    /// Adds one `postgresql.conf` line to node `n` only (e.g. `recovery_min_apply_delay =
-    /// '50ms'` on a standby) and, if the node runs, reloads it and waits until the server has
-    /// re-read its configuration. Settings that need a restart take effect at the next
-    /// [`restart_node`](Self::restart_node). The line survives restarts, `rebuild_standby` and
-    /// `rewind_standby`.
-    ///
-    /// # Errors
-    /// [`ClusterError::Invalid`] if the line is not a single line or the server reports an
-    /// error in it (the line is then removed again); query failures.
-    pub fn set_conf(&self, n: usize, line: &str) -> Result<()> {
-        self.node(n)?;
-        if line.contains(['\n', '\r']) {
-            return Err(ClusterError::Invalid(format!(
-                "configuration must be one line: {line:?}"
-            )));
-        }
-        self.state()[n].conf_lines.push(line.to_owned());
-        self.write_node_conf(n)?;
-        if !self.is_running(n)? {
-            return Ok(());
-        }
-        // pg_file_settings parses the files as they are now, before anything is applied.
-        let problems = self.psql(
-            n,
-            "SELECT coalesce(string_agg(format('%s line %s: %s', sourcefile, sourceline, error), \
-             '; '), '') FROM pg_file_settings \
-             WHERE error IS NOT NULL AND error <> 'setting could not be applied'",
-        )?;
-        if !problems.is_empty() {
-            self.state()[n].conf_lines.pop();
-            self.write_node_conf(n)?;
-            return Err(ClusterError::Invalid(format!(
-                "node{n} rejects {line:?}: {problems}"
-            )));
-        }
-        let load_time = "SELECT pg_conf_load_time()";
-        let before = self.psql(n, load_time)?;
-        self.psql(n, "SELECT pg_reload_conf()")?;
-        // A new session inherits the postmaster's reload time, which moves once it processed
-        // the SIGHUP.
-        poll_until(
-            || format!("node{n} to reload its configuration"),
-            READY_TIMEOUT,
-            || Ok((self.psql(n, load_time)? != before).then_some(())),
-        )
-    }
-
-    /// Rewrites node `n`'s causeway.conf from the cluster options and its state.
-    fn write_node_conf(&self, n: usize) -> Result<()> {
-        let node = &self.nodes[n];
-        let (port, lines) = {
-            let state = self.state();
-            (state[n].port, state[n].conf_lines.clone())
-        };
-        let text = conf::render_node_conf(&NodeConf {
-            name: &node.name,
-            port,
-            socket_dir: &node.dir,
-            max_connections: self.max_connections,
-            extra: &self.extra_conf,
-            node_lines: &lines,
-        });
-        self.runner
-            .write_file(&node.data.join(conf::NODE_CONF_FILE), &text)
-    }
-
-    fn pg_ctl(&self) -> Command {
-        self.runner.command(&self.bin.path("pg_ctl"))
-    }
-
-    /// `pg_ctl start -w`; on failure the error carries what the server logged meanwhile, which
-    /// is where the actual reason is.
-    fn pg_ctl_start(&self, n: usize) -> Result<()> {
-        let node = &self.nodes[n];
-        let log_start = fs::metadata(&node.log).map(|m| m.len()).unwrap_or(0);
-        let mut cmd = self.pg_ctl();
-        cmd.arg("start")
-            .arg("-D")
-            .arg(&node.data)
-            .arg("-l")
-            .arg(&node.log)
-            .args(["-w", "-s", "-t", &PG_CTL_WAIT_SECS.to_string()]);
-        let captured = process::run(&mut cmd, COMMAND_TIMEOUT)?;
-        if captured.status.success() {
-            return Ok(());
-        }
-        let log = read_from(&node.log, log_start);
-        Err(ClusterError::CommandFailed {
-            command: process::describe(&cmd),
-            status: captured.status.to_string(),
-            stderr: format!(
-                "{}\n--- {} ---\n{}",
-                captured.stderr.trim(),
-                node.log.display(),
-                log.trim()
-            ),
-        })
-    }
-}
-
-/// The last few KiB of `path` written after byte `offset`.
-fn read_from(path: &Path, offset: u64) -> String {
-    const MAX: usize = 4096;
-    let bytes = fs::read(path).unwrap_or_default();
-    let start = usize::try_from(offset)
-        .unwrap_or(usize::MAX)
-        .min(bytes.len());
-    let new = &bytes[start..];
-    let tail = &new[new.len().saturating_sub(MAX)..];
-    String::from_utf8_lossy(tail).into_owned()
-}
-
 /// Calls `check` every [`POLL_INTERVAL`] until it yields a value, failing with
 /// [`ClusterError::Timeout`] once `timeout` has passed. `check` runs at least once.
 fn poll_until<T>(
@@ -1277,5 +731,48 @@ impl Drop for LocalCluster {
         if let Err(e) = self.shutdown() {
             tracing::warn!(base = %self.base.display(), error = %e, "local cluster cleanup failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_clash_is_recognised_in_server_log() {
+        let log = "LOG:  could not bind IPv4 address \"127.0.0.1\": Address already in use\n\
+                   WARNING:  could not create listen socket for \"127.0.0.1\"\n\
+                   FATAL:  could not create any TCP/IP sockets";
+        assert!(is_port_clash(log));
+        assert!(!is_port_clash("FATAL:  data directory has wrong ownership"));
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let bad = [
+            ClusterOptions {
+                superuser_password: String::new(),
+                ..ClusterOptions::default()
+            },
+            ClusterOptions {
+                superuser_password: "a\nb".to_owned(),
+                ..ClusterOptions::default()
+            },
+            ClusterOptions {
+                max_connections: 0,
+                ..ClusterOptions::default()
+            },
+            ClusterOptions {
+                extra_conf: vec!["a = 1\nb = 2".to_owned()],
+                ..ClusterOptions::default()
+            },
+        ];
+        for opts in bad {
+            assert!(matches!(
+                validate_options(&opts),
+                Err(ClusterError::Invalid(_))
+            ));
+        }
+        assert!(validate_options(&ClusterOptions::default()).is_ok());
     }
 }

@@ -23,6 +23,12 @@ use std::{
 
 use super::error::{ClusterError, INSTALL_HINT};
 
+/// Shell for [`CLOSE_FDS_AND_EXEC`]; dash cannot close descriptors above 9.
+const BASH: &str = "/bin/bash";
+
+/// Closes every descriptor but stdin, stdout and stderr, then runs `"$@"` in its place.
+const CLOSE_FDS_AND_EXEC: &str = r#"for fd in /proc/$$/fd/*; do fd=${fd##*/}; case $fd in 0|1|2) ;; *) eval "exec $fd>&-" ;; esac; done; exec "$@""#;
+
 /// An OS account, by numeric ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OsUser {
@@ -136,6 +142,22 @@ impl Runner {
         cmd
     }
 
+    /// Like [`command`](Self::command), for programs that leave processes behind (pg_ctl start
+    /// and the guardian): they first go through bash, which closes every descriptor above
+    /// stderr. Otherwise a descriptor this process inherited without close-on-exec (say, a
+    /// CI runner's or an editor's pipe) would be held by the servers or the guardian, and
+    /// whoever waits for that pipe's end-of-file would wait for the cluster's cleanup. Without
+    /// bash, the plain command.
+    pub(crate) fn long_lived_command(&self, program: &Path) -> Command {
+        if !Path::new(BASH).exists() {
+            return self.command(program);
+        }
+        let mut cmd = self.command(Path::new(BASH));
+        cmd.args(["-c", CLOSE_FDS_AND_EXEC, "causeway-exec"])
+            .arg(program);
+        cmd
+    }
+
     /// Hands `path` to the cluster's account (no-op when that is ourselves).
     pub(crate) fn chown(&self, path: &Path) -> Result<(), ClusterError> {
         match self.user {
@@ -212,12 +234,15 @@ impl Captured {
 
 /// The command line for logs and errors (arguments joined by spaces, not re-quoted).
 pub(crate) fn describe(cmd: &Command) -> String {
-    let mut text = cmd.get_program().to_string_lossy().into_owned();
-    for arg in cmd.get_args() {
-        text.push(' ');
-        text.push_str(&arg.to_string_lossy());
+    let mut words: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|w| w.to_string_lossy().into_owned())
+        .collect();
+    // Show what the fd-closing wrapper runs, not the wrapper.
+    if words.len() > 4 && words[0] == BASH && words[2] == CLOSE_FDS_AND_EXEC {
+        words.drain(..4);
     }
-    text
+    words.join(" ")
 }
 
 /// Runs `cmd` to completion with stdout and stderr captured, killing it if it outlives `timeout`.
@@ -358,6 +383,29 @@ mod tests {
             Err(ClusterError::Timeout { .. })
         ));
         assert!(started.elapsed() < Duration::from_secs(4));
+    }
+
+    #[test]
+    fn long_lived_commands_close_inherited_descriptors() {
+        if !Path::new(BASH).exists() {
+            return;
+        }
+        // A descriptor without close-on-exec, as a careless parent would pass down.
+        let runner = Runner::new(None, std::env::temp_dir());
+        let mut cmd = runner.long_lived_command(Path::new("/bin/sh"));
+        cmd.args(["-c", "ls /proc/$$/fd"]);
+        assert_eq!(describe(&cmd), "/bin/sh -c ls /proc/$$/fd");
+        let mut leaky = Command::new(BASH);
+        leaky
+            .args(["-c", "exec 7</dev/null; exec \"$@\"", "leaky"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        let out = run_ok(&mut leaky, Duration::from_secs(10)).unwrap();
+        let mut fds: Vec<&str> = out.split_whitespace().collect();
+        fds.sort_unstable();
+        // ls itself opens the directory it lists, so one extra descriptor may show up.
+        assert!(!fds.contains(&"7"), "{fds:?}");
+        assert!(fds.starts_with(&["0", "1", "2"]), "{fds:?}");
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub fn config_for(cluster: &LocalCluster, listen: SocketAddr) -> Result<Config, 
         r#"
 [proxy]
 listen = "{listen}"
-pool_mode = "session"
+pool_mode = "transaction"
 
 [monitor]
 user = "{monitor}"

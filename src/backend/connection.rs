@@ -5,15 +5,18 @@
 //! Authentication towards servers uses postgres-protocol's SCRAM-SHA-256 client and md5 hash, so
 //! causeway implements no client-side crypto of its own.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::statements::{ServerStatements, StatementDef};
 use super::BackendError;
 use crate::protocol::backend::{self as be, tag as btag, AuthRequest, ReplyScanner, TxStatus};
 use crate::protocol::startup::{CancelKey, StartupMessage};
@@ -50,14 +53,43 @@ impl ConnectTarget {
 /// Who is waiting for the reply that ends at the next ReadyForQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyOwner {
-    /// The client: forward the reply. `sync` tells an extended-protocol request (ended by Sync)
-    /// from a simple Query; it matters when COPY swallows the Sync.
+    /// The client: forward the reply.
     Client {
-        /// The request ended with Sync.
+        /// The request ended with Sync (extended protocol) rather than being a simple Query; it
+        /// matters when COPY swallows the Sync.
         sync: bool,
+        /// Sequence number of the request on this connection (see [`SentParse::seq`]).
+        seq: u64,
     },
-    /// The proxy itself (parameter sync, reset): swallow the reply.
+    /// The proxy itself (parameter sync): swallow the reply.
     Proxy,
+}
+
+/// A Parse sent to the server whose ParseComplete has not arrived yet.
+#[derive(Debug, Clone)]
+pub struct SentParse {
+    /// The statement's definition.
+    pub def: Arc<StatementDef>,
+    /// Its name on this server.
+    pub server_name: Arc<str>,
+    /// The client's name for it; `None` when the proxy added the Parse (its ParseComplete is
+    /// swallowed).
+    pub client_name: Option<Bytes>,
+    /// The request it belongs to: at that request's ReadyForQuery, a Parse still waiting for
+    /// its ParseComplete has failed (an error skipped it) and is rolled back.
+    pub seq: u64,
+}
+
+/// Bookkeeping for requests in flight on a connection.
+#[derive(Debug, Default)]
+pub struct RequestTrack {
+    /// Parses awaiting ParseComplete, oldest first.
+    pub parses: VecDeque<SentParse>,
+    /// Sequence number the next client request gets.
+    pub next_seq: u64,
+    /// Frames were forwarded since the last Sync or Query (after a Flush, or a large partial
+    /// batch): the connection owes replies without a ReadyForQuery in sight.
+    pub unsynced: bool,
 }
 
 /// Parameters as the server reported them (ParameterStatus), plus what the proxy set itself.
@@ -67,7 +99,7 @@ pub struct ServerParams {
     pub reported: HashMap<String, String>,
     /// Parameters the proxy SET on this connection since it was last reset, by lower-case
     /// name, holding the client's value (which the server may have normalized when reporting).
-    pub applied: HashMap<String, String>,
+    pub applied: BTreeMap<String, String>,
 }
 
 /// An authenticated server connection.
@@ -88,6 +120,10 @@ pub struct ServerConn {
     pub(crate) broken: bool,
     /// Reported and applied parameters.
     pub(crate) params: ServerParams,
+    /// Named statements prepared on this connection.
+    pub(crate) statements: ServerStatements,
+    /// Requests in flight.
+    pub(crate) track: RequestTrack,
     /// Node index in the configuration.
     node: usize,
     /// host:port, for messages.
@@ -154,6 +190,8 @@ impl ServerConn {
             status: TxStatus::Idle,
             broken: false,
             params: ServerParams::default(),
+            statements: ServerStatements::default(),
+            track: RequestTrack::default(),
             node: target.node,
             addr,
             host: target.host.clone(),
@@ -310,8 +348,8 @@ impl ServerConn {
     }
 
     /// Where a CancelRequest for this connection's process must go.
-    pub fn cancel_target(&self) -> crate::session::cancel::CancelTarget {
-        crate::session::cancel::CancelTarget {
+    pub fn cancel_target(&self) -> super::cancel::CancelTarget {
+        super::cancel::CancelTarget {
             host: self.host.clone(),
             port: self.port,
             key: self.key,
@@ -349,6 +387,7 @@ impl ServerConn {
     pub fn is_idle(&self) -> bool {
         !self.broken
             && self.pending.is_empty()
+            && !self.track.unsynced
             && self.scanner.at_boundary()
             && self.rbuf.is_empty()
             && self.wbuf.is_empty()
@@ -406,6 +445,17 @@ impl ServerConn {
         sql: &str,
         timeout: Duration,
     ) -> Result<Result<(), be::ErrorFields>, BackendError> {
+        Ok(self.query_internal(sql, timeout, |_| {}).await?.map(|_| ()))
+    }
+
+    /// Runs one internal simple query on an idle connection, handing each DataRow body to
+    /// `on_row`. Returns the server's error, if any, as `Ok(Err(fields))`.
+    pub async fn query_internal(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+        mut on_row: impl FnMut(&[u8]),
+    ) -> Result<Result<(), be::ErrorFields>, BackendError> {
         debug_assert!(self.pending.is_empty() && self.scanner.at_boundary());
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         messages::query(&mut out, sql);
@@ -424,6 +474,7 @@ impl ServerConn {
                             None => Ok(()),
                         });
                     }
+                    btag::DATA_ROW => on_row(frame.body()),
                     btag::ERROR_RESPONSE => {
                         let fields = be::error_fields(frame.body()).map_err(|e| self.proto(e))?;
                         if fields.is_fatal() {

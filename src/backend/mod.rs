@@ -4,8 +4,10 @@
 //! for a transaction or a whole session, and gives it back ("check in"). Everything about a
 //! node's role lives in [`crate::topology`]; this module only knows addresses.
 
+pub mod cancel;
 pub mod connection;
 pub mod pool;
+pub mod statements;
 
 pub use connection::{ServerConn, ServerParams};
 pub use pool::{Lease, Pool, PoolKey, Pools};

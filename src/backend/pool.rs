@@ -169,29 +169,54 @@ impl Pool {
         })
     }
 
-    /// Gives a connection back. A connection that is not idle (mid-reply, in a transaction,
-    /// broken) is closed; with `reset`, the reset query runs first and a failure closes it.
-    pub async fn checkin(&self, mut lease: Lease, reset: bool) {
-        if !lease.conn.is_idle() || self.is_expired(&lease.conn) {
+    /// Gives a connection back for the next client as it is: its parameters and prepared
+    /// statements are tracked, so the next session adjusts them (transaction pooling). A
+    /// connection that is not idle (mid-reply, in a transaction, broken) or has outlived its
+    /// limits is closed instead.
+    pub fn checkin(&self, lease: Lease) {
+        if !self.is_reusable(&lease.conn) {
+            tracing::debug!(pool = %self.name(), conn = ?lease.conn, "closing server connection");
+            tokio::spawn(lease.conn.close());
+            return;
+        }
+        self.push_idle(lease);
+    }
+
+    /// Runs the reset query (`DISCARD ALL`), then gives the connection back; any failure closes
+    /// it. Used when a client leaves state the proxy does not track (session pooling, or a
+    /// pinned session).
+    pub async fn reset_and_checkin(&self, mut lease: Lease) {
+        if !self.is_reusable(&lease.conn) {
             tracing::debug!(pool = %self.name(), conn = ?lease.conn, "closing server connection");
             lease.conn.close().await;
             return;
         }
-        if reset {
-            if let Some(q) = &self.settings.reset_query {
-                match lease
-                    .conn
-                    .run_internal(q, self.settings.internal_timeout)
-                    .await
-                {
-                    Ok(Ok(())) => lease.conn.params.applied.clear(),
-                    _ => {
-                        lease.conn.close().await;
-                        return;
-                    }
+        if let Some(q) = &self.settings.reset_query {
+            match lease
+                .conn
+                .run_internal(q, self.settings.internal_timeout)
+                .await
+            {
+                Ok(Ok(())) => {
+                    lease.conn.params.applied.clear();
+                    lease.conn.statements.clear();
+                }
+                _ => {
+                    lease.conn.close().await;
+                    return;
                 }
             }
         }
+        self.push_idle(lease);
+    }
+
+    fn is_reusable(&self, conn: &ServerConn) -> bool {
+        conn.is_idle()
+            && !self.is_expired(conn)
+            && conn.statements.len() <= super::statements::MAX_SERVER_STATEMENTS
+    }
+
+    fn push_idle(&self, lease: Lease) {
         let Lease {
             mut conn,
             node_permit,

@@ -426,26 +426,9 @@ pub const NOT_YET_IMPLEMENTED: &[Unimplemented] = &[
         note: "the admin console is not implemented",
     },
     Unimplemented {
-        key: "proxy.pool_mode",
-        value: Some("transaction"),
-        note: "transaction pooling is not implemented; each client keeps one server connection \
-               for its whole session (session mode)",
-    },
-    Unimplemented {
-        key: "users.pool_mode",
-        value: Some("transaction"),
-        note: "transaction pooling is not implemented; each client keeps one server connection \
-               for its whole session (session mode)",
-    },
-    Unimplemented {
         key: "pool.min_idle",
         value: None,
         note: "pools do not keep idle connections open in advance",
-    },
-    Unimplemented {
-        key: "pool.server_lifetime",
-        value: None,
-        note: "server connections are not retired by age",
     },
     Unimplemented {
         key: "routing.max_lag_bytes",
@@ -478,11 +461,6 @@ pub const NOT_YET_IMPLEMENTED: &[Unimplemented] = &[
         note: NO_STANDBY_READS,
     },
     Unimplemented {
-        key: "routing.primary_wait",
-        value: None,
-        note: "statements do not wait for a new primary during a failover",
-    },
-    Unimplemented {
         key: "routing.fallback",
         value: None,
         note: NO_STANDBY_READS,
@@ -491,11 +469,6 @@ pub const NOT_YET_IMPLEMENTED: &[Unimplemented] = &[
         key: "routing.causal_wait",
         value: None,
         note: "read-your-writes is not implemented",
-    },
-    Unimplemented {
-        key: "routing.health_threshold",
-        value: None,
-        note: "node state changes are not debounced",
     },
     Unimplemented {
         key: "routing.readonly_database_suffix",

@@ -1002,9 +1002,6 @@ fn notices_for_unimplemented_keys_set_explicitly() {
     assert_eq!(
         shown,
         [
-            "`proxy.pool_mode = \"transaction\"` is accepted but has no effect yet: transaction \
-             pooling is not implemented; each client keeps one server connection for its whole \
-             session (session mode)",
             "`routing.consistency` is accepted but has no effect yet: read-your-writes is not \
              implemented",
             "`users.default_route` is accepted but has no effect yet: per-user routing is not \
@@ -1013,7 +1010,7 @@ fn notices_for_unimplemented_keys_set_explicitly() {
              implemented",
         ]
     );
-    assert_eq!(notices[1].line, Some(9));
+    assert_eq!(notices[0].line, Some(9));
 
     // Set by the environment: a notice without a line.
     let notices = load_env(MINIMAL, &[("CAUSEWAY_HTTP_LISTEN", "0.0.0.0:9930")])

@@ -10,15 +10,20 @@
 pub mod cancel;
 pub mod client;
 mod relay;
+pub mod request;
 pub mod startup;
+pub mod state;
 
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
+use std::sync::Arc;
+
 use crate::app::App;
-use crate::backend::{BackendError, Lease};
+use crate::backend::{BackendError, Lease, Pool};
+use crate::config::PoolMode;
 use crate::protocol::backend::TxStatus;
 use crate::protocol::messages::{self, ProxyError};
 use crate::protocol::sqlstate::Severity;
@@ -28,6 +33,7 @@ use crate::router::Target;
 use cancel::Registration;
 use client::ClientConn;
 use startup::{Accepted, Outcome};
+use state::ClientState;
 
 /// Errors that end a session.
 #[derive(Debug, thiserror::Error)]
@@ -103,8 +109,20 @@ pub struct Session {
     app: App,
     /// The client connection.
     client: ClientConn,
-    /// Who the client is and the parameters it asked for.
+    /// Who the client is and the parameters it asked for at startup.
     accepted: Accepted,
+    /// Parameters and prepared statements the client expects.
+    state: ClientState,
+    /// When a server connection goes back to the pool.
+    mode: PoolMode,
+    /// Why the client keeps its server connection until it disconnects (LISTEN, SQL PREPARE,
+    /// ...), if it does.
+    pinned: Option<&'static str>,
+    /// The last request changed session parameters: read them back before the connection is
+    /// released.
+    params_dirty: bool,
+    /// Pools already looked up, by node.
+    pools: Vec<Option<Arc<Pool>>>,
     /// The key the client got in BackendKeyData.
     key: CancelKey,
     /// The client's entry in the cancel registry.
@@ -136,11 +154,24 @@ impl Session {
             secret: rand::random(),
         };
         let cancel = app.cancels().register(key);
-        let max_message = app.settings().config.proxy.max_message_size;
+        let settings = app.settings();
+        let max_message = settings.config.proxy.max_message_size;
+        let mode = settings
+            .users
+            .get(&accepted.user)
+            .and_then(|u| u.config.pool_mode)
+            .unwrap_or(settings.config.proxy.pool_mode);
+        let nodes = settings.config.nodes.len();
+        drop(settings);
         Session {
             app,
             client,
+            state: ClientState::new(&accepted.params),
             accepted,
+            mode,
+            pinned: None,
+            params_dirty: false,
+            pools: vec![None; nodes],
             key,
             cancel,
             server: None,
@@ -157,7 +188,7 @@ impl Session {
     /// Gets the first server connection and sends the client its welcome: ParameterStatus for
     /// every parameter, BackendKeyData, ReadyForQuery.
     async fn begin(&mut self) -> Result<(), SessionError> {
-        let lease = self.acquire(Target::Primary).await.map_err(|e| match e {
+        let mut lease = self.acquire(Target::Primary).await.map_err(|e| match e {
             // Errors that would be an ERROR mid-session end the session at startup.
             SessionError::Fatal(mut p) => {
                 p.severity = Severity::Fatal;
@@ -165,6 +196,7 @@ impl Session {
             }
             other => other,
         })?;
+        self.sync_params_now(&mut lease).await?;
         let mut b = BytesMut::with_capacity(512);
         let mut params: Vec<_> = lease.params().reported.iter().collect();
         params.sort();
@@ -175,6 +207,7 @@ impl Session {
         messages::ready_for_query(&mut b, TxStatus::Idle);
         self.client.push(b.freeze());
         self.server = Some(lease);
+        self.maybe_release();
         Ok(())
     }
 
@@ -196,61 +229,93 @@ impl Session {
                 }
             }
         };
-        let target = self
-            .app
-            .connect_target(node, &self.accepted.database, &self.accepted.user);
-        let pool = self.app.pools().get(&target);
-        let mut lease = pool.checkout().await?;
-        self.sync_params(&mut lease).await?;
+        let pool = match &self.pools[node] {
+            Some(p) => p.clone(),
+            None => {
+                let target =
+                    self.app
+                        .connect_target(node, &self.accepted.database, &self.accepted.user);
+                let p = self.app.pools().get(&target);
+                self.pools[node] = Some(p.clone());
+                p
+            }
+        };
+        let lease = pool.checkout().await?;
         self.cancel.slot().set(Some(lease.cancel_target()));
         Ok(lease)
     }
 
-    /// Applies the client's startup parameters where the server connection differs, in one
-    /// round trip. `set_config` takes the raw value exactly as a startup packet would (a
-    /// `SET x = '...'` would turn a list such as `search_path` into one quoted name).
-    async fn sync_params(&self, lease: &mut Lease) -> Result<(), SessionError> {
-        let mut calls = Vec::new();
-        for (name, value) in &self.accepted.params {
-            let lower = name.to_ascii_lowercase();
-            if lease.params().applied.get(&lower) == Some(value) {
-                continue;
-            }
-            let reported = lease
-                .params()
-                .reported
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v);
-            if reported == Some(value) {
-                continue;
-            }
-            calls.push(format!(
-                "pg_catalog.set_config({}, {}, false)",
-                quote_literal(name),
-                quote_literal(value)
-            ));
-        }
-        if calls.is_empty() {
+    /// Applies the client's parameters to a connection now, waiting for the result (used at
+    /// startup, where a bad parameter must fail the connection like PostgreSQL would).
+    async fn sync_params_now(&self, lease: &mut Lease) -> Result<(), SessionError> {
+        let Some(sql) = request::param_sync_sql(&self.state.params, &mut lease.params) else {
             return Ok(());
-        }
-        let sql = format!("SELECT {}", calls.join(", "));
+        };
         let timeout = self.app.settings().config.pool.server_connect_timeout;
         match lease.run_internal(&sql, timeout).await? {
-            Ok(()) => {
-                for (name, value) in &self.accepted.params {
-                    lease
-                        .params
-                        .applied
-                        .insert(name.to_ascii_lowercase(), value.clone());
-                }
-                Ok(())
+            Ok(()) => Ok(()),
+            Err(fields) => {
+                lease.mark_broken();
+                Err(SessionError::Fatal(ProxyError::from_server(
+                    &fields,
+                    Severity::Fatal,
+                )))
             }
-            Err(fields) => Err(SessionError::Fatal(ProxyError::from_server(
-                &fields,
-                Severity::Error,
-            ))),
         }
+    }
+
+    /// After a request changed session parameters (`SET`, `RESET`, `DISCARD`), and once the
+    /// connection is between transactions, reads the session-level settings back from the
+    /// server: they become the client's parameters (what any other connection is made to
+    /// match) and the connection's known state. The client's reply is sent first, so this
+    /// costs the client nothing; nothing else runs on the connection meanwhile.
+    async fn refresh_params(&mut self) -> Result<(), SessionError> {
+        let Some(server) = self.server.as_deref_mut() else {
+            self.params_dirty = false;
+            return Ok(());
+        };
+        if !server.is_idle() {
+            return Ok(());
+        }
+        self.params_dirty = false;
+        self.client.flush().await?;
+        let timeout = self.app.settings().config.pool.server_connect_timeout;
+        let mut rows = std::collections::BTreeMap::new();
+        let result = server
+            .query_internal(request::REFRESH_SQL, timeout, |row| {
+                if let Some((k, v)) = request::parse_setting_row(row) {
+                    rows.insert(k, v);
+                }
+            })
+            .await?;
+        match result {
+            Ok(()) => {
+                server.params.applied = rows.clone();
+                self.state.refresh_params(rows);
+            }
+            Err(fields) => {
+                tracing::warn!(error = %fields.message, "could not read session parameters back");
+                server.mark_broken();
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the server connection back if the pool mode allows it now: transaction pooling,
+    /// not pinned, nothing in flight, no transaction open.
+    fn maybe_release(&mut self) {
+        if self.mode != PoolMode::Transaction || self.pinned.is_some() || !self.is_idle() {
+            return;
+        }
+        let Some(lease) = self.server.take() else {
+            return;
+        };
+        if !lease.is_idle() {
+            self.server = Some(lease);
+            return;
+        }
+        self.cancel.slot().set(None);
+        lease.pool().clone().checkin(lease);
     }
 
     /// Ends the session: tells the client why (if it can hear it), and returns the server
@@ -266,7 +331,9 @@ impl Session {
         }
         self.cancel.slot().set(None);
         if let Some(lease) = self.server.take() {
-            release(lease, &self.app, true).await;
+            // Session pooling and pinned sessions leave state the proxy does not track: reset.
+            let reset = self.mode == PoolMode::Session || self.pinned.is_some();
+            release(lease, &self.app, reset).await;
         }
     }
 }
@@ -274,7 +341,7 @@ impl Session {
 /// Hands a server connection back after a client is done with it.
 async fn release(mut lease: Lease, app: &App, reset: bool) {
     let timeout = app.settings().config.pool.server_connect_timeout;
-    if !lease.pending.is_empty() || !lease.scanner.at_boundary() {
+    if !lease.pending.is_empty() || !lease.scanner.at_boundary() || lease.track.unsynced {
         // A request is still running: stop it so it does not hold locks, then close.
         cancel::send_cancel(&lease.cancel_target(), timeout).await;
         lease.mark_broken();
@@ -286,31 +353,9 @@ async fn release(mut lease: Lease, app: &App, reset: bool) {
         }
     }
     let pool = lease.pool().clone();
-    pool.checkin(lease, reset).await;
-}
-
-/// Quotes a string as an escape-string literal, safe whatever `standard_conforming_strings` is.
-fn quote_literal(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 3);
-    out.push_str("E'");
-    for c in s.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn literals_are_escaped() {
-        assert_eq!(quote_literal("a'b\\c"), r"E'a''b\\c'");
-        assert_eq!(quote_literal(""), "E''");
+    if reset {
+        pool.reset_and_checkin(lease).await;
+    } else {
+        pool.checkin(lease);
     }
 }

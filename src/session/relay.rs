@@ -15,7 +15,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::client::write_queued;
-use super::{Session, SessionError};
+use super::{request, Session, SessionError};
 use crate::backend::connection::{ReplyOwner, ServerConn};
 use crate::protocol::backend::{self as be, tag as btag, Step};
 use crate::protocol::frontend::{is_known_tag, tag as ftag};
@@ -90,6 +90,10 @@ impl Session {
             if flow == Flow::End {
                 return Ok(());
             }
+            if self.params_dirty {
+                self.refresh_params().await?;
+            }
+            self.maybe_release();
             if self.draining && self.is_idle() {
                 self.client.push_error(&ProxyError::fatal(
                     SqlState::ADMIN_SHUTDOWN,
@@ -153,16 +157,14 @@ impl Session {
     }
 
     /// Whether nothing is in flight: no request, no transaction, no partial batch, no COPY.
-    fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         self.batch.is_empty()
             && !self.copy_in
             && !self.skip_until_sync
             && match self.server.as_deref() {
                 None => true,
                 Some(s) => {
-                    s.pending.is_empty()
-                        && s.scanner.at_boundary()
-                        && !s.status.is_in_transaction()
+                    s.pending.is_empty() && s.scanner.at_boundary() && !s.status.is_in_transaction()
                 }
             }
     }
@@ -248,15 +250,28 @@ impl Session {
         let Some(server) = self.server.as_deref_mut() else {
             return Ok(());
         };
-        server.wbuf.reserve(self.batch_len);
-        for f in self.batch.drain(..) {
-            server.wbuf.extend_from_slice(f.raw());
+        // A connection fresh from the pool may carry another client's parameters: bring them
+        // in line first, in the same write (its reply is swallowed).
+        if !server.track.unsynced && server.pending.is_empty() {
+            if let Some(sql) = request::param_sync_sql(&self.state.params, &mut server.params) {
+                messages::query(&mut server.wbuf, &sql);
+                server.pending.push_back(ReplyOwner::Proxy);
+            }
         }
+        let seq = server.track.next_seq;
+        request::write_batch(&self.batch, &mut self.state, server, seq)?;
+        self.batch.clear();
         self.batch_len = 0;
         match term {
-            Terminator::Query => server.pending.push_back(ReplyOwner::Client { sync: false }),
-            Terminator::Sync => server.pending.push_back(ReplyOwner::Client { sync: true }),
-            Terminator::Flush | Terminator::Partial => {}
+            Terminator::Query | Terminator::Sync => {
+                server.pending.push_back(ReplyOwner::Client {
+                    sync: term == Terminator::Sync,
+                    seq,
+                });
+                server.track.next_seq += 1;
+                server.track.unsynced = false;
+            }
+            Terminator::Flush | Terminator::Partial => server.track.unsynced = true,
         }
         Ok(())
     }
@@ -279,12 +294,14 @@ impl Session {
     // === server → client ===
 
     /// Handles every byte the server has sent: passthrough runs are queued for the client
-    /// without decoding; ReadyForQuery, ParameterStatus, ErrorResponse and COPY starts are read.
+    /// without decoding; the messages the proxy must understand are read on the way.
     fn on_server_bytes(&mut self) -> Result<Flow, SessionError> {
         let Some(server) = self.server.as_deref_mut() else {
             return Ok(Flow::Continue);
         };
         loop {
+            let owner = server.pending.front().copied();
+            let want_parse_complete = !server.track.parses.is_empty();
             let step = server
                 .scanner
                 .step(&server.rbuf, self.max_message, |t| {
@@ -293,12 +310,14 @@ impl Session {
                         btag::READY_FOR_QUERY
                             | btag::PARAMETER_STATUS
                             | btag::ERROR_RESPONSE
+                            | btag::COMMAND_COMPLETE
                             | btag::COPY_IN_RESPONSE
                             | btag::COPY_BOTH_RESPONSE
-                    )
+                    ) || (t == btag::PARSE_COMPLETE && want_parse_complete)
                 })
                 .map_err(|e| server.proto(e))?;
-            let for_client = server.pending.front() != Some(&ReplyOwner::Proxy);
+            // Replies with no owner are asynchronous (NOTIFY, notices): they are the client's.
+            let for_client = matches!(owner, None | Some(ReplyOwner::Client { .. }));
             match step {
                 Step::NeedMore => return Ok(Flow::Continue),
                 Step::Passthrough(n) => {
@@ -315,8 +334,66 @@ impl Session {
                             let status = be::ready_for_query(body).map_err(|e| server.proto(e))?;
                             server.status = status;
                             server.pending.pop_front();
+                            match owner {
+                                Some(ReplyOwner::Client { seq, .. }) => {
+                                    // Parses of this request still unanswered were skipped
+                                    // after an error: they do not exist.
+                                    while server.track.parses.front().is_some_and(|p| p.seq <= seq)
+                                    {
+                                        if let Some(p) = server.track.parses.pop_front() {
+                                            server.statements.remove(&p.def, &p.server_name);
+                                            if let Some(name) = p.client_name {
+                                                if self.state.statements.get(&name) == Some(&p.def)
+                                                {
+                                                    self.state.statements.remove(&name);
+                                                }
+                                            }
+                                        }
+                                    }
+                                    self.tx_status = status;
+                                    self.client.push(frame);
+                                }
+                                Some(ReplyOwner::Proxy) => {}
+                                // A ReadyForQuery nobody asked for: the protocol is broken.
+                                None => {
+                                    return Err(server
+                                        .proto(ProtocolError::Unexpected {
+                                            tag: 'Z',
+                                            context: "without a pending request",
+                                        })
+                                        .into())
+                                }
+                            }
+                        }
+                        btag::PARSE_COMPLETE => {
+                            let added_by_proxy = server
+                                .track
+                                .parses
+                                .pop_front()
+                                .is_some_and(|p| p.client_name.is_none());
+                            if for_client && !added_by_proxy {
+                                self.client.push(frame);
+                            }
+                        }
+                        btag::COMMAND_COMPLETE => {
                             if for_client {
-                                self.tx_status = status;
+                                if request::tag_changes_params(body) {
+                                    self.params_dirty = true;
+                                }
+                                if request::tag_drops_statements(body) {
+                                    self.state.statements.clear();
+                                    server.statements.clear();
+                                    server.track.parses.clear();
+                                }
+                                if let Some(why) = request::tag_pins(body) {
+                                    if self.pinned.is_none() {
+                                        tracing::debug!(
+                                            reason = why,
+                                            "client pinned to its server connection"
+                                        );
+                                        self.pinned = Some(why);
+                                    }
+                                }
                                 self.client.push(frame);
                             }
                         }
@@ -344,7 +421,7 @@ impl Session {
                             // In the extended protocol the Sync that followed Execute is
                             // ignored by the server during COPY; the client sends another one
                             // after CopyDone, which is the one that gets a ReadyForQuery.
-                            if server.pending.front() == Some(&ReplyOwner::Client { sync: true }) {
+                            if let Some(ReplyOwner::Client { sync: true, .. }) = owner {
                                 server.pending.pop_front();
                             }
                             self.client.push(frame);
@@ -355,7 +432,11 @@ impl Session {
                                 "COPY BOTH (replication protocol) is not supported by causeway",
                             )))
                         }
-                        _ => self.client.push(frame),
+                        _ => {
+                            if for_client {
+                                self.client.push(frame);
+                            }
+                        }
                     }
                 }
             }

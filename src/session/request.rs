@@ -1,0 +1,324 @@
+//! Turning a client's batch into what one particular server connection must receive.
+//!
+//! - Named prepared statements are renamed to the connection's own names; a statement the
+//!   client prepared elsewhere is prepared here first, in front of the batch (its ParseComplete
+//!   is swallowed on the way back). Close of a named statement only forgets the client's name:
+//!   the server-side statement may serve other clients, so the Close sent on is aimed at a name
+//!   that never exists, which PostgreSQL answers with a plain CloseComplete.
+//! - Session parameters are brought in line with the client's (`RESET` / `set_config`) by a
+//!   query the proxy adds in front, whose reply is swallowed.
+//!
+//! Messages without statement names go through byte for byte.
+
+use std::collections::BTreeMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::state::ClientState;
+use crate::backend::connection::{SentParse, ServerParams};
+use crate::backend::statements::StatementDef;
+use crate::backend::ServerConn;
+use crate::protocol::codec::{put_cstr, put_frame_with};
+use crate::protocol::frontend::{self, tag as ftag, Target};
+use crate::protocol::{Frame, ProtocolError};
+
+/// A statement name that never exists on a server: Close aimed at it is a no-op.
+const NO_SUCH_STATEMENT: &[u8] = b"causeway_no_such_statement";
+
+/// Appends `batch` to the connection's write buffer, rewritten for it. `seq` is the sequence
+/// number of the request the batch belongs to.
+pub fn write_batch(
+    batch: &[Frame],
+    client: &mut ClientState,
+    server: &mut ServerConn,
+    seq: u64,
+) -> Result<(), ProtocolError> {
+    let mut prelude = BytesMut::new();
+    let mut prelude_parses = Vec::new();
+    let mut body = BytesMut::with_capacity(batch.iter().map(Frame::len).sum());
+    let mut batch_parses = Vec::new();
+    for frame in batch {
+        let b = frame.body();
+        match frame.tag() {
+            ftag::PARSE => {
+                let p = frontend::parse(b)?;
+                if p.name.is_empty() {
+                    body.extend_from_slice(frame.raw());
+                    continue;
+                }
+                let tail = frame.raw().slice(5 + p.name.len() + 1..);
+                let def = StatementDef::new(tail.clone());
+                let server_name = server.statements.fresh_name();
+                put_frame_with(&mut body, ftag::PARSE, |o| {
+                    put_cstr(o, server_name.as_bytes());
+                    o.put_slice(&tail);
+                });
+                server.statements.insert(def.clone(), server_name.clone());
+                let client_name = Bytes::copy_from_slice(p.name);
+                client.statements.insert(client_name.clone(), def.clone());
+                batch_parses.push(SentParse {
+                    def,
+                    server_name,
+                    client_name: Some(client_name),
+                    seq,
+                });
+            }
+            ftag::BIND => {
+                let v = frontend::bind(b)?;
+                let Some(name) = server_name_for(
+                    v.statement,
+                    client,
+                    server,
+                    &mut prelude,
+                    &mut prelude_parses,
+                    seq,
+                ) else {
+                    body.extend_from_slice(frame.raw());
+                    continue;
+                };
+                // portal, statement, then the untouched rest (formats, values, result formats).
+                let rest = &b[v.portal.len() + 1 + v.statement.len() + 1..];
+                put_frame_with(&mut body, ftag::BIND, |o| {
+                    put_cstr(o, v.portal);
+                    put_cstr(o, name.as_bytes());
+                    o.put_slice(rest);
+                });
+            }
+            ftag::DESCRIBE => match frontend::describe_or_close(b)? {
+                Target::Statement(s) if !s.is_empty() => {
+                    match server_name_for(s, client, server, &mut prelude, &mut prelude_parses, seq)
+                    {
+                        Some(name) => put_frame_with(&mut body, ftag::DESCRIBE, |o| {
+                            o.put_u8(b'S');
+                            put_cstr(o, name.as_bytes());
+                        }),
+                        None => body.extend_from_slice(frame.raw()),
+                    }
+                }
+                _ => body.extend_from_slice(frame.raw()),
+            },
+            ftag::CLOSE => match frontend::describe_or_close(b)? {
+                Target::Statement(s) if !s.is_empty() => {
+                    client.statements.remove(s);
+                    put_frame_with(&mut body, ftag::CLOSE, |o| {
+                        o.put_u8(b'S');
+                        put_cstr(o, NO_SUCH_STATEMENT);
+                    });
+                }
+                _ => body.extend_from_slice(frame.raw()),
+            },
+            _ => body.extend_from_slice(frame.raw()),
+        }
+    }
+    server.wbuf.extend_from_slice(&prelude);
+    server.wbuf.extend_from_slice(&body);
+    server.track.parses.extend(prelude_parses);
+    server.track.parses.extend(batch_parses);
+    Ok(())
+}
+
+/// The server-side name for the client's statement `name` on this connection, preparing it in
+/// `prelude` if needed. `None` when the client has no such statement (the message goes on
+/// unchanged and the server reports the error with the client's own name).
+fn server_name_for(
+    name: &[u8],
+    client: &ClientState,
+    server: &mut ServerConn,
+    prelude: &mut BytesMut,
+    prelude_parses: &mut Vec<SentParse>,
+    seq: u64,
+) -> Option<std::sync::Arc<str>> {
+    let def = client.statements.get(name)?;
+    if let Some(n) = server.statements.name_of(def) {
+        return Some(n.clone());
+    }
+    let server_name = server.statements.fresh_name();
+    put_frame_with(prelude, ftag::PARSE, |o| {
+        put_cstr(o, server_name.as_bytes());
+        o.put_slice(&def.body);
+    });
+    server.statements.insert(def.clone(), server_name.clone());
+    prelude_parses.push(SentParse {
+        def: def.clone(),
+        server_name: server_name.clone(),
+        client_name: None,
+        seq,
+    });
+    Some(server_name)
+}
+
+/// SQL that makes a connection's session parameters equal to `desired`, and the bookkeeping
+/// that assumes it succeeded; `None` when nothing differs.
+///
+/// Parameters the proxy set earlier and the client does not want are `RESET` (back to the
+/// server default); differing ones are set with `set_config`, which takes the raw value exactly
+/// as a startup packet would (a `SET x = '...'` would turn a list such as `search_path` into one
+/// quoted name). A parameter never set on the connection is skipped when the server already
+/// reports the wanted value.
+pub fn param_sync_sql(
+    desired: &BTreeMap<String, String>,
+    server: &mut ServerParams,
+) -> Option<String> {
+    let mut sql = String::new();
+    let resets: Vec<String> = server
+        .applied
+        .keys()
+        .filter(|k| !desired.contains_key(*k))
+        .cloned()
+        .collect();
+    for k in resets {
+        sql.push_str("RESET ");
+        sql.push_str(&quote_ident(&k));
+        sql.push_str("; ");
+        server.applied.remove(&k);
+    }
+    let mut calls = Vec::new();
+    for (name, value) in desired {
+        match server.applied.get(name) {
+            Some(v) if v == value => continue,
+            Some(_) => {}
+            None => {
+                let reported = server
+                    .reported
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v);
+                if reported == Some(value) {
+                    continue;
+                }
+            }
+        }
+        calls.push(format!(
+            "pg_catalog.set_config({}, {}, false)",
+            quote_literal(name),
+            quote_literal(value)
+        ));
+        server.applied.insert(name.clone(), value.clone());
+    }
+    if !calls.is_empty() {
+        sql.push_str("SELECT ");
+        sql.push_str(&calls.join(", "));
+    }
+    if sql.is_empty() {
+        None
+    } else {
+        Some(sql)
+    }
+}
+
+/// The query that reads back a connection's session-level settings after the client changed
+/// some: one row per parameter, name and value as `set_config` accepts it.
+pub const REFRESH_SQL: &str =
+    "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'";
+
+/// Quotes a string as an escape-string literal, safe whatever `standard_conforming_strings` is.
+pub fn quote_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Quotes an identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Extracts (name, setting) from a DataRow of [`REFRESH_SQL`].
+pub fn parse_setting_row(body: &[u8]) -> Option<(String, String)> {
+    let (n, mut rest) = body.split_first_chunk::<2>()?;
+    if i16::from_be_bytes(*n) != 2 {
+        return None;
+    }
+    let mut cols = Vec::with_capacity(2);
+    for _ in 0..2 {
+        let (len, r) = rest.split_first_chunk::<4>()?;
+        let len = i32::from_be_bytes(*len);
+        if len < 0 || r.len() < len as usize {
+            return None;
+        }
+        cols.push(String::from_utf8_lossy(&r[..len as usize]).into_owned());
+        rest = &r[len as usize..];
+    }
+    let value = cols.pop()?;
+    let name = cols.pop()?;
+    Some((name, value))
+}
+
+/// Whether a CommandComplete tag says the session's parameters may have changed.
+pub fn tag_changes_params(tag: &[u8]) -> bool {
+    tag == b"SET\0" || tag == b"RESET\0" || tag.starts_with(b"DISCARD")
+}
+
+/// Whether a CommandComplete tag says every prepared statement of the connection is gone.
+pub fn tag_drops_statements(tag: &[u8]) -> bool {
+    tag == b"DISCARD ALL\0" || tag == b"DEALLOCATE ALL\0"
+}
+
+/// Why a CommandComplete tag pins the client to its server connection, if it does.
+pub fn tag_pins(tag: &[u8]) -> Option<&'static str> {
+    if tag == b"LISTEN\0" {
+        Some("LISTEN")
+    } else if tag == b"PREPARE\0" {
+        Some("SQL PREPARE")
+    } else if tag == b"LOAD\0" {
+        Some("LOAD")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_literal("a'b\\c"), r"E'a''b\\c'");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn sync_sql_resets_sets_and_skips() {
+        let mut server = ServerParams::default();
+        server
+            .reported
+            .insert("client_encoding".into(), "UTF8".into());
+        server.applied.insert("search_path".into(), "a".into());
+        server.applied.insert("work_mem".into(), "4096".into());
+        let mut desired = BTreeMap::new();
+        desired.insert("client_encoding".to_owned(), "UTF8".to_owned());
+        desired.insert("work_mem".to_owned(), "8192".to_owned());
+        let sql = param_sync_sql(&desired, &mut server).unwrap();
+        assert_eq!(
+            sql,
+            "RESET \"search_path\"; SELECT pg_catalog.set_config(E'work_mem', E'8192', false)"
+        );
+        assert!(
+            param_sync_sql(&desired, &mut server).is_none(),
+            "now in line"
+        );
+    }
+
+    #[test]
+    fn setting_rows_parse() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&2i16.to_be_bytes());
+        for c in ["search_path", "a, b"] {
+            b.extend_from_slice(&(c.len() as i32).to_be_bytes());
+            b.extend_from_slice(c.as_bytes());
+        }
+        assert_eq!(
+            parse_setting_row(&b),
+            Some(("search_path".into(), "a, b".into()))
+        );
+        assert_eq!(parse_setting_row(&b[..5]), None);
+    }
+}

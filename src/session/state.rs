@@ -1,0 +1,81 @@
+//! What a client did to its session, kept by the proxy so that any server connection can be made
+//! to look like the client's own: session parameters and named prepared statements.
+//!
+//! Server connections are shared (transaction pooling) and spread over nodes (routing), so the
+//! proxy cannot leave this state on one server. Instead:
+//! - parameters: the client's desired values live here; before a server connection serves the
+//!   client, the differences are applied (`set_config` / `RESET`) in the same round trip as the
+//!   client's request. After a request that changed parameters (`SET`, `RESET`, `DISCARD`), the
+//!   proxy reads the server's session-level settings back, so it never has to interpret `SET`
+//!   syntax itself.
+//! - prepared statements: the client's names map to definitions here; see
+//!   [`crate::backend::statements`] for the server side.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::backend::statements::StatementDef;
+
+/// The client's session state.
+#[derive(Debug, Default)]
+pub struct ClientState {
+    /// Session parameters the client expects, by lower-case name, as raw values `set_config`
+    /// accepts.
+    pub params: BTreeMap<String, String>,
+    /// Parameters from the startup packet: what `RESET`/`DISCARD ALL` return to.
+    pub startup_params: BTreeMap<String, String>,
+    /// Named prepared statements by the client's name.
+    pub statements: HashMap<Bytes, Arc<StatementDef>>,
+}
+
+impl ClientState {
+    /// Starts from the startup packet's parameters.
+    pub fn new(startup: &[(String, String)]) -> ClientState {
+        let startup_params: BTreeMap<String, String> = startup
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        ClientState {
+            params: startup_params.clone(),
+            startup_params,
+            statements: HashMap::new(),
+        }
+    }
+
+    /// Replaces the parameters with what a server reported as session-level after the client
+    /// changed them. A startup parameter the server no longer reports was reset to the
+    /// server default, while on a connection of its own the client would be back at its
+    /// startup value; so startup values fill the gaps (and get applied again).
+    pub fn refresh_params(&mut self, session_level: BTreeMap<String, String>) {
+        let mut params = session_level;
+        for (k, v) in &self.startup_params {
+            params.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        self.params = params;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_keeps_startup_values_the_server_forgot() {
+        let mut c = ClientState::new(&[("Application_Name".into(), "x".into())]);
+        assert_eq!(
+            c.params.get("application_name").map(String::as_str),
+            Some("x")
+        );
+        let mut reported = BTreeMap::new();
+        reported.insert("search_path".to_owned(), "a".to_owned());
+        c.refresh_params(reported);
+        assert_eq!(c.params.len(), 2);
+        assert_eq!(c.params.get("search_path").map(String::as_str), Some("a"));
+        assert_eq!(
+            c.params.get("application_name").map(String::as_str),
+            Some("x")
+        );
+    }
+}

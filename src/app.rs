@@ -179,6 +179,8 @@ impl App {
                 connect_timeout: cfg.monitor.connect_timeout,
                 query_timeout: cfg.monitor.query_timeout,
                 health_threshold: cfg.routing.health_threshold,
+                max_lag_bytes: cfg.routing.max_lag_bytes,
+                max_lag: cfg.routing.max_lag,
             },
             self.inner.topology.clone(),
             &self.inner.tasks,

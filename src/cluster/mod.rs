@@ -550,7 +550,7 @@ impl LocalCluster {
         for n in 0..self.node_count() {
             if let Ok(false) = self.is_in_recovery(n) {
                 let promoted = self.state()[n].promoted;
-                if best.map_or(true, |(p, _)| promoted > p) {
+                if best.is_none_or(|(p, _)| promoted > p) {
                     best = Some((promoted, n));
                 }
             }

@@ -89,7 +89,7 @@ impl LocalCluster {
             || {
                 let mut still = Vec::new();
                 for &(n, target) in &pending {
-                    if self.replay_lsn(n)?.map_or(true, |lsn| lsn < target) {
+                    if self.replay_lsn(n)?.is_none_or(|lsn| lsn < target) {
                         still.push((n, target));
                     }
                 }

@@ -6,6 +6,7 @@
 //! for a change (for instance for a primary to appear) without polling.
 
 pub mod health;
+pub mod lag;
 pub mod watcher;
 
 use std::sync::Arc;
@@ -53,6 +54,22 @@ pub struct NodeState {
     /// WAL position: `pg_current_wal_lsn()` on a primary, `pg_last_wal_replay_lsn()` on a
     /// standby; `None` until known.
     pub lsn: Option<u64>,
+    /// Timeline: of the WAL a primary writes, or a standby receives; `None` until known.
+    pub timeline: Option<u32>,
+    /// Bytes of WAL a standby is behind the primary; `None` for a primary or when unknown.
+    pub lag_bytes: Option<u64>,
+    /// How long ago the primary was where a standby is now; `None` when unknown.
+    pub lag: Option<Duration>,
+    /// Within `max_lag_bytes` and `max_lag`, after hysteresis. Always true for a primary.
+    pub within_lag: bool,
+}
+
+impl NodeState {
+    /// Whether the node may serve reads as a standby right now: healthy, in recovery, within
+    /// the lag limits.
+    pub fn is_eligible_standby(&self) -> bool {
+        self.healthy && self.role == Role::Standby && self.within_lag
+    }
 }
 
 /// An immutable view of the cluster.
@@ -80,6 +97,10 @@ impl Topology {
                     role: Role::Unknown,
                     healthy: false,
                     lsn: None,
+                    timeline: None,
+                    lag_bytes: None,
+                    lag: None,
+                    within_lag: false,
                 })
                 .collect(),
             primary: None,
@@ -157,6 +178,10 @@ mod tests {
             role,
             healthy,
             lsn: None,
+            timeline: None,
+            lag_bytes: None,
+            lag: None,
+            within_lag: true,
         }
     }
 

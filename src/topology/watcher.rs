@@ -14,12 +14,20 @@ use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, NoTls, Statement};
 use tokio_util::sync::CancellationToken;
 
+use tokio::time::Instant;
+
 use super::health::Hysteresis;
+use super::lag::LsnHistory;
 use super::{NodeId, NodeState, Role, Topology, TopologyHandle};
 
-/// The probe every check runs: role and WAL position in one round trip.
+/// The probe every check runs, in one round trip: role, WAL position (write position on a
+/// primary, replay position on a standby) and timeline (of the WAL a primary writes, taken from
+/// its current WAL file name, which changes the moment a promotion completes; of the WAL a
+/// standby receives).
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
-     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END";
+     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, \
+     CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) \
+     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
 
 /// What the watcher needs to reach the nodes.
 #[derive(Debug, Clone)]
@@ -38,15 +46,27 @@ pub struct WatcherSettings {
     pub connect_timeout: Duration,
     /// Limit for one probe.
     pub query_timeout: Duration,
-    /// Consecutive agreeing checks before health flips.
+    /// Consecutive agreeing checks before health (and being within the lag limits) flips.
     pub health_threshold: u32,
+    /// Standbys further behind than this many bytes get no reads.
+    pub max_lag_bytes: Option<u64>,
+    /// Standbys further behind than this get no reads.
+    pub max_lag: Option<Duration>,
+}
+
+/// What one successful probe says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Probed {
+    in_recovery: bool,
+    lsn: Option<u64>,
+    timeline: Option<u32>,
 }
 
 /// One check's outcome.
 #[derive(Debug, Clone)]
 struct Observation {
     node: NodeId,
-    result: Result<(bool, Option<u64>), String>,
+    result: Result<Probed, String>,
 }
 
 /// Starts the probe tasks and the aggregator on `tasks`; they stop when `cancel` fires.
@@ -106,7 +126,7 @@ impl Probe {
         }
     }
 
-    async fn check(&mut self) -> Result<(bool, Option<u64>), String> {
+    async fn check(&mut self) -> Result<Probed, String> {
         if self.client.is_none() {
             self.client = Some(self.connect().await?);
         }
@@ -119,7 +139,12 @@ impl Probe {
             .map_err(|e| format!("probe failed: {e}"))?;
         let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
         let lsn: Option<PgLsn> = row.try_get(1).map_err(|e| e.to_string())?;
-        Ok((in_recovery, lsn.map(u64::from)))
+        let timeline: Option<i32> = row.try_get(2).map_err(|e| e.to_string())?;
+        Ok(Probed {
+            in_recovery,
+            lsn: lsn.map(u64::from),
+            timeline: timeline.map(|t| t as u32),
+        })
     }
 
     async fn connect(&self) -> Result<(Client, Statement), String> {
@@ -152,7 +177,18 @@ impl Probe {
 /// Per-node decision state kept by the aggregator.
 struct Track {
     health: Hysteresis,
+    within_lag: Hysteresis,
     last_error: Option<String>,
+}
+
+/// Everything the aggregator decides from.
+struct Aggregator {
+    settings: WatcherSettings,
+    tracks: Vec<Track>,
+    /// Positions of the current primary.
+    history: LsnHistory,
+    /// The node `history` belongs to.
+    history_of: Option<NodeId>,
 }
 
 async fn aggregate(
@@ -161,14 +197,21 @@ async fn aggregate(
     mut rx: mpsc::Receiver<Observation>,
     cancel: CancellationToken,
 ) {
-    let mut tracks: Vec<Track> = settings
+    let tracks = settings
         .nodes
         .iter()
         .map(|_| Track {
             health: Hysteresis::new(false, settings.health_threshold),
+            within_lag: Hysteresis::new(false, settings.health_threshold),
             last_error: None,
         })
         .collect();
+    let mut agg = Aggregator {
+        settings,
+        tracks,
+        history: LsnHistory::default(),
+        history_of: None,
+    };
     loop {
         let obs = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -176,8 +219,7 @@ async fn aggregate(
         };
         let current = topology.load();
         let mut nodes = current.nodes.clone();
-        apply(&mut nodes, &mut tracks, obs);
-        let primary = Topology::derive_primary(&nodes);
+        let primary = agg.apply(&mut nodes, obs, Instant::now());
         if primary != current.primary {
             match primary {
                 Some(p) => {
@@ -196,42 +238,224 @@ async fn aggregate(
     }
 }
 
-/// Applies one observation to the node list, logging role and health changes once each.
-fn apply(nodes: &mut [NodeState], tracks: &mut [Track], obs: Observation) {
-    let node = &mut nodes[obs.node];
-    let track = &mut tracks[obs.node];
-    match obs.result {
-        Ok((in_recovery, lsn)) => {
-            track.last_error = None;
-            let role = if in_recovery {
-                Role::Standby
-            } else {
-                Role::Primary
-            };
-            // The server's own answer wins at once: a promotion must not wait for hysteresis.
-            if role != node.role {
-                tracing::info!(
-                    node = %node.addr,
-                    "node {} is {} (was {})",
-                    node.addr,
-                    role.as_str(),
-                    node.role.as_str()
-                );
-                node.role = role;
+impl Aggregator {
+    /// Applies one observation to the node list (logging role and health changes once each)
+    /// and returns the primary it implies.
+    fn apply(&mut self, nodes: &mut [NodeState], obs: Observation, now: Instant) -> Option<NodeId> {
+        let id = obs.node;
+        let observed_ok = obs.result.is_ok();
+        {
+            let node = &mut nodes[id];
+            let track = &mut self.tracks[id];
+            match obs.result {
+                Ok(p) => {
+                    track.last_error = None;
+                    let role = if p.in_recovery {
+                        Role::Standby
+                    } else {
+                        Role::Primary
+                    };
+                    // The server's own answer wins at once: a promotion must not wait for
+                    // hysteresis.
+                    if role != node.role {
+                        tracing::info!(
+                            node = %node.addr,
+                            timeline = ?p.timeline,
+                            "node {} is {} (was {})",
+                            node.addr,
+                            role.as_str(),
+                            node.role.as_str()
+                        );
+                        node.role = role;
+                    }
+                    node.lsn = p.lsn;
+                    node.timeline = p.timeline;
+                    if track.health.observe(true) {
+                        tracing::info!(node = %node.addr, "node {} is healthy", node.addr);
+                    }
+                }
+                Err(e) => {
+                    if track.health.observe(false) {
+                        tracing::warn!(node = %node.addr, error = %e, "node {} is unhealthy: {e}", node.addr);
+                    } else if track.last_error.as_deref() != Some(e.as_str()) {
+                        tracing::debug!(node = %node.addr, error = %e, "check failed");
+                    }
+                    track.last_error = Some(e);
+                }
             }
-            node.lsn = lsn;
-            if track.health.observe(true) {
-                tracing::info!(node = %node.addr, "node {} is healthy", node.addr);
+            node.healthy = track.health.get();
+        }
+        let primary = Topology::derive_primary(nodes);
+        if primary != self.history_of {
+            self.history.clear();
+            self.history_of = primary;
+        }
+        if let Some(p) = primary {
+            if p == id && observed_ok {
+                if let Some(lsn) = nodes[p].lsn {
+                    self.history.record(now, lsn);
+                }
             }
         }
-        Err(e) => {
-            if track.health.observe(false) {
-                tracing::warn!(node = %node.addr, error = %e, "node {} is unhealthy: {e}", node.addr);
-            } else if track.last_error.as_deref() != Some(e.as_str()) {
-                tracing::debug!(node = %node.addr, error = %e, "check failed");
-            }
-            track.last_error = Some(e);
+        self.update_lag(&mut nodes[id], observed_ok, primary == Some(id), now);
+        primary
+    }
+
+    /// Recomputes a node's lag and, when it was just observed, feeds its within-limits
+    /// hysteresis.
+    fn update_lag(&mut self, node: &mut NodeState, observed: bool, is_primary: bool, now: Instant) {
+        let track = &mut self.tracks[node.id];
+        if is_primary || node.role == Role::Primary {
+            node.lag_bytes = None;
+            node.lag = None;
+            node.within_lag = true;
+            return;
+        }
+        let (bytes, time) = match node.lsn {
+            Some(replay) => (
+                self.history.lag_bytes(replay),
+                self.history.lag_time(replay, now),
+            ),
+            None => (None, None),
+        };
+        node.lag_bytes = bytes;
+        node.lag = time;
+        if !observed {
+            return;
+        }
+        // Unknown lag (no primary to compare with) is not evidence of being late; a standby
+        // that never replayed anything (no position) is.
+        let within = node.lsn.is_some()
+            && self
+                .settings
+                .max_lag_bytes
+                .is_none_or(|max| bytes.is_none_or(|b| b <= max))
+            && self
+                .settings
+                .max_lag
+                .is_none_or(|max| time.is_none_or(|t| t <= max));
+        if track.within_lag.observe(within) {
+            tracing::info!(
+                node = %node.addr,
+                lag_bytes = ?bytes,
+                lag = ?time,
+                "node {} is {} the lag limits",
+                node.addr,
+                if within { "back within" } else { "over" }
+            );
+        }
+        node.within_lag = track.within_lag.get();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(n: usize) -> WatcherSettings {
+        WatcherSettings {
+            nodes: (0..n).map(|i| ("127.0.0.1".to_owned(), 5432 + i as u16)).collect(),
+            user: "m".into(),
+            password: None,
+            database: "postgres".into(),
+            check_interval: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(1),
+            query_timeout: Duration::from_secs(1),
+            health_threshold: 2,
+            max_lag_bytes: Some(1000),
+            max_lag: None,
         }
     }
-    node.healthy = track.health.get();
+
+    fn agg(n: usize) -> (Aggregator, Vec<NodeState>) {
+        let s = settings(n);
+        let addrs: Vec<String> = s.nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+        let tracks = (0..n)
+            .map(|_| Track {
+                health: Hysteresis::new(false, 2),
+                within_lag: Hysteresis::new(false, 2),
+                last_error: None,
+            })
+            .collect();
+        (
+            Aggregator {
+                settings: s,
+                tracks,
+                history: LsnHistory::default(),
+                history_of: None,
+            },
+            Topology::initial(&addrs).nodes,
+        )
+    }
+
+    fn ok(node: NodeId, in_recovery: bool, lsn: u64) -> Observation {
+        Observation {
+            node,
+            result: Ok(Probed {
+                in_recovery,
+                lsn: Some(lsn),
+                timeline: Some(1),
+            }),
+        }
+    }
+
+    #[test]
+    fn lagging_standby_leaves_and_returns_after_hysteresis() {
+        let (mut a, mut nodes) = agg(2);
+        let t = Instant::now();
+        assert_eq!(a.apply(&mut nodes, ok(0, false, 100), t), Some(0));
+        a.apply(&mut nodes, ok(1, true, 100), t);
+        assert!(nodes[1].is_eligible_standby());
+        // The primary moves 5000 bytes ahead; the standby stays: one late check is not enough.
+        a.apply(&mut nodes, ok(0, false, 5100), t);
+        a.apply(&mut nodes, ok(1, true, 100), t);
+        assert_eq!(nodes[1].lag_bytes, Some(5000));
+        assert!(nodes[1].is_eligible_standby());
+        a.apply(&mut nodes, ok(1, true, 100), t);
+        assert!(!nodes[1].is_eligible_standby(), "two late checks exclude it");
+        a.apply(&mut nodes, ok(1, true, 5100), t);
+        assert!(!nodes[1].is_eligible_standby());
+        a.apply(&mut nodes, ok(1, true, 5100), t);
+        assert!(nodes[1].is_eligible_standby(), "two good checks bring it back");
+    }
+
+    #[test]
+    fn a_failing_standby_becomes_ineligible() {
+        let (mut a, mut nodes) = agg(2);
+        let t = Instant::now();
+        a.apply(&mut nodes, ok(0, false, 100), t);
+        a.apply(&mut nodes, ok(1, true, 100), t);
+        for _ in 0..2 {
+            a.apply(
+                &mut nodes,
+                Observation {
+                    node: 1,
+                    result: Err("refused".into()),
+                },
+                t,
+            );
+        }
+        assert!(!nodes[1].healthy);
+        assert!(!nodes[1].is_eligible_standby());
+    }
+
+    #[test]
+    fn promotion_is_followed_at_once() {
+        let (mut a, mut nodes) = agg(2);
+        let t = Instant::now();
+        a.apply(&mut nodes, ok(0, false, 100), t);
+        a.apply(&mut nodes, ok(1, true, 100), t);
+        // Old primary down, standby promoted.
+        for _ in 0..2 {
+            a.apply(
+                &mut nodes,
+                Observation {
+                    node: 0,
+                    result: Err("down".into()),
+                },
+                t,
+            );
+        }
+        assert_eq!(a.apply(&mut nodes, ok(1, false, 200), t), Some(1));
+    }
 }

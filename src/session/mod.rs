@@ -228,6 +228,7 @@ impl Session {
                     })?,
                 }
             }
+            Target::Node(n) => n,
         };
         let pool = match &self.pools[node] {
             Some(p) => p.clone(),

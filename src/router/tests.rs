@@ -1,0 +1,192 @@
+//! Routing decisions, one test per rule.
+
+use std::time::Duration;
+
+use super::*;
+use crate::config::Balance;
+use crate::topology::NodeState;
+
+fn node(id: NodeId, role: Role, healthy: bool, within_lag: bool, lsn: u64) -> NodeState {
+    NodeState {
+        id,
+        addr: format!("n{id}"),
+        role,
+        healthy,
+        lsn: Some(lsn),
+        timeline: Some(1),
+        lag_bytes: Some(0),
+        lag: Some(Duration::from_millis(if within_lag { 10 } else { 5000 })),
+        within_lag,
+    }
+}
+
+fn cluster(standbys_ok: [bool; 2]) -> Topology {
+    Topology {
+        epoch: 1,
+        nodes: vec![
+            node(0, Role::Primary, true, true, 1000),
+            node(1, Role::Standby, true, standbys_ok[0], 1000),
+            node(2, Role::Standby, true, standbys_ok[1], 900),
+        ],
+        primary: Some(0),
+    }
+}
+
+fn policy() -> Policy {
+    Policy {
+        primary_reads: PrimaryReads::Fallback,
+        fallback: Fallback::Primary,
+        read_only_transactions: ReadOnlyTransactions::Standby,
+        balance: Balance::RoundRobin,
+        weights: vec![1, 1, 1],
+    }
+}
+
+fn decide(class: Class, ctx: &RouteContext, t: &Topology, p: &Policy) -> Decision {
+    route(class, ctx, t, p, &[0, 0, 0], 0, 0).0
+}
+
+#[test]
+fn writes_go_to_the_primary() {
+    let t = cluster([true, true]);
+    assert_eq!(decide(Class::Write, &RouteContext::default(), &t, &policy()), Decision::Primary);
+}
+
+#[test]
+fn reads_spread_over_eligible_standbys() {
+    let t = cluster([true, true]);
+    let p = policy();
+    let picks: Vec<Decision> = (0..4)
+        .map(|tick| route(Class::Read, &RouteContext::default(), &t, &p, &[0, 0, 0], tick, 0).0)
+        .collect();
+    assert!(picks.contains(&Decision::Node(1)));
+    assert!(picks.contains(&Decision::Node(2)));
+    assert!(!picks.contains(&Decision::Primary));
+}
+
+#[test]
+fn lagging_or_unhealthy_standbys_get_no_reads() {
+    let t = cluster([false, true]);
+    for tick in 0..4 {
+        assert_eq!(
+            route(Class::Read, &RouteContext::default(), &t, &policy(), &[0; 3], tick, 0).0,
+            Decision::Node(2)
+        );
+    }
+    let mut t = cluster([true, true]);
+    t.nodes[1].healthy = false;
+    t.nodes[2].healthy = false;
+    assert_eq!(
+        route(Class::Read, &RouteContext::default(), &t, &policy(), &[0; 3], 0, 0),
+        (Decision::Primary, Reason::Fallback)
+    );
+}
+
+#[test]
+fn no_standby_follows_fallback_and_primary_reads() {
+    let t = cluster([false, false]);
+    let mut p = policy();
+    p.fallback = Fallback::Error;
+    assert_eq!(decide(Class::Read, &RouteContext::default(), &t, &p), Decision::NoStandby);
+    let mut p = policy();
+    p.primary_reads = PrimaryReads::Never;
+    assert_eq!(decide(Class::Read, &RouteContext::default(), &t, &p), Decision::NoStandby);
+    assert_eq!(decide(Class::Read, &RouteContext::default(), &t, &policy()), Decision::Primary);
+}
+
+#[test]
+fn primary_reads_always_joins_the_balance() {
+    let t = cluster([true, true]);
+    let mut p = policy();
+    p.primary_reads = PrimaryReads::Always;
+    let picks: Vec<Decision> = (0..6)
+        .map(|tick| route(Class::Read, &RouteContext::default(), &t, &p, &[0; 3], tick, 0).0)
+        .collect();
+    assert!(picks.contains(&Decision::Primary), "{picks:?}");
+}
+
+#[test]
+fn read_only_transactions_follow_the_setting() {
+    let t = cluster([true, true]);
+    assert!(matches!(
+        decide(Class::ReadOnlyBegin, &RouteContext::default(), &t, &policy()),
+        Decision::Node(_)
+    ));
+    let mut p = policy();
+    p.read_only_transactions = ReadOnlyTransactions::Primary;
+    assert_eq!(decide(Class::ReadOnlyBegin, &RouteContext::default(), &t, &p), Decision::Primary);
+}
+
+#[test]
+fn forced_routes_win() {
+    let t = cluster([true, true]);
+    let primary = RouteContext {
+        route: Some(Route::Primary),
+        ..RouteContext::default()
+    };
+    assert_eq!(decide(Class::Read, &primary, &t, &policy()), Decision::Primary);
+    let standby = RouteContext {
+        route: Some(Route::Standby),
+        ..RouteContext::default()
+    };
+    assert!(matches!(decide(Class::Read, &standby, &t, &policy()), Decision::Node(_)));
+    // A write is never sent to a standby, whatever the session asks.
+    assert_eq!(decide(Class::Write, &standby, &t, &policy()), Decision::Primary);
+    // Forced to standbys with none eligible: fallback decides.
+    let none = cluster([false, false]);
+    let mut p = policy();
+    p.fallback = Fallback::Error;
+    assert_eq!(decide(Class::Read, &standby, &none, &p), Decision::NoStandby);
+}
+
+#[test]
+fn per_request_max_lag_overrides_the_watcher() {
+    let t = cluster([true, true]);
+    let strict = RouteContext {
+        max_lag: Some(Duration::from_millis(1)),
+        ..RouteContext::default()
+    };
+    assert_eq!(decide(Class::Read, &strict, &t, &policy()), Decision::Primary);
+    let t = cluster([false, false]);
+    let loose = RouteContext {
+        max_lag: Some(Duration::from_secs(10)),
+        ..RouteContext::default()
+    };
+    assert!(matches!(decide(Class::Read, &loose, &t, &policy()), Decision::Node(_)));
+}
+
+#[test]
+fn min_lsn_excludes_standbys_that_have_not_replayed_it() {
+    let t = cluster([true, true]);
+    let ctx = RouteContext {
+        min_lsn: Some(950),
+        ..RouteContext::default()
+    };
+    for tick in 0..4 {
+        assert_eq!(
+            route(Class::Read, &ctx, &t, &policy(), &[0; 3], tick, 0).0,
+            Decision::Node(1)
+        );
+    }
+    let ctx = RouteContext {
+        min_lsn: Some(5000),
+        ..RouteContext::default()
+    };
+    assert_eq!(
+        route(Class::Read, &ctx, &t, &policy(), &[0; 3], 0, 0),
+        (Decision::Primary, Reason::Causal)
+    );
+}
+
+#[test]
+fn weight_zero_never_reads() {
+    let t = cluster([true, true]);
+    let mut p = policy();
+    p.weights = vec![1, 0, 1];
+    for tick in 0..4 {
+        assert_eq!(
+            route(Class::Read, &RouteContext::default(), &t, &p, &[0; 3], tick, 0).0,
+            Decision::Node(2)
+        );
+    }
+}

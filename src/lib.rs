@@ -25,6 +25,7 @@
 //! - [`session`]: one task per client: startup, authentication, then the request/reply relay.
 //! - [`router`]: pure routing decisions.
 //! - [`backend`]: server connections (connect, authenticate) and pools of them.
+//! - [`catalog`]: function volatility read from the primary's `pg_proc`, per database.
 //! - [`topology`]: watches every node's role and publishes an immutable snapshot.
 //! - [`cluster`]: a throwaway local primary + standbys built from the machine's PostgreSQL
 //!   binaries; powers `causeway demo` and the integration tests.
@@ -38,6 +39,7 @@
 pub mod app;
 pub mod auth;
 pub mod backend;
+pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod demo;

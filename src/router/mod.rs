@@ -9,6 +9,7 @@
 //! ```
 
 pub mod balance;
+pub mod functions;
 
 use std::time::Duration;
 

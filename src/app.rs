@@ -104,6 +104,7 @@ struct Inner {
     topology: Arc<TopologyHandle>,
     pools: Pools,
     cancels: CancelRegistry,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     /// Random bytes that make mock SCRAM exchanges for unknown users look real.
@@ -146,6 +147,7 @@ impl App {
                 settings: ArcSwap::from_pointee(settings),
                 pools,
                 cancels: CancelRegistry::default(),
+                metrics: Arc::new(crate::metrics::Metrics::new()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 mock_secret,
@@ -186,6 +188,15 @@ impl App {
             &self.inner.tasks,
             self.inner.shutdown.clone(),
         );
+        if let Some(http) = cfg.proxy.http_listen {
+            let l = TcpListener::bind(http)
+                .await
+                .map_err(|source| AppError::Listen { addr: http, source })?;
+            tracing::info!(addr = %http, "HTTP endpoints listening");
+            self.inner
+                .tasks
+                .spawn(crate::admin::http::run(self.clone(), l));
+        }
         let app = self.clone();
         self.inner
             .tasks
@@ -221,6 +232,11 @@ impl App {
     /// The pools.
     pub fn pools(&self) -> &Pools {
         &self.inner.pools
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// The cancel registry.

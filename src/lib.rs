@@ -30,12 +30,15 @@
 //! - [`cluster`]: a throwaway local primary + standbys built from the machine's PostgreSQL
 //!   binaries; powers `causeway demo` and the integration tests.
 //! - [`demo`]: `causeway demo`, the cluster harness plus the proxy.
+//! - [`metrics`]: counters and latency histograms, Prometheus text format.
+//! - [`admin`]: HTTP endpoints (`/metrics`, `/live`, `/ready`, `/topology`).
 //! - [`app`]: the `App` handle that owns config, topology, pools and shutdown, passed down to
 //!   every task (there are no global statics).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod backend;
@@ -43,6 +46,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod router;

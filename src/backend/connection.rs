@@ -60,6 +60,8 @@ pub enum ReplyOwner {
         sync: bool,
         /// Sequence number of the request on this connection (see [`SentParse::seq`]).
         seq: u64,
+        /// When the request was sent, for latency.
+        sent: Instant,
     },
     /// The proxy itself (parameter sync): swallow the reply.
     Proxy,

@@ -416,11 +416,6 @@ const NO_STANDBY_READS: &str = "reads are not routed to standbys yet";
 /// Keys that load but do nothing yet. Shrink this list as features land.
 pub const NOT_YET_IMPLEMENTED: &[Unimplemented] = &[
     Unimplemented {
-        key: "proxy.http_listen",
-        value: None,
-        note: "the HTTP endpoints (/metrics, /live, /ready, /topology) are not implemented",
-    },
-    Unimplemented {
         key: "proxy.admin_users",
         value: None,
         note: "the admin console is not implemented",

@@ -46,12 +46,16 @@ pub async fn run(app: App, listener: TcpListener) {
         match limit.clone().try_acquire_owned() {
             Ok(permit) => {
                 let app = app.clone();
+                app.metrics().clients_accepted.inc();
+                app.metrics().clients_active.inc();
                 app.tasks().clone().spawn(async move {
-                    session::run(app, stream, peer).await;
+                    session::run(app.clone(), stream, peer).await;
+                    app.metrics().clients_active.dec();
                     drop(permit);
                 });
             }
             Err(_) => {
+                app.metrics().clients_refused.inc();
                 app.tasks().spawn(refuse(stream));
             }
         }

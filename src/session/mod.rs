@@ -123,6 +123,8 @@ pub struct Session {
     params_dirty: bool,
     /// Pools already looked up, by node.
     pools: Vec<Option<Arc<Pool>>>,
+    /// Whether the held server connection is on the primary or a standby (for metrics).
+    server_kind: crate::metrics::RouteKind,
     /// The key the client got in BackendKeyData.
     key: CancelKey,
     /// The client's entry in the cancel registry.
@@ -172,6 +174,7 @@ impl Session {
             pinned: None,
             params_dirty: false,
             pools: vec![None; nodes],
+            server_kind: crate::metrics::RouteKind::Primary,
             key,
             cancel,
             server: None,
@@ -229,6 +232,11 @@ impl Session {
                 }
             }
             Target::Node(n) => n,
+        };
+        self.server_kind = if self.app.topology().load().primary == Some(node) {
+            crate::metrics::RouteKind::Primary
+        } else {
+            crate::metrics::RouteKind::Standby
         };
         let pool = match &self.pools[node] {
             Some(p) => p.clone(),

@@ -241,6 +241,9 @@ impl Session {
                     return Ok(());
                 }
                 Err(SessionError::Backend(e)) if e.server_fields().is_none() => {
+                    if matches!(e, crate::backend::BackendError::PoolTimeout { .. }) {
+                        self.app.metrics().pool_timeouts.inc();
+                    }
                     self.fail_request(&ProxyError::error(e.sqlstate(), e.to_string()), term);
                     return Ok(());
                 }
@@ -267,6 +270,7 @@ impl Session {
                 server.pending.push_back(ReplyOwner::Client {
                     sync: term == Terminator::Sync,
                     seq,
+                    sent: tokio::time::Instant::now(),
                 });
                 server.track.next_seq += 1;
                 server.track.unsynced = false;
@@ -335,7 +339,10 @@ impl Session {
                             server.status = status;
                             server.pending.pop_front();
                             match owner {
-                                Some(ReplyOwner::Client { seq, .. }) => {
+                                Some(ReplyOwner::Client { seq, sent, .. }) => {
+                                    self.app
+                                        .metrics()
+                                        .record_latency(self.server_kind, sent.elapsed());
                                     // Parses of this request still unanswered were skipped
                                     // after an error: they do not exist.
                                     while server.track.parses.front().is_some_and(|p| p.seq <= seq)

@@ -1,0 +1,149 @@
+//! A deliberately small HTTP/1.1 server for the operational endpoints: one GET per connection,
+//! bounded request size and time, `Connection: close`. It needs no HTTP framework: four fixed
+//! paths, no bodies in, small bodies out.
+//!
+//! - `/live`: 200 while the process runs.
+//! - `/ready`: 200 when the proxy can serve: a primary is known, or at least one standby is
+//!   eligible for reads; 503 otherwise.
+//! - `/metrics`: Prometheus text format.
+//! - `/topology`: the current snapshot as JSON.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::app::App;
+use crate::topology::Topology;
+
+/// Largest request head read.
+const MAX_REQUEST: usize = 8 * 1024;
+
+/// Serves until shutdown.
+pub async fn run(app: App, listener: TcpListener) {
+    let shutdown = app.shutdown_token().clone();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        app.tasks().clone().spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), serve(app, stream)).await;
+        });
+    }
+}
+
+async fn serve(app: App, mut stream: TcpStream) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 || buf.len() + n > MAX_REQUEST {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let path = parts.next().unwrap_or_default();
+    let (status, content_type, body) = if method != b"GET" {
+        ("405 Method Not Allowed", "text/plain", "only GET\n".to_owned())
+    } else {
+        let topology = app.topology().load();
+        match path {
+            b"/live" => ("200 OK", "text/plain", "live\n".to_owned()),
+            b"/ready" => {
+                if is_ready(&topology) {
+                    ("200 OK", "text/plain", "ready\n".to_owned())
+                } else {
+                    (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        "no primary and no eligible standby\n".to_owned(),
+                    )
+                }
+            }
+            b"/metrics" => (
+                "200 OK",
+                "text/plain; version=0.0.4",
+                app.metrics().render(&topology),
+            ),
+            b"/topology" => ("200 OK", "application/json", topology_json(&topology)),
+            _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Ready: writes can go somewhere, or at least reads can.
+pub fn is_ready(t: &Topology) -> bool {
+    t.primary.is_some() || t.nodes.iter().any(|n| n.is_eligible_standby())
+}
+
+/// The snapshot as JSON.
+pub fn topology_json(t: &Topology) -> String {
+    let nodes: Vec<serde_json::Value> = t
+        .nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "address": n.addr,
+                "role": n.role.as_str(),
+                "healthy": n.healthy,
+                "primary": t.primary == Some(n.id),
+                "eligible_for_reads": n.is_eligible_standby(),
+                "lsn": n.lsn.map(format_lsn),
+                "timeline": n.timeline,
+                "lag_bytes": n.lag_bytes,
+                "lag_ms": n.lag.map(|l| l.as_secs_f64() * 1000.0),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "epoch": t.epoch,
+        "primary": t.primary.map(|p| t.nodes[p].addr.clone()),
+        "nodes": nodes,
+    })
+    .to_string()
+}
+
+/// Formats an LSN as PostgreSQL does (`16/B374D848`).
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_format_matches_postgres() {
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(format_lsn(0x3000060), "0/3000060");
+    }
+
+    #[test]
+    fn json_names_the_primary() {
+        let mut t = Topology::initial(&["a:1".into()]);
+        assert!(!is_ready(&t));
+        t.primary = Some(0);
+        assert!(is_ready(&t));
+        let j: serde_json::Value = serde_json::from_str(&topology_json(&t)).unwrap();
+        assert_eq!(j["primary"], "a:1");
+    }
+}

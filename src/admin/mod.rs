@@ -1,0 +1,4 @@
+//! Operating the proxy: the HTTP endpoints (`/metrics`, `/live`, `/ready`, `/topology`) on their
+//! own port.
+
+pub mod http;

@@ -396,6 +396,24 @@ impl ServerConn {
             && self.status == TxStatus::Idle
     }
 
+    /// Whether an idle connection is still usable: the socket has not been closed and the
+    /// server has sent nothing while idle (an idle server speaks only to say it is going away,
+    /// or to deliver something a pinned session asked for, which never reaches the pool).
+    /// Non-blocking: one `try_read`.
+    pub fn is_alive(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            _ => {
+                self.broken = true;
+                false
+            }
+        }
+    }
+
     // === simple I/O used outside the session relay ===
 
     /// Writes all of `bytes` now (startup, internal queries).

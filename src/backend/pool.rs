@@ -140,8 +140,8 @@ impl Pool {
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, BackendError> {
         let started = Instant::now();
         let active = self.acquire(&self.active, started).await?;
-        while let Some(idle) = self.pop_idle() {
-            if self.is_expired(&idle.conn) {
+        while let Some(mut idle) = self.pop_idle() {
+            if self.is_expired(&idle.conn) || !idle.conn.is_alive() {
                 tokio::spawn(idle.conn.close());
                 continue;
             }

@@ -145,6 +145,9 @@ pub struct Session {
     skip_until_sync: bool,
     /// Shutdown was requested: end the session at the next point where it is idle.
     draining: bool,
+    /// The server connection died while the client had a transaction open (and no request
+    /// in flight): the client's next request fails with this error.
+    lost_transaction: Option<ProxyError>,
     /// Largest frontend message accepted.
     max_message: usize,
 }
@@ -184,6 +187,7 @@ impl Session {
             copy_in: false,
             skip_until_sync: false,
             draining: false,
+            lost_transaction: None,
             max_message,
         }
     }

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::client::write_queued;
 use super::{request, Session, SessionError};
 use crate::backend::connection::{ReplyOwner, ServerConn};
-use crate::protocol::backend::{self as be, tag as btag, Step};
+use crate::protocol::backend::{self as be, tag as btag, Step, TxStatus};
 use crate::protocol::frontend::{is_known_tag, tag as ftag};
 use crate::protocol::messages::{self, ProxyError};
 use crate::protocol::sqlstate::Severity;
@@ -233,6 +233,12 @@ impl Session {
 
     /// Sends the batch to the server serving this client, getting one if needed.
     async fn dispatch(&mut self, term: Terminator) -> Result<(), SessionError> {
+        if let Some(e) = self.lost_transaction.take() {
+            // The transaction this request belongs to died with its server.
+            self.tx_status = TxStatus::Idle;
+            self.fail_request(&e, term);
+            return Ok(());
+        }
         if self.server.is_none() {
             match self.acquire(Target::Primary).await {
                 Ok(lease) => self.server = Some(lease),
@@ -450,18 +456,48 @@ impl Session {
         }
     }
 
-    /// The server connection failed. If the server already told the client why (a FATAL
-    /// error), the session just ends; otherwise the client is told.
+    /// The server connection failed (the node died, a FATAL, a reset). The connection is
+    /// dropped. A pinned session cannot go on without it (its LISTEN, temp tables... are gone):
+    /// FATAL. Otherwise the session survives, as with PgBouncer's transaction pooling: a
+    /// request in flight fails with 08006 (and its transaction with it), a transaction that was
+    /// open fails at the client's next request, and later requests get a new connection,
+    /// on the new primary after a failover.
     fn server_lost(&mut self, why: &str) -> Result<Flow, SessionError> {
-        let Some(server) = self.server.as_deref_mut() else {
+        let Some(mut lease) = self.server.take() else {
             return Ok(Flow::Continue);
         };
-        server.mark_broken();
-        let addr = server.addr().to_owned();
+        lease.mark_broken();
+        let addr = lease.addr().to_owned();
         tracing::warn!(server = %addr, "server connection lost: {why}");
-        Err(SessionError::Fatal(ProxyError::fatal(
-            SqlState::CONNECTION_FAILURE,
-            format!("server connection to {addr} was lost: {why}"),
-        )))
+        let message = format!("server connection to {addr} was lost: {why}");
+        let in_flight = lease
+            .pending
+            .iter()
+            .any(|o| matches!(o, ReplyOwner::Client { .. }))
+            || lease.track.unsynced
+            || self.copy_in;
+        let was_in_transaction = self.tx_status.is_in_transaction();
+        self.cancel.slot().set(None);
+        drop(lease);
+        if let Some(reason) = self.pinned {
+            return Err(SessionError::Fatal(ProxyError::fatal(
+                SqlState::CONNECTION_FAILURE,
+                format!("{message}; the session depended on it ({reason})"),
+            )));
+        }
+        let e = ProxyError::error(SqlState::CONNECTION_FAILURE, message);
+        self.copy_in = false;
+        if in_flight {
+            self.client.push_error(&e);
+            self.tx_status = TxStatus::Idle;
+            let mut b = BytesMut::with_capacity(6);
+            messages::ready_for_query(&mut b, self.tx_status);
+            self.client.push(b.freeze());
+        } else if was_in_transaction {
+            // The client believes a transaction is open; the next request must fail, not run
+            // outside it.
+            self.lost_transaction = Some(e);
+        }
+        Ok(Flow::Continue)
     }
 }

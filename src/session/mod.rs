@@ -90,11 +90,22 @@ pub async fn run(app: App, stream: TcpStream, peer: SocketAddr) {
 
 /// Sends the error (if the client can still hear it) and closes.
 async fn report_and_close(client: &mut ClientConn, e: SessionError) {
-    if let Some(err) = e.to_client() {
-        tracing::debug!(peer = %client.peer(), error = %err.message, "closing client connection");
-        client.push_error(&err);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.flush()).await;
+    if report(client, &e).await {
+        client.linger().await;
     }
+}
+
+/// Sends the error to the client if it can still hear it; true if it could.
+async fn report(client: &mut ClientConn, e: &SessionError) -> bool {
+    let Some(err) = e.to_client() else {
+        return false;
+    };
+    tracing::debug!(peer = %client.peer(), error = %err.message, "closing client connection");
+    client.push_error(&err);
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), client.flush()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// A client's session after authentication.
@@ -257,16 +268,23 @@ impl Session {
     /// connection clean or closes it. A transaction the client left open is rolled back; a
     /// request still running is cancelled and its connection closed.
     async fn finish(mut self, result: Result<(), SessionError>) {
-        if let Err(e) = result {
-            tracing::debug!(peer = %self.client.peer(), error = %e, "session ended with an error");
-            report_and_close(&mut self.client, e).await;
-        } else {
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(1), self.client.flush()).await;
-        }
+        let client_can_hear = match &result {
+            Err(e) => {
+                tracing::debug!(peer = %self.client.peer(), error = %e, "session ended with an error");
+                report(&mut self.client, e).await
+            }
+            Ok(()) => matches!(
+                tokio::time::timeout(std::time::Duration::from_secs(1), self.client.flush()).await,
+                Ok(Ok(()))
+            ),
+        };
         self.cancel.slot().set(None);
         if let Some(lease) = self.server.take() {
             release(lease, &self.app, true).await;
+        }
+        // After the server connection is back: closing gracefully may take a moment.
+        if client_can_hear {
+            self.client.linger().await;
         }
     }
 }

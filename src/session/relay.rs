@@ -160,9 +160,7 @@ impl Session {
             && match self.server.as_deref() {
                 None => true,
                 Some(s) => {
-                    s.pending.is_empty()
-                        && s.scanner.at_boundary()
-                        && !s.status.is_in_transaction()
+                    s.pending.is_empty() && s.scanner.at_boundary() && !s.status.is_in_transaction()
                 }
             }
     }

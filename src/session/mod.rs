@@ -136,6 +136,9 @@ pub struct Session {
     skip_until_sync: bool,
     /// Shutdown was requested: end the session at the next point where it is idle.
     draining: bool,
+    /// The server sent the client a FATAL error: when it then closes, the client already knows
+    /// why.
+    server_fatal: bool,
     /// Largest frontend message accepted.
     max_message: usize,
 }
@@ -161,6 +164,7 @@ impl Session {
             copy_in: false,
             skip_until_sync: false,
             draining: false,
+            server_fatal: false,
             max_message,
         }
     }

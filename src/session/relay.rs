@@ -328,6 +328,7 @@ impl Session {
                             let fields = be::error_fields(body).map_err(|e| server.proto(e))?;
                             if fields.is_fatal() {
                                 server.broken = true;
+                                self.server_fatal |= for_client;
                             }
                             // An error ends COPY IN on the server side.
                             self.copy_in = false;
@@ -367,6 +368,9 @@ impl Session {
             return Ok(Flow::Continue);
         };
         server.mark_broken();
+        if self.server_fatal {
+            return Ok(Flow::End);
+        }
         let addr = server.addr().to_owned();
         tracing::warn!(server = %addr, "server connection lost: {why}");
         Err(SessionError::Fatal(ProxyError::fatal(

@@ -21,7 +21,9 @@ use crate::protocol::backend::{self as be, tag as btag, Step};
 use crate::protocol::frontend::{is_known_tag, tag as ftag};
 use crate::protocol::messages::{self, ProxyError};
 use crate::protocol::sqlstate::Severity;
-use crate::protocol::{decode_frame, Frame, ProtocolError, SqlState, HEADER_LEN};
+use crate::protocol::{
+    decode_frame, Frame, ProtocolError, SqlState, DEFAULT_MAX_MESSAGE_LEN, HEADER_LEN,
+};
 use crate::router::Target;
 
 /// Stop reading the server while this many bytes wait to be written to the client.
@@ -282,10 +284,14 @@ impl Session {
         let Some(server) = self.server.as_deref_mut() else {
             return Ok(Flow::Continue);
         };
+        // `max_message_size` limits what clients send. The server's messages the proxy reads
+        // whole get the server-side limit (as in `ServerConn::read_frame`), never a smaller one:
+        // a long error message or parameter value is not a reason to kill the session.
+        let max_inspect = self.max_message.max(DEFAULT_MAX_MESSAGE_LEN);
         loop {
             let step = server
                 .scanner
-                .step(&server.rbuf, self.max_message, |t| {
+                .step(&server.rbuf, max_inspect, |t| {
                     matches!(
                         t,
                         btag::READY_FOR_QUERY

@@ -139,6 +139,10 @@ pub struct Session {
     /// The server sent the client a FATAL error: when it then closes, the client already knows
     /// why.
     server_fatal: bool,
+    /// The client broke the protocol after earlier requests that are still being answered:
+    /// those replies go out first, then this error ends the session (PostgreSQL reads one
+    /// message at a time, so it answers everything before the bad message too).
+    violation: Option<ProtocolError>,
     /// Largest frontend message accepted.
     max_message: usize,
 }
@@ -165,6 +169,7 @@ impl Session {
             skip_until_sync: false,
             draining: false,
             server_fatal: false,
+            violation: None,
             max_message,
         }
     }

@@ -68,7 +68,19 @@ impl Session {
         loop {
             let flow = match self.next_event().await {
                 Event::ClientRead(Ok(0)) => return Err(SessionError::Closed),
-                Event::ClientRead(Ok(_)) => self.on_client_bytes().await?,
+                Event::ClientRead(Ok(_)) if self.violation.is_some() => {
+                    // Keep draining so a client busy writing can still read its replies.
+                    self.client.rbuf.clear();
+                    Flow::Continue
+                }
+                Event::ClientRead(Ok(_)) => match self.on_client_bytes().await {
+                    Err(SessionError::Protocol(e)) => {
+                        self.client.rbuf.clear();
+                        self.violation = Some(e);
+                        Flow::Continue
+                    }
+                    other => other?,
+                },
                 Event::ClientRead(Err(e)) | Event::ClientWrote(Err(e)) => return Err(e.into()),
                 Event::ClientWrote(Ok(n)) => {
                     self.client.advance(n)?;
@@ -91,6 +103,11 @@ impl Session {
             };
             if flow == Flow::End {
                 return Ok(());
+            }
+            if self.violation.is_some() && self.replies_done() {
+                if let Some(e) = self.violation.take() {
+                    return Err(e.into());
+                }
             }
             if self.draining && self.is_idle() {
                 self.client.push_error(&ProxyError::fatal(
@@ -152,6 +169,16 @@ impl Session {
             }, if server_out_len > 0 => Event::ServerWrote(r),
             _ = shutdown.cancelled(), if !*draining => Event::Shutdown,
         }
+    }
+
+    /// Whether every request already sent to the server has been answered in full, or cannot
+    /// be (a COPY IN waits for data that will not come).
+    fn replies_done(&self) -> bool {
+        self.copy_in
+            || match self.server.as_deref() {
+                None => true,
+                Some(s) => s.pending.is_empty() && s.scanner.at_boundary(),
+            }
     }
 
     /// Whether nothing is in flight: no request, no transaction, no partial batch, no COPY.

@@ -53,6 +53,10 @@ pub struct UserEntry {
     pub method: auth::Method,
 }
 
+/// How long [`App::shutdown`] waits for sessions to close once the grace period is over (they
+/// tell their client, then cancel or roll back on the server).
+const KILL_WAIT: Duration = Duration::from_secs(3);
+
 /// Configuration plus what is derived from it; replaced as a whole on reload.
 #[derive(Debug)]
 pub struct Settings {
@@ -105,6 +109,8 @@ struct Inner {
     pools: Pools,
     cancels: CancelRegistry,
     shutdown: CancellationToken,
+    /// Fires when the shutdown grace period is over: sessions still running end at once.
+    kill: CancellationToken,
     tasks: TaskTracker,
     /// Random bytes that make mock SCRAM exchanges for unknown users look real.
     mock_secret: [u8; 32],
@@ -147,6 +153,7 @@ impl App {
                 pools,
                 cancels: CancelRegistry::default(),
                 shutdown: CancellationToken::new(),
+                kill: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 mock_secret,
                 next_pid: AtomicI32::new(rand::random::<i32>().rem_euclid(1 << 20) + 1),
@@ -192,7 +199,10 @@ impl App {
         Ok(local)
     }
 
-    /// Asks every task to stop and waits up to `grace` for sessions to finish.
+    /// Asks every task to stop and waits up to `grace` for sessions to finish. Sessions still
+    /// relaying after that are ended (FATAL 57P01 to the client; the running request cancelled
+    /// or the open transaction rolled back on the server, as when a client leaves), and waited
+    /// for a little longer.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
@@ -201,6 +211,13 @@ impl App {
             .is_err()
         {
             tracing::warn!("shutdown grace period over; closing remaining connections");
+            self.inner.kill.cancel();
+            if tokio::time::timeout(KILL_WAIT, self.inner.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some connections did not close within {KILL_WAIT:?}");
+            }
         }
     }
 
@@ -229,6 +246,11 @@ impl App {
     /// Fires when the proxy shuts down.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.inner.shutdown
+    }
+
+    /// Fires when the shutdown grace period is over.
+    pub fn kill_token(&self) -> &CancellationToken {
+        &self.inner.kill
     }
 
     /// Tracks every task the proxy spawns, for shutdown.

@@ -40,6 +40,8 @@ enum Event {
     ServerRead(std::io::Result<usize>),
     ServerWrote(std::io::Result<usize>),
     Shutdown,
+    /// The shutdown grace period is over.
+    Kill,
 }
 
 /// How a request (batch of frontend messages) ended.
@@ -100,6 +102,12 @@ impl Session {
                     self.draining = true;
                     Flow::Continue
                 }
+                Event::Kill => {
+                    return Err(SessionError::Fatal(ProxyError::fatal(
+                        SqlState::ADMIN_SHUTDOWN,
+                        "terminating connection due to administrator command",
+                    )))
+                }
             };
             if flow == Flow::End {
                 return Ok(());
@@ -150,6 +158,7 @@ impl Session {
         let read_server = server_r.is_some() && client_out_len < CLIENT_OUT_HIGH;
         let read_client = server_out_len < SERVER_OUT_HIGH;
         let shutdown = app.shutdown_token();
+        let kill = app.kill_token();
         tokio::select! {
             r = client_r.read_buf(client_rbuf), if read_client => Event::ClientRead(r),
             r = write_queued(&mut client_w, client_out), if client_out_len > 0 => {
@@ -168,6 +177,7 @@ impl Session {
                 }
             }, if server_out_len > 0 => Event::ServerWrote(r),
             _ = shutdown.cancelled(), if !*draining => Event::Shutdown,
+            _ = kill.cancelled() => Event::Kill,
         }
     }
 

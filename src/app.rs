@@ -53,6 +53,10 @@ pub struct UserEntry {
     pub method: auth::Method,
 }
 
+/// How long [`App::shutdown`] waits for sessions to close once the grace period is over (they
+/// tell their client, then cancel or roll back on the server).
+const KILL_WAIT: Duration = Duration::from_secs(3);
+
 /// Configuration plus what is derived from it; replaced as a whole on reload.
 #[derive(Debug)]
 pub struct Settings {
@@ -106,6 +110,8 @@ struct Inner {
     cancels: CancelRegistry,
     metrics: Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
+    /// Fires when the shutdown grace period is over: sessions still running end at once.
+    kill: CancellationToken,
     tasks: TaskTracker,
     /// Random bytes that make mock SCRAM exchanges for unknown users look real.
     mock_secret: [u8; 32],
@@ -149,6 +155,7 @@ impl App {
                 cancels: CancelRegistry::default(),
                 metrics: Arc::new(crate::metrics::Metrics::new()),
                 shutdown: CancellationToken::new(),
+                kill: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 mock_secret,
                 next_pid: AtomicI32::new(rand::random::<i32>().rem_euclid(1 << 20) + 1),
@@ -205,7 +212,10 @@ impl App {
         Ok(local)
     }
 
-    /// Asks every task to stop and waits up to `grace` for sessions to finish.
+    /// Asks every task to stop and waits up to `grace` for sessions to finish. Sessions still
+    /// relaying after that are ended (FATAL 57P01 to the client; the running request cancelled
+    /// or the open transaction rolled back on the server, as when a client leaves), and waited
+    /// for a little longer.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
@@ -214,6 +224,13 @@ impl App {
             .is_err()
         {
             tracing::warn!("shutdown grace period over; closing remaining connections");
+            self.inner.kill.cancel();
+            if tokio::time::timeout(KILL_WAIT, self.inner.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some connections did not close within {KILL_WAIT:?}");
+            }
         }
     }
 
@@ -247,6 +264,11 @@ impl App {
     /// Fires when the proxy shuts down.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.inner.shutdown
+    }
+
+    /// Fires when the shutdown grace period is over.
+    pub fn kill_token(&self) -> &CancellationToken {
+        &self.inner.kill
     }
 
     /// Tracks every task the proxy spawns, for shutdown.

@@ -95,7 +95,11 @@ impl Catalogs {
         loop {
             match self.load(db, topology).await {
                 Ok(cat) => {
-                    tracing::debug!(database = db, functions = cat.len(), "function catalog loaded");
+                    tracing::debug!(
+                        database = db,
+                        functions = cat.len(),
+                        "function catalog loaded"
+                    );
                     slot.store(Arc::new(cat));
                     match self.settings.refresh {
                         Some(r) => tokio::time::sleep(r).await,

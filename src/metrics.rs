@@ -213,7 +213,10 @@ impl Metrics {
             out,
             "# HELP causeway_request_latency_microseconds Request latency quantiles since start.\n# TYPE causeway_request_latency_microseconds gauge"
         );
-        for (route, name) in [(RouteKind::Primary, "primary"), (RouteKind::Standby, "standby")] {
+        for (route, name) in [
+            (RouteKind::Primary, "primary"),
+            (RouteKind::Standby, "standby"),
+        ] {
             let (count, p50, p90, p99, p999) = self.latency_summary(route);
             for (q, v) in [("0.5", p50), ("0.9", p90), ("0.99", p99), ("0.999", p999)] {
                 let _ = writeln!(
@@ -228,7 +231,12 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP causeway_node_up Node is healthy (1) or not (0).\n# TYPE causeway_node_up gauge");
         for n in &topology.nodes {
-            let _ = writeln!(out, "causeway_node_up{{node=\"{}\"}} {}", n.addr, u8::from(n.healthy));
+            let _ = writeln!(
+                out,
+                "causeway_node_up{{node=\"{}\"}} {}",
+                n.addr,
+                u8::from(n.healthy)
+            );
         }
         let _ = writeln!(out, "# HELP causeway_node_is_primary Node is the primary (1) or not (0).\n# TYPE causeway_node_is_primary gauge");
         for n in &topology.nodes {

@@ -56,7 +56,11 @@ async fn serve(app: App, mut stream: TcpStream) -> std::io::Result<()> {
     let method = parts.next().unwrap_or_default();
     let path = parts.next().unwrap_or_default();
     let (status, content_type, body) = if method != b"GET" {
-        ("405 Method Not Allowed", "text/plain", "only GET\n".to_owned())
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_owned(),
+        )
     } else {
         let topology = app.topology().load();
         match path {

@@ -69,5 +69,12 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
         SqlState::TOO_MANY_CONNECTIONS,
         "sorry, too many clients already",
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&e.to_bytes())).await;
+    if tokio::time::timeout(Duration::from_secs(1), stream.write_all(&e.to_bytes()))
+        .await
+        .is_ok()
+    {
+        // The client has most likely sent its startup packet already: closing with it unread
+        // would reset the connection and could destroy the error on its way.
+        session::client::linger(&mut stream, session::client::LINGER).await;
+    }
 }

@@ -17,7 +17,12 @@ pub struct Candidate {
 
 /// Picks a node. `tick` advances on every call (round robin, and tie-breaking for least
 /// outstanding so equal nodes share the load); `random` is a fresh random number.
-pub fn choose(candidates: &[Candidate], strategy: Balance, tick: usize, random: u64) -> Option<NodeId> {
+pub fn choose(
+    candidates: &[Candidate],
+    strategy: Balance,
+    tick: usize,
+    random: u64,
+) -> Option<NodeId> {
     if candidates.is_empty() {
         return None;
     }

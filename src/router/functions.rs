@@ -118,7 +118,11 @@ pub struct FunctionOverrides {
 
 /// Whether calling `name` (as written in the statement; case-folded unless quoted by the
 /// classifier) keeps a statement a read.
-pub fn is_read_only_call(name: &str, catalog: &FunctionCatalog, overrides: &FunctionOverrides) -> bool {
+pub fn is_read_only_call(
+    name: &str,
+    catalog: &FunctionCatalog,
+    overrides: &FunctionOverrides,
+) -> bool {
     let lower;
     let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
         lower = name.to_ascii_lowercase();

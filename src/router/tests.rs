@@ -49,7 +49,10 @@ fn decide(class: Class, ctx: &RouteContext, t: &Topology, p: &Policy) -> Decisio
 #[test]
 fn writes_go_to_the_primary() {
     let t = cluster([true, true]);
-    assert_eq!(decide(Class::Write, &RouteContext::default(), &t, &policy()), Decision::Primary);
+    assert_eq!(
+        decide(Class::Write, &RouteContext::default(), &t, &policy()),
+        Decision::Primary
+    );
 }
 
 #[test]
@@ -57,7 +60,18 @@ fn reads_spread_over_eligible_standbys() {
     let t = cluster([true, true]);
     let p = policy();
     let picks: Vec<Decision> = (0..4)
-        .map(|tick| route(Class::Read, &RouteContext::default(), &t, &p, &[0, 0, 0], tick, 0).0)
+        .map(|tick| {
+            route(
+                Class::Read,
+                &RouteContext::default(),
+                &t,
+                &p,
+                &[0, 0, 0],
+                tick,
+                0,
+            )
+            .0
+        })
         .collect();
     assert!(picks.contains(&Decision::Node(1)));
     assert!(picks.contains(&Decision::Node(2)));
@@ -69,7 +83,16 @@ fn lagging_or_unhealthy_standbys_get_no_reads() {
     let t = cluster([false, true]);
     for tick in 0..4 {
         assert_eq!(
-            route(Class::Read, &RouteContext::default(), &t, &policy(), &[0; 3], tick, 0).0,
+            route(
+                Class::Read,
+                &RouteContext::default(),
+                &t,
+                &policy(),
+                &[0; 3],
+                tick,
+                0
+            )
+            .0,
             Decision::Node(2)
         );
     }
@@ -77,7 +100,15 @@ fn lagging_or_unhealthy_standbys_get_no_reads() {
     t.nodes[1].healthy = false;
     t.nodes[2].healthy = false;
     assert_eq!(
-        route(Class::Read, &RouteContext::default(), &t, &policy(), &[0; 3], 0, 0),
+        route(
+            Class::Read,
+            &RouteContext::default(),
+            &t,
+            &policy(),
+            &[0; 3],
+            0,
+            0
+        ),
         (Decision::Primary, Reason::Fallback)
     );
 }
@@ -87,11 +118,20 @@ fn no_standby_follows_fallback_and_primary_reads() {
     let t = cluster([false, false]);
     let mut p = policy();
     p.fallback = Fallback::Error;
-    assert_eq!(decide(Class::Read, &RouteContext::default(), &t, &p), Decision::NoStandby);
+    assert_eq!(
+        decide(Class::Read, &RouteContext::default(), &t, &p),
+        Decision::NoStandby
+    );
     let mut p = policy();
     p.primary_reads = PrimaryReads::Never;
-    assert_eq!(decide(Class::Read, &RouteContext::default(), &t, &p), Decision::NoStandby);
-    assert_eq!(decide(Class::Read, &RouteContext::default(), &t, &policy()), Decision::Primary);
+    assert_eq!(
+        decide(Class::Read, &RouteContext::default(), &t, &p),
+        Decision::NoStandby
+    );
+    assert_eq!(
+        decide(Class::Read, &RouteContext::default(), &t, &policy()),
+        Decision::Primary
+    );
 }
 
 #[test]
@@ -100,7 +140,18 @@ fn primary_reads_always_joins_the_balance() {
     let mut p = policy();
     p.primary_reads = PrimaryReads::Always;
     let picks: Vec<Decision> = (0..6)
-        .map(|tick| route(Class::Read, &RouteContext::default(), &t, &p, &[0; 3], tick, 0).0)
+        .map(|tick| {
+            route(
+                Class::Read,
+                &RouteContext::default(),
+                &t,
+                &p,
+                &[0; 3],
+                tick,
+                0,
+            )
+            .0
+        })
         .collect();
     assert!(picks.contains(&Decision::Primary), "{picks:?}");
 }
@@ -109,12 +160,20 @@ fn primary_reads_always_joins_the_balance() {
 fn read_only_transactions_follow_the_setting() {
     let t = cluster([true, true]);
     assert!(matches!(
-        decide(Class::ReadOnlyBegin, &RouteContext::default(), &t, &policy()),
+        decide(
+            Class::ReadOnlyBegin,
+            &RouteContext::default(),
+            &t,
+            &policy()
+        ),
         Decision::Node(_)
     ));
     let mut p = policy();
     p.read_only_transactions = ReadOnlyTransactions::Primary;
-    assert_eq!(decide(Class::ReadOnlyBegin, &RouteContext::default(), &t, &p), Decision::Primary);
+    assert_eq!(
+        decide(Class::ReadOnlyBegin, &RouteContext::default(), &t, &p),
+        Decision::Primary
+    );
 }
 
 #[test]
@@ -124,19 +183,31 @@ fn forced_routes_win() {
         route: Some(Route::Primary),
         ..RouteContext::default()
     };
-    assert_eq!(decide(Class::Read, &primary, &t, &policy()), Decision::Primary);
+    assert_eq!(
+        decide(Class::Read, &primary, &t, &policy()),
+        Decision::Primary
+    );
     let standby = RouteContext {
         route: Some(Route::Standby),
         ..RouteContext::default()
     };
-    assert!(matches!(decide(Class::Read, &standby, &t, &policy()), Decision::Node(_)));
+    assert!(matches!(
+        decide(Class::Read, &standby, &t, &policy()),
+        Decision::Node(_)
+    ));
     // A write is never sent to a standby, whatever the session asks.
-    assert_eq!(decide(Class::Write, &standby, &t, &policy()), Decision::Primary);
+    assert_eq!(
+        decide(Class::Write, &standby, &t, &policy()),
+        Decision::Primary
+    );
     // Forced to standbys with none eligible: fallback decides.
     let none = cluster([false, false]);
     let mut p = policy();
     p.fallback = Fallback::Error;
-    assert_eq!(decide(Class::Read, &standby, &none, &p), Decision::NoStandby);
+    assert_eq!(
+        decide(Class::Read, &standby, &none, &p),
+        Decision::NoStandby
+    );
 }
 
 #[test]
@@ -146,13 +217,19 @@ fn per_request_max_lag_overrides_the_watcher() {
         max_lag: Some(Duration::from_millis(1)),
         ..RouteContext::default()
     };
-    assert_eq!(decide(Class::Read, &strict, &t, &policy()), Decision::Primary);
+    assert_eq!(
+        decide(Class::Read, &strict, &t, &policy()),
+        Decision::Primary
+    );
     let t = cluster([false, false]);
     let loose = RouteContext {
         max_lag: Some(Duration::from_secs(10)),
         ..RouteContext::default()
     };
-    assert!(matches!(decide(Class::Read, &loose, &t, &policy()), Decision::Node(_)));
+    assert!(matches!(
+        decide(Class::Read, &loose, &t, &policy()),
+        Decision::Node(_)
+    ));
 }
 
 #[test]
@@ -185,7 +262,16 @@ fn weight_zero_never_reads() {
     p.weights = vec![1, 0, 1];
     for tick in 0..4 {
         assert_eq!(
-            route(Class::Read, &RouteContext::default(), &t, &p, &[0; 3], tick, 0).0,
+            route(
+                Class::Read,
+                &RouteContext::default(),
+                &t,
+                &p,
+                &[0; 3],
+                tick,
+                0
+            )
+            .0,
             Decision::Node(2)
         );
     }

@@ -90,6 +90,11 @@ impl ClientConn {
         Ok(())
     }
 
+    /// Ends the connection gracefully after the last flush: see [`linger`].
+    pub async fn linger(&mut self) {
+        linger(&mut self.stream, LINGER).await;
+    }
+
     /// Removes `n` written bytes from the front of the queue.
     pub(crate) fn advance(&mut self, mut n: usize) -> std::io::Result<()> {
         if n == 0 {
@@ -109,6 +114,29 @@ impl ClientConn {
             }
         }
         Ok(())
+    }
+}
+
+/// How long a closing connection keeps draining what the client still sends (see [`linger`]).
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Closes the sending side of `stream` (FIN) and reads and discards whatever the client still
+/// sends until it closes too, for at most `limit`.
+///
+/// Closing a socket that has unread bytes makes the kernel send a TCP reset instead of a FIN,
+/// and the reset throws away everything the socket has not delivered yet: the last replies and
+/// the FATAL error the proxy just "flushed" may never reach the client, which then sees
+/// "connection reset" instead of the reason. That is exactly the case when the proxy ends a
+/// connection on its own initiative while the client is still sending (an oversized message,
+/// a request racing a shutdown, a client over the connection limit).
+pub async fn linger(stream: &mut TcpStream, limit: std::time::Duration) {
+    let _ = tokio::time::timeout(limit, stream.shutdown()).await;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut sink = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+        if n == 0 {
+            break;
+        }
     }
 }
 

@@ -96,11 +96,22 @@ pub async fn run(app: App, stream: TcpStream, peer: SocketAddr) {
 
 /// Sends the error (if the client can still hear it) and closes.
 async fn report_and_close(client: &mut ClientConn, e: SessionError) {
-    if let Some(err) = e.to_client() {
-        tracing::debug!(peer = %client.peer(), error = %err.message, "closing client connection");
-        client.push_error(&err);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.flush()).await;
+    if report(client, &e).await {
+        client.linger().await;
     }
+}
+
+/// Sends the error to the client if it can still hear it; true if it could.
+async fn report(client: &mut ClientConn, e: &SessionError) -> bool {
+    let Some(err) = e.to_client() else {
+        return false;
+    };
+    tracing::debug!(peer = %client.peer(), error = %err.message, "closing client connection");
+    client.push_error(&err);
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), client.flush()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// A client's session after authentication.
@@ -148,6 +159,16 @@ pub struct Session {
     /// The server connection died while the client had a transaction open (and no request
     /// in flight): the client's next request fails with this error.
     lost_transaction: Option<ProxyError>,
+    /// The server's FATAL error was forwarded as is: when the server then closes, the client
+    /// already knows why and the session ends.
+    server_fatal: bool,
+    /// The server ended with a FATAL error while the session can outlive it: when the server
+    /// closes, the client gets this as an ERROR instead of losing its connection.
+    server_fatal_downgraded: Option<ProxyError>,
+    /// The client broke the protocol after earlier requests that are still being answered:
+    /// those replies go out first, then this error ends the session (PostgreSQL reads one
+    /// message at a time, so it answers everything before the bad message too).
+    violation: Option<ProtocolError>,
     /// Largest frontend message accepted.
     max_message: usize,
 }
@@ -188,6 +209,9 @@ impl Session {
             skip_until_sync: false,
             draining: false,
             lost_transaction: None,
+            server_fatal: false,
+            server_fatal_downgraded: None,
+            violation: None,
             max_message,
         }
     }
@@ -335,18 +359,25 @@ impl Session {
     /// connection clean or closes it. A transaction the client left open is rolled back; a
     /// request still running is cancelled and its connection closed.
     async fn finish(mut self, result: Result<(), SessionError>) {
-        if let Err(e) = result {
-            tracing::debug!(peer = %self.client.peer(), error = %e, "session ended with an error");
-            report_and_close(&mut self.client, e).await;
-        } else {
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(1), self.client.flush()).await;
-        }
+        let client_can_hear = match &result {
+            Err(e) => {
+                tracing::debug!(peer = %self.client.peer(), error = %e, "session ended with an error");
+                report(&mut self.client, e).await
+            }
+            Ok(()) => matches!(
+                tokio::time::timeout(std::time::Duration::from_secs(1), self.client.flush()).await,
+                Ok(Ok(()))
+            ),
+        };
         self.cancel.slot().set(None);
         if let Some(lease) = self.server.take() {
             // Session pooling and pinned sessions leave state the proxy does not track: reset.
             let reset = self.mode == PoolMode::Session || self.pinned.is_some();
             release(lease, &self.app, reset).await;
+        }
+        // After the server connection is back: closing gracefully may take a moment.
+        if client_can_hear {
+            self.client.linger().await;
         }
     }
 }

@@ -21,7 +21,9 @@ use crate::protocol::backend::{self as be, tag as btag, Step, TxStatus};
 use crate::protocol::frontend::{is_known_tag, tag as ftag};
 use crate::protocol::messages::{self, ProxyError};
 use crate::protocol::sqlstate::Severity;
-use crate::protocol::{decode_frame, Frame, ProtocolError, SqlState, HEADER_LEN};
+use crate::protocol::{
+    decode_frame, Frame, ProtocolError, SqlState, DEFAULT_MAX_MESSAGE_LEN, HEADER_LEN,
+};
 use crate::router::Target;
 
 /// Stop reading the server while this many bytes wait to be written to the client.
@@ -38,6 +40,8 @@ enum Event {
     ServerRead(std::io::Result<usize>),
     ServerWrote(std::io::Result<usize>),
     Shutdown,
+    /// The shutdown grace period is over.
+    Kill,
 }
 
 /// How a request (batch of frontend messages) ended.
@@ -66,7 +70,19 @@ impl Session {
         loop {
             let flow = match self.next_event().await {
                 Event::ClientRead(Ok(0)) => return Err(SessionError::Closed),
-                Event::ClientRead(Ok(_)) => self.on_client_bytes().await?,
+                Event::ClientRead(Ok(_)) if self.violation.is_some() => {
+                    // Keep draining so a client busy writing can still read its replies.
+                    self.client.rbuf.clear();
+                    Flow::Continue
+                }
+                Event::ClientRead(Ok(_)) => match self.on_client_bytes().await {
+                    Err(SessionError::Protocol(e)) => {
+                        self.client.rbuf.clear();
+                        self.violation = Some(e);
+                        Flow::Continue
+                    }
+                    other => other?,
+                },
                 Event::ClientRead(Err(e)) | Event::ClientWrote(Err(e)) => return Err(e.into()),
                 Event::ClientWrote(Ok(n)) => {
                     self.client.advance(n)?;
@@ -86,9 +102,20 @@ impl Session {
                     self.draining = true;
                     Flow::Continue
                 }
+                Event::Kill => {
+                    return Err(SessionError::Fatal(ProxyError::fatal(
+                        SqlState::ADMIN_SHUTDOWN,
+                        "terminating connection due to administrator command",
+                    )))
+                }
             };
             if flow == Flow::End {
                 return Ok(());
+            }
+            if self.violation.is_some() && self.replies_done() {
+                if let Some(e) = self.violation.take() {
+                    return Err(e.into());
+                }
             }
             if self.params_dirty {
                 self.refresh_params().await?;
@@ -135,6 +162,7 @@ impl Session {
         let read_server = server_r.is_some() && client_out_len < CLIENT_OUT_HIGH;
         let read_client = server_out_len < SERVER_OUT_HIGH;
         let shutdown = app.shutdown_token();
+        let kill = app.kill_token();
         tokio::select! {
             r = client_r.read_buf(client_rbuf), if read_client => Event::ClientRead(r),
             r = write_queued(&mut client_w, client_out), if client_out_len > 0 => {
@@ -153,7 +181,18 @@ impl Session {
                 }
             }, if server_out_len > 0 => Event::ServerWrote(r),
             _ = shutdown.cancelled(), if !*draining => Event::Shutdown,
+            _ = kill.cancelled() => Event::Kill,
         }
+    }
+
+    /// Whether every request already sent to the server has been answered in full, or cannot
+    /// be (a COPY IN waits for data that will not come).
+    fn replies_done(&self) -> bool {
+        self.copy_in
+            || match self.server.as_deref() {
+                None => true,
+                Some(s) => s.pending.is_empty() && s.scanner.at_boundary(),
+            }
     }
 
     /// Whether nothing is in flight: no request, no transaction, no partial batch, no COPY.
@@ -309,12 +348,16 @@ impl Session {
         let Some(server) = self.server.as_deref_mut() else {
             return Ok(Flow::Continue);
         };
+        // `max_message_size` limits what clients send. The server's messages the proxy reads
+        // whole get the server-side limit (as in `ServerConn::read_frame`), never a smaller one:
+        // a long error message or parameter value is not a reason to kill the session.
+        let max_inspect = self.max_message.max(DEFAULT_MAX_MESSAGE_LEN);
         loop {
             let owner = server.pending.front().copied();
             let want_parse_complete = !server.track.parses.is_empty();
             let step = server
                 .scanner
-                .step(&server.rbuf, self.max_message, |t| {
+                .step(&server.rbuf, max_inspect, |t| {
                     matches!(
                         t,
                         btag::READY_FOR_QUERY
@@ -418,11 +461,24 @@ impl Session {
                         }
                         btag::ERROR_RESPONSE => {
                             let fields = be::error_fields(body).map_err(|e| server.proto(e))?;
-                            if fields.is_fatal() {
-                                server.broken = true;
-                            }
                             // An error ends COPY IN on the server side.
                             self.copy_in = false;
+                            if fields.is_fatal() {
+                                server.broken = true;
+                                if for_client
+                                    && self.mode == crate::config::PoolMode::Transaction
+                                    && self.pinned.is_none()
+                                {
+                                    // The session outlives this server connection: the
+                                    // client hears the error as an ERROR when the server
+                                    // closes (see `server_lost`), not as the end of its
+                                    // connection.
+                                    self.server_fatal_downgraded =
+                                        Some(ProxyError::from_server(&fields, Severity::Error));
+                                    continue;
+                                }
+                                self.server_fatal |= for_client;
+                            }
                             if for_client {
                                 self.client.push(frame);
                             } else {
@@ -467,6 +523,9 @@ impl Session {
             return Ok(Flow::Continue);
         };
         lease.mark_broken();
+        if self.server_fatal {
+            return Ok(Flow::End);
+        }
         let addr = lease.addr().to_owned();
         tracing::warn!(server = %addr, "server connection lost: {why}");
         let message = format!("server connection to {addr} was lost: {why}");
@@ -479,13 +538,19 @@ impl Session {
         let was_in_transaction = self.tx_status.is_in_transaction();
         self.cancel.slot().set(None);
         drop(lease);
-        if let Some(reason) = self.pinned {
+        if self.pinned.is_some() || self.mode == crate::config::PoolMode::Session {
+            // The session's state (temp tables, LISTEN, everything in session pooling) lived
+            // on that connection.
             return Err(SessionError::Fatal(ProxyError::fatal(
                 SqlState::CONNECTION_FAILURE,
-                format!("{message}; the session depended on it ({reason})"),
+                message,
             )));
         }
-        let e = ProxyError::error(SqlState::CONNECTION_FAILURE, message);
+        // The server's own reason (say 57P01 at a shutdown) when it gave one.
+        let e = self
+            .server_fatal_downgraded
+            .take()
+            .unwrap_or_else(|| ProxyError::error(SqlState::CONNECTION_FAILURE, message));
         self.copy_in = false;
         if in_flight {
             self.client.push_error(&e);

@@ -354,7 +354,9 @@ mod tests {
 
     fn settings(n: usize) -> WatcherSettings {
         WatcherSettings {
-            nodes: (0..n).map(|i| ("127.0.0.1".to_owned(), 5432 + i as u16)).collect(),
+            nodes: (0..n)
+                .map(|i| ("127.0.0.1".to_owned(), 5432 + i as u16))
+                .collect(),
             user: "m".into(),
             password: None,
             database: "postgres".into(),
@@ -412,11 +414,17 @@ mod tests {
         assert_eq!(nodes[1].lag_bytes, Some(5000));
         assert!(nodes[1].is_eligible_standby());
         a.apply(&mut nodes, ok(1, true, 100), t);
-        assert!(!nodes[1].is_eligible_standby(), "two late checks exclude it");
+        assert!(
+            !nodes[1].is_eligible_standby(),
+            "two late checks exclude it"
+        );
         a.apply(&mut nodes, ok(1, true, 5100), t);
         assert!(!nodes[1].is_eligible_standby());
         a.apply(&mut nodes, ok(1, true, 5100), t);
-        assert!(nodes[1].is_eligible_standby(), "two good checks bring it back");
+        assert!(
+            nodes[1].is_eligible_standby(),
+            "two good checks bring it back"
+        );
     }
 
     #[test]

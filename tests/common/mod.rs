@@ -3,6 +3,8 @@
 //! in-process causeway in front of it per test.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -173,4 +175,75 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A client connection whose asynchronous messages (notices, notifications) are collected, and
+/// whose connection task can be aborted or awaited.
+pub struct Observed {
+    /// The client.
+    pub client: tokio_postgres::Client,
+    /// Notices and notifications, in arrival order.
+    pub messages: tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::AsyncMessage>,
+    /// The task driving the connection; ends with the connection's own result.
+    pub task: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+/// Connects with `conninfo` and drives the connection with `poll_message`, so notices and
+/// notifications reach [`Observed::messages`].
+pub async fn connect_observed(conninfo: &str) -> Result<Observed, tokio_postgres::Error> {
+    let (client, mut conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await?;
+    let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(m)) => {
+                    let _ = tx.send(m);
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            }
+        }
+    });
+    Ok(Observed {
+        client,
+        messages,
+        task,
+    })
+}
+
+/// The SQLSTATE of a tokio-postgres error, if the error came from a server (or the proxy).
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
+    e.code().map(|c| c.code())
+}
+
+/// Waits until backend `pid` (as seen through `direct`, a connection to its node) satisfies `sql_predicate` (an SQL boolean over
+/// `pg_stat_activity` columns, for instance `state = 'active'`), or `limit` passes.
+pub async fn wait_backend(
+    direct: &tokio_postgres::Client,
+    pid: i32,
+    sql_predicate: &str,
+    limit: Duration,
+) -> bool {
+    let sql = format!("select count(*) from pg_stat_activity where pid = $1 and ({sql_predicate})");
+    eventually(limit, || async {
+        let n: i64 = direct.query_one(&sql, &[&pid]).await.unwrap().get(0);
+        n > 0
+    })
+    .await
+}
+
+/// Waits until backend `pid` (as seen through `direct`) no longer satisfies `sql_predicate` (a gone backend
+/// satisfies nothing), or `limit` passes.
+pub async fn wait_backend_not(
+    direct: &tokio_postgres::Client,
+    pid: i32,
+    sql_predicate: &str,
+    limit: Duration,
+) -> bool {
+    let sql = format!("select count(*) from pg_stat_activity where pid = $1 and ({sql_predicate})");
+    eventually(limit, || async {
+        let n: i64 = direct.query_one(&sql, &[&pid]).await.unwrap().get(0);
+        n == 0
+    })
+    .await
 }

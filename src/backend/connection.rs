@@ -92,6 +92,9 @@ pub struct RequestTrack {
     /// Frames were forwarded since the last Sync or Query (after a Flush, or a large partial
     /// batch): the connection owes replies without a ReadyForQuery in sight.
     pub unsynced: bool,
+    /// The server is in COPY FROM STDIN, waiting for data: `Some(true)` when the COPY was
+    /// started through the extended protocol (ending it then needs a Sync too).
+    pub copy_in: Option<bool>,
 }
 
 /// Parameters as the server reported them (ParameterStatus), plus what the proxy set itself.
@@ -288,9 +291,18 @@ impl ServerConn {
                     scram = Some(client);
                 }
                 AuthRequest::SaslContinue(data) => {
-                    let client = scram.as_mut().ok_or_else(|| self.unexpected_sasl())?;
-                    client.update(data).map_err(|e| self.sasl_error(e))?;
+                    let mut client = scram.take().ok_or_else(|| self.unexpected_sasl())?;
+                    // This step runs PBKDF2 (4096 rounds by default, about a millisecond):
+                    // off the async workers, so a burst of new server connections does not
+                    // stall every session.
+                    let data = data.to_vec();
+                    let client =
+                        tokio::task::spawn_blocking(move || client.update(&data).map(|()| client))
+                            .await
+                            .map_err(|e| self.sasl_error(std::io::Error::other(e.to_string())))?
+                            .map_err(|e| self.sasl_error(e))?;
                     messages::sasl_response(&mut out, client.message());
+                    scram = Some(client);
                 }
                 AuthRequest::SaslFinal(data) => {
                     let client = scram.as_mut().ok_or_else(|| self.unexpected_sasl())?;
@@ -534,8 +546,57 @@ impl ServerConn {
         Ok(())
     }
 
-    /// Sends Terminate, best effort, and drops the socket.
+    /// Ends a COPY FROM STDIN whose client went away, with CopyFail (and Sync for the extended
+    /// protocol), and waits for the server's ReadyForQuery: the COPY is rolled back cleanly
+    /// and the connection is usable again. Closing the socket instead would make the server
+    /// log "protocol synchronization was lost".
+    pub async fn abort_copy(&mut self, timeout: Duration) -> Result<(), BackendError> {
+        let Some(extended) = self.track.copy_in.take() else {
+            return Ok(());
+        };
+        let mut out = BytesMut::new();
+        crate::protocol::codec::put_frame_with(
+            &mut out,
+            crate::protocol::frontend::tag::COPY_FAIL,
+            |b| crate::protocol::codec::put_cstr(b, b"client connection closed"),
+        );
+        if extended {
+            messages::sync(&mut out);
+        }
+        // Data the client sent that is still buffered goes first.
+        let mut all = self.wbuf.split();
+        all.extend_from_slice(&out);
+        let addr = self.addr.clone();
+        let work = async {
+            self.write_all(&all).await?;
+            loop {
+                let frame = self.read_frame().await?;
+                if frame.tag() == btag::READY_FOR_QUERY {
+                    self.status = be::ready_for_query(frame.body()).map_err(|e| self.proto(e))?;
+                    self.pending.clear();
+                    return Ok(());
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.broken = true;
+                Err(BackendError::Timeout {
+                    what: "ending an abandoned COPY",
+                    addr,
+                })
+            }
+        }
+    }
+
+    /// Closes the connection: a clean one gets Terminate first (best effort); a broken one (mid
+    /// COPY, mid reply, after a protocol error) is just dropped, since any message sent into
+    /// such a state would make the server log a protocol error.
     pub async fn close(mut self) {
+        if self.broken || !self.pending.is_empty() || !self.scanner.at_boundary() {
+            return;
+        }
         let mut out = BytesMut::new();
         messages::terminate(&mut out);
         let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.write_all(&out)).await;

@@ -385,6 +385,16 @@ impl Session {
 /// Hands a server connection back after a client is done with it.
 async fn release(mut lease: Lease, app: &App, reset: bool) {
     let timeout = app.settings().config.pool.server_connect_timeout;
+    if lease.track.copy_in.is_some()
+        && !lease.is_broken()
+        && lease.pending.is_empty()
+        && lease.scanner.at_boundary()
+    {
+        // The server waits for COPY data that will never come.
+        if lease.abort_copy(timeout).await.is_err() {
+            lease.mark_broken();
+        }
+    }
     if !lease.pending.is_empty() || !lease.scanner.at_boundary() || lease.track.unsynced {
         // A request is still running: stop it so it does not hold locks, then close.
         cancel::send_cancel(&lease.cancel_target(), timeout).await;

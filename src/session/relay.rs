@@ -215,11 +215,15 @@ impl Session {
         while let Some(frame) = decode_frame(&mut self.client.rbuf, self.max_message)? {
             let tag = frame.tag();
             if self.copy_in && matches!(tag, ftag::COPY_DATA | ftag::COPY_DONE | ftag::COPY_FAIL) {
-                if tag != ftag::COPY_DATA {
+                let done = tag != ftag::COPY_DATA;
+                if done {
                     self.copy_in = false;
                 }
                 if let Some(s) = self.server.as_deref_mut() {
                     s.wbuf.extend_from_slice(frame.raw());
+                    if done {
+                        s.track.copy_in = None;
+                    }
                 }
                 continue;
             }
@@ -463,6 +467,7 @@ impl Session {
                             let fields = be::error_fields(body).map_err(|e| server.proto(e))?;
                             // An error ends COPY IN on the server side.
                             self.copy_in = false;
+                            server.track.copy_in = None;
                             if fields.is_fatal() {
                                 server.broken = true;
                                 if for_client
@@ -490,9 +495,12 @@ impl Session {
                             // In the extended protocol the Sync that followed Execute is
                             // ignored by the server during COPY; the client sends another one
                             // after CopyDone, which is the one that gets a ReadyForQuery.
-                            if let Some(ReplyOwner::Client { sync: true, .. }) = owner {
+                            let extended =
+                                matches!(owner, Some(ReplyOwner::Client { sync: true, .. }));
+                            if extended {
                                 server.pending.pop_front();
                             }
+                            server.track.copy_in = Some(extended);
                             self.client.push(frame);
                         }
                         btag::COPY_BOTH_RESPONSE => {

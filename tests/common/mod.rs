@@ -44,7 +44,6 @@ pub fn config_toml(proxy_section: &str, extra: &str) -> String {
         r#"
 [proxy]
 listen = "127.0.0.1:0"
-pool_mode = "session"
 {proxy_section}
 
 [routing]

@@ -3,6 +3,9 @@
 //!
 //! Until read/write splitting lands, every request goes to the primary.
 
+pub mod classify;
+pub mod lexer;
+
 use crate::topology::NodeId;
 
 /// Where a request must run.

@@ -1039,8 +1039,10 @@ struct Analyzer<'a> {
     sql: &'a [u8],
     /// The token source.
     lexer: Lexer<'a>,
-    /// Tokens read ahead, `look[..look_len]`, next first.
+    /// Tokens read ahead: a ring of `look_len` tokens from `look_head`, next first.
     look: [Option<Token<'a>>; 4],
+    /// Where the next token is in `look`.
+    look_head: usize,
     /// How many tokens are read ahead.
     look_len: usize,
     /// Offset past the last token consumed.
@@ -1074,12 +1076,81 @@ fn lower<'b>(token: Option<Token<'_>>, buf: &'b mut [u8; 24]) -> &'b [u8] {
     }
 }
 
+/// The keywords a scan reacts to, recognised without copying or `memcmp`: one length and
+/// first-letter dispatch, then one case-insensitive comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kw {
+    By,
+    Delete,
+    Except,
+    Fetch,
+    For,
+    Having,
+    Insert,
+    Intersect,
+    Into,
+    Limit,
+    Merge,
+    Offset,
+    On,
+    Operator,
+    Order,
+    Returning,
+    Select,
+    Sets,
+    Table,
+    Union,
+    Update,
+    Values,
+    Window,
+    With,
+    /// Any other word.
+    Other,
+}
+
+impl Kw {
+    fn of(word: &[u8]) -> Kw {
+        let Some(&first) = word.first() else {
+            return Kw::Other;
+        };
+        let is = |k: &[u8]| word.eq_ignore_ascii_case(k);
+        match (word.len(), first | 0x20) {
+            (2, b'b') if is(b"by") => Kw::By,
+            (2, b'o') if is(b"on") => Kw::On,
+            (3, b'f') if is(b"for") => Kw::For,
+            (4, b'i') if is(b"into") => Kw::Into,
+            (4, b's') if is(b"sets") => Kw::Sets,
+            (4, b'w') if is(b"with") => Kw::With,
+            (5, b'f') if is(b"fetch") => Kw::Fetch,
+            (5, b'l') if is(b"limit") => Kw::Limit,
+            (5, b'm') if is(b"merge") => Kw::Merge,
+            (5, b'o') if is(b"order") => Kw::Order,
+            (5, b't') if is(b"table") => Kw::Table,
+            (5, b'u') if is(b"union") => Kw::Union,
+            (6, b'd') if is(b"delete") => Kw::Delete,
+            (6, b'e') if is(b"except") => Kw::Except,
+            (6, b'h') if is(b"having") => Kw::Having,
+            (6, b'i') if is(b"insert") => Kw::Insert,
+            (6, b'o') if is(b"offset") => Kw::Offset,
+            (6, b's') if is(b"select") => Kw::Select,
+            (6, b'u') if is(b"update") => Kw::Update,
+            (6, b'v') if is(b"values") => Kw::Values,
+            (6, b'w') if is(b"window") => Kw::Window,
+            (8, b'o') if is(b"operator") => Kw::Operator,
+            (9, b'i') if is(b"intersect") => Kw::Intersect,
+            (9, b'r') if is(b"returning") => Kw::Returning,
+            _ => Kw::Other,
+        }
+    }
+}
+
 impl<'a> Analyzer<'a> {
     fn new(sql: &'a [u8], options: LexOptions) -> Self {
         Analyzer {
             sql,
             lexer: Lexer::with_options(sql, options),
             look: [None; 4],
+            look_head: 0,
             look_len: 0,
             last_end: 0,
             lex_failed: false,
@@ -1109,15 +1180,13 @@ impl<'a> Analyzer<'a> {
         if k >= self.look.len() {
             return None;
         }
+        const MASK: usize = 3; // look.len() - 1
         while self.look_len <= k {
-            if self.look_len > 0 && self.look[self.look_len - 1].is_none() {
-                return None;
-            }
             let t = self.lex();
-            self.look[self.look_len] = t;
+            self.look[(self.look_head + self.look_len) & MASK] = t;
             self.look_len += 1;
         }
-        self.look[k]
+        self.look[(self.look_head + k) & MASK]
     }
 
     fn peek(&mut self) -> Option<Token<'a>> {
@@ -1135,7 +1204,7 @@ impl<'a> Analyzer<'a> {
     /// Consumes and returns the next token.
     fn bump(&mut self) -> Option<Token<'a>> {
         let t = self.peek()?;
-        self.look.copy_within(1..self.look_len, 0);
+        self.look_head = (self.look_head + 1) & 3;
         self.look_len -= 1;
         self.last_end = t.end();
         Some(t)
@@ -1423,9 +1492,8 @@ impl<'a> Analyzer<'a> {
     fn scan_name(&mut self, st: &mut Scan<'a>, mode: ScanMode) {
         let Some(first) = self.bump() else { return };
         if first.kind == TokenKind::Word {
-            let mut buf = [0u8; 24];
-            match lower(Some(first), &mut buf) {
-                b"for" if mode == ScanMode::Query => {
+            match Kw::of(first.text) {
+                Kw::For if mode == ScanMode::Query => {
                     st.group_by &= !Scan::bit(st.depth);
                     if self.locking_clause_follows() {
                         st.raise(RouteClass::Primary);
@@ -1433,7 +1501,7 @@ impl<'a> Analyzer<'a> {
                     st.set_prev(Prev::Word(first.text));
                     return;
                 }
-                b"into" if mode == ScanMode::Query => {
+                Kw::Into if mode == ScanMode::Query => {
                     // `SELECT … INTO t` creates a table.
                     st.raise(RouteClass::Primary);
                     if self.temp_target_follows() {
@@ -1442,20 +1510,20 @@ impl<'a> Analyzer<'a> {
                     st.set_prev(Prev::Word(first.text));
                     return;
                 }
-                b"with" => {
+                Kw::With => {
                     if self.cte_follows() {
                         st.cte_lists |= Scan::bit(st.depth);
                     }
                     st.set_prev(Prev::Word(first.text));
                     return;
                 }
-                b"select" | b"values" | b"table" => {
+                Kw::Select | Kw::Values | Kw::Table => {
                     // The main query of a WITH list at this depth starts here.
                     st.cte_lists &= !Scan::bit(st.depth);
                     st.set_prev(Prev::Word(first.text));
                     return;
                 }
-                w @ (b"insert" | b"update" | b"delete" | b"merge")
+                w @ (Kw::Insert | Kw::Update | Kw::Delete | Kw::Merge)
                     if st.in_cte_list() && self.data_modification_shape(w) =>
                 {
                     // `WITH … DELETE FROM …`: the main statement modifies data.
@@ -1464,7 +1532,7 @@ impl<'a> Analyzer<'a> {
                     st.set_prev(Prev::Word(first.text));
                     return;
                 }
-                b"on" => {
+                Kw::On => {
                     if matches!(st.prev, Prev::Word(p) if p.eq_ignore_ascii_case(b"distinct"))
                         && self.peek_kind() == Some(TokenKind::LParen)
                     {
@@ -1473,19 +1541,28 @@ impl<'a> Analyzer<'a> {
                     st.set_prev(Prev::Word(first.text));
                     return;
                 }
-                b"by" if matches!(st.prev, Prev::Word(p) if p.eq_ignore_ascii_case(b"group")) => {
+                Kw::By if matches!(st.prev, Prev::Word(p) if p.eq_ignore_ascii_case(b"group")) => {
                     st.group_by |= Scan::bit(st.depth);
                     st.set_prev(Prev::Word(first.text));
                     return;
                 }
-                b"having" | b"window" | b"order" | b"limit" | b"offset" | b"fetch" | b"for"
-                | b"union" | b"intersect" | b"except" | b"returning" => {
+                Kw::Having
+                | Kw::Window
+                | Kw::Order
+                | Kw::Limit
+                | Kw::Offset
+                | Kw::Fetch
+                | Kw::For
+                | Kw::Union
+                | Kw::Intersect
+                | Kw::Except
+                | Kw::Returning => {
                     // The next clause: whatever was open at this depth has ended.
                     st.group_by &= !Scan::bit(st.depth);
                     st.set_prev(Prev::Word(first.text));
                     return;
                 }
-                b"sets"
+                Kw::Sets
                     if matches!(st.prev, Prev::Word(p) if p.eq_ignore_ascii_case(b"grouping"))
                         && self.peek_kind() == Some(TokenKind::LParen) =>
                 {
@@ -1493,7 +1570,7 @@ impl<'a> Analyzer<'a> {
                     st.set_prev(Prev::Word(first.text));
                     return;
                 }
-                b"operator" if self.peek_kind() == Some(TokenKind::LParen) => {
+                Kw::Operator if self.peek_kind() == Some(TokenKind::LParen) => {
                     // `a OPERATOR(pg_catalog.+) b`: not a call; an operand follows the group.
                     st.pending_expr_group = true;
                     st.set_prev(Prev::Word(first.text));
@@ -1635,31 +1712,31 @@ impl<'a> Analyzer<'a> {
     /// After `(`: whether a data-modifying statement starts here (`(INSERT INTO`,
     /// `(UPDATE t`, `(DELETE FROM`, `(MERGE INTO`).
     fn data_modification_follows(&mut self) -> bool {
-        let mut buf = [0u8; 24];
-        match lower(self.peek(), &mut buf) {
-            w @ (b"insert" | b"update" | b"delete" | b"merge") => {
-                let w: &[u8] = w;
-                let mut b2 = [0u8; 24];
-                let w2 = lower(self.peek_at(1), &mut b2);
-                match w {
-                    b"insert" | b"merge" => w2 == b"into",
-                    b"delete" => w2 == b"from",
-                    _ => self.peek_at(1).is_some_and(|t| t.is_name()),
-                }
+        match self.peek() {
+            Some(t) if t.kind == TokenKind::Word => {
+                let kw = Kw::of(t.text);
+                matches!(kw, Kw::Insert | Kw::Update | Kw::Delete | Kw::Merge)
+                    && self.data_modification_shape_at(kw, 1)
             }
             _ => false,
         }
     }
 
-    /// After the word `w` (insert/update/delete/merge, just consumed): whether what follows
+    /// After the word `kw` (insert/update/delete/merge, just consumed): whether what follows
     /// has the shape of that statement rather than of a column named like it.
-    fn data_modification_shape(&mut self, w: &[u8]) -> bool {
-        let mut buf = [0u8; 24];
-        let next = lower(self.peek(), &mut buf);
-        match w {
-            b"insert" | b"merge" => next == b"into",
-            b"delete" => next == b"from",
-            _ => self.peek().is_some_and(|t| t.is_name()),
+    fn data_modification_shape(&mut self, kw: Kw) -> bool {
+        self.data_modification_shape_at(kw, 0)
+    }
+
+    /// Whether the token `k` places ahead continues a `kw` statement.
+    fn data_modification_shape_at(&mut self, kw: Kw, k: usize) -> bool {
+        let Some(next) = self.peek_at(k) else {
+            return false;
+        };
+        match kw {
+            Kw::Insert | Kw::Merge => next.is_word("into"),
+            Kw::Delete => next.is_word("from"),
+            _ => next.is_name(),
         }
     }
 
@@ -2961,28 +3038,37 @@ impl Shard {
     }
 }
 
-/// A fast keyed hash of the text: 8 bytes per step, multiply-rotate mixing, a final
+/// A fast keyed hash of the text: four independent multiply-rotate lanes over 32-byte blocks
+/// (so the multiplications overlap), then the tail 8 bytes at a time, then murmur3's final
 /// avalanche. Not cryptographic; collisions only cost misses (see [`ClassifierCache`]).
 fn hash_text(seed: u64, text: &[u8]) -> u64 {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h = seed ^ (text.len() as u64).wrapping_mul(K);
-    let mut chunks = text.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        h = (h ^ u64::from_le_bytes(word))
-            .wrapping_mul(K)
-            .rotate_left(29);
+    let word = |bytes: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..bytes.len()].copy_from_slice(bytes);
+        u64::from_le_bytes(w)
+    };
+    let step = |lane: u64, w: u64| (lane ^ w).wrapping_mul(K).rotate_left(29);
+    let mut lanes = [
+        seed,
+        seed ^ K,
+        seed.rotate_left(21),
+        seed.rotate_left(42) ^ K,
+    ];
+    let mut blocks = text.chunks_exact(32);
+    for block in &mut blocks {
+        for (lane, w) in lanes.iter_mut().zip(block.chunks_exact(8)) {
+            *lane = step(*lane, word(w));
+        }
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut word = [0u8; 8];
-        word[..rest.len()].copy_from_slice(rest);
-        h = (h ^ u64::from_le_bytes(word))
-            .wrapping_mul(K)
-            .rotate_left(29);
+    let mut h = (text.len() as u64).wrapping_mul(K)
+        ^ lanes[0]
+        ^ lanes[1].rotate_left(17)
+        ^ lanes[2].rotate_left(31)
+        ^ lanes[3].rotate_left(47);
+    for w in blocks.remainder().chunks(8) {
+        h = step(h, word(w));
     }
-    // murmur3's fmix64.
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;

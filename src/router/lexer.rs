@@ -586,29 +586,73 @@ pub enum KeywordCategory {
 }
 
 /// The category of `word` if it is a PostgreSQL keyword (ASCII case-insensitive).
+///
+/// One hash and usually one comparison: the keyword tables below are indexed at compile time
+/// into an open-addressing table ([`KEYWORD_INDEX`]).
 pub fn keyword_category(word: &[u8]) -> Option<KeywordCategory> {
     // The longest keyword has 17 bytes (`current_timestamp`).
-    let mut buf = [0u8; 24];
-    if word.len() > buf.len() || word.is_empty() {
+    if word.is_empty() || word.len() > 17 {
         return None;
     }
-    let lower = &mut buf[..word.len()];
-    for (dst, src) in lower.iter_mut().zip(word) {
-        *dst = src.to_ascii_lowercase();
+    let mut slot = keyword_hash(word) & (KEYWORD_INDEX.len() - 1);
+    loop {
+        let entry = KEYWORD_INDEX[slot];
+        if entry == 0 {
+            return None;
+        }
+        let (table, category) = KEYWORD_TABLES[usize::from(entry >> 10)];
+        if table[usize::from((entry & 0x3ff) - 1)]
+            .as_bytes()
+            .eq_ignore_ascii_case(word)
+        {
+            return Some(category);
+        }
+        slot = (slot + 1) & (KEYWORD_INDEX.len() - 1);
     }
-    let lower: &[u8] = lower;
-    let tables: [(&[&str], KeywordCategory); 4] = [
-        (RESERVED_KEYWORDS, KeywordCategory::Reserved),
-        (COL_NAME_KEYWORDS, KeywordCategory::ColumnName),
-        (TYPE_FUNC_NAME_KEYWORDS, KeywordCategory::TypeFunctionName),
-        (UNRESERVED_KEYWORDS, KeywordCategory::Unreserved),
-    ];
-    tables.into_iter().find_map(|(table, category)| {
-        table
-            .binary_search_by(|k| k.as_bytes().cmp(lower))
-            .ok()
-            .map(|_| category)
-    })
+}
+
+/// The keyword tables with their categories; [`KEYWORD_INDEX`] entries point into them.
+const KEYWORD_TABLES: [(&[&str], KeywordCategory); 4] = [
+    (RESERVED_KEYWORDS, KeywordCategory::Reserved),
+    (COL_NAME_KEYWORDS, KeywordCategory::ColumnName),
+    (TYPE_FUNC_NAME_KEYWORDS, KeywordCategory::TypeFunctionName),
+    (UNRESERVED_KEYWORDS, KeywordCategory::Unreserved),
+];
+
+/// Open-addressing index of every keyword by [`keyword_hash`], built at compile time. An entry
+/// is `table << 10 | (position + 1)`; 0 is an empty slot. Twice as many slots as keywords keeps
+/// probe sequences short.
+const KEYWORD_INDEX: [u16; 1024] = build_keyword_index();
+
+/// FNV-1a over the ASCII-lower-cased bytes.
+const fn keyword_hash(word: &[u8]) -> usize {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < word.len() {
+        h ^= word[i].to_ascii_lowercase() as u32;
+        h = h.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    h as usize
+}
+
+const fn build_keyword_index() -> [u16; 1024] {
+    let mut index = [0u16; 1024];
+    let mut t = 0;
+    while t < KEYWORD_TABLES.len() {
+        let table = KEYWORD_TABLES[t].0;
+        let mut i = 0;
+        while i < table.len() {
+            let mut slot = keyword_hash(table[i].as_bytes()) & (index.len() - 1);
+            while index[slot] != 0 {
+                slot = (slot + 1) & (index.len() - 1);
+            }
+            index[slot] = ((t as u16) << 10) | (i as u16 + 1);
+            i += 1;
+        }
+        t += 1;
+    }
+    index
 }
 
 /// PostgreSQL 18's reserved keywords, sorted.

@@ -588,7 +588,7 @@ pub enum KeywordCategory {
 /// The category of `word` if it is a PostgreSQL keyword (ASCII case-insensitive).
 ///
 /// One hash and usually one comparison: the keyword tables below are indexed at compile time
-/// into an open-addressing table ([`KEYWORD_INDEX`]).
+/// into an open-addressing table (`KEYWORD_INDEX`).
 pub fn keyword_category(word: &[u8]) -> Option<KeywordCategory> {
     // The longest keyword has 17 bytes (`current_timestamp`).
     if word.is_empty() || word.len() > 17 {

@@ -969,3 +969,80 @@ fn random_queries_agree_with_postgres_grammar() {
         tally.total
     );
 }
+
+/// Corpus texts with random SQL fragments inserted between tokens: mostly invalid, but the
+/// valid ones land in places no hand-written case thought of.
+#[test]
+fn spliced_corpus_agrees_with_postgres_grammar() {
+    const PIECES: &[&str] = &[
+        "FOR UPDATE",
+        "FOR SHARE",
+        "INTO x",
+        "(",
+        ")",
+        "nextval('s')",
+        "f(1)",
+        "s.f(2)",
+        ",",
+        "AS",
+        "x",
+        "WITH",
+        "SELECT",
+        "DELETE FROM t",
+        "UNION SELECT 1",
+        "::int",
+        "'s'",
+        "$1",
+        "/* c */",
+        "--c\n",
+        ";",
+        "LIMIT 1",
+        "WHERE true",
+        "ORDER BY 1",
+        "GROUP BY 1",
+        "OVER ()",
+        "FILTER (WHERE true)",
+        "LATERAL",
+        "JOIN",
+        "ON",
+        "NOT",
+        "IN",
+        "EXISTS",
+        "ANY",
+        "ARRAY",
+        "ROW",
+        "data",
+        "set",
+        "by",
+        "cube",
+        "second",
+        "zone",
+        "x(a)",
+        "LEFT JOIN (SELECT 1) j ON true",
+        "DISTINCT ON (1)",
+        "OPERATOR(pg_catalog.+)",
+        "AND",
+        "BETWEEN",
+        "LIKE",
+        "E'\\''",
+        "$$;$$",
+        "RETURNING 1",
+        "VALUES (1)",
+        "TABLE t",
+    ];
+    let mut rng = Rng(0x5eed_0000_0000_0001);
+    let mut tally = Tally::default();
+    for (sql, _) in CORPUS {
+        let spaces: Vec<usize> = sql.match_indices(' ').map(|(i, _)| i).collect();
+        if spaces.is_empty() {
+            continue;
+        }
+        for _ in 0..20 {
+            let at = spaces[rng.below(spaces.len())];
+            let piece = rng.pick(PIECES);
+            let spliced = format!("{} {piece} {}", &sql[..at], &sql[at + 1..]);
+            tally.check(&spliced);
+        }
+    }
+    tally.report("spliced corpus");
+}

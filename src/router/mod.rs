@@ -9,7 +9,9 @@
 //! ```
 
 pub mod balance;
+pub mod classify;
 pub mod functions;
+pub mod lexer;
 
 use std::time::Duration;
 

@@ -242,7 +242,7 @@ pub fn render(
     );
     let _ = writeln!(
         o,
-        "- **Order**: for each workload, {} rounds of direct, causeway, PgBouncer, pgpool-II \
+        "- **Order**: for each workload, {} round(s) of direct, causeway, PgBouncer, pgpool-II \
          (interleaved, so drift on this shared machine hits all four alike), after one \
          unrecorded 64-client warm-up per target that fills the pools.",
         plan.rounds
@@ -251,7 +251,9 @@ pub fn render(
         o,
         "- **Proxy CPU** is utime + stime from `/proc/<pid>/stat` (pgpool-II: its whole process \
          tree, including reaped children) read before and after each run, divided by the \
-         queries pgbench completed (`-S`: 1 per transaction; TPC-B: 7). **Peak RSS** is \
+         queries pgbench completed (`-S`: 1 per transaction; TPC-B: 7); it includes the logins of \
+         the run's clients (pgbench connects them at its start), which weighs on pgpool-II (it \
+         runs PBKDF2 for every SCRAM login from a plain-text password). **Peak RSS** is \
          `VmHWM` from `/proc/<pid>/status`, {} (pgpool-II: summed over its processes, which \
          counts shared pages once per process; PSS is given too). **Machine CPU** is the busy \
          share of all {} cores from `/proc/stat` during the run.\n",
@@ -339,6 +341,27 @@ fn render_load(o: &mut String, runs: &[WorkloadRuns], cores: usize) {
             behind.len(),
             runs.len(),
             behind.join("; ")
+        );
+    }
+
+    let worst_other = runs
+        .iter()
+        .flat_map(|wr| wr.runs.iter().flatten().flatten())
+        .map(|s| s.other_load)
+        .fold(0.0f64, f64::max);
+    let others: Vec<f64> = runs
+        .iter()
+        .flat_map(|wr| wr.runs.iter().flatten().flatten())
+        .map(|s| s.other_load)
+        .collect();
+    if !others.is_empty() {
+        let _ = writeln!(
+            o,
+            "Other work on this shared machine (not part of the benchmark) used a median {:.0}% \
+             and at worst {:.0}% of its CPU during the runs (column \"other load\" below); the \
+             1-client rows, which leave the most CPU idle for others to take, are the noisiest.\n",
+            median(&others) * 100.0,
+            worst_other * 100.0
         );
     }
 
@@ -569,17 +592,18 @@ fn render_limits(
         }
         let _ = write!(
             s,
-            ". Machine {:.0}% busy during the causeway runs, {:.0}% of it other work.",
+            ". During the causeway runs the machine was {:.0}% busy, {:.0} points of that from \
+             other work on the machine.",
             median(&ca.busy) * 100.0,
-            median(&ca.other) * 100.0
+            median(&ca.other).min(median(&ca.busy)) * 100.0
         );
         lines.push(s);
     }
     if !lines.is_empty() {
         let _ = writeln!(
             o,
-            "Proxy CPU per query (median over the rounds) and the proxy's share of the whole \
-             machine's CPU during the run:\n\n{}\n",
+            "Proxy CPU per query and the proxy's share of the whole machine's CPU during the \
+             run (medians over the rounds):\n\n{}\n",
             lines.join("\n")
         );
     }

@@ -1,8 +1,8 @@
 //! # loadbench: causeway against direct PostgreSQL, PgBouncer and pgpool-II, in one run
 //!
 //! ```sh
-//! cargo run --release --example loadbench             # full run, about 15 minutes
-//! cargo run --release --example loadbench -- --quick  # about 3 minutes, fewer/shorter runs
+//! cargo run --release --example loadbench             # full run, about 12 minutes
+//! cargo run --release --example loadbench -- --quick  # about 4 minutes, fewer/shorter runs
 //! cargo run --release --example loadbench -- --help   # every option
 //! ```
 //!
@@ -48,7 +48,7 @@ use proxies::{CausewaySettings, PgBouncerSettings, PgpoolSettings, Proxy};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "loadbench")]
 struct Args {
-    /// About 3-4 minutes: 2 rounds of 3 s runs, pgbench scale 2, 2,000 idle clients.
+    /// About 4 minutes: 2 rounds of 3 s runs, pgbench scale 2, 2,000 idle clients.
     #[arg(long)]
     quick: bool,
     /// Rounds (repetitions) of every workload (default 4, quick 2).

@@ -1675,7 +1675,7 @@ impl<'a> Analyzer<'a> {
     /// Records a call: write-list functions raise the route, session locks and `set_config`
     /// pin, known read-only built-ins are dropped, the rest is reported once.
     fn record_call(&mut self, st: &mut Scan<'a>, qualifier: Option<Token<'a>>, name: Token<'a>) {
-        let builtin_schema = qualifier.map_or(true, |q| ident_is(&q, "pg_catalog"));
+        let builtin_schema = qualifier.is_none_or(|q| ident_is(&q, "pg_catalog"));
         if builtin_schema {
             let mut buf = [0u8; 64];
             if let Some(n) = simple_ident(&name, &mut buf) {

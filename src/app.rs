@@ -64,6 +64,10 @@ pub struct Settings {
     pub config: Config,
     /// Users by name.
     pub users: HashMap<String, UserEntry>,
+    /// Routing settings in the router's terms.
+    pub policy: crate::router::Policy,
+    /// Function-name overrides (`write_functions` / `read_functions`).
+    pub function_overrides: crate::router::functions::FunctionOverrides,
 }
 
 impl Settings {
@@ -98,7 +102,24 @@ impl Settings {
                 },
             );
         }
-        Ok(Settings { config, users })
+        let policy = crate::router::Policy {
+            primary_reads: config.routing.primary_reads,
+            fallback: config.routing.fallback,
+            read_only_transactions: config.routing.read_only_transactions,
+            balance: config.routing.balance,
+            weights: config.nodes.iter().map(|n| n.weight).collect(),
+        };
+        let lower = |v: &Vec<String>| v.iter().map(|f| f.to_ascii_lowercase()).collect();
+        let function_overrides = crate::router::functions::FunctionOverrides {
+            writes: lower(&config.routing.write_functions),
+            reads: lower(&config.routing.read_functions),
+        };
+        Ok(Settings {
+            config,
+            users,
+            policy,
+            function_overrides,
+        })
     }
 }
 
@@ -117,6 +138,33 @@ struct Inner {
     mock_secret: [u8; 32],
     /// Next process id handed to a client in BackendKeyData.
     next_pid: AtomicI32,
+    /// Lexical analyses of recent statement texts.
+    classifier: crate::router::classify::ClassifierCache,
+    /// Function volatility per database.
+    catalogs: Arc<crate::catalog::Catalogs>,
+    /// Statements a standby refused as writes (misroute self-healing), by text hash: they go
+    /// straight to the primary from then on.
+    learned_writes: parking_lot::Mutex<std::collections::HashSet<u64>>,
+    /// Requests in flight per node, for least-outstanding balancing.
+    outstanding: Vec<std::sync::atomic::AtomicUsize>,
+    /// Advances on every routing decision (round robin, tie-breaking).
+    tick: std::sync::atomic::AtomicUsize,
+}
+
+/// Most statements remembered as writes; beyond it the set starts over (they are learned
+/// again by the next misroute).
+const MAX_LEARNED_WRITES: usize = 10_000;
+
+/// Counts a request in flight on a node until dropped.
+pub struct InFlight {
+    app: App,
+    node: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.app.inner.outstanding[self.node].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Cheap-to-clone handle to the running proxy.
@@ -145,6 +193,23 @@ impl App {
             cfg.nodes.len(),
             cfg.pool.max_server_connections,
         );
+        let catalogs = Arc::new(crate::catalog::Catalogs::new(
+            crate::catalog::CatalogSettings {
+                nodes: cfg.nodes.iter().map(|n| (n.host.clone(), n.port)).collect(),
+                user: cfg.monitor.user.clone(),
+                password: cfg.monitor.password.as_ref().map(|p| p.expose().to_owned()),
+                timeout: cfg
+                    .monitor
+                    .connect_timeout
+                    .max(std::time::Duration::from_secs(1)),
+                refresh: cfg.routing.volatility_refresh,
+            },
+        ));
+        let outstanding = cfg
+            .nodes
+            .iter()
+            .map(|_| std::sync::atomic::AtomicUsize::new(0))
+            .collect();
         let mut mock_secret = [0u8; 32];
         rand::fill(&mut mock_secret);
         Ok(App {
@@ -159,6 +224,11 @@ impl App {
                 tasks: TaskTracker::new(),
                 mock_secret,
                 next_pid: AtomicI32::new(rand::random::<i32>().rem_euclid(1 << 20) + 1),
+                classifier: crate::router::classify::ClassifierCache::default(),
+                catalogs,
+                learned_writes: parking_lot::Mutex::new(std::collections::HashSet::new()),
+                outstanding,
+                tick: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -249,6 +319,61 @@ impl App {
     /// The pools.
     pub fn pools(&self) -> &Pools {
         &self.inner.pools
+    }
+
+    /// The classifier cache.
+    pub fn classifier(&self) -> &crate::router::classify::ClassifierCache {
+        &self.inner.classifier
+    }
+
+    /// The function catalog of `database` (loading starts on first use).
+    pub fn functions(
+        &self,
+        database: &str,
+    ) -> Arc<arc_swap::ArcSwap<crate::router::functions::FunctionCatalog>> {
+        self.inner.catalogs.get(
+            database,
+            &self.inner.topology,
+            &self.inner.tasks,
+            &self.inner.shutdown,
+        )
+    }
+
+    /// Whether a statement text was learned to be a write.
+    pub fn is_learned_write(&self, key: u64) -> bool {
+        self.inner.learned_writes.lock().contains(&key)
+    }
+
+    /// Remembers a statement text as a write.
+    pub fn learn_write(&self, key: u64) {
+        let mut set = self.inner.learned_writes.lock();
+        if set.len() >= MAX_LEARNED_WRITES {
+            set.clear();
+        }
+        set.insert(key);
+    }
+
+    /// Requests in flight per node.
+    pub fn outstanding(&self) -> Vec<usize> {
+        self.inner
+            .outstanding
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Counts a request in flight on `node` until the guard is dropped.
+    pub fn in_flight(&self, node: usize) -> InFlight {
+        self.inner.outstanding[node].fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            app: self.clone(),
+            node,
+        }
+    }
+
+    /// The next routing tick.
+    pub fn next_tick(&self) -> usize {
+        self.inner.tick.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The metrics.

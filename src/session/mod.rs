@@ -11,6 +11,7 @@ pub mod cancel;
 pub mod client;
 mod relay;
 pub mod request;
+pub mod route;
 pub mod startup;
 pub mod state;
 
@@ -136,6 +137,12 @@ pub struct Session {
     pools: Vec<Option<Arc<Pool>>>,
     /// Whether the held server connection is on the primary or a standby (for metrics).
     server_kind: crate::metrics::RouteKind,
+    /// Counts the held server connection's node as busy (least-outstanding balancing).
+    in_flight: Option<crate::app::InFlight>,
+    /// Function volatility of the client's database.
+    catalog: Arc<arc_swap::ArcSwap<crate::router::functions::FunctionCatalog>>,
+    /// Routing state (`causeway.*` settings and configured defaults).
+    route: route::RouteState,
     /// The key the client got in BackendKeyData.
     key: CancelKey,
     /// The client's entry in the cancel registry.
@@ -188,7 +195,40 @@ impl Session {
             .and_then(|u| u.config.pool_mode)
             .unwrap_or(settings.config.proxy.pool_mode);
         let nodes = settings.config.nodes.len();
+        let mut accepted = accepted;
+        let user_cfg = settings.users.get(&accepted.user).map(|u| &u.config);
+        // `<db>_ro`: the client's database is `<db>`, and it reads from standbys only.
+        let readonly_alias = match &settings.config.routing.readonly_database_suffix {
+            Some(sfx)
+                if accepted.database.len() > sfx.len()
+                    && accepted.database.ends_with(sfx.as_str()) =>
+            {
+                let base = accepted.database[..accepted.database.len() - sfx.len()].to_owned();
+                accepted.database = base;
+                true
+            }
+            _ => false,
+        };
+        let db_cfg = settings.config.database(&accepted.database);
+        let route = route::RouteState {
+            default_route: if readonly_alias {
+                Some(crate::config::Route::Standby)
+            } else {
+                user_cfg
+                    .and_then(|u| u.default_route)
+                    .or(db_cfg.and_then(|d| d.default_route))
+            },
+            default_consistency: user_cfg
+                .and_then(|u| u.consistency)
+                .or(db_cfg.and_then(|d| d.consistency))
+                .unwrap_or(settings.config.routing.consistency),
+            route: None,
+            max_lag: None,
+            min_lsn: None,
+            consistency: None,
+        };
         drop(settings);
+        let catalog = app.functions(&accepted.database);
         Session {
             app,
             client,
@@ -199,6 +239,9 @@ impl Session {
             params_dirty: false,
             pools: vec![None; nodes],
             server_kind: crate::metrics::RouteKind::Primary,
+            in_flight: None,
+            catalog,
+            route,
             key,
             cancel,
             server: None,
@@ -219,7 +262,20 @@ impl Session {
     /// Gets the first server connection and sends the client its welcome: ParameterStatus for
     /// every parameter, BackendKeyData, ReadyForQuery.
     async fn begin(&mut self) -> Result<(), SessionError> {
-        let mut lease = self.acquire(Target::Primary).await.map_err(|e| match e {
+        // With transaction pooling the welcome can come from a standby while no primary is
+        // known (during a failover new clients still get in and can read).
+        let topology = self.app.topology().load();
+        let target = match (self.mode, topology.primary) {
+            (PoolMode::Transaction, None) => topology
+                .nodes
+                .iter()
+                .find(|n| n.healthy && n.role == crate::topology::Role::Standby)
+                .map_or(Target::Primary, |n| Target::Node(n.id)),
+            _ => Target::Primary,
+        };
+        drop(topology);
+        let from_standby = matches!(target, Target::Node(_));
+        let mut lease = self.acquire(target).await.map_err(|e| match e {
             // Errors that would be an ERROR mid-session end the session at startup.
             SessionError::Fatal(mut p) => {
                 p.severity = Severity::Fatal;
@@ -232,6 +288,12 @@ impl Session {
         let mut params: Vec<_> = lease.params().reported.iter().collect();
         params.sort();
         for (name, value) in params {
+            // The proxy as a whole takes writes, whichever node said hello: a client checking
+            // for a read-write server (libpq's target_session_attrs) must not be turned away.
+            let value = match name.as_str() {
+                "in_hot_standby" | "default_transaction_read_only" if from_standby => "off",
+                _ => value.as_str(),
+            };
             messages::parameter_status(&mut b, name, value);
         }
         messages::backend_key_data(&mut b, self.key);
@@ -261,6 +323,7 @@ impl Session {
             }
             Target::Node(n) => n,
         };
+        self.in_flight = Some(self.app.in_flight(node));
         self.server_kind = if self.app.topology().load().primary == Some(node) {
             crate::metrics::RouteKind::Primary
         } else {
@@ -280,6 +343,23 @@ impl Session {
         let lease = pool.checkout().await?;
         self.cancel.slot().set(Some(lease.cancel_target()));
         Ok(lease)
+    }
+
+    /// Counts a routing decision.
+    fn count_route(&self, target: Target, reason: crate::router::Reason) {
+        let primary = self.app.topology().load().primary;
+        let kind = match target {
+            Target::Node(n) if Some(n) != primary => crate::metrics::RouteKind::Standby,
+            _ => crate::metrics::RouteKind::Primary,
+        };
+        let reason = match reason {
+            crate::router::Reason::Write => "write",
+            crate::router::Reason::Forced => "forced",
+            crate::router::Reason::Read => "read",
+            crate::router::Reason::Fallback => "fallback",
+            crate::router::Reason::Causal => "causal",
+        };
+        self.app.metrics().count_request(kind, reason);
     }
 
     /// Applies the client's parameters to a connection now, waiting for the result (used at
@@ -351,6 +431,7 @@ impl Session {
             self.server = Some(lease);
             return;
         }
+        self.in_flight = None;
         self.cancel.slot().set(None);
         lease.pool().clone().checkin(lease);
     }
@@ -370,6 +451,7 @@ impl Session {
             ),
         };
         self.cancel.slot().set(None);
+        self.in_flight = None;
         if let Some(lease) = self.server.take() {
             // Session pooling and pinned sessions leave state the proxy does not track: reset.
             let reset = self.mode == PoolMode::Session || self.pinned.is_some();

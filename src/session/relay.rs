@@ -282,8 +282,46 @@ impl Session {
             self.fail_request(&e, term);
             return Ok(());
         }
+        let batch_class = self.classify_batch();
+        if batch_class.any_proxy {
+            // `causeway.*` statements are the proxy's own, never a server's.
+            if batch_class.all_proxy && matches!(term, Terminator::Query | Terminator::Sync) {
+                self.answer_proxy_batch();
+            } else {
+                self.fail_request(
+                    &ProxyError::error(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        "causeway.* settings must be sent in a request of their own",
+                    ),
+                    term,
+                );
+            }
+            return Ok(());
+        }
         if self.server.is_none() {
-            match self.acquire(Target::Primary).await {
+            let target = if matches!(term, Terminator::Flush | Terminator::Partial) {
+                // The rest of an unfinished batch will follow on the same connection and may
+                // write: only the primary is safe.
+                Target::Primary
+            } else {
+                match self.plan(&batch_class) {
+                    super::route::Plan::Go { target, reason } => {
+                        self.count_route(target, reason);
+                        target
+                    }
+                    super::route::Plan::NoStandby => {
+                        self.fail_request(
+                            &ProxyError::error(
+                                SqlState::CANNOT_CONNECT_NOW,
+                                "no standby is available for this read (routing.fallback = \"error\")",
+                            ),
+                            term,
+                        );
+                        return Ok(());
+                    }
+                }
+            };
+            match self.acquire(target).await {
                 Ok(lease) => self.server = Some(lease),
                 Err(SessionError::Fatal(e)) if e.severity == Severity::Error => {
                     self.fail_request(&e, term);
@@ -312,6 +350,16 @@ impl Session {
         }
         let seq = server.track.next_seq;
         request::write_batch(&self.batch, &mut self.state, server, seq)?;
+        if batch_class.params_may_change {
+            self.params_dirty = true;
+        }
+        if let Some(why) = batch_class.pin {
+            if self.pinned.is_none() {
+                tracing::debug!(reason = why, "client pinned to its server connection");
+                self.app.metrics().count_pin(why);
+                self.pinned = Some(why);
+            }
+        }
         self.batch.clear();
         self.batch_len = 0;
         match term {
@@ -530,6 +578,7 @@ impl Session {
         let Some(mut lease) = self.server.take() else {
             return Ok(Flow::Continue);
         };
+        self.in_flight = None;
         lease.mark_broken();
         if self.server_fatal {
             return Ok(Flow::End);

@@ -29,9 +29,25 @@ pub struct Proxy {
     pub app: App,
 }
 
-/// The base configuration: every node of the cluster, its roles as users. `extra` is appended
-/// (extra `[[users]]` entries, or whole sections the base leaves out).
+/// The base configuration: every node of the cluster, its roles as users, everything routed to
+/// the primary (each user's `default_route`), as the protocol and pooling tests assume. `extra`
+/// is appended (extra `[[users]]` entries, or whole sections the base leaves out).
 pub fn config_toml(proxy_section: &str, extra: &str) -> String {
+    config_toml_full(proxy_section, "", "default_route = \"primary\"", extra)
+}
+
+/// A configuration with read/write splitting: `routing_section` lines go into `[routing]`,
+/// users have no default route.
+pub fn routing_config_toml(routing_section: &str, extra: &str) -> String {
+    config_toml_full("", routing_section, "", extra)
+}
+
+fn config_toml_full(
+    proxy_section: &str,
+    routing_section: &str,
+    user_route: &str,
+    extra: &str,
+) -> String {
     let c = cluster();
     let mut nodes = String::new();
     for n in 0..c.node_count() {
@@ -48,6 +64,7 @@ listen = "127.0.0.1:0"
 
 [routing]
 check_interval = "100ms"
+{routing_section}
 
 [monitor]
 user = "{monitor}"
@@ -57,19 +74,23 @@ password = "{monitor_password}"
 [[users]]
 name = "{app}"
 password = "{app_password}"
+{user_route}
 
 [[users]]
 name = "{md5}"
 password = "{md5_password}"
 auth = "md5"
+{user_route}
 
 [[users]]
 name = "{trust}"
 auth = "trust"
+{user_route}
 
 [[users]]
 name = "{su}"
 password = "{su_password}"
+{user_route}
 {extra}
 "#,
         monitor = cluster::MONITOR_USER,
@@ -87,7 +108,31 @@ password = "{su_password}"
 /// Starts a proxy with the base configuration plus `proxy_section` lines in `[proxy]` and
 /// `extra` at the end, and waits until it knows the primary.
 pub async fn start_proxy_with(proxy_section: &str, extra: &str) -> Proxy {
-    let toml = config_toml(proxy_section, extra);
+    start_proxy_from(config_toml(proxy_section, extra)).await
+}
+
+/// Starts a proxy with read/write splitting (see [`routing_config_toml`]) and waits until it
+/// knows the primary and both standbys are eligible for reads.
+pub async fn start_routing_proxy(routing_section: &str, extra: &str) -> Proxy {
+    let proxy = start_proxy_from(routing_config_toml(routing_section, extra)).await;
+    let ok = eventually(Duration::from_secs(10), || async {
+        proxy
+            .app
+            .topology()
+            .load()
+            .nodes
+            .iter()
+            .filter(|n| n.is_eligible_standby())
+            .count()
+            == 2
+    })
+    .await;
+    assert!(ok, "both standbys become eligible for reads");
+    proxy
+}
+
+/// Starts a proxy from a whole configuration text.
+pub async fn start_proxy_from(toml: String) -> Proxy {
     let loaded = Config::from_toml(&toml, "test", &|_| None).expect("valid test config");
     let app = App::new(loaded.config).expect("build proxy");
     let addr = app.start().await.expect("start proxy");

@@ -1,0 +1,490 @@
+//! Deciding where a batch goes, and answering `causeway.*` statements.
+//!
+//! A batch is classified as a whole (every Query text, every Parse, and for a Bind of a named
+//! statement the statement's text), through the shared classifier cache. A read stays a read
+//! only if every function it calls is known not to write (`pg_proc` volatility, the built-in
+//! lists, the configuration's overrides) and no standby ever refused it. The session's routing
+//! state (forced route, lag limit, read-your-writes position) and the topology snapshot then go
+//! to the pure [`crate::router::route`].
+
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+
+use super::Session;
+use crate::config::{Consistency, Route};
+use crate::protocol::codec::{put_cstr, put_frame, put_frame_with};
+use crate::protocol::frontend::{self, tag as ftag, Target as DescribeTarget};
+use crate::protocol::messages::{self, ProxyError};
+use crate::protocol::{Frame, SqlState};
+use crate::router::classify::{
+    OwnedAnalysis, PinReason, ProxyCommand, ProxyError as CmdError, ProxySetting, RouteClass,
+    StatementKind, TxAccess,
+};
+use crate::router::functions::is_read_only_call;
+use crate::router::{self, Class, Decision, Reason, RouteContext, Target};
+
+/// The session's routing state, changed by `SET causeway.*`.
+#[derive(Debug, Clone)]
+pub struct RouteState {
+    /// Default route from the user's or database's configuration, or the read-only alias.
+    pub default_route: Option<Route>,
+    /// `SET causeway.route`.
+    pub route: Option<Route>,
+    /// `SET causeway.max_lag`.
+    pub max_lag: Option<Duration>,
+    /// Read-your-writes: reads must see at least this WAL position.
+    pub min_lsn: Option<u64>,
+    /// Default consistency from the configuration.
+    pub default_consistency: Consistency,
+    /// `SET causeway.consistency`.
+    pub consistency: Option<Consistency>,
+}
+
+impl RouteState {
+    /// The consistency in force.
+    pub fn consistency(&self) -> Consistency {
+        self.consistency.unwrap_or(self.default_consistency)
+    }
+}
+
+/// What the classifier says about a whole batch.
+#[derive(Debug, Default)]
+pub struct BatchClass {
+    /// Where it may run, before the router.
+    pub class: Option<Class>,
+    /// Why the client must keep its server connection afterwards.
+    pub pin: Option<&'static str>,
+    /// A `/* causeway:... */` route hint.
+    pub hint: Option<Route>,
+    /// A `/* causeway:max_lag=... */` hint.
+    pub max_lag: Option<Duration>,
+    /// The batch may change session parameters in a way no CommandComplete tag shows
+    /// (`set_config`): read them back afterwards.
+    pub params_may_change: bool,
+    /// Key of the batch's text for misroute learning.
+    pub learn_key: u64,
+    /// Every statement is a `causeway.*` command (answered by the proxy).
+    pub all_proxy: bool,
+    /// Some statement is a `causeway.*` command.
+    pub any_proxy: bool,
+}
+
+/// How the decision came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Send it there.
+    Go {
+        /// Primary or a node.
+        target: Target,
+        /// Why (for metrics).
+        reason: Reason,
+    },
+    /// It must run on a standby and none is eligible.
+    NoStandby,
+}
+
+fn text_key(text: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+fn pin_name(p: PinReason) -> &'static str {
+    match p {
+        PinReason::Listen => "LISTEN",
+        PinReason::TempObject => "temporary object",
+        PinReason::AdvisoryLock => "session advisory lock",
+        PinReason::HoldCursor => "WITH HOLD cursor",
+        PinReason::Load => "LOAD",
+        PinReason::Role => "SET ROLE",
+        PinReason::SetConfig => "set_config",
+    }
+}
+
+impl Session {
+    /// Classifies the current batch.
+    pub(super) fn classify_batch(&self) -> BatchClass {
+        let settings = self.app.settings();
+        let catalog = self.catalog.load();
+        let mut out = BatchClass {
+            all_proxy: true,
+            ..BatchClass::default()
+        };
+        let mut class = Class::Read;
+        let mut statements = 0usize;
+        let mut parsed_unnamed = false;
+        let mut first_key = None;
+        let mut consider = |text: &[u8], out: &mut BatchClass, class: &mut Class| {
+            let a = self.app.classifier().analyze(text);
+            let key = text_key(text);
+            first_key.get_or_insert(key);
+            statements += a.statements().len();
+            let this = self.class_of(&a, key, &settings, &catalog);
+            *class = combine(*class, this);
+            for s in a.statements() {
+                if matches!(s.kind, StatementKind::Proxy(_)) {
+                    out.any_proxy = true;
+                } else {
+                    out.all_proxy = false;
+                }
+            }
+            match a.pin() {
+                Some(PinReason::SetConfig) => out.params_may_change = true,
+                Some(p) => {
+                    out.pin.get_or_insert(pin_name(p));
+                }
+                None => {}
+            }
+            if let Some(h) = a.hint() {
+                out.hint = Some(match (out.hint, h) {
+                    (Some(Route::Primary), _) | (_, Route::Primary) => Route::Primary,
+                    _ => h,
+                });
+            }
+            if let Some(l) = a.max_lag() {
+                out.max_lag = Some(out.max_lag.map_or(l, |o: Duration| o.min(l)));
+            }
+        };
+        for f in &self.batch {
+            let body = f.body();
+            match f.tag() {
+                ftag::QUERY => match frontend::query_text(body) {
+                    Ok(t) => consider(t, &mut out, &mut class),
+                    Err(_) => class = Class::Write,
+                },
+                ftag::PARSE => match frontend::parse(body) {
+                    Ok(p) => {
+                        parsed_unnamed |= p.name.is_empty();
+                        consider(p.query, &mut out, &mut class)
+                    }
+                    Err(_) => class = Class::Write,
+                },
+                ftag::BIND => match frontend::bind(body) {
+                    Ok(b) if b.statement.is_empty() => {
+                        if !parsed_unnamed {
+                            // The unnamed statement was parsed in an earlier request: its
+                            // text is unknown here.
+                            class = Class::Write;
+                        }
+                    }
+                    Ok(b) => {
+                        let named_here = self.batch.iter().any(|p| {
+                            p.tag() == ftag::PARSE
+                                && frontend::parse(p.body()).is_ok_and(|v| v.name == b.statement)
+                        });
+                        if !named_here {
+                            match self.state.statements.get(b.statement) {
+                                Some(def) => {
+                                    let query = def.body.split(|&c| c == 0).next().unwrap_or(&[]);
+                                    consider(query, &mut out, &mut class)
+                                }
+                                None => class = Class::Write,
+                            }
+                        }
+                    }
+                    Err(_) => class = Class::Write,
+                },
+                ftag::FUNCTION_CALL => class = Class::Write,
+                _ => {}
+            }
+        }
+        if statements == 0 {
+            out.all_proxy = false;
+        }
+        if out.pin.is_some() {
+            // A pinned session keeps its connection for everything that follows, writes
+            // included: it must be the primary's.
+            class = Class::Write;
+        }
+        out.learn_key = first_key.unwrap_or(0);
+        out.class = Some(class);
+        out
+    }
+
+    /// The class of one analysed text.
+    fn class_of(
+        &self,
+        a: &OwnedAnalysis,
+        key: u64,
+        settings: &crate::app::Settings,
+        catalog: &crate::router::functions::FunctionCatalog,
+    ) -> Class {
+        if a.route().needs_primary() {
+            // A plain BEGIN in a session that made transactions read-only by default.
+            if a.route() == RouteClass::Primary && a.statements().len() == 1 {
+                if let StatementKind::Begin {
+                    access: TxAccess::Default,
+                    isolation,
+                } = a.statements()[0].kind
+                {
+                    let serializable = matches!(
+                        isolation,
+                        Some(crate::router::classify::IsolationLevel::Serializable)
+                    );
+                    if self.default_read_only() && !serializable {
+                        return Class::ReadOnlyBegin;
+                    }
+                }
+            }
+            return Class::Write;
+        }
+        if self.app.is_learned_write(key) {
+            return Class::Write;
+        }
+        for f in a.functions() {
+            let name = f.to_string();
+            if !is_read_only_call(&name, catalog, &settings.function_overrides) {
+                return Class::Write;
+            }
+        }
+        match a.statements().first().map(|s| s.kind) {
+            Some(StatementKind::Begin { .. }) => Class::ReadOnlyBegin,
+            _ => Class::Read,
+        }
+    }
+
+    /// Whether the session's transactions are read-only by default.
+    fn default_read_only(&self) -> bool {
+        self.state
+            .params
+            .get("default_transaction_read_only")
+            .is_some_and(|v| matches!(v.as_str(), "on" | "true" | "yes" | "1"))
+    }
+
+    /// Decides where a classified batch goes.
+    pub(super) fn plan(&self, batch: &BatchClass) -> Plan {
+        let class = batch.class.unwrap_or(Class::Write);
+        let settings = self.app.settings();
+        let topology = self.app.topology().load();
+        let ctx = RouteContext {
+            route: batch.hint.or(self.route.route).or(self.route.default_route),
+            max_lag: batch.max_lag.or(self.route.max_lag),
+            min_lsn: match self.route.consistency() {
+                Consistency::Session => self.route.min_lsn,
+                Consistency::Eventual => None,
+            },
+        };
+        let outstanding = self.app.outstanding();
+        let (decision, reason) = router::route(
+            class,
+            &ctx,
+            &topology,
+            &settings.policy,
+            &outstanding,
+            self.app.next_tick(),
+            rand::random(),
+        );
+        match decision {
+            Decision::Primary => Plan::Go {
+                target: Target::Primary,
+                reason,
+            },
+            Decision::Node(n) => Plan::Go {
+                target: Target::Node(n),
+                reason,
+            },
+            Decision::NoStandby => Plan::NoStandby,
+        }
+    }
+
+    /// Answers a batch made only of `causeway.*` statements without any server.
+    pub(super) fn answer_proxy_batch(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_len = 0;
+        let mut out = BytesMut::new();
+        let mut last: Option<std::sync::Arc<OwnedAnalysis>> = None;
+        // After an error, the rest of an extended batch is skipped up to its Sync.
+        let mut skipping = false;
+        for f in &batch {
+            if skipping && f.tag() != ftag::SYNC {
+                continue;
+            }
+            let body = f.body();
+            match f.tag() {
+                ftag::QUERY => {
+                    if let Ok(t) = frontend::query_text(body) {
+                        let a = self.app.classifier().analyze(t);
+                        if let Err(e) = self.run_proxy_statements(&a, &mut out, true) {
+                            e.encode(&mut out);
+                        }
+                    }
+                    messages::ready_for_query(&mut out, self.tx_status);
+                }
+                ftag::PARSE => {
+                    if let Ok(p) = frontend::parse(body) {
+                        last = Some(self.app.classifier().analyze(p.query));
+                    }
+                    put_frame(&mut out, b'1', b"");
+                }
+                ftag::BIND => put_frame(&mut out, b'2', b""),
+                ftag::DESCRIBE => {
+                    if let Ok(DescribeTarget::Statement(_)) = frontend::describe_or_close(body) {
+                        put_frame(&mut out, b't', &0i16.to_be_bytes());
+                    }
+                    match last.as_deref().and_then(show_of) {
+                        Some(setting) => row_description(&mut out, setting.as_str()),
+                        None => put_frame(&mut out, b'n', b""),
+                    }
+                }
+                ftag::EXECUTE => {
+                    if let Some(a) = last.clone() {
+                        if let Err(e) = self.run_proxy_statements(&a, &mut out, false) {
+                            e.encode(&mut out);
+                            skipping = true;
+                        }
+                    }
+                }
+                ftag::CLOSE => put_frame(&mut out, b'3', b""),
+                ftag::SYNC => {
+                    skipping = false;
+                    messages::ready_for_query(&mut out, self.tx_status);
+                }
+                _ => {}
+            }
+        }
+        self.client.push(out.freeze());
+    }
+
+    /// Carries out the `causeway.*` statements of one text, writing their replies.
+    fn run_proxy_statements(
+        &mut self,
+        a: &OwnedAnalysis,
+        out: &mut BytesMut,
+        describe_rows: bool,
+    ) -> Result<(), ProxyError> {
+        for s in a.statements() {
+            let StatementKind::Proxy(cmd) = s.kind else {
+                continue;
+            };
+            match cmd {
+                ProxyCommand::SetRoute(r) => {
+                    self.route.route = Some(r);
+                    command_complete(out, "SET");
+                }
+                ProxyCommand::SetMaxLag(d) => {
+                    self.route.max_lag = Some(d);
+                    command_complete(out, "SET");
+                }
+                ProxyCommand::SetMinLsn(l) => {
+                    self.route.min_lsn = Some(self.route.min_lsn.map_or(l, |m| m.max(l)));
+                    command_complete(out, "SET");
+                }
+                ProxyCommand::SetConsistency(c) => {
+                    self.route.consistency = Some(c);
+                    command_complete(out, "SET");
+                }
+                ProxyCommand::Reset(setting) => {
+                    match setting {
+                        ProxySetting::Route => self.route.route = None,
+                        ProxySetting::MaxLag => self.route.max_lag = None,
+                        ProxySetting::MinLsn => self.route.min_lsn = None,
+                        ProxySetting::Consistency => self.route.consistency = None,
+                    }
+                    command_complete(out, "RESET");
+                }
+                ProxyCommand::Show(setting) => {
+                    if describe_rows {
+                        row_description(out, setting.as_str());
+                    }
+                    let value = self.show_value(setting);
+                    put_frame_with(out, b'D', |b| {
+                        b.put_i16(1);
+                        b.put_i32(value.len() as i32);
+                        b.put_slice(value.as_bytes());
+                    });
+                    command_complete(out, "SHOW");
+                }
+                ProxyCommand::Invalid { name, error } => {
+                    let name = String::from_utf8_lossy(a.text(name)).into_owned();
+                    return Err(match error {
+                        CmdError::UnknownSetting => ProxyError::error(
+                            SqlState::UNDEFINED_OBJECT,
+                            format!("unrecognized configuration parameter \"{name}\""),
+                        ),
+                        CmdError::InvalidValue(s) => ProxyError::error(
+                            SqlState::INVALID_PARAMETER_VALUE,
+                            format!("invalid value for parameter \"{}\"", s.as_str()),
+                        )
+                        .with_hint(valid_values(s)),
+                        CmdError::LocalScope(s) => ProxyError::error(
+                            SqlState::FEATURE_NOT_SUPPORTED,
+                            format!(
+                                "\"{}\" is a session setting; SET LOCAL is not supported",
+                                s.as_str()
+                            ),
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn show_value(&self, setting: ProxySetting) -> String {
+        match setting {
+            ProxySetting::Route => self
+                .route
+                .route
+                .or(self.route.default_route)
+                .unwrap_or(Route::Auto)
+                .as_str()
+                .to_owned(),
+            ProxySetting::MaxLag => match self.route.max_lag {
+                Some(d) => format!("{}ms", d.as_millis()),
+                None => match self.app.settings().config.routing.max_lag {
+                    Some(d) => format!("{}ms", d.as_millis()),
+                    None => "0".to_owned(),
+                },
+            },
+            ProxySetting::MinLsn => crate::admin::http::format_lsn(self.route.min_lsn.unwrap_or(0)),
+            ProxySetting::Consistency => self.route.consistency().as_str().to_owned(),
+        }
+    }
+}
+
+fn combine(a: Class, b: Class) -> Class {
+    match (a, b) {
+        (Class::Write, _) | (_, Class::Write) => Class::Write,
+        (Class::ReadOnlyBegin, _) | (_, Class::ReadOnlyBegin) => Class::ReadOnlyBegin,
+        _ => Class::Read,
+    }
+}
+
+fn show_of(a: &OwnedAnalysis) -> Option<ProxySetting> {
+    a.statements().iter().find_map(|s| match s.kind {
+        StatementKind::Proxy(ProxyCommand::Show(p)) => Some(p),
+        _ => None,
+    })
+}
+
+fn valid_values(s: ProxySetting) -> &'static str {
+    match s {
+        ProxySetting::Route => "Valid values are \"primary\", \"standby\" and \"auto\".",
+        ProxySetting::MaxLag => "A duration such as '200ms' or '2s'.",
+        ProxySetting::MinLsn => "A WAL position such as '0/3000060' (from SHOW causeway.min_lsn).",
+        ProxySetting::Consistency => "Valid values are \"session\" and \"eventual\".",
+    }
+}
+
+fn command_complete(out: &mut BytesMut, tag: &str) {
+    put_frame_with(out, b'C', |b| put_cstr(b, tag.as_bytes()));
+}
+
+/// A RowDescription with one text column.
+fn row_description(out: &mut BytesMut, name: &str) {
+    put_frame_with(out, b'T', |b| {
+        b.put_i16(1);
+        put_cstr(b, name.as_bytes());
+        b.put_i32(0);
+        b.put_i16(0);
+        b.put_i32(25);
+        b.put_i16(-1);
+        b.put_i32(-1);
+        b.put_i16(0);
+    });
+}
+
+/// The batch frames, for a retry elsewhere.
+pub type SavedBatch = Vec<Frame>;

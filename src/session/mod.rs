@@ -143,6 +143,12 @@ pub struct Session {
     catalog: Arc<arc_swap::ArcSwap<crate::router::functions::FunctionCatalog>>,
     /// Routing state (`causeway.*` settings and configured defaults).
     route: route::RouteState,
+    /// The request in flight on a standby, held back for a possible retry.
+    guard: Option<route::MisrouteGuard>,
+    /// A refused request to re-run on the primary.
+    retry_now: Option<route::MisrouteGuard>,
+    /// The next dispatch goes to the primary whatever the router says (a retry).
+    force_primary: bool,
     /// The key the client got in BackendKeyData.
     key: CancelKey,
     /// The client's entry in the cancel registry.
@@ -242,6 +248,9 @@ impl Session {
             in_flight: None,
             catalog,
             route,
+            guard: None,
+            retry_now: None,
+            force_primary: false,
             key,
             cancel,
             server: None,

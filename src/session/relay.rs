@@ -121,6 +121,9 @@ impl Session {
                 self.refresh_params().await?;
             }
             self.maybe_release();
+            if let Some(g) = self.retry_now.take() {
+                self.retry_on_primary(g).await?;
+            }
             if self.draining && self.is_idle() {
                 self.client.push_error(&ProxyError::fatal(
                     SqlState::ADMIN_SHUTDOWN,
@@ -298,8 +301,11 @@ impl Session {
             }
             return Ok(());
         }
+        let mut guard_target = None;
         if self.server.is_none() {
-            let target = if matches!(term, Terminator::Flush | Terminator::Partial) {
+            let target = if std::mem::take(&mut self.force_primary) {
+                Target::Primary
+            } else if matches!(term, Terminator::Flush | Terminator::Partial) {
                 // The rest of an unfinished batch will follow on the same connection and may
                 // write: only the primary is safe.
                 Target::Primary
@@ -321,6 +327,14 @@ impl Session {
                     }
                 }
             };
+            if let Target::Node(n) = target {
+                if self.app.topology().load().primary != Some(n)
+                    && matches!(term, Terminator::Query | Terminator::Sync)
+                    && !self.tx_status.is_in_transaction()
+                {
+                    guard_target = Some(n);
+                }
+            }
             match self.acquire(target).await {
                 Ok(lease) => self.server = Some(lease),
                 Err(SessionError::Fatal(e)) if e.severity == Severity::Error => {
@@ -349,6 +363,16 @@ impl Session {
             }
         }
         let seq = server.track.next_seq;
+        if guard_target.is_some() {
+            self.guard = Some(super::route::MisrouteGuard {
+                frames: self.batch.clone(),
+                term_is_sync: term == Terminator::Sync,
+                learn_key: batch_class.learn_key,
+                held: Vec::new(),
+                discarding: false,
+                code: String::new(),
+            });
+        }
         request::write_batch(&self.batch, &mut self.state, server, seq)?;
         if batch_class.params_may_change {
             self.params_dirty = true;
@@ -375,6 +399,51 @@ impl Session {
             Terminator::Flush | Terminator::Partial => server.track.unsynced = true,
         }
         Ok(())
+    }
+
+    /// Re-runs a request a standby refused, on the primary. After a read-only refusal (the
+    /// classifier took a write for a read, say a function created after the catalog was
+    /// loaded) the text is remembered, so it goes to the primary directly from then on.
+    async fn retry_on_primary(
+        &mut self,
+        g: super::route::MisrouteGuard,
+    ) -> Result<(), SessionError> {
+        self.app.metrics().misroute_retries.inc();
+        if g.code == "25006" {
+            self.app.learn_write(g.learn_key);
+        }
+        // The standby's connection is done with this request.
+        self.maybe_release();
+        if self.server.is_some() {
+            // Still held (should not happen outside a transaction): fail rather than guess.
+            self.fail_request(
+                &ProxyError::error(
+                    SqlState::READ_ONLY_SQL_TRANSACTION,
+                    "request refused by a standby",
+                ),
+                if g.term_is_sync {
+                    Terminator::Sync
+                } else {
+                    Terminator::Query
+                },
+            );
+            return Ok(());
+        }
+        // Frames of a following request may already be waiting in the batch: they go after.
+        let later = std::mem::replace(&mut self.batch, g.frames);
+        let later_len =
+            std::mem::replace(&mut self.batch_len, self.batch.iter().map(Frame::len).sum());
+        self.force_primary = true;
+        let r = self
+            .dispatch(if g.term_is_sync {
+                Terminator::Sync
+            } else {
+                Terminator::Query
+            })
+            .await;
+        self.batch = later;
+        self.batch_len = later_len;
+        r
     }
 
     /// Answers a request the proxy could not run with an error, keeping the protocol in step.
@@ -407,18 +476,21 @@ impl Session {
         loop {
             let owner = server.pending.front().copied();
             let want_parse_complete = !server.track.parses.is_empty();
+            let guarded = self.guard.is_some();
             let step = server
                 .scanner
                 .step(&server.rbuf, max_inspect, |t| {
-                    matches!(
-                        t,
-                        btag::READY_FOR_QUERY
-                            | btag::PARAMETER_STATUS
-                            | btag::ERROR_RESPONSE
-                            | btag::COMMAND_COMPLETE
-                            | btag::COPY_IN_RESPONSE
-                            | btag::COPY_BOTH_RESPONSE
-                    ) || (t == btag::PARSE_COMPLETE && want_parse_complete)
+                    guarded
+                        || matches!(
+                            t,
+                            btag::READY_FOR_QUERY
+                                | btag::PARAMETER_STATUS
+                                | btag::ERROR_RESPONSE
+                                | btag::COMMAND_COMPLETE
+                                | btag::COPY_IN_RESPONSE
+                                | btag::COPY_BOTH_RESPONSE
+                        )
+                        || (t == btag::PARSE_COMPLETE && want_parse_complete)
                 })
                 .map_err(|e| server.proto(e))?;
             // Replies with no owner are asynchronous (NOTIFY, notices): they are the client's.
@@ -434,6 +506,82 @@ impl Session {
                 Step::Inspect(h) => {
                     let frame = server.rbuf.split_to(h.frame_len).freeze();
                     let body = &frame[HEADER_LEN..];
+                    if let (Some(g), Some(ReplyOwner::Client { seq, .. })) =
+                        (self.guard.as_mut(), owner)
+                    {
+                        // Misroute guard: a read sent to a standby is held back until it is
+                        // clear the standby will answer it (a row, a result, a non-retryable
+                        // error), so a refusal can be re-run on the primary unseen.
+                        if g.discarding {
+                            match h.tag {
+                                btag::READY_FOR_QUERY => {
+                                    server.status =
+                                        be::ready_for_query(body).map_err(|e| server.proto(e))?;
+                                    server.pending.pop_front();
+                                    rollback_unanswered_parses(server, &mut self.state, seq);
+                                    self.retry_now = self.guard.take();
+                                }
+                                btag::PARSE_COMPLETE => {
+                                    server.track.parses.pop_front();
+                                }
+                                btag::PARAMETER_STATUS => server.record_parameter(body)?,
+                                btag::ERROR_RESPONSE => {
+                                    let fields =
+                                        be::error_fields(body).map_err(|e| server.proto(e))?;
+                                    if fields.is_fatal() {
+                                        server.broken = true;
+                                    }
+                                }
+                                _ => {}
+                            }
+                            continue;
+                        }
+                        match h.tag {
+                            btag::PARSE_COMPLETE => {
+                                let added = server
+                                    .track
+                                    .parses
+                                    .pop_front()
+                                    .is_some_and(|p| p.client_name.is_none());
+                                if !added {
+                                    g.held.push(frame);
+                                }
+                                continue;
+                            }
+                            btag::PARAMETER_STATUS => {
+                                server.record_parameter(body)?;
+                                g.held.push(frame);
+                                continue;
+                            }
+                            btag::BIND_COMPLETE
+                            | btag::CLOSE_COMPLETE
+                            | btag::PARAMETER_DESCRIPTION
+                            | btag::NO_DATA
+                            | btag::NOTICE_RESPONSE => {
+                                g.held.push(frame);
+                                continue;
+                            }
+                            btag::ERROR_RESPONSE => {
+                                let fields = be::error_fields(body).map_err(|e| server.proto(e))?;
+                                if is_misroute(&fields) {
+                                    tracing::debug!(code = %fields.code, "standby refused a read; retrying on the primary");
+                                    g.discarding = true;
+                                    g.code = fields.code.clone();
+                                    g.held.clear();
+                                    if fields.is_fatal() {
+                                        server.broken = true;
+                                    }
+                                    continue;
+                                }
+                            }
+                            _ => {}
+                        }
+                        // The standby answers: what was held goes out first.
+                        for b in g.held.drain(..) {
+                            self.client.push(b);
+                        }
+                        self.guard = None;
+                    }
                     match h.tag {
                         btag::READY_FOR_QUERY => {
                             let status = be::ready_for_query(body).map_err(|e| server.proto(e))?;
@@ -444,20 +592,7 @@ impl Session {
                                     self.app
                                         .metrics()
                                         .record_latency(self.server_kind, sent.elapsed());
-                                    // Parses of this request still unanswered were skipped
-                                    // after an error: they do not exist.
-                                    while server.track.parses.front().is_some_and(|p| p.seq <= seq)
-                                    {
-                                        if let Some(p) = server.track.parses.pop_front() {
-                                            server.statements.remove(&p.def, &p.server_name);
-                                            if let Some(name) = p.client_name {
-                                                if self.state.statements.get(&name) == Some(&p.def)
-                                                {
-                                                    self.state.statements.remove(&name);
-                                                }
-                                            }
-                                        }
-                                    }
+                                    rollback_unanswered_parses(server, &mut self.state, seq);
                                     self.tx_status = status;
                                     self.client.push(frame);
                                 }
@@ -580,6 +715,14 @@ impl Session {
         };
         self.in_flight = None;
         lease.mark_broken();
+        if self.guard.as_ref().is_some_and(|g| g.discarding) {
+            // A standby refused the read and went away (57P01 at its shutdown): re-run it.
+            self.in_flight = None;
+            self.retry_now = self.guard.take();
+            self.cancel.slot().set(None);
+            return Ok(Flow::Continue);
+        }
+        self.guard = None;
         if self.server_fatal {
             return Ok(Flow::End);
         }
@@ -621,5 +764,35 @@ impl Session {
             self.lost_transaction = Some(e);
         }
         Ok(Flow::Continue)
+    }
+}
+
+/// Parses of request `seq` (and earlier) still unanswered at its ReadyForQuery were skipped
+/// after an error: they do not exist on the server, nor for the client.
+fn rollback_unanswered_parses(
+    server: &mut ServerConn,
+    state: &mut super::state::ClientState,
+    seq: u64,
+) {
+    while server.track.parses.front().is_some_and(|p| p.seq <= seq) {
+        if let Some(p) = server.track.parses.pop_front() {
+            server.statements.remove(&p.def, &p.server_name);
+            if let Some(name) = p.client_name {
+                if state.statements.get(&name) == Some(&p.def) {
+                    state.statements.remove(&name);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a standby's error means "this should not have come here" and the request may be
+/// re-run elsewhere: a write refused by a read-only server (25006), a recovery conflict
+/// (40001 with that wording), or the standby going away (57P01, 57P03).
+fn is_misroute(e: &be::ErrorFields) -> bool {
+    match e.code.as_str() {
+        "25006" | "57P01" | "57P03" => true,
+        "40001" => e.message.contains("conflict with recovery"),
+        _ => false,
     }
 }

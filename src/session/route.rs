@@ -486,5 +486,20 @@ fn row_description(out: &mut BytesMut, name: &str) {
     });
 }
 
-/// The batch frames, for a retry elsewhere.
-pub type SavedBatch = Vec<Frame>;
+/// A read sent to a standby, kept until the standby clearly answers it, so that a misroute
+/// refusal can be re-run on the primary without the client seeing it.
+#[derive(Debug)]
+pub struct MisrouteGuard {
+    /// The request's frames, to send again.
+    pub frames: Vec<Frame>,
+    /// The request ended with Sync (extended protocol) rather than being a simple Query.
+    pub term_is_sync: bool,
+    /// Key of its text, learned as a write after a 25006.
+    pub learn_key: u64,
+    /// Replies held back so far (ParseComplete, BindComplete, ...).
+    pub held: Vec<bytes::Bytes>,
+    /// The standby refused it: swallow the rest of its reply.
+    pub discarding: bool,
+    /// The refusal's SQLSTATE.
+    pub code: String,
+}

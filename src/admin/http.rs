@@ -131,6 +131,14 @@ pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
+/// Parses an LSN as PostgreSQL prints it (`16/B374D848`).
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    let hi = u32::from_str_radix(hi, 16).ok()?;
+    let lo = u32::from_str_radix(lo, 16).ok()?;
+    Some((u64::from(hi) << 32) | u64::from(lo))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +147,8 @@ mod tests {
     fn lsn_format_matches_postgres() {
         assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
         assert_eq!(format_lsn(0x3000060), "0/3000060");
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn("x"), None);
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub enum ReplyOwner {
     },
     /// The proxy itself (parameter sync): swallow the reply.
     Proxy,
+    /// The proxy's `SELECT pg_current_wal_insert_lsn()` after a write (read-your-writes):
+    /// capture the value, swallow the reply.
+    Lsn,
 }
 
 /// A Parse sent to the server whose ParseComplete has not arrived yet.
@@ -92,6 +95,8 @@ pub struct RequestTrack {
     /// Frames were forwarded since the last Sync or Query (after a Flush, or a large partial
     /// batch): the connection owes replies without a ReadyForQuery in sight.
     pub unsynced: bool,
+    /// The WAL position captured by a [`ReplyOwner::Lsn`] reply, until its ReadyForQuery.
+    pub captured_lsn: Option<u64>,
     /// The server is in COPY FROM STDIN, waiting for data: `Some(true)` when the COPY was
     /// started through the extended protocol (ending it then needs a Sync too).
     pub copy_in: Option<bool>,

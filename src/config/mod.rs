@@ -411,8 +411,6 @@ pub struct Unimplemented {
     pub note: &'static str,
 }
 
-const NO_STANDBY_READS: &str = "reads are not routed to standbys yet";
-
 /// Keys that load but do nothing yet. Shrink this list as features land.
 pub const NOT_YET_IMPLEMENTED: &[Unimplemented] = &[
     Unimplemented {
@@ -424,81 +422,6 @@ pub const NOT_YET_IMPLEMENTED: &[Unimplemented] = &[
         key: "pool.min_idle",
         value: None,
         note: "pools do not keep idle connections open in advance",
-    },
-    Unimplemented {
-        key: "routing.max_lag_bytes",
-        value: None,
-        note: NO_STANDBY_READS,
-    },
-    Unimplemented {
-        key: "routing.max_lag",
-        value: None,
-        note: NO_STANDBY_READS,
-    },
-    Unimplemented {
-        key: "routing.consistency",
-        value: None,
-        note: "read-your-writes is not implemented",
-    },
-    Unimplemented {
-        key: "routing.read_only_transactions",
-        value: None,
-        note: NO_STANDBY_READS,
-    },
-    Unimplemented {
-        key: "routing.primary_reads",
-        value: None,
-        note: NO_STANDBY_READS,
-    },
-    Unimplemented {
-        key: "routing.balance",
-        value: None,
-        note: NO_STANDBY_READS,
-    },
-    Unimplemented {
-        key: "routing.fallback",
-        value: None,
-        note: NO_STANDBY_READS,
-    },
-    Unimplemented {
-        key: "routing.causal_wait",
-        value: None,
-        note: "read-your-writes is not implemented",
-    },
-    Unimplemented {
-        key: "routing.readonly_database_suffix",
-        value: None,
-        note: NO_STANDBY_READS,
-    },
-    Unimplemented {
-        key: "routing.write_functions",
-        value: None,
-        note: "statements are not classified by the functions they call",
-    },
-    Unimplemented {
-        key: "routing.read_functions",
-        value: None,
-        note: "statements are not classified by the functions they call",
-    },
-    Unimplemented {
-        key: "routing.volatility_refresh",
-        value: None,
-        note: "function volatility is not looked up",
-    },
-    Unimplemented {
-        key: "users.default_route",
-        value: None,
-        note: "per-user routing is not implemented",
-    },
-    Unimplemented {
-        key: "users.consistency",
-        value: None,
-        note: "read-your-writes is not implemented",
-    },
-    Unimplemented {
-        key: "databases",
-        value: None,
-        note: "per-database settings are not implemented",
     },
 ];
 

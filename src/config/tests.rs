@@ -994,23 +994,21 @@ fn notices_for_unimplemented_keys_set_explicitly() {
     assert!(load(&quiet).unwrap().notices.is_empty());
 
     let loud = with_minimal(
-        "[routing]\nconsistency = \"session\"\n[proxy]\npool_mode = \"transaction\"\n\
-         [[databases]]\nname = \"x\"\n[[users]]\nname = \"u\"\npassword = \"p\"\ndefault_route = \"auto\"\n",
+        "[routing]\nconsistency = \"session\"\n[proxy]\nadmin_users = [\"u\"]\n\
+         [pool]\nmin_idle = 1\n[[users]]\nname = \"u\"\npassword = \"p\"\ndefault_route = \"auto\"\n",
     );
     let notices = load(&loud).unwrap().notices;
     let shown: Vec<String> = notices.iter().map(ToString::to_string).collect();
     assert_eq!(
         shown,
         [
-            "`routing.consistency` is accepted but has no effect yet: read-your-writes is not \
+            "`proxy.admin_users` is accepted but has no effect yet: the admin console is not \
              implemented",
-            "`users.default_route` is accepted but has no effect yet: per-user routing is not \
-             implemented",
-            "`databases` is accepted but has no effect yet: per-database settings are not \
-             implemented",
+            "`pool.min_idle` is accepted but has no effect yet: pools do not keep idle \
+             connections open in advance",
         ]
     );
-    assert_eq!(notices[0].line, Some(9));
+    assert_eq!(notices[0].line, Some(11));
 
     // Set by the environment: a notice without a line.
     let env_set = load_env(

@@ -149,6 +149,12 @@ pub struct Session {
     retry_now: Option<route::MisrouteGuard>,
     /// The next dispatch goes to the primary whatever the router says (a retry).
     force_primary: bool,
+    /// A request that may have written ran on the primary since the last captured WAL
+    /// position (read-your-writes).
+    wrote_in_transaction: bool,
+    /// Send the read-your-writes probe once the current request's ReadyForQuery is in (the
+    /// request was a COPY FROM, behind which nothing may be queued).
+    lsn_probe_after_reply: bool,
     /// The key the client got in BackendKeyData.
     key: CancelKey,
     /// The client's entry in the cancel registry.
@@ -251,6 +257,8 @@ impl Session {
             guard: None,
             retry_now: None,
             force_primary: false,
+            wrote_in_transaction: false,
+            lsn_probe_after_reply: false,
             key,
             cancel,
             server: None,

@@ -26,6 +26,10 @@ use crate::protocol::{
 };
 use crate::router::Target;
 
+/// The proxy's read-your-writes probe. The insert position is at or past the end of every
+/// record already inserted, the session's commit record included, even before it is flushed.
+const LSN_SQL: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()";
+
 /// Stop reading the server while this many bytes wait to be written to the client.
 const CLIENT_OUT_HIGH: usize = 256 * 1024;
 /// Stop reading the client while this many bytes wait to be written to the server.
@@ -310,7 +314,15 @@ impl Session {
                 // write: only the primary is safe.
                 Target::Primary
             } else {
-                match self.plan(&batch_class) {
+                let mut plan = self.plan(&batch_class);
+                if let super::route::Plan::Go {
+                    target: Target::Primary,
+                    reason: crate::router::Reason::Causal,
+                } = plan
+                {
+                    plan = self.wait_for_causal_standby(&batch_class, plan).await;
+                }
+                match plan {
                     super::route::Plan::Go { target, reason } => {
                         self.count_route(target, reason);
                         target
@@ -395,10 +407,71 @@ impl Session {
                 });
                 server.track.next_seq += 1;
                 server.track.unsynced = false;
+                // Read-your-writes: right behind a request that may have written and may end
+                // outside a transaction, ask for the primary's WAL position on the same
+                // connection, in the same write; the reply is swallowed and the position kept
+                // if the request did end outside a transaction.
+                let on_primary = self.server_kind == crate::metrics::RouteKind::Primary;
+                let wrote = batch_class.class == Some(crate::router::Class::Write);
+                if wrote && on_primary {
+                    self.wrote_in_transaction = true;
+                }
+                let may_end = !self.tx_status.is_in_transaction() || batch_class.commits;
+                if on_primary
+                    && self.wrote_in_transaction
+                    && may_end
+                    && self.route.consistency() == crate::config::Consistency::Session
+                {
+                    if batch_class.copies_in {
+                        // A COPY FROM makes the server wait for data: anything sent behind it
+                        // would break the protocol. Probe once its ReadyForQuery is in.
+                        self.lsn_probe_after_reply = true;
+                    } else {
+                        messages::query(&mut server.wbuf, LSN_SQL);
+                        server.pending.push_back(ReplyOwner::Lsn);
+                        server.track.captured_lsn = None;
+                    }
+                }
             }
             Terminator::Flush | Terminator::Partial => server.track.unsynced = true,
         }
         Ok(())
+    }
+
+    /// Read-your-writes with `causal_wait`: no standby has replayed the session's writes yet;
+    /// wait (at most `causal_wait`) for one that has, as the watcher sees it, then decide
+    /// again. With the default of 0 the read goes to the primary at once.
+    async fn wait_for_causal_standby(
+        &mut self,
+        batch_class: &super::route::BatchClass,
+        plan: super::route::Plan,
+    ) -> super::route::Plan {
+        let limit = self.app.settings().config.routing.causal_wait;
+        let Some(min) = self.route.min_lsn else {
+            return plan;
+        };
+        if limit.is_zero() {
+            return plan;
+        }
+        let started = tokio::time::Instant::now();
+        let caught_up = self
+            .app
+            .topology()
+            .wait_until(limit, |t| {
+                t.nodes
+                    .iter()
+                    .any(|n| n.is_eligible_standby() && n.lsn.is_some_and(|l| l >= min))
+            })
+            .await;
+        let m = self.app.metrics();
+        m.causal_waits.inc();
+        m.causal_wait_micros
+            .inc_by(started.elapsed().as_micros() as u64);
+        if caught_up {
+            self.plan(batch_class)
+        } else {
+            plan
+        }
     }
 
     /// Re-runs a request a standby refused, on the primary. After a read-only refusal (the
@@ -477,6 +550,7 @@ impl Session {
             let owner = server.pending.front().copied();
             let want_parse_complete = !server.track.parses.is_empty();
             let guarded = self.guard.is_some();
+            let capture_lsn = owner == Some(ReplyOwner::Lsn);
             let step = server
                 .scanner
                 .step(&server.rbuf, max_inspect, |t| {
@@ -595,8 +669,27 @@ impl Session {
                                     rollback_unanswered_parses(server, &mut self.state, seq);
                                     self.tx_status = status;
                                     self.client.push(frame);
+                                    if std::mem::take(&mut self.lsn_probe_after_reply)
+                                        && status == TxStatus::Idle
+                                        && server.pending.is_empty()
+                                    {
+                                        messages::query(&mut server.wbuf, LSN_SQL);
+                                        server.pending.push_back(ReplyOwner::Lsn);
+                                        server.track.captured_lsn = None;
+                                    }
                                 }
                                 Some(ReplyOwner::Proxy) => {}
+                                Some(ReplyOwner::Lsn) => {
+                                    if let Some(lsn) = server.track.captured_lsn.take() {
+                                        if !self.tx_status.is_in_transaction() {
+                                            self.wrote_in_transaction = false;
+                                            self.app.metrics().lsn_captures.inc();
+                                            self.route.min_lsn = Some(
+                                                self.route.min_lsn.map_or(lsn, |m| m.max(lsn)),
+                                            );
+                                        }
+                                    }
+                                }
                                 // A ReadyForQuery nobody asked for: the protocol is broken.
                                 None => {
                                     return Err(server
@@ -640,6 +733,9 @@ impl Session {
                                 self.client.push(frame);
                             }
                         }
+                        btag::DATA_ROW if capture_lsn => {
+                            server.track.captured_lsn = parse_lsn_row(body);
+                        }
                         btag::PARAMETER_STATUS => {
                             server.record_parameter(body)?;
                             if for_client {
@@ -670,7 +766,7 @@ impl Session {
                             if for_client {
                                 self.client.push(frame);
                             } else {
-                                tracing::warn!(server = %server.addr(), error = %fields.message, "internal query failed");
+                                tracing::debug!(server = %server.addr(), error = %fields.message, "internal query failed");
                             }
                         }
                         btag::COPY_IN_RESPONSE => {
@@ -795,4 +891,16 @@ fn is_misroute(e: &be::ErrorFields) -> bool {
         "40001" => e.message.contains("conflict with recovery"),
         _ => false,
     }
+}
+
+/// The WAL position in a one-column text DataRow (`16/B374D848`).
+fn parse_lsn_row(body: &[u8]) -> Option<u64> {
+    let (n, rest) = body.split_first_chunk::<2>()?;
+    if i16::from_be_bytes(*n) != 1 {
+        return None;
+    }
+    let (len, rest) = rest.split_first_chunk::<4>()?;
+    let len = usize::try_from(i32::from_be_bytes(*len)).ok()?;
+    let text = std::str::from_utf8(rest.get(..len)?).ok()?;
+    crate::admin::http::parse_lsn(text)
 }

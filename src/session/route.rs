@@ -69,6 +69,11 @@ pub struct BatchClass {
     pub all_proxy: bool,
     /// Some statement is a `causeway.*` command.
     pub any_proxy: bool,
+    /// Some statement is `COMMIT` / `END` (a transaction's writes become visible).
+    pub commits: bool,
+    /// Some statement is `COPY ... FROM` (the server will wait for data: nothing may be sent
+    /// behind the request).
+    pub copies_in: bool,
 }
 
 /// How the decision came out.
@@ -124,10 +129,17 @@ impl Session {
             let this = self.class_of(&a, key, &settings, &catalog);
             *class = combine(*class, this);
             for s in a.statements() {
-                if matches!(s.kind, StatementKind::Proxy(_)) {
-                    out.any_proxy = true;
-                } else {
-                    out.all_proxy = false;
+                match s.kind {
+                    StatementKind::Proxy(_) => out.any_proxy = true,
+                    StatementKind::Commit { .. } => {
+                        out.commits = true;
+                        out.all_proxy = false;
+                    }
+                    StatementKind::CopyFrom => {
+                        out.copies_in = true;
+                        out.all_proxy = false;
+                    }
+                    _ => out.all_proxy = false,
                 }
             }
             match a.pin() {

@@ -150,6 +150,21 @@ impl TopologyHandle {
         self.changed.send_replace(epoch);
     }
 
+    /// Waits up to `limit` for a snapshot that satisfies `pred`; returns whether one did.
+    pub async fn wait_until(&self, limit: Duration, pred: impl Fn(&Topology) -> bool) -> bool {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if pred(&self.load()) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return pred(&self.load()),
+            }
+        }
+    }
+
     /// Waits up to `limit` for a snapshot with a primary; returns it, or `None` on timeout.
     pub async fn wait_for_primary(&self, limit: Duration) -> Option<NodeId> {
         let mut rx = self.changed.subscribe();

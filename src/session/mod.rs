@@ -155,6 +155,9 @@ pub struct Session {
     /// Send the read-your-writes probe once the current request's ReadyForQuery is in (the
     /// request was a COPY FROM, behind which nothing may be queued).
     lsn_probe_after_reply: bool,
+    /// Replies the proxy made itself while a server still owed earlier replies; they go out
+    /// once it has answered everything.
+    deferred: Vec<bytes::Bytes>,
     /// The key the client got in BackendKeyData.
     key: CancelKey,
     /// The client's entry in the cancel registry.
@@ -259,6 +262,7 @@ impl Session {
             force_primary: false,
             wrote_in_transaction: false,
             lsn_probe_after_reply: false,
+            deferred: Vec::new(),
             key,
             cancel,
             server: None,

@@ -565,6 +565,7 @@ impl Session {
                                 | btag::COPY_BOTH_RESPONSE
                         )
                         || (t == btag::PARSE_COMPLETE && want_parse_complete)
+                        || (t == btag::DATA_ROW && capture_lsn)
                 })
                 .map_err(|e| server.proto(e))?;
             // Replies with no owner are asynchronous (NOTIFY, notices): they are the client's.
@@ -661,6 +662,7 @@ impl Session {
                             let status = be::ready_for_query(body).map_err(|e| server.proto(e))?;
                             server.status = status;
                             server.pending.pop_front();
+                            let all_answered = server.pending.is_empty();
                             match owner {
                                 Some(ReplyOwner::Client { seq, sent, .. }) => {
                                     self.app
@@ -698,6 +700,11 @@ impl Session {
                                             context: "without a pending request",
                                         })
                                         .into())
+                                }
+                            }
+                            if all_answered {
+                                for b in self.deferred.drain(..) {
+                                    self.client.push(b);
                                 }
                             }
                         }
@@ -858,6 +865,9 @@ impl Session {
             // The client believes a transaction is open; the next request must fail, not run
             // outside it.
             self.lost_transaction = Some(e);
+        }
+        for b in self.deferred.drain(..) {
+            self.client.push(b);
         }
         Ok(Flow::Continue)
     }

@@ -356,7 +356,14 @@ impl Session {
                 _ => {}
             }
         }
-        self.client.push(out.freeze());
+        // Replies to earlier requests (and the proxy's own read-your-writes probe, which
+        // `SHOW causeway.min_lsn` must see) may still be on their way: keep the order.
+        match self.server.as_deref() {
+            Some(s) if !s.pending.is_empty() || s.track.unsynced => {
+                self.deferred.push(out.freeze())
+            }
+            _ => self.client.push(out.freeze()),
+        }
     }
 
     /// Carries out the `causeway.*` statements of one text, writing their replies.

@@ -37,6 +37,8 @@ fn three_nodes() -> Topology {
             lag_bytes: Some(id as u64 * 100),
             lag: Some(Duration::from_millis(id as u64 * 5)),
             within_lag: true,
+            fenced: false,
+            role_epoch: 0,
         })
         .collect::<Vec<_>>();
     Topology {

@@ -148,6 +148,9 @@ pub struct ServerConn {
     created: Instant,
     /// When the connection was last checked in (for `server_idle_timeout`).
     pub(crate) last_used: Instant,
+    /// The node's role epoch when the connection was made (see
+    /// [`crate::topology::NodeState::role_epoch`]).
+    pub(crate) role_epoch: u64,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -209,6 +212,7 @@ impl ServerConn {
             key: CancelKey { pid: 0, secret: 0 },
             created: now,
             last_used: now,
+            role_epoch: 0,
         };
         let startup = StartupMessage::encode([
             ("user", target.user.as_str()),

@@ -136,12 +136,16 @@ impl Pool {
     }
 
     /// Checks out a connection: an idle one if available, else a new one, waiting at most
-    /// `pool_timeout` for room.
-    pub async fn checkout(self: &Arc<Self>) -> Result<Lease, BackendError> {
+    /// `pool_timeout` for room. Idle connections made before the node's role last changed
+    /// (`role_epoch`) are closed instead of reused.
+    pub async fn checkout(self: &Arc<Self>, role_epoch: u64) -> Result<Lease, BackendError> {
         let started = Instant::now();
         let active = self.acquire(&self.active, started).await?;
         while let Some(mut idle) = self.pop_idle() {
-            if self.is_expired(&idle.conn) || !idle.conn.is_alive() {
+            if self.is_expired(&idle.conn)
+                || idle.conn.role_epoch < role_epoch
+                || !idle.conn.is_alive()
+            {
                 tokio::spawn(idle.conn.close());
                 continue;
             }
@@ -153,7 +157,8 @@ impl Pool {
             });
         }
         let node_permit = self.acquire(&self.node_permits, started).await?;
-        let conn = ServerConn::connect(&self.target, self.settings.connect_timeout).await?;
+        let mut conn = ServerConn::connect(&self.target, self.settings.connect_timeout).await?;
+        conn.role_epoch = role_epoch;
         {
             let mut defaults = self.defaults.lock();
             if defaults.is_none() {

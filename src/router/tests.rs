@@ -17,6 +17,8 @@ fn node(id: NodeId, role: Role, healthy: bool, within_lag: bool, lsn: u64) -> No
         lag_bytes: Some(0),
         lag: Some(Duration::from_millis(if within_lag { 10 } else { 5000 })),
         within_lag,
+        fenced: false,
+        role_epoch: 0,
     }
 }
 

@@ -361,7 +361,14 @@ impl Session {
                 p
             }
         };
-        let lease = pool.checkout().await?;
+        let role_epoch = self
+            .app
+            .topology()
+            .load()
+            .nodes
+            .get(node)
+            .map_or(0, |n| n.role_epoch);
+        let lease = pool.checkout(role_epoch).await?;
         self.cancel.slot().set(Some(lease.cancel_target()));
         Ok(lease)
     }

@@ -62,6 +62,13 @@ pub struct NodeState {
     pub lag: Option<Duration>,
     /// Within `max_lag_bytes` and `max_lag`, after hysteresis. Always true for a primary.
     pub within_lag: bool,
+    /// Out of recovery on an older timeline than a primary the proxy has seen: a former
+    /// primary that came back. It gets neither writes nor reads until it rejoins as a standby.
+    pub fenced: bool,
+    /// Increases every time the node's role changes; server connections made under an older
+    /// value are never reused (a connection to a former standby must not serve as a primary
+    /// connection, nor the reverse).
+    pub role_epoch: u64,
 }
 
 impl NodeState {
@@ -101,22 +108,41 @@ impl Topology {
                     lag_bytes: None,
                     lag: None,
                     within_lag: false,
+                    fenced: false,
+                    role_epoch: 0,
                 })
                 .collect(),
             primary: None,
         }
     }
 
-    /// Derives `primary` from the nodes: the single healthy node whose role is primary.
-    /// Two or more such nodes (split brain) give `None` until the failover logic can tell them
-    /// apart, so that no write goes to a node that might be the stale one.
+    /// Derives `primary` from the nodes: among healthy, unfenced nodes out of recovery, the
+    /// only one, or the one on the strictly highest timeline (a promotion while the old primary
+    /// still runs). When that cannot be decided (same or unknown timelines) there is no
+    /// primary, so that no write goes to a node that might be the stale one.
     pub fn derive_primary(nodes: &[NodeState]) -> Option<NodeId> {
-        let mut primaries = nodes
+        let mut best: Option<&NodeState> = None;
+        let mut tie = false;
+        for n in nodes
             .iter()
-            .filter(|n| n.healthy && n.role == Role::Primary);
-        match (primaries.next(), primaries.next()) {
-            (Some(p), None) => Some(p.id),
-            _ => None,
+            .filter(|n| n.healthy && n.role == Role::Primary && !n.fenced)
+        {
+            match best {
+                None => best = Some(n),
+                Some(b) => match (n.timeline, b.timeline) {
+                    (Some(tn), Some(tb)) if tn > tb => {
+                        best = Some(n);
+                        tie = false;
+                    }
+                    (Some(tn), Some(tb)) if tn < tb => {}
+                    _ => tie = true,
+                },
+            }
+        }
+        if tie {
+            None
+        } else {
+            best.map(|b| b.id)
         }
     }
 }
@@ -197,6 +223,8 @@ mod tests {
             lag_bytes: None,
             lag: None,
             within_lag: true,
+            fenced: false,
+            role_epoch: 0,
         }
     }
 
@@ -207,7 +235,21 @@ mod tests {
         let n = [node(0, Role::Primary, false), node(1, Role::Standby, true)];
         assert_eq!(Topology::derive_primary(&n), None);
         let n = [node(0, Role::Primary, true), node(1, Role::Primary, true)];
-        assert_eq!(Topology::derive_primary(&n), None);
+        assert_eq!(
+            Topology::derive_primary(&n),
+            None,
+            "same timeline: undecidable"
+        );
+        let mut n = [node(0, Role::Primary, true), node(1, Role::Primary, true)];
+        n[1].timeline = Some(2);
+        n[0].timeline = Some(1);
+        assert_eq!(
+            Topology::derive_primary(&n),
+            Some(1),
+            "the higher timeline wins"
+        );
+        n[1].fenced = true;
+        assert_eq!(Topology::derive_primary(&n), Some(0));
     }
 
     #[tokio::test]

@@ -189,6 +189,9 @@ struct Aggregator {
     history: LsnHistory,
     /// The node `history` belongs to.
     history_of: Option<NodeId>,
+    /// The highest timeline a healthy primary has reported: a node out of recovery on an
+    /// older one is a former primary and is fenced.
+    highest_timeline: Option<u32>,
 }
 
 async fn aggregate(
@@ -211,6 +214,7 @@ async fn aggregate(
         tracks,
         history: LsnHistory::default(),
         history_of: None,
+        highest_timeline: None,
     };
     loop {
         let obs = tokio::select! {
@@ -267,6 +271,7 @@ impl Aggregator {
                             node.role.as_str()
                         );
                         node.role = role;
+                        node.role_epoch += 1;
                     }
                     node.lsn = p.lsn;
                     node.timeline = p.timeline;
@@ -285,6 +290,7 @@ impl Aggregator {
             }
             node.healthy = track.health.get();
         }
+        self.update_fencing(nodes);
         let primary = Topology::derive_primary(nodes);
         if primary != self.history_of {
             self.history.clear();
@@ -299,6 +305,36 @@ impl Aggregator {
         }
         self.update_lag(&mut nodes[id], observed_ok, primary == Some(id), now);
         primary
+    }
+
+    /// Fences every node out of recovery on a timeline older than the highest a healthy
+    /// primary has reported (logging each change once).
+    fn update_fencing(&mut self, nodes: &mut [NodeState]) {
+        for n in nodes.iter() {
+            if n.healthy && n.role == Role::Primary {
+                if let Some(t) = n.timeline {
+                    self.highest_timeline = Some(self.highest_timeline.map_or(t, |h| h.max(t)));
+                }
+            }
+        }
+        for n in nodes.iter_mut() {
+            let fenced = n.role == Role::Primary
+                && matches!((n.timeline, self.highest_timeline), (Some(t), Some(h)) if t < h);
+            if fenced != n.fenced {
+                if fenced {
+                    tracing::warn!(
+                        node = %n.addr,
+                        timeline = ?n.timeline,
+                        newest = ?self.highest_timeline,
+                        "node {} fenced: out of recovery on timeline {:?}, older than {:?}; no reads or writes until it rejoins as a standby",
+                        n.addr, n.timeline, self.highest_timeline
+                    );
+                } else {
+                    tracing::info!(node = %n.addr, "node {} no longer fenced", n.addr);
+                }
+                n.fenced = fenced;
+            }
+        }
     }
 
     /// Recomputes a node's lag and, when it was just observed, feeds its within-limits
@@ -385,6 +421,7 @@ mod tests {
                 tracks,
                 history: LsnHistory::default(),
                 history_of: None,
+                highest_timeline: None,
             },
             Topology::initial(&addrs).nodes,
         )
@@ -465,5 +502,45 @@ mod tests {
             );
         }
         assert_eq!(a.apply(&mut nodes, ok(1, false, 200), t), Some(1));
+    }
+
+    fn ok_tl(node: NodeId, in_recovery: bool, lsn: u64, timeline: u32) -> Observation {
+        Observation {
+            node,
+            result: Ok(Probed {
+                in_recovery,
+                lsn: Some(lsn),
+                timeline: Some(timeline),
+            }),
+        }
+    }
+
+    #[test]
+    fn split_brain_goes_to_the_newer_timeline_and_fences_the_old_primary() {
+        let (mut a, mut nodes) = agg(2);
+        let t = Instant::now();
+        a.apply(&mut nodes, ok_tl(0, false, 100, 1), t);
+        a.apply(&mut nodes, ok_tl(1, true, 100, 1), t);
+        let epoch_before = nodes[1].role_epoch;
+        // Node 1 promoted while node 0 still runs as a primary.
+        assert_eq!(a.apply(&mut nodes, ok_tl(1, false, 200, 2), t), Some(1));
+        assert!(nodes[1].role_epoch > epoch_before);
+        assert_eq!(a.apply(&mut nodes, ok_tl(0, false, 150, 1), t), Some(1));
+        assert!(nodes[0].fenced);
+        // The new primary goes down: the old one must not take writes again.
+        for _ in 0..2 {
+            a.apply(
+                &mut nodes,
+                Observation {
+                    node: 1,
+                    result: Err("down".into()),
+                },
+                t,
+            );
+        }
+        assert_eq!(a.apply(&mut nodes, ok_tl(0, false, 150, 1), t), None);
+        // Rebuilt as a standby, it is back.
+        a.apply(&mut nodes, ok_tl(0, true, 150, 2), t);
+        assert!(!nodes[0].fenced);
     }
 }

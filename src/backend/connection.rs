@@ -555,6 +555,51 @@ impl ServerConn {
         Ok(())
     }
 
+    /// Waits for the replies to the proxy's own queries still owed (a read-your-writes probe
+    /// sent behind the client's last request), so that a connection whose client left right
+    /// after its reply is reusable. Does nothing if a client request is pending.
+    pub async fn finish_proxy_replies(&mut self, timeout: Duration) -> Result<(), BackendError> {
+        if self.pending.is_empty()
+            || self
+                .pending
+                .iter()
+                .any(|o| matches!(o, ReplyOwner::Client { .. }))
+            || !self.scanner.at_boundary()
+        {
+            return Ok(());
+        }
+        let addr = self.addr.clone();
+        let work = async {
+            let out = self.wbuf.split();
+            if !out.is_empty() {
+                self.write_all(&out).await?;
+            }
+            while !self.pending.is_empty() {
+                let frame = self.read_frame().await?;
+                match frame.tag() {
+                    btag::READY_FOR_QUERY => {
+                        self.status =
+                            be::ready_for_query(frame.body()).map_err(|e| self.proto(e))?;
+                        self.pending.pop_front();
+                    }
+                    btag::PARAMETER_STATUS => self.record_parameter(frame.body())?,
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.broken = true;
+                Err(BackendError::Timeout {
+                    what: "waiting for the proxy's own replies",
+                    addr,
+                })
+            }
+        }
+    }
+
     /// Ends a COPY FROM STDIN whose client went away, with CopyFail (and Sync for the extended
     /// protocol), and waits for the server's ReadyForQuery: the COPY is rolled back cleanly
     /// and the connection is usable again. Closing the socket instead would make the server

@@ -225,10 +225,14 @@ impl Pool {
         let Lease {
             mut conn,
             node_permit,
+            _active,
             ..
         } = lease;
         conn.last_used = Instant::now();
         self.idle.lock().push(Idle { conn, node_permit });
+        // Only now may a waiting checkout proceed: it must find this connection idle rather
+        // than open a new one.
+        drop(_active);
     }
 
     fn pop_idle(&self) -> Option<Idle> {

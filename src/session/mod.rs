@@ -495,6 +495,9 @@ impl Session {
 /// Hands a server connection back after a client is done with it.
 async fn release(mut lease: Lease, app: &App, reset: bool) {
     let timeout = app.settings().config.pool.server_connect_timeout;
+    if lease.finish_proxy_replies(timeout).await.is_err() {
+        lease.mark_broken();
+    }
     if lease.track.copy_in.is_some()
         && !lease.is_broken()
         && lease.pending.is_empty()

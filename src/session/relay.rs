@@ -417,9 +417,13 @@ impl Session {
                     self.wrote_in_transaction = true;
                 }
                 let may_end = !self.tx_status.is_in_transaction() || batch_class.commits;
+                // A session whose reads all go to the primary anyway needs no position.
+                let reads_on_primary = self.route.route.or(self.route.default_route)
+                    == Some(crate::config::Route::Primary);
                 if on_primary
                     && self.wrote_in_transaction
                     && may_end
+                    && !reads_on_primary
                     && self.route.consistency() == crate::config::Consistency::Session
                 {
                     if batch_class.copies_in {

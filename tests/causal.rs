@@ -180,10 +180,25 @@ async fn token_carries_the_position_to_another_connection() {
             .await
             .unwrap();
         if row.get::<_, i64>(0) != 1 {
+            let topo = proxy.app.topology().load();
+            let b_token = b
+                .simple_query("show causeway.min_lsn")
+                .await
+                .ok()
+                .and_then(|m| {
+                    m.iter().find_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                        _ => None,
+                    })
+                });
             eprintln!(
-                "miss {i}: token {token}, read on port {:?} replayed {:?}",
+                "miss {i}: token {token}, b token {b_token:?}, read on port {:?} replayed {:?}; snapshot {:?}",
                 row.get::<_, Option<i32>>(1),
-                row.get::<_, Option<String>>(2)
+                row.get::<_, Option<String>>(2),
+                topo.nodes
+                    .iter()
+                    .map(|n| (n.addr.clone(), n.role, n.lsn.map(causeway::admin::http::format_lsn)))
+                    .collect::<Vec<_>>()
             );
             misses += 1;
         }

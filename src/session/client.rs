@@ -70,8 +70,13 @@ impl ClientConn {
     /// Makes room in the read buffer before a read (reads in chunks, not 64 bytes at a time).
     #[inline]
     pub fn prepare_read(&mut self) {
-        if self.rbuf.capacity() - self.rbuf.len() < 2048 {
-            self.rbuf.reserve(8192);
+        // Small by default (an idle client costs its buffer); a large message grows it, and a
+        // buffer left large and empty after one is given back.
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 64 * 1024 {
+            self.rbuf = BytesMut::new();
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < 512 {
+            self.rbuf.reserve(4096);
         }
     }
 

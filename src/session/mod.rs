@@ -283,6 +283,9 @@ impl Session {
     /// Gets the first server connection and sends the client its welcome: ParameterStatus for
     /// every parameter, BackendKeyData, ReadyForQuery.
     async fn begin(&mut self) -> Result<(), SessionError> {
+        // AuthenticationOk goes out now: a client queued for a server connection knows it got
+        // in (as with PostgreSQL, the parameters follow).
+        self.client.flush().await?;
         // With transaction pooling the welcome can come from a standby while no primary is
         // known (during a failover new clients still get in and can read).
         let topology = self.app.topology().load();
@@ -368,9 +371,35 @@ impl Session {
             .nodes
             .get(node)
             .map_or(0, |n| n.role_epoch);
-        let lease = pool.checkout(role_epoch).await?;
+        let lease = self.checkout_watching_client(&pool, role_epoch).await?;
         self.cancel.slot().set(Some(lease.cancel_target()));
         Ok(lease)
+    }
+
+    /// Waits for a server connection while still reading the client, so that a client that
+    /// gives up and disconnects while queued (a full pool) is noticed and leaves the queue.
+    /// Bytes it sends meanwhile are kept for later (up to a bound, then reading pauses).
+    async fn checkout_watching_client(
+        &mut self,
+        pool: &Arc<Pool>,
+        role_epoch: u64,
+    ) -> Result<Lease, SessionError> {
+        let checkout = pool.checkout(role_epoch);
+        tokio::pin!(checkout);
+        loop {
+            let room = self.client.rbuf.len() < self.max_message.min(1 << 20);
+            self.client.prepare_read();
+            let client = &mut self.client;
+            tokio::select! {
+                r = &mut checkout => return Ok(r?),
+                r = tokio::io::AsyncReadExt::read_buf(&mut client.stream, &mut client.rbuf), if room => {
+                    match r {
+                        Ok(0) | Err(_) => return Err(SessionError::Closed),
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
     }
 
     /// Counts a routing decision.

@@ -71,6 +71,11 @@ enum Flow {
 impl Session {
     /// Relays until the client terminates, the proxy shuts down, or an error ends the session.
     pub(super) async fn relay(&mut self) -> Result<(), SessionError> {
+        // Bytes the client sent before the welcome was complete (read while waiting for a
+        // server connection).
+        if !self.client.rbuf.is_empty() && self.on_client_bytes().await? == Flow::End {
+            return Ok(());
+        }
         loop {
             let flow = match self.next_event().await {
                 Event::ClientRead(Ok(0)) => return Err(SessionError::Closed),

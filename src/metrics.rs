@@ -67,6 +67,10 @@ pub struct Metrics {
     pub causal_waits: Counter,
     /// Total time spent in those waits, in microseconds.
     pub causal_wait_micros: Counter,
+    /// Reads after a write for which a standby was asked its replay position directly.
+    pub causal_asks: Counter,
+    /// Those asks that found the standby caught up (the read went there).
+    pub causal_ask_hits: Counter,
     /// Request latency on the primary, in microseconds.
     latency_primary: Mutex<Histogram<u64>>,
     /// Request latency on standbys, in microseconds.
@@ -105,6 +109,8 @@ impl Metrics {
             lsn_captures: Counter::default(),
             causal_waits: Counter::default(),
             causal_wait_micros: Counter::default(),
+            causal_asks: Counter::default(),
+            causal_ask_hits: Counter::default(),
             latency_primary: Mutex::new(histogram()),
             latency_standby: Mutex::new(histogram()),
             registry: Registry::default(),
@@ -158,6 +164,16 @@ impl Metrics {
             "causal_wait_microseconds",
             "Time reads spent waiting for a standby to replay the session's writes",
             m.causal_wait_micros.clone(),
+        );
+        registry.register(
+            "causal_asks",
+            "Reads after a write for which a standby was asked its replay position directly",
+            m.causal_asks.clone(),
+        );
+        registry.register(
+            "causal_ask_hits",
+            "Asked standbys that had replayed the session's writes (the read went there)",
+            m.causal_ask_hits.clone(),
         );
         Metrics { registry, ..m }
     }

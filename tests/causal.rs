@@ -79,6 +79,23 @@ async fn session_consistency_never_misses_a_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_after_writes_still_go_to_standbys_that_caught_up() {
+    let _g = serial().lock().await;
+    // The watcher looks every 100 ms, so its snapshot almost never shows a standby past a
+    // write made a moment ago: the proxy must ask the standby itself (waiting up to
+    // causal_wait) for the reads to go there.
+    let proxy =
+        common::start_routing_proxy("consistency = \"session\"\ncausal_wait = \"2s\"", "").await;
+    let client = fresh_table(&proxy, "causal_fresh_t").await;
+    let (misses, on_standby) = write_then_read(&client, "causal_fresh_t", 200).await;
+    assert_eq!(misses, 0);
+    assert!(
+        on_standby >= 190,
+        "reads after a write went to a standby that had replayed it: {on_standby} of 200"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventual_consistency_may_miss_and_is_recorded() {
     let _g = serial().lock().await;
     let proxy = common::start_routing_proxy("consistency = \"eventual\"", "").await;

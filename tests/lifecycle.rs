@@ -540,11 +540,30 @@ async fn terminated_backend_fails_one_request_in_transaction_pooling() {
         .map(|r| r.get(0))
         .collect();
     assert!(!pooled.is_empty());
-    for p in pooled {
+    for p in &pooled {
         let _ = direct
-            .query_one("select pg_terminate_backend($1)", &[&p])
+            .query_one("select pg_terminate_backend($1)", &[p])
             .await;
     }
+    // pg_terminate_backend only signals: wait until the processes are gone.
+    assert!(
+        common::eventually(Duration::from_secs(5), || {
+            let (direct, pooled) = (&direct, &pooled);
+            async move {
+                let left: i64 = direct
+                    .query_one(
+                        "select count(*) from pg_stat_activity where pid = any($1)",
+                        &[pooled],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                left == 0
+            }
+        })
+        .await,
+        "terminated server processes exit"
+    );
     assert_eq!(
         idle.query_one("select 2", &[])
             .await

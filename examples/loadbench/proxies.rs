@@ -179,7 +179,7 @@ pub fn causeway_config(
         r#"# Written by examples/loadbench.
 [proxy]
 listen = "127.0.0.1:{port}"
-pool_mode = "session"
+pool_mode = "transaction"
 max_client_connections = {max_clients}
 
 [pool]

@@ -221,11 +221,14 @@ pub fn render(
         o,
         "- **direct**: pgbench to the primary's port.\n\
          - **causeway**: the library's `App` in a process of its own (`loadbench --serve-proxy \
-         proxy.toml`, the same code as the `causeway` binary), `pool_mode = \"session\"` (the \
-         only mode implemented: each client holds one server connection), `pool_size = {p}`, \
-         `max_server_connections = {p}`, SCRAM towards clients and servers, tokio's \
-         multi-threaded runtime (one worker per core). It sends everything to the primary \
-         (read/write splitting is not built yet).\n\
+         proxy.toml`, the same code as the `causeway` binary) in its default configuration: \
+         `pool_mode = \"transaction\"` (prepared statements included), read/write splitting \
+         (plain reads over the two standbys, `primary_reads = \"fallback\"`, \
+         `least_outstanding`), read-your-writes on; `pool_size = {p}`, \
+         `max_server_connections = {p}` per node, SCRAM towards clients and servers, tokio's \
+         multi-threaded runtime (one worker per core). The `-S` rows therefore run on the \
+         standbys through causeway and pgpool-II, and on the primary for direct and PgBouncer; \
+         all three servers share the same 2 cores, so spreading reads buys no CPU here.\n\
          - **PgBouncer**: `pool_mode = transaction`, `default_pool_size = {p}`, to the primary; \
          `auth_type = scram-sha-256` with `app`'s SCRAM verifier from `pg_authid` in \
          `auth_file` (PgBouncer logs in to PostgreSQL with the client's SCRAM keys). Debian's \

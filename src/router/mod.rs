@@ -182,5 +182,27 @@ pub fn route(
     }
 }
 
+/// Standbys a read could go to if the session had no read-your-writes position (healthy, in
+/// recovery, within the lag limits, weight above zero), most replayed first as the snapshot
+/// last saw them. The session asks them for their current replay position.
+pub fn causal_candidates(ctx: &RouteContext, topology: &Topology, policy: &Policy) -> Vec<usize> {
+    let mut c: Vec<(u64, usize)> = topology
+        .nodes
+        .iter()
+        .filter(|n| {
+            policy.weights.get(n.id).copied().unwrap_or(1) > 0
+                && n.healthy
+                && n.role == Role::Standby
+                && match ctx.max_lag {
+                    None => n.within_lag,
+                    Some(limit) => n.lag.is_some_and(|l| l <= limit),
+                }
+        })
+        .map(|n| (n.lsn.unwrap_or(0), n.id))
+        .collect();
+    c.sort_by_key(|&(lsn, _)| std::cmp::Reverse(lsn));
+    c.into_iter().map(|(_, id)| id).collect()
+}
+
 #[cfg(test)]
 mod tests;

@@ -155,9 +155,10 @@ pub struct Session {
     /// Send the read-your-writes probe once the current request's ReadyForQuery is in (the
     /// request was a COPY FROM, behind which nothing may be queued).
     lsn_probe_after_reply: bool,
-    /// Replies the proxy made itself while a server still owed earlier replies; they go out
-    /// once it has answered everything.
-    deferred: Vec<bytes::Bytes>,
+    /// `causeway.*` batches that arrived while a server still owed earlier replies: they are
+    /// answered (and their values read) once it has answered everything, so that
+    /// `SHOW causeway.min_lsn` sees the position of the write just before it.
+    deferred: Vec<Vec<Frame>>,
     /// The key the client got in BackendKeyData.
     key: CancelKey,
     /// The client's entry in the cancel registry.

@@ -11,6 +11,8 @@
 //! Every read and write inside `select!` is cancel-safe (`read_buf` / `write` either complete
 //! or do nothing), and partial frames stay in the buffers between iterations.
 
+use std::time::Duration;
+
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -84,21 +86,18 @@ impl Session {
                     self.client.rbuf.clear();
                     Flow::Continue
                 }
-                Event::ClientRead(Ok(_)) => match self.on_client_bytes().await {
-                    Err(SessionError::Protocol(e)) => {
-                        self.client.rbuf.clear();
-                        self.violation = Some(e);
-                        Flow::Continue
-                    }
-                    other => other?,
-                },
+                Event::ClientRead(Ok(_)) => self.client_bytes_or_violation().await?,
                 Event::ClientRead(Err(e)) | Event::ClientWrote(Err(e)) => return Err(e.into()),
                 Event::ClientWrote(Ok(n)) => {
                     self.client.advance(n)?;
                     Flow::Continue
                 }
                 Event::ServerRead(Ok(0)) => self.server_lost("closed the connection")?,
-                Event::ServerRead(Ok(_)) => self.on_server_bytes()?,
+                Event::ServerRead(Ok(_)) => {
+                    let flow = self.on_server_bytes()?;
+                    self.answer_deferred();
+                    flow
+                }
                 Event::ServerRead(Err(e)) => self.server_lost(&e.to_string())?,
                 Event::ServerWrote(Ok(n)) => {
                     if let Some(s) = self.server.as_deref_mut() {
@@ -130,6 +129,16 @@ impl Session {
                 self.refresh_params().await?;
             }
             self.maybe_release();
+            // Requests that waited behind a held-back `causeway.*` answer or the proxy's own
+            // replies go on.
+            if !self.client.rbuf.is_empty()
+                && !self.client_stalled()
+                && self.violation.is_none()
+                && self.client_bytes_or_violation().await? == Flow::End
+            {
+                return Ok(());
+            }
+            self.maybe_release();
             if let Some(g) = self.retry_now.take() {
                 self.retry_on_primary(g).await?;
             }
@@ -146,6 +155,7 @@ impl Session {
     /// Waits for the next I/O event on either side.
     async fn next_event(&mut self) -> Event {
         self.client.prepare_read();
+        let stalled = self.client_stalled();
         let Session {
             client,
             server,
@@ -172,7 +182,7 @@ impl Session {
             None => (None, None, 0),
         };
         let read_server = server_r.is_some() && client_out_len < CLIENT_OUT_HIGH;
-        let read_client = server_out_len < SERVER_OUT_HIGH;
+        let read_client = server_out_len < SERVER_OUT_HIGH && !stalled;
         let shutdown = app.shutdown_token();
         let kill = app.kill_token();
         tokio::select! {
@@ -223,8 +233,49 @@ impl Session {
     // === client → server ===
 
     /// Handles every complete frame the client has sent.
+    /// Whether the client's next request must wait: a `causeway.*` answer is held back behind
+    /// earlier replies, or (transaction pooling, between transactions) the server connection
+    /// owes only the proxy's own replies, such as the read-your-writes probe sent behind the
+    /// last write. Those are already on their way; once they are in, the connection goes back
+    /// to the pool and the next request is routed with the session's new position, instead of
+    /// following the write to the primary.
+    fn client_stalled(&self) -> bool {
+        if !self.deferred.is_empty() {
+            return true;
+        }
+        self.mode == crate::config::PoolMode::Transaction
+            && self.pinned.is_none()
+            && !self.tx_status.is_in_transaction()
+            && !self.copy_in
+            && self.server.as_deref().is_some_and(|s| {
+                !s.pending.is_empty()
+                    && !s.track.unsynced
+                    && s.pending
+                        .iter()
+                        .all(|o| !matches!(o, ReplyOwner::Client { .. }))
+            })
+    }
+
+    /// [`Self::on_client_bytes`], turning a protocol violation into a pending error (answered
+    /// once earlier replies are out).
+    async fn client_bytes_or_violation(&mut self) -> Result<Flow, SessionError> {
+        match self.on_client_bytes().await {
+            Err(SessionError::Protocol(e)) => {
+                self.client.rbuf.clear();
+                self.violation = Some(e);
+                Ok(Flow::Continue)
+            }
+            other => other,
+        }
+    }
+
+    /// Handles the client's complete frames. Stops (leaving the rest buffered) while a
+    /// `causeway.*` answer waits for earlier replies, so replies keep the requests' order.
     async fn on_client_bytes(&mut self) -> Result<Flow, SessionError> {
-        while let Some(frame) = decode_frame(&mut self.client.rbuf, self.max_message)? {
+        while !self.client_stalled() {
+            let Some(frame) = decode_frame(&mut self.client.rbuf, self.max_message)? else {
+                break;
+            };
             let tag = frame.tag();
             if self.copy_in && matches!(tag, ftag::COPY_DATA | ftag::COPY_DONE | ftag::COPY_FAIL) {
                 let done = tag != ftag::COPY_DATA;
@@ -325,7 +376,13 @@ impl Session {
                     reason: crate::router::Reason::Causal,
                 } = plan
                 {
-                    plan = self.wait_for_causal_standby(&batch_class, plan).await;
+                    if let Some((n, lease)) = self.ask_causal_standby(&batch_class).await {
+                        self.server = Some(lease);
+                        plan = super::route::Plan::Go {
+                            target: Target::Node(n),
+                            reason: crate::router::Reason::Causal,
+                        };
+                    }
                 }
                 match plan {
                     super::route::Plan::Go { target, reason } => {
@@ -352,7 +409,11 @@ impl Session {
                     guard_target = Some(n);
                 }
             }
-            match self.acquire(target).await {
+            let acquired = match self.server.take() {
+                Some(lease) => Ok(lease),
+                None => self.acquire(target).await,
+            };
+            match acquired {
                 Ok(lease) => self.server = Some(lease),
                 Err(SessionError::Fatal(e)) if e.severity == Severity::Error => {
                     self.fail_request(&e, term);
@@ -447,40 +508,109 @@ impl Session {
         Ok(())
     }
 
-    /// Read-your-writes with `causal_wait`: no standby has replayed the session's writes yet;
-    /// wait (at most `causal_wait`) for one that has, as the watcher sees it, then decide
-    /// again. With the default of 0 the read goes to the primary at once.
-    async fn wait_for_causal_standby(
+    /// Read-your-writes, fresh: the watcher (which looks every `check_interval`) has not seen
+    /// any standby replay the session's writes yet, but one usually has by now. Ask the
+    /// standby the router would pick without the position, on the very connection the read
+    /// would use: if its replay position has reached `min_lsn`, the read goes there (replay
+    /// only moves forward, so the read sees the writes). Costs one round trip to the standby,
+    /// only for reads that would otherwise go to the primary because of causality. With
+    /// `causal_wait` above zero, a standby still behind is asked again (every 2 ms) until it
+    /// catches up or the wait is over, then the read goes to the primary.
+    async fn ask_causal_standby(
         &mut self,
         batch_class: &super::route::BatchClass,
-        plan: super::route::Plan,
-    ) -> super::route::Plan {
-        let limit = self.app.settings().config.routing.causal_wait;
-        let Some(min) = self.route.min_lsn else {
-            return plan;
-        };
-        if limit.is_zero() {
-            return plan;
+    ) -> Option<(usize, crate::backend::Lease)> {
+        let min = self.route.min_lsn?;
+        // The standby the balancer would pick without the position first, then the others,
+        // most replayed first; at most two are asked.
+        let saved = self.route.min_lsn.take();
+        let plan = self.plan(batch_class);
+        self.route.min_lsn = saved;
+        let mut order = self.causal_candidates(batch_class);
+        if let super::route::Plan::Go {
+            target: Target::Node(n),
+            ..
+        } = plan
+        {
+            if let Some(i) = order.iter().position(|&c| c == n) {
+                order.remove(i);
+                order.insert(0, n);
+            }
         }
+        order.truncate(2);
+        let settings = self.app.settings();
+        let timeout = settings.config.monitor.query_timeout;
+        let causal_wait = settings.config.routing.causal_wait;
+        drop(settings);
         let started = tokio::time::Instant::now();
-        let caught_up = self
-            .app
-            .topology()
-            .wait_until(limit, |t| {
-                t.nodes
-                    .iter()
-                    .any(|n| n.is_eligible_standby() && n.lsn.is_some_and(|l| l >= min))
-            })
-            .await;
-        let m = self.app.metrics();
-        m.causal_waits.inc();
-        m.causal_wait_micros
-            .inc_by(started.elapsed().as_micros() as u64);
-        if caught_up {
-            self.plan(batch_class)
-        } else {
-            plan
+        let deadline = started + causal_wait;
+        // The most replayed standby asked so far, kept for polling while `causal_wait` lasts.
+        let mut best: Option<(u64, usize, crate::backend::Lease)> = None;
+        for n in order {
+            self.app.metrics().causal_asks.inc();
+            let Ok(mut lease) = self.acquire(Target::Node(n)).await else {
+                continue;
+            };
+            match ask_replay(&mut lease, timeout).await {
+                Some(r) if r >= min => {
+                    if let Some((_, _, other)) = best.take() {
+                        other.pool().clone().checkin(other);
+                    }
+                    self.app.metrics().causal_ask_hits.inc();
+                    return Some((n, lease));
+                }
+                Some(r) if best.as_ref().is_none_or(|b| r > b.0) => {
+                    if let Some((_, _, other)) = best.replace((r, n, lease)) {
+                        other.pool().clone().checkin(other);
+                    }
+                }
+                _ => lease.pool().clone().checkin(lease),
+            }
         }
+        let found = match best {
+            Some((_, n, mut lease)) if !causal_wait.is_zero() => {
+                self.app.metrics().causal_waits.inc();
+                let mut found = None;
+                while tokio::time::Instant::now() < deadline {
+                    let left = deadline - tokio::time::Instant::now();
+                    tokio::time::sleep(left.min(Duration::from_millis(2))).await;
+                    match ask_replay(&mut lease, timeout).await {
+                        Some(r) if r >= min => {
+                            found = Some(n);
+                            break;
+                        }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+                self.app
+                    .metrics()
+                    .causal_wait_micros
+                    .inc_by(started.elapsed().as_micros() as u64);
+                match found {
+                    Some(n) => {
+                        self.app.metrics().causal_ask_hits.inc();
+                        // `acquire` of another candidate may have moved the in-flight count.
+                        self.in_flight = Some(self.app.in_flight(n));
+                        self.server_kind = crate::metrics::RouteKind::Standby;
+                        self.cancel.slot().set(Some(lease.cancel_target()));
+                        return Some((n, lease));
+                    }
+                    None => {
+                        lease.pool().clone().checkin(lease);
+                        None
+                    }
+                }
+            }
+            Some((_, _, lease)) => {
+                lease.pool().clone().checkin(lease);
+                None
+            }
+            None => None,
+        };
+        self.in_flight = None;
+        self.cancel.slot().set(None);
+        found
     }
 
     /// Re-runs a request a standby refused, on the primary. After a read-only refusal (the
@@ -671,7 +801,6 @@ impl Session {
                             let status = be::ready_for_query(body).map_err(|e| server.proto(e))?;
                             server.status = status;
                             server.pending.pop_front();
-                            let all_answered = server.pending.is_empty();
                             match owner {
                                 Some(ReplyOwner::Client { seq, sent, .. }) => {
                                     self.app
@@ -709,11 +838,6 @@ impl Session {
                                             context: "without a pending request",
                                         })
                                         .into())
-                                }
-                            }
-                            if all_answered {
-                                for b in self.deferred.drain(..) {
-                                    self.client.push(b);
                                 }
                             }
                         }
@@ -875,9 +999,7 @@ impl Session {
             // outside it.
             self.lost_transaction = Some(e);
         }
-        for b in self.deferred.drain(..) {
-            self.client.push(b);
-        }
+        self.answer_deferred();
         Ok(Flow::Continue)
     }
 }
@@ -913,6 +1035,21 @@ fn is_misroute(e: &be::ErrorFields) -> bool {
 }
 
 /// The WAL position in a one-column text DataRow (`16/B374D848`).
+/// What [`Session::ask_causal_standby`] asks a standby.
+const REPLAY_SQL: &str = "SELECT pg_catalog.pg_last_wal_replay_lsn()";
+
+/// Asks an idle standby connection how far it has replayed.
+async fn ask_replay(lease: &mut crate::backend::Lease, timeout: Duration) -> Option<u64> {
+    let mut replayed = None;
+    match lease
+        .query_internal(REPLAY_SQL, timeout, |row| replayed = parse_lsn_row(row))
+        .await
+    {
+        Ok(Ok(())) => replayed,
+        _ => None,
+    }
+}
+
 fn parse_lsn_row(body: &[u8]) -> Option<u64> {
     let (n, rest) = body.split_first_chunk::<2>()?;
     if i16::from_be_bytes(*n) != 1 {

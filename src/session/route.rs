@@ -266,6 +266,18 @@ impl Session {
     }
 
     /// Decides where a classified batch goes.
+    /// Standbys to ask for their replay position when the session's writes keep a read off
+    /// every standby the snapshot knows of (see [`router::causal_candidates`]).
+    pub(super) fn causal_candidates(&self, batch: &BatchClass) -> Vec<usize> {
+        let ctx = RouteContext {
+            route: batch.hint.or(self.route.route).or(self.route.default_route),
+            max_lag: batch.max_lag.or(self.route.max_lag),
+            min_lsn: None,
+        };
+        let topology = self.app.topology().load();
+        router::causal_candidates(&ctx, &topology, &self.app.settings().policy)
+    }
+
     pub(super) fn plan(&self, batch: &BatchClass) -> Plan {
         let class = batch.class.unwrap_or(Class::Write);
         let settings = self.app.settings();
@@ -305,11 +317,38 @@ impl Session {
     pub(super) fn answer_proxy_batch(&mut self) {
         let batch = std::mem::take(&mut self.batch);
         self.batch_len = 0;
+        // Replies to earlier requests (and the proxy's own read-your-writes probe, whose
+        // position `SHOW causeway.min_lsn` must report) may still be on their way: answer
+        // once they are in, keeping the order.
+        if self.owes_replies() || !self.deferred.is_empty() {
+            self.deferred.push(batch);
+            return;
+        }
+        self.answer_proxy_frames(&batch);
+    }
+
+    /// Whether the server connection still owes replies to earlier requests.
+    fn owes_replies(&self) -> bool {
+        self.server
+            .as_deref()
+            .is_some_and(|s| !s.pending.is_empty() || s.track.unsynced)
+    }
+
+    /// Answers the `causeway.*` batches held back by [`Self::answer_proxy_batch`] once the
+    /// server has answered everything before them.
+    pub(super) fn answer_deferred(&mut self) {
+        while !self.deferred.is_empty() && !self.owes_replies() {
+            let batch = self.deferred.remove(0);
+            self.answer_proxy_frames(&batch);
+        }
+    }
+
+    fn answer_proxy_frames(&mut self, batch: &[Frame]) {
         let mut out = BytesMut::new();
         let mut last: Option<std::sync::Arc<OwnedAnalysis>> = None;
         // After an error, the rest of an extended batch is skipped up to its Sync.
         let mut skipping = false;
-        for f in &batch {
+        for f in batch {
             if skipping && f.tag() != ftag::SYNC {
                 continue;
             }
@@ -356,14 +395,7 @@ impl Session {
                 _ => {}
             }
         }
-        // Replies to earlier requests (and the proxy's own read-your-writes probe, which
-        // `SHOW causeway.min_lsn` must see) may still be on their way: keep the order.
-        match self.server.as_deref() {
-            Some(s) if !s.pending.is_empty() || s.track.unsynced => {
-                self.deferred.push(out.freeze())
-            }
-            _ => self.client.push(out.freeze()),
-        }
+        self.client.push(out.freeze());
     }
 
     /// Carries out the `causeway.*` statements of one text, writing their replies.

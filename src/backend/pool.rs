@@ -10,6 +10,7 @@
 //! push or a pop only, never across an `.await`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,7 +102,16 @@ pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     /// Parameters a fresh connection reports (server defaults), captured from the first one.
     defaults: Mutex<Option<Arc<HashMap<String, String>>>>,
+    /// Statements found stale (DDL changed their result type) on some connection of this
+    /// pool: (generation, definition hash), oldest first, at most [`MAX_STALE`].
+    stale: Mutex<std::collections::VecDeque<(u64, u64)>>,
+    /// Generation of the newest entry of `stale` (0: none yet).
+    stale_generation: AtomicU64,
 }
+
+/// Most stale-statement entries a pool remembers; a connection further behind forgets all of
+/// its statements instead.
+const MAX_STALE: usize = 256;
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -157,15 +167,7 @@ impl Pool {
             });
         }
         let node_permit = self.acquire(&self.node_permits, started).await?;
-        let mut conn = ServerConn::connect(&self.target, self.settings.connect_timeout).await?;
-        conn.role_epoch = role_epoch;
-        {
-            let mut defaults = self.defaults.lock();
-            if defaults.is_none() {
-                *defaults = Some(Arc::new(conn.params().reported.clone()));
-            }
-        }
-        tracing::debug!(pool = %self.name(), pid = conn.cancel_key().pid, "new server connection");
+        let conn = self.connect(role_epoch).await?;
         Ok(Lease {
             conn,
             _active: active,
@@ -174,11 +176,28 @@ impl Pool {
         })
     }
 
+    /// Opens a new connection of this pool.
+    async fn connect(&self, role_epoch: u64) -> Result<ServerConn, BackendError> {
+        let mut conn = ServerConn::connect(&self.target, self.settings.connect_timeout).await?;
+        conn.role_epoch = role_epoch;
+        // Nothing prepared yet: nothing stale either.
+        conn.statements.seen_generation = self.stale_generation.load(Ordering::Acquire);
+        {
+            let mut defaults = self.defaults.lock();
+            if defaults.is_none() {
+                *defaults = Some(Arc::new(conn.params().reported.clone()));
+            }
+        }
+        tracing::debug!(pool = %self.name(), pid = conn.cancel_key().pid, "new server connection");
+        Ok(conn)
+    }
+
     /// Gives a connection back for the next client as it is: its parameters and prepared
     /// statements are tracked, so the next session adjusts them (transaction pooling). A
     /// connection that is not idle (mid-reply, in a transaction, broken) or has outlived its
     /// limits is closed instead.
-    pub fn checkin(&self, lease: Lease) {
+    pub fn checkin(&self, mut lease: Lease) {
+        self.sync_statements(&mut lease.conn);
         if !self.is_reusable(&lease.conn) {
             tracing::debug!(pool = %self.name(), conn = ?lease.conn, "closing server connection");
             tokio::spawn(lease.conn.close());
@@ -218,7 +237,35 @@ impl Pool {
     fn is_reusable(&self, conn: &ServerConn) -> bool {
         conn.is_idle()
             && !self.is_expired(conn)
-            && conn.statements.len() <= super::statements::MAX_SERVER_STATEMENTS
+            && conn.statements.pending_close_len() <= super::statements::MAX_PENDING_CLOSE
+    }
+
+    /// Shares what `conn` learned about stale statements with the pool, and forgets the
+    /// statements other connections of the pool found stale since `conn` last looked, so that
+    /// after DDL each statement fails (at most) once per pool rather than once per connection.
+    pub fn sync_statements(&self, conn: &mut ServerConn) {
+        let current = self.stale_generation.load(Ordering::Acquire);
+        if conn.statements.newly_stale.is_empty() && conn.statements.seen_generation == current {
+            return;
+        }
+        let mut stale = self.stale.lock();
+        for hash in std::mem::take(&mut conn.statements.newly_stale) {
+            let generation = self.stale_generation.fetch_add(1, Ordering::AcqRel) + 1;
+            stale.push_back((generation, hash));
+            if stale.len() > MAX_STALE {
+                stale.pop_front();
+            }
+        }
+        let seen = conn.statements.seen_generation;
+        if stale.front().is_some_and(|(g, _)| *g > seen + 1) {
+            // Entries this connection never saw were dropped: forget everything.
+            conn.statements.invalidate_all();
+        } else {
+            for (_, hash) in stale.iter().filter(|(g, _)| *g > seen) {
+                conn.statements.invalidate(*hash);
+            }
+        }
+        conn.statements.seen_generation = self.stale_generation.load(Ordering::Acquire);
     }
 
     fn push_idle(&self, lease: Lease) {
@@ -313,6 +360,8 @@ impl Pools {
                     node_permits: self.node_permits[target.node].clone(),
                     idle: Mutex::new(Vec::new()),
                     defaults: Mutex::new(None),
+                    stale: Mutex::new(std::collections::VecDeque::new()),
+                    stale_generation: AtomicU64::new(0),
                 })
             })
             .clone()

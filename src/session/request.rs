@@ -76,6 +76,9 @@ pub fn write_batch(
                     body.extend_from_slice(frame.raw());
                     continue;
                 };
+                if let Some(def) = client.statements.get(v.statement) {
+                    server.track.binds.push_back((seq, def.hash));
+                }
                 // portal, statement, then the untouched rest (formats, values, result formats).
                 let rest = &b[v.portal.len() + 1 + v.statement.len() + 1..];
                 put_frame_with(&mut body, ftag::BIND, |o| {

@@ -49,6 +49,8 @@ pub struct PoolSettings {
     pub reset_query: Option<String>,
     /// Limit for the proxy's own short queries (reset, rollback, parameter sync).
     pub internal_timeout: Duration,
+    /// Idle connections each pool keeps open in advance (`min_idle`).
+    pub min_idle: usize,
 }
 
 /// A checked-out server connection.
@@ -190,6 +192,75 @@ impl Pool {
         }
         tracing::debug!(pool = %self.name(), pid = conn.cancel_key().pid, "new server connection");
         Ok(conn)
+    }
+
+    /// One maintenance pass: closes idle connections past `server_lifetime`, made before the
+    /// node's role last changed (`role_epoch`), or dead; closes those idle past
+    /// `server_idle_timeout` beyond the `min_idle` most recently used; then opens connections
+    /// until `min_idle` are idle, as long as the pool (in use + idle) stays within `pool_size`
+    /// and the node within `max_server_connections`.
+    pub async fn maintain(&self, role_epoch: u64) {
+        let now = Instant::now();
+        let mut closing = Vec::new();
+        {
+            let mut idle = self.idle.lock();
+            // Most recently used last: keep the newest `min_idle` from the idle timeout.
+            let n = idle.len();
+            let mut kept = Vec::with_capacity(n);
+            for (i, mut c) in idle.drain(..).enumerate() {
+                let protected = n - i <= self.settings.min_idle;
+                let old = self
+                    .settings
+                    .lifetime
+                    .is_some_and(|l| now.duration_since(c.conn.created()) >= l);
+                let idle_too_long = !protected
+                    && self
+                        .settings
+                        .idle_timeout
+                        .is_some_and(|t| now.duration_since(c.conn.last_used) >= t);
+                if old || idle_too_long || c.conn.role_epoch < role_epoch || !c.conn.is_alive() {
+                    closing.push(c);
+                } else {
+                    kept.push(c);
+                }
+            }
+            *idle = kept;
+        }
+        for c in closing {
+            tracing::debug!(pool = %self.name(), conn = ?c.conn, "closing idle server connection");
+            c.conn.close().await;
+        }
+        if self.settings.min_idle == 0 {
+            return;
+        }
+        loop {
+            let idle = self.idle_count();
+            let in_use = self.settings.pool_size - self.active.available_permits();
+            if idle >= self.settings.min_idle || idle + in_use >= self.settings.pool_size {
+                return;
+            }
+            let Ok(node_permit) = self.node_permits.clone().try_acquire_owned() else {
+                return;
+            };
+            match self.connect(role_epoch).await {
+                Ok(mut conn) => {
+                    conn.last_used = Instant::now();
+                    self.idle.lock().insert(0, Idle { conn, node_permit });
+                }
+                Err(e) => {
+                    tracing::debug!(pool = %self.name(), error = %e, "could not open an idle server connection");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Closes every idle connection (at shutdown).
+    pub async fn close_idle(&self) {
+        let idle: Vec<Idle> = std::mem::take(&mut *self.idle.lock());
+        for c in idle {
+            c.conn.close().await;
+        }
     }
 
     /// Gives a connection back for the next client as it is: its parameters and prepared
@@ -365,6 +436,33 @@ impl Pools {
                 })
             })
             .clone()
+    }
+
+    /// Every pool's maintenance pass (see [`Pool::maintain`]); `role_epoch(node)` is the
+    /// node's current role epoch.
+    pub async fn maintain(&self, role_epoch: impl Fn(usize) -> u64) {
+        for pool in self.all() {
+            pool.maintain(role_epoch(pool.key.node)).await;
+        }
+    }
+
+    /// How often [`Pools::maintain`] should run for these settings.
+    pub fn maintenance_interval(&self) -> Duration {
+        let mut every = Duration::from_secs(1);
+        for t in [self.settings.idle_timeout, self.settings.lifetime]
+            .into_iter()
+            .flatten()
+        {
+            every = every.min(t / 4);
+        }
+        every.max(Duration::from_millis(50))
+    }
+
+    /// Closes every pool's idle connections (at shutdown).
+    pub async fn close_idle(&self) {
+        for pool in self.all() {
+            pool.close_idle().await;
+        }
     }
 
     /// Every pool (for admin views and maintenance).

@@ -180,17 +180,6 @@ impl ServerStatements {
     }
 }
 
-/// SQL that deallocates `names` (the proxy's own `cw_N` names).
-pub fn deallocate_sql(names: &[Arc<str>]) -> String {
-    let mut sql = String::new();
-    for n in names {
-        sql.push_str("DEALLOCATE \"");
-        sql.push_str(n);
-        sql.push_str("\"; ");
-    }
-    sql
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,10 +218,6 @@ mod tests {
         assert!(s.name_of(&defs[0]).is_some());
         assert!(s.name_of(&defs[1]).is_none());
         assert_eq!(s.take_pending_close(), vec![Arc::<str>::from("cw_2")]);
-        assert_eq!(
-            deallocate_sql(&[Arc::from("cw_2")]),
-            "DEALLOCATE \"cw_2\"; "
-        );
     }
 
     #[test]

@@ -399,10 +399,7 @@ impl Session {
             // while nothing else runs on it.
             if server.status == TxStatus::Idle && server.statements.pending_close_len() > 0 {
                 let names = server.statements.take_pending_close();
-                messages::query(
-                    &mut server.wbuf,
-                    &crate::backend::statements::deallocate_sql(&names),
-                );
+                request::close_statements(&mut server.wbuf, &names);
                 server.pending.push_back(ReplyOwner::Proxy);
             }
             // A connection fresh from the pool may carry another client's parameters: bring
@@ -601,12 +598,26 @@ impl Session {
         loop {
             let owner = server.pending.front().copied();
             let want_parse_complete = !server.track.parses.is_empty();
-            let guarded = self.guard.is_some();
+            // A standby read's guard reads every message; a prepared statement's guard only
+            // those it holds back or decides on (a large first row streams as usual and ends
+            // the guard, see `Step::Passthrough`).
+            let guarded = self.guard.as_ref().is_some_and(|g| g.standby);
+            let guarded_some = self.guard.is_some();
             let capture_lsn = owner == Some(ReplyOwner::Lsn);
             let step = server
                 .scanner
                 .step(&server.rbuf, max_inspect, |t| {
                     guarded
+                        || (guarded_some
+                            && matches!(
+                                t,
+                                btag::BIND_COMPLETE
+                                    | btag::CLOSE_COMPLETE
+                                    | btag::PARAMETER_DESCRIPTION
+                                    | btag::NO_DATA
+                                    | btag::NOTICE_RESPONSE
+                                    | btag::PARSE_COMPLETE
+                            ))
                         || matches!(
                             t,
                             btag::READY_FOR_QUERY
@@ -626,6 +637,15 @@ impl Session {
                 Step::NeedMore => return Ok(Flow::Continue),
                 Step::Passthrough(n) => {
                     let chunk = server.rbuf.split_to(n).freeze();
+                    if for_client && matches!(owner, Some(ReplyOwner::Client { .. })) {
+                        // The request answers (rows, a result): a prepared statement's guard
+                        // lets what it held go first and ends.
+                        if let Some(g) = self.guard.take_if(|g| !g.standby && !g.discarding) {
+                            for b in g.held {
+                                self.client.push(b);
+                            }
+                        }
+                    }
                     if for_client {
                         self.client.push(chunk);
                     }

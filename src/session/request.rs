@@ -150,6 +150,20 @@ fn server_name_for(
     Some(server_name)
 }
 
+/// Appends Close for each server-side statement name, then Sync: the proxy's own request that
+/// deallocates statements evicted from (or invalidated in) a connection's cache. Closing a
+/// statement that does not exist is not an error, so one that never got prepared costs
+/// nothing. The replies (CloseComplete, ReadyForQuery) are the proxy's.
+pub fn close_statements(out: &mut BytesMut, names: &[std::sync::Arc<str>]) {
+    for name in names {
+        put_frame_with(out, ftag::CLOSE, |o| {
+            o.put_u8(b'S');
+            put_cstr(o, name.as_bytes());
+        });
+    }
+    put_frame_with(out, ftag::SYNC, |_| {});
+}
+
 /// SQL that makes a connection's session parameters equal to `desired`, and the bookkeeping
 /// that assumes it succeeded; `None` when nothing differs.
 ///

@@ -587,6 +587,15 @@ async fn result_type_change_after_ddl_is_re_prepared_not_failed_forever() {
             vec![vec![Some("1".into()), Some("x".into())]]
         );
     }
+    // The stale server-side statement was deallocated, not left behind.
+    assert_eq!(
+        value(
+            &mut client,
+            "select count(*) from pg_prepared_statements where statement = 'select * from ddl_t'"
+        )
+        .await,
+        "1"
+    );
     // A second DDL, the statement now cached again.
     owner
         .batch_execute("alter table ddl_t add column c int default 3")
@@ -676,6 +685,42 @@ pool_size = 3
             vec![vec![Some("1".into()), Some("2".into())]]
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_cache_is_bounded_and_evicted_statements_still_work() {
+    const STATEMENTS: usize = 1_100;
+    let proxy = common::start_proxy_with("", "[pool]\npool_size = 1\n").await;
+    let mut client = raw_login(proxy.addr, &[]).await;
+    let mut batch = Vec::new();
+    for i in 0..STATEMENTS {
+        batch.extend(parse(&format!("p{i}"), &format!("select {i}")));
+    }
+    batch.extend(raw::frame(b'S', b""));
+    client.send(&batch).await;
+    let msgs = client.recv_until(b'Z').await;
+    assert!(
+        raw::first_error(&msgs).is_none(),
+        "{:?}",
+        raw::first_error(&msgs)
+    );
+    assert_eq!(msgs.iter().filter(|m| m.tag == b'1').count(), STATEMENTS);
+    // Every statement works, the least recently used ones prepared again on the server.
+    for i in [0, 1, 550, STATEMENTS - 1] {
+        assert_eq!(
+            execute(&mut client, &format!("p{i}")).await.unwrap(),
+            vec![vec![Some(i.to_string())]]
+        );
+    }
+    // The server connection holds at most the cache's bound.
+    let n: usize = value(&mut client, "select count(*) from pg_prepared_statements")
+        .await
+        .parse()
+        .unwrap();
+    assert!(
+        (4..=1_000).contains(&n),
+        "{n} statements prepared on the server connection"
+    );
 }
 
 // === LISTEN / NOTIFY ===

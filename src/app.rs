@@ -133,18 +133,18 @@ async fn maintain_pools(app: App) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let epochs: Vec<u64> = app
+        let nodes: Vec<(u64, bool)> = app
             .inner
             .topology
             .load()
             .nodes
             .iter()
-            .map(|n| n.role_epoch)
+            .map(|n| (n.role_epoch, n.healthy))
             .collect();
         let pass = app
             .inner
             .pools
-            .maintain(|node| epochs.get(node).copied().unwrap_or(0));
+            .maintain(|node| nodes.get(node).copied().unwrap_or((0, false)));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = pass => {}

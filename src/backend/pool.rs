@@ -198,8 +198,9 @@ impl Pool {
     /// node's role last changed (`role_epoch`), or dead; closes those idle past
     /// `server_idle_timeout` beyond the `min_idle` most recently used; then opens connections
     /// until `min_idle` are idle, as long as the pool (in use + idle) stays within `pool_size`
-    /// and the node within `max_server_connections`.
-    pub async fn maintain(&self, role_epoch: u64) {
+    /// and the node within `max_server_connections` (only when `healthy`: no connection
+    /// attempts to a node known to be down).
+    pub async fn maintain(&self, role_epoch: u64, healthy: bool) {
         let now = Instant::now();
         let mut closing = Vec::new();
         {
@@ -230,7 +231,7 @@ impl Pool {
             tracing::debug!(pool = %self.name(), conn = ?c.conn, "closing idle server connection");
             c.conn.close().await;
         }
-        if self.settings.min_idle == 0 {
+        if self.settings.min_idle == 0 || !healthy {
             return;
         }
         loop {
@@ -438,11 +439,12 @@ impl Pools {
             .clone()
     }
 
-    /// Every pool's maintenance pass (see [`Pool::maintain`]); `role_epoch(node)` is the
-    /// node's current role epoch.
-    pub async fn maintain(&self, role_epoch: impl Fn(usize) -> u64) {
+    /// Every pool's maintenance pass (see [`Pool::maintain`]); `node_state(node)` is the
+    /// node's current role epoch and whether it is healthy.
+    pub async fn maintain(&self, node_state: impl Fn(usize) -> (u64, bool)) {
         for pool in self.all() {
-            pool.maintain(role_epoch(pool.key.node)).await;
+            let (epoch, healthy) = node_state(pool.key.node);
+            pool.maintain(epoch, healthy).await;
         }
     }
 

@@ -842,6 +842,61 @@ async fn advisory_locks_and_hold_cursors_pin() {
     assert!(unlocked);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_deallocate_and_discard_all_are_honoured_and_sql_prepare_pins() {
+    let proxy = common::start_proxy_with("", "[pool]\npool_size = 2\n").await;
+    let mut client = raw_login(proxy.addr, &[]).await;
+    let mut other = raw_login(proxy.addr, &[]).await;
+    prepare(&mut client, "kept", "select 'kept'").await;
+    prepare(&mut client, "closed", "select 'closed'").await;
+    prepare(&mut other, "closed", "select 'closed'").await;
+    // Close forgets the client's statement only: another client's same statement still works.
+    let mut close = raw::frame(b'C', b"Sclosed\0");
+    close.extend(raw::frame(b'S', b""));
+    client.send(&close).await;
+    let msgs = client.recv_until(b'Z').await;
+    assert!(
+        msgs.iter().any(|m| m.tag == b'3'),
+        "no CloseComplete: {msgs:?}"
+    );
+    let err = execute(&mut client, "closed").await.unwrap_err();
+    assert!(err.starts_with("26000"), "{err}");
+    assert_eq!(
+        execute(&mut other, "closed").await.unwrap(),
+        vec![vec![Some("closed".into())]]
+    );
+    assert_eq!(
+        execute(&mut client, "kept").await.unwrap(),
+        vec![vec![Some("kept".into())]]
+    );
+    // DISCARD ALL forgets every statement of the client, and its settings.
+    rows(&mut client, "set statement_timeout = '5s'").await;
+    rows(&mut client, "discard all").await;
+    let err = execute(&mut client, "kept").await.unwrap_err();
+    assert!(err.starts_with("26000"), "{err}");
+    assert_eq!(value(&mut client, "show statement_timeout").await, "0");
+    assert_eq!(
+        execute(&mut other, "closed").await.unwrap(),
+        vec![vec![Some("closed".into())]]
+    );
+    // SQL PREPARE pins: EXECUTE and DEALLOCATE find the statement whatever the others do.
+    rows(&mut client, "prepare sql_stmt (int) as select $1 + 1").await;
+    let pid = value(&mut client, "select pg_backend_pid()").await;
+    for i in 0..3 {
+        assert_ne!(value(&mut other, "select pg_backend_pid()").await, pid);
+        assert_eq!(
+            value(&mut client, &format!("execute sql_stmt({i})")).await,
+            (i + 1).to_string()
+        );
+    }
+    rows(&mut client, "deallocate sql_stmt").await;
+    let msgs = client.simple_query("execute sql_stmt(1)").await;
+    assert_eq!(
+        raw::first_error(&msgs).map(|e| e.code),
+        Some("26000".to_owned())
+    );
+}
+
 // === session mode ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -835,6 +835,7 @@ impl Session {
                                             reason = why,
                                             "client pinned to its server connection"
                                         );
+                                        self.app.metrics().count_pin(why);
                                         self.pinned = Some(why);
                                     }
                                 }

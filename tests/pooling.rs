@@ -893,6 +893,13 @@ async fn close_deallocate_and_discard_all_are_honoured_and_sql_prepare_pins() {
             (i + 1).to_string()
         );
     }
+    let metrics = proxy.app.metrics().render(&proxy.app.topology().load());
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("pinned") && l.contains("SQL PREPARE") && !l.starts_with('#')),
+        "{metrics}"
+    );
     rows(&mut client, "deallocate sql_stmt").await;
     let msgs = client.simple_query("execute sql_stmt(1)").await;
     assert_eq!(

@@ -604,6 +604,9 @@ impl Session {
             let guarded = self.guard.as_ref().is_some_and(|g| g.standby);
             let guarded_some = self.guard.is_some();
             let capture_lsn = owner == Some(ReplyOwner::Lsn);
+            // A notification that arrives while the proxy's own reply is being read is still
+            // the client's.
+            let proxy_reply = matches!(owner, Some(ReplyOwner::Proxy | ReplyOwner::Lsn));
             let step = server
                 .scanner
                 .step(&server.rbuf, max_inspect, |t| {
@@ -629,6 +632,7 @@ impl Session {
                         )
                         || (t == btag::PARSE_COMPLETE && want_parse_complete)
                         || (t == btag::DATA_ROW && capture_lsn)
+                        || (t == btag::NOTIFICATION_RESPONSE && proxy_reply)
                 })
                 .map_err(|e| server.proto(e))?;
             // Replies with no owner are asynchronous (NOTIFY, notices): they are the client's.
@@ -696,6 +700,8 @@ impl Session {
                                         server.broken = true;
                                     }
                                 }
+                                // Not part of the discarded reply.
+                                btag::NOTIFICATION_RESPONSE => self.client.push(frame),
                                 _ => {}
                             }
                             continue;
@@ -736,7 +742,11 @@ impl Session {
                                     invalidate_bound_statements(server, seq);
                                 }
                                 if (g.standby && is_misroute(&fields)) || stale {
-                                    tracing::debug!(code = %fields.code, "standby refused a read; retrying on the primary");
+                                    if stale {
+                                        tracing::debug!("a prepared statement's result type changed; preparing it again");
+                                    } else {
+                                        tracing::debug!(code = %fields.code, "standby refused a read; retrying on the primary");
+                                    }
                                     g.discarding = true;
                                     g.code = fields.code.clone();
                                     if g.standby {
@@ -845,6 +855,7 @@ impl Session {
                         btag::DATA_ROW if capture_lsn => {
                             server.track.captured_lsn = parse_lsn_row(body);
                         }
+                        btag::NOTIFICATION_RESPONSE => self.client.push(frame),
                         btag::PARAMETER_STATUS => {
                             server.record_parameter(body)?;
                             if for_client {

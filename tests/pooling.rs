@@ -740,8 +740,28 @@ async fn listener_is_pinned_and_receives_every_notify() {
         .await
         .unwrap();
     let pid = pid_of(&listener.client).await;
+    // The listener keeps its server connection, and keeps using it (every prepared query also
+    // makes the proxy deallocate the previous one in front of the next), while the others come
+    // and go: notifications arrive in the middle of all of it.
+    let client = Arc::new(listener.client);
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let busy = {
+        let client = client.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut queries = 0;
+            loop {
+                assert_eq!(pid_of(&client).await, pid);
+                queries += 1;
+                tokio::select! {
+                    _ = stop.notified() => return queries,
+                    _ = tokio::task::yield_now() => {}
+                }
+            }
+        })
+    };
     const SENDERS: usize = 3;
-    const EACH: usize = 10;
+    const EACH: usize = 20;
     let mut senders = Vec::new();
     for s in 0..SENDERS {
         let client = proxy.connect().await;
@@ -771,16 +791,18 @@ async fn listener_is_pinned_and_receives_every_notify() {
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => break,
         }
-        // The listener keeps its server connection while the others come and go.
-        if got.len() % 10 == 5 {
-            assert_eq!(pid_of(&listener.client).await, pid);
-        }
     }
     for s in senders {
         s.await.unwrap();
     }
-    assert_eq!(got.len(), SENDERS * EACH, "got {got:?}");
-    assert_eq!(pid_of(&listener.client).await, pid);
+    stop.notify_one();
+    let queries = busy.await.unwrap();
+    assert_eq!(
+        got.len(),
+        SENDERS * EACH,
+        "after {queries} listener queries, got {got:?}"
+    );
+    assert_eq!(pid_of(&client).await, pid);
     let metrics = proxy.app.metrics().render(&proxy.app.topology().load());
     assert!(
         metrics

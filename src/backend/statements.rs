@@ -144,14 +144,6 @@ impl ServerStatements {
         }
     }
 
-    /// The definition hash of the statement prepared as `name`, if any.
-    pub fn hash_of_name(&self, name: &str) -> Option<u64> {
-        self.by_hash
-            .iter()
-            .find(|(_, e)| &*e.name == name)
-            .map(|(h, _)| *h)
-    }
-
     /// Server-side names to deallocate now; the caller sends the deallocation.
     pub fn take_pending_close(&mut self) -> Vec<Arc<str>> {
         std::mem::take(&mut self.pending_close)
@@ -226,7 +218,6 @@ mod tests {
         let a = StatementDef::new(Bytes::from_static(b"select * from t\0\0\0"));
         let n = s.fresh_name();
         s.insert(a.clone(), n.clone());
-        assert_eq!(s.hash_of_name(&n), Some(a.hash));
         s.invalidate(a.hash);
         assert!(s.name_of(&a).is_none());
         assert_eq!(s.take_pending_close(), vec![n]);

@@ -727,6 +727,30 @@ async fn statement_cache_is_bounded_and_evicted_statements_still_work() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_prepared_statement_replies_keep_their_order_and_large_rows_stream() {
+    // Outside a transaction a request that binds a prepared statement is guarded (see the DDL
+    // tests): what the proxy holds back must still reach the client first, in order.
+    let proxy = common::start_proxy().await;
+    let mut client = raw_login(proxy.addr, &[]).await;
+    const LEN: usize = 20 << 20;
+    prepare(&mut client, "big", &format!("select repeat('x', {LEN})")).await;
+    for _ in 0..2 {
+        // Bind + Execute + Sync: BindComplete, then the (large) row, CommandComplete,
+        // ReadyForQuery.
+        let mut bind = b"\0big\0".to_vec();
+        bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let mut b = raw::frame(b'B', &bind);
+        b.extend(raw::frame(b'E', b"\0\0\0\0\0"));
+        b.extend(raw::frame(b'S', b""));
+        client.send(&b).await;
+        let msgs = client.recv_until(b'Z').await;
+        let tags: Vec<char> = msgs.iter().map(|m| m.tag as char).collect();
+        assert_eq!(tags, ['2', 'D', 'C', 'Z'], "{msgs:?}");
+        assert_eq!(msgs[1].data_row()[0].as_ref().map(String::len), Some(LEN));
+    }
+}
+
 // === LISTEN / NOTIFY ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

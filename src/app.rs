@@ -123,6 +123,35 @@ impl Settings {
     }
 }
 
+/// Keeps the pools in shape until shutdown: idle connections past `server_idle_timeout` or
+/// `server_lifetime` are closed, and `min_idle` connections are kept open.
+async fn maintain_pools(app: App) {
+    let every = app.inner.pools.maintenance_interval();
+    let shutdown = app.inner.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let nodes: Vec<(u64, bool)> = app
+            .inner
+            .topology
+            .load()
+            .nodes
+            .iter()
+            .map(|n| (n.role_epoch, n.healthy))
+            .collect();
+        let pass = app
+            .inner
+            .pools
+            .maintain(|node| nodes.get(node).copied().unwrap_or((0, false)));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = pass => {}
+        }
+    }
+}
+
 /// Shared state behind [`App`].
 struct Inner {
     settings: ArcSwap<Settings>,
@@ -187,6 +216,7 @@ impl App {
             lifetime: cfg.pool.server_lifetime,
             reset_query: cfg.pool.server_reset_query.clone(),
             internal_timeout: cfg.pool.server_connect_timeout,
+            min_idle: cfg.pool.min_idle,
         };
         let pools = Pools::new(
             pool_settings,
@@ -275,6 +305,8 @@ impl App {
                 .spawn(crate::admin::http::run(self.clone(), l));
         }
         let app = self.clone();
+        self.inner.tasks.spawn(maintain_pools(app));
+        let app = self.clone();
         self.inner
             .tasks
             .spawn(crate::net::listener::run(app, listener));
@@ -302,6 +334,7 @@ impl App {
                 tracing::warn!("some connections did not close within {KILL_WAIT:?}");
             }
         }
+        self.inner.pools.close_idle().await;
     }
 
     // === accessors ===

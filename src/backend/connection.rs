@@ -100,6 +100,10 @@ pub struct RequestTrack {
     /// The server is in COPY FROM STDIN, waiting for data: `Some(true)` when the COPY was
     /// started through the extended protocol (ending it then needs a Sync too).
     pub copy_in: Option<bool>,
+    /// Named statements bound by requests in flight: (request sequence number, definition
+    /// hash). A request that fails with "cached plan must not change result type" invalidates
+    /// the statements it bound.
+    pub binds: VecDeque<(u64, u64)>,
 }
 
 /// Parameters as the server reported them (ParameterStatus), plus what the proxy set itself.

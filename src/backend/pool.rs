@@ -10,6 +10,7 @@
 //! push or a pop only, never across an `.await`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ pub struct PoolSettings {
     pub reset_query: Option<String>,
     /// Limit for the proxy's own short queries (reset, rollback, parameter sync).
     pub internal_timeout: Duration,
+    /// Idle connections each pool keeps open in advance (`min_idle`).
+    pub min_idle: usize,
 }
 
 /// A checked-out server connection.
@@ -101,7 +104,16 @@ pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     /// Parameters a fresh connection reports (server defaults), captured from the first one.
     defaults: Mutex<Option<Arc<HashMap<String, String>>>>,
+    /// Statements found stale (DDL changed their result type) on some connection of this
+    /// pool: (generation, definition hash), oldest first, at most [`MAX_STALE`].
+    stale: Mutex<std::collections::VecDeque<(u64, u64)>>,
+    /// Generation of the newest entry of `stale` (0: none yet).
+    stale_generation: AtomicU64,
 }
+
+/// Most stale-statement entries a pool remembers; a connection further behind forgets all of
+/// its statements instead.
+const MAX_STALE: usize = 256;
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -157,15 +169,7 @@ impl Pool {
             });
         }
         let node_permit = self.acquire(&self.node_permits, started).await?;
-        let mut conn = ServerConn::connect(&self.target, self.settings.connect_timeout).await?;
-        conn.role_epoch = role_epoch;
-        {
-            let mut defaults = self.defaults.lock();
-            if defaults.is_none() {
-                *defaults = Some(Arc::new(conn.params().reported.clone()));
-            }
-        }
-        tracing::debug!(pool = %self.name(), pid = conn.cancel_key().pid, "new server connection");
+        let conn = self.connect(role_epoch).await?;
         Ok(Lease {
             conn,
             _active: active,
@@ -174,11 +178,98 @@ impl Pool {
         })
     }
 
+    /// Opens a new connection of this pool.
+    async fn connect(&self, role_epoch: u64) -> Result<ServerConn, BackendError> {
+        let mut conn = ServerConn::connect(&self.target, self.settings.connect_timeout).await?;
+        conn.role_epoch = role_epoch;
+        // Nothing prepared yet: nothing stale either.
+        conn.statements.seen_generation = self.stale_generation.load(Ordering::Acquire);
+        {
+            let mut defaults = self.defaults.lock();
+            if defaults.is_none() {
+                *defaults = Some(Arc::new(conn.params().reported.clone()));
+            }
+        }
+        tracing::debug!(pool = %self.name(), pid = conn.cancel_key().pid, "new server connection");
+        Ok(conn)
+    }
+
+    /// One maintenance pass: closes idle connections past `server_lifetime`, made before the
+    /// node's role last changed (`role_epoch`), or dead; closes those idle past
+    /// `server_idle_timeout` beyond the `min_idle` most recently used; then opens connections
+    /// until `min_idle` are idle, as long as the pool (in use + idle) stays within `pool_size`
+    /// and the node within `max_server_connections` (only when `healthy`: no connection
+    /// attempts to a node known to be down).
+    pub async fn maintain(&self, role_epoch: u64, healthy: bool) {
+        let now = Instant::now();
+        let mut closing = Vec::new();
+        {
+            let mut idle = self.idle.lock();
+            // Most recently used last: keep the newest `min_idle` from the idle timeout.
+            let n = idle.len();
+            let mut kept = Vec::with_capacity(n);
+            for (i, mut c) in idle.drain(..).enumerate() {
+                let protected = n - i <= self.settings.min_idle;
+                let old = self
+                    .settings
+                    .lifetime
+                    .is_some_and(|l| now.duration_since(c.conn.created()) >= l);
+                let idle_too_long = !protected
+                    && self
+                        .settings
+                        .idle_timeout
+                        .is_some_and(|t| now.duration_since(c.conn.last_used) >= t);
+                if old || idle_too_long || c.conn.role_epoch < role_epoch || !c.conn.is_alive() {
+                    closing.push(c);
+                } else {
+                    kept.push(c);
+                }
+            }
+            *idle = kept;
+        }
+        for c in closing {
+            tracing::debug!(pool = %self.name(), conn = ?c.conn, "closing idle server connection");
+            c.conn.close().await;
+        }
+        if self.settings.min_idle == 0 || !healthy {
+            return;
+        }
+        loop {
+            let idle = self.idle_count();
+            let in_use = self.settings.pool_size - self.active.available_permits();
+            if idle >= self.settings.min_idle || idle + in_use >= self.settings.pool_size {
+                return;
+            }
+            let Ok(node_permit) = self.node_permits.clone().try_acquire_owned() else {
+                return;
+            };
+            match self.connect(role_epoch).await {
+                Ok(mut conn) => {
+                    conn.last_used = Instant::now();
+                    self.idle.lock().insert(0, Idle { conn, node_permit });
+                }
+                Err(e) => {
+                    tracing::debug!(pool = %self.name(), error = %e, "could not open an idle server connection");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Closes every idle connection (at shutdown).
+    pub async fn close_idle(&self) {
+        let idle: Vec<Idle> = std::mem::take(&mut *self.idle.lock());
+        for c in idle {
+            c.conn.close().await;
+        }
+    }
+
     /// Gives a connection back for the next client as it is: its parameters and prepared
     /// statements are tracked, so the next session adjusts them (transaction pooling). A
     /// connection that is not idle (mid-reply, in a transaction, broken) or has outlived its
     /// limits is closed instead.
-    pub fn checkin(&self, lease: Lease) {
+    pub fn checkin(&self, mut lease: Lease) {
+        self.sync_statements(&mut lease.conn);
         if !self.is_reusable(&lease.conn) {
             tracing::debug!(pool = %self.name(), conn = ?lease.conn, "closing server connection");
             tokio::spawn(lease.conn.close());
@@ -218,7 +309,35 @@ impl Pool {
     fn is_reusable(&self, conn: &ServerConn) -> bool {
         conn.is_idle()
             && !self.is_expired(conn)
-            && conn.statements.len() <= super::statements::MAX_SERVER_STATEMENTS
+            && conn.statements.pending_close_len() <= super::statements::MAX_PENDING_CLOSE
+    }
+
+    /// Shares what `conn` learned about stale statements with the pool, and forgets the
+    /// statements other connections of the pool found stale since `conn` last looked, so that
+    /// after DDL each statement fails (at most) once per pool rather than once per connection.
+    pub fn sync_statements(&self, conn: &mut ServerConn) {
+        let current = self.stale_generation.load(Ordering::Acquire);
+        if conn.statements.newly_stale.is_empty() && conn.statements.seen_generation == current {
+            return;
+        }
+        let mut stale = self.stale.lock();
+        for hash in std::mem::take(&mut conn.statements.newly_stale) {
+            let generation = self.stale_generation.fetch_add(1, Ordering::AcqRel) + 1;
+            stale.push_back((generation, hash));
+            if stale.len() > MAX_STALE {
+                stale.pop_front();
+            }
+        }
+        let seen = conn.statements.seen_generation;
+        if stale.front().is_some_and(|(g, _)| *g > seen + 1) {
+            // Entries this connection never saw were dropped: forget everything.
+            conn.statements.invalidate_all();
+        } else {
+            for (_, hash) in stale.iter().filter(|(g, _)| *g > seen) {
+                conn.statements.invalidate(*hash);
+            }
+        }
+        conn.statements.seen_generation = self.stale_generation.load(Ordering::Acquire);
     }
 
     fn push_idle(&self, lease: Lease) {
@@ -313,9 +432,39 @@ impl Pools {
                     node_permits: self.node_permits[target.node].clone(),
                     idle: Mutex::new(Vec::new()),
                     defaults: Mutex::new(None),
+                    stale: Mutex::new(std::collections::VecDeque::new()),
+                    stale_generation: AtomicU64::new(0),
                 })
             })
             .clone()
+    }
+
+    /// Every pool's maintenance pass (see [`Pool::maintain`]); `node_state(node)` is the
+    /// node's current role epoch and whether it is healthy.
+    pub async fn maintain(&self, node_state: impl Fn(usize) -> (u64, bool)) {
+        for pool in self.all() {
+            let (epoch, healthy) = node_state(pool.key.node);
+            pool.maintain(epoch, healthy).await;
+        }
+    }
+
+    /// How often [`Pools::maintain`] should run for these settings.
+    pub fn maintenance_interval(&self) -> Duration {
+        let mut every = Duration::from_secs(1);
+        for t in [self.settings.idle_timeout, self.settings.lifetime]
+            .into_iter()
+            .flatten()
+        {
+            every = every.min(t / 4);
+        }
+        every.max(Duration::from_millis(50))
+    }
+
+    /// Closes every pool's idle connections (at shutdown).
+    pub async fn close_idle(&self) {
+        for pool in self.all() {
+            pool.close_idle().await;
+        }
     }
 
     /// Every pool (for admin views and maintenance).

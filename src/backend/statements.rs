@@ -33,24 +33,54 @@ impl StatementDef {
     }
 }
 
-/// Statements prepared on one server connection, by definition.
+/// Statements prepared on one server connection, by definition: a bounded cache. Beyond
+/// [`MAX_SERVER_STATEMENTS`] the least recently used statement is evicted; evicted and
+/// invalidated statements are deallocated on the server by the next request that finds the
+/// connection idle (see [`ServerStatements::take_pending_close`]), never while a request
+/// already sent may still use them.
 #[derive(Debug, Default)]
 pub struct ServerStatements {
-    /// Server-side name for each definition prepared on this connection.
-    by_hash: HashMap<u64, (Arc<StatementDef>, Arc<str>)>,
+    /// Server-side name and last use (a tick of `clock`) for each definition prepared on
+    /// this connection.
+    by_hash: HashMap<u64, Entry>,
     /// Source of fresh server-side names.
     next: u64,
+    /// Advances on every use, for least-recently-used eviction.
+    clock: u64,
+    /// Server-side names to deallocate (evicted or invalidated), oldest first.
+    pending_close: Vec<Arc<str>>,
+    /// Statements found stale on this connection ("cached plan must not change result type")
+    /// that the pool has not been told about yet, by definition hash.
+    pub(crate) newly_stale: Vec<u64>,
+    /// The pool's invalidation generation this connection has applied.
+    pub(crate) seen_generation: u64,
 }
 
-/// Most statements kept prepared on one server connection; beyond it the connection is retired
-/// at its next check-in instead of growing without bound.
-pub const MAX_SERVER_STATEMENTS: usize = 10_000;
+#[derive(Debug)]
+struct Entry {
+    def: Arc<StatementDef>,
+    name: Arc<str>,
+    used: u64,
+}
+
+/// Most statements kept prepared on one server connection; beyond it the least recently used
+/// one is evicted (and deallocated on the server).
+pub const MAX_SERVER_STATEMENTS: usize = 1_000;
+
+/// Most server-side names waiting to be deallocated; beyond it the connection is retired at
+/// its next check-in rather than holding more (a client that keeps a connection busy in one
+/// long transaction while preparing thousands of statements).
+pub const MAX_PENDING_CLOSE: usize = 1_000;
 
 impl ServerStatements {
-    /// The server-side name of `def` on this connection, if prepared.
-    pub fn name_of(&self, def: &StatementDef) -> Option<&Arc<str>> {
-        match self.by_hash.get(&def.hash) {
-            Some((d, name)) if d.body == def.body => Some(name),
+    /// The server-side name of `def` on this connection, if prepared; counts as a use.
+    pub fn name_of(&mut self, def: &StatementDef) -> Option<&Arc<str>> {
+        self.clock += 1;
+        match self.by_hash.get_mut(&def.hash) {
+            Some(e) if e.def.body == def.body => {
+                e.used = self.clock;
+                Some(&e.name)
+            }
             _ => None,
         }
     }
@@ -61,23 +91,74 @@ impl ServerStatements {
         Arc::from(format!("cw_{}", self.next))
     }
 
-    /// Records that `def` is prepared as `name`.
+    /// Records that `def` is prepared as `name`, evicting the least recently used statement
+    /// when the cache is full. A statement replaced by `def` (same hash) is deallocated too.
     pub fn insert(&mut self, def: Arc<StatementDef>, name: Arc<str>) {
-        self.by_hash.insert(def.hash, (def, name));
+        self.clock += 1;
+        let hash = def.hash;
+        let entry = Entry {
+            def,
+            name,
+            used: self.clock,
+        };
+        if let Some(old) = self.by_hash.insert(hash, entry) {
+            self.pending_close.push(old.name);
+        }
+        while self.by_hash.len() > MAX_SERVER_STATEMENTS {
+            let Some(oldest) = self
+                .by_hash
+                .iter()
+                .filter(|(h, _)| **h != hash)
+                .min_by_key(|(_, e)| e.used)
+                .map(|(h, _)| *h)
+            else {
+                break;
+            };
+            if let Some(e) = self.by_hash.remove(&oldest) {
+                self.pending_close.push(e.name);
+            }
+        }
     }
 
-    /// Forgets `def` if it is prepared as `name` (its Parse failed).
+    /// Forgets `def` if it is prepared as `name` (its Parse failed: nothing to deallocate).
     pub fn remove(&mut self, def: &StatementDef, name: &str) {
-        if let Some((_, n)) = self.by_hash.get(&def.hash) {
-            if &**n == name {
+        if let Some(e) = self.by_hash.get(&def.hash) {
+            if &*e.name == name {
                 self.by_hash.remove(&def.hash);
             }
         }
     }
 
-    /// Forgets everything (after `DISCARD ALL` / `DEALLOCATE ALL` on the connection).
+    /// Forgets the statement with definition hash `hash` and queues its server-side name for
+    /// deallocation, so the next use prepares it again (after DDL changed its result type).
+    pub fn invalidate(&mut self, hash: u64) {
+        if let Some(e) = self.by_hash.remove(&hash) {
+            self.pending_close.push(e.name);
+        }
+    }
+
+    /// Forgets every statement and queues them all for deallocation.
+    pub fn invalidate_all(&mut self) {
+        for (_, e) in self.by_hash.drain() {
+            self.pending_close.push(e.name);
+        }
+    }
+
+    /// Server-side names to deallocate now; the caller sends the deallocation.
+    pub fn take_pending_close(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.pending_close)
+    }
+
+    /// Number of server-side names waiting to be deallocated.
+    pub fn pending_close_len(&self) -> usize {
+        self.pending_close.len()
+    }
+
+    /// Forgets everything (after `DISCARD ALL` / `DEALLOCATE ALL` on the connection: nothing
+    /// is left to deallocate either).
     pub fn clear(&mut self) {
         self.by_hash.clear();
+        self.pending_close.clear();
     }
 
     /// Number of statements prepared.
@@ -109,5 +190,36 @@ mod tests {
         assert_ne!(s.fresh_name(), n);
         s.clear();
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn least_recently_used_statement_is_evicted_and_deallocated() {
+        let mut s = ServerStatements::default();
+        let defs: Vec<_> = (0..=MAX_SERVER_STATEMENTS)
+            .map(|i| StatementDef::new(Bytes::from(format!("select {i}\0\0\0"))))
+            .collect();
+        for d in &defs[..MAX_SERVER_STATEMENTS] {
+            let n = s.fresh_name();
+            s.insert(d.clone(), n);
+        }
+        // The first one is used again, so the second is the least recently used.
+        assert!(s.name_of(&defs[0]).is_some());
+        let n = s.fresh_name();
+        s.insert(defs[MAX_SERVER_STATEMENTS].clone(), n);
+        assert_eq!(s.len(), MAX_SERVER_STATEMENTS);
+        assert!(s.name_of(&defs[0]).is_some());
+        assert!(s.name_of(&defs[1]).is_none());
+        assert_eq!(s.take_pending_close(), vec![Arc::<str>::from("cw_2")]);
+    }
+
+    #[test]
+    fn invalidated_statement_is_prepared_again() {
+        let mut s = ServerStatements::default();
+        let a = StatementDef::new(Bytes::from_static(b"select * from t\0\0\0"));
+        let n = s.fresh_name();
+        s.insert(a.clone(), n.clone());
+        s.invalidate(a.hash);
+        assert!(s.name_of(&a).is_none());
+        assert_eq!(s.take_pending_close(), vec![n]);
     }
 }

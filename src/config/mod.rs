@@ -412,18 +412,11 @@ pub struct Unimplemented {
 }
 
 /// Keys that load but do nothing yet. Shrink this list as features land.
-pub const NOT_YET_IMPLEMENTED: &[Unimplemented] = &[
-    Unimplemented {
-        key: "proxy.admin_users",
-        value: None,
-        note: "the admin console is not implemented",
-    },
-    Unimplemented {
-        key: "pool.min_idle",
-        value: None,
-        note: "pools do not keep idle connections open in advance",
-    },
-];
+pub const NOT_YET_IMPLEMENTED: &[Unimplemented] = &[Unimplemented {
+    key: "proxy.admin_users",
+    value: None,
+    note: "the admin console is not implemented",
+}];
 
 /// An environment variable that overrides one key, applied after the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1004,8 +1004,6 @@ fn notices_for_unimplemented_keys_set_explicitly() {
         [
             "`proxy.admin_users` is accepted but has no effect yet: the admin console is not \
              implemented",
-            "`pool.min_idle` is accepted but has no effect yet: pools do not keep idle \
-             connections open in advance",
         ]
     );
     assert_eq!(notices[0].line, Some(11));

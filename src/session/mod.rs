@@ -149,6 +149,8 @@ pub struct Session {
     retry_now: Option<route::MisrouteGuard>,
     /// The next dispatch goes to the primary whatever the router says (a retry).
     force_primary: bool,
+    /// The next dispatch re-runs a request after a stale cached plan: no second re-run.
+    retrying: bool,
     /// A request that may have written ran on the primary since the last captured WAL
     /// position (read-your-writes).
     wrote_in_transaction: bool,
@@ -261,6 +263,7 @@ impl Session {
             guard: None,
             retry_now: None,
             force_primary: false,
+            retrying: false,
             wrote_in_transaction: false,
             lsn_probe_after_reply: false,
             deferred: Vec::new(),

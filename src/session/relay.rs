@@ -125,6 +125,13 @@ impl Session {
                     return Err(e.into());
                 }
             }
+            if let Some(lease) = self.server.as_mut() {
+                if !lease.statements.newly_stale.is_empty() {
+                    // Tell the pool now, so other connections re-prepare before their clients
+                    // hit the same stale plan.
+                    lease.pool().clone().sync_statements(lease);
+                }
+            }
             if self.params_dirty {
                 self.refresh_params().await?;
             }
@@ -429,19 +436,42 @@ impl Session {
                 Err(e) => return Err(e),
             }
         }
-        let Some(server) = self.server.as_deref_mut() else {
+        let retrying = std::mem::take(&mut self.retrying);
+        let Some(lease) = self.server.as_mut() else {
             return Ok(());
         };
-        // A connection fresh from the pool may carry another client's parameters: bring them
-        // in line first, in the same write (its reply is swallowed).
-        if !server.track.unsynced && server.pending.is_empty() {
+        // Statements another connection of the pool found stale (DDL) are prepared again here
+        // too.
+        lease.pool().clone().sync_statements(lease);
+        let server = &mut **lease;
+        let quiet = !server.track.unsynced && server.pending.is_empty();
+        // A request that binds prepared statements, alone on an idle connection outside a
+        // transaction, is guarded: if DDL changed a statement's result type since it was
+        // prepared here, it is prepared again and the request re-run, unseen by the client.
+        let stale_guard = guard_target.is_none()
+            && !retrying
+            && quiet
+            && term == Terminator::Sync
+            && !self.tx_status.is_in_transaction()
+            && server.status == TxStatus::Idle
+            && binds_named_statement(&self.batch, &self.state);
+        if quiet {
+            // Statements evicted from the connection's cache or found stale are deallocated
+            // while nothing else runs on it.
+            if server.status == TxStatus::Idle && server.statements.pending_close_len() > 0 {
+                let names = server.statements.take_pending_close();
+                request::close_statements(&mut server.wbuf, &names);
+                server.pending.push_back(ReplyOwner::Proxy);
+            }
+            // A connection fresh from the pool may carry another client's parameters: bring
+            // them in line first, in the same write (its reply is swallowed).
             if let Some(sql) = request::param_sync_sql(&self.state.params, &mut server.params) {
                 messages::query(&mut server.wbuf, &sql);
                 server.pending.push_back(ReplyOwner::Proxy);
             }
         }
         let seq = server.track.next_seq;
-        if guard_target.is_some() {
+        if guard_target.is_some() || stale_guard {
             self.guard = Some(super::route::MisrouteGuard {
                 frames: self.batch.clone(),
                 term_is_sync: term == Terminator::Sync,
@@ -449,6 +479,8 @@ impl Session {
                 held: Vec::new(),
                 discarding: false,
                 code: String::new(),
+                standby: guard_target.is_some(),
+                error: None,
             });
         }
         request::write_batch(&self.batch, &mut self.state, server, seq)?;
@@ -620,13 +652,19 @@ impl Session {
         &mut self,
         g: super::route::MisrouteGuard,
     ) -> Result<(), SessionError> {
-        self.app.metrics().misroute_retries.inc();
+        let stale = !g.standby;
+        if stale {
+            tracing::debug!("prepared statement's result type changed; re-running the request");
+            self.retrying = true;
+        } else {
+            self.app.metrics().misroute_retries.inc();
+        }
         if g.code == "25006" {
             self.app.learn_write(g.learn_key);
         }
         // The standby's connection is done with this request.
         self.maybe_release();
-        if self.server.is_some() {
+        if self.server.is_some() && !stale {
             // Still held (should not happen outside a transaction): fail rather than guess.
             self.fail_request(
                 &ProxyError::error(
@@ -645,7 +683,9 @@ impl Session {
         let later = std::mem::replace(&mut self.batch, g.frames);
         let later_len =
             std::mem::replace(&mut self.batch_len, self.batch.iter().map(Frame::len).sum());
-        self.force_primary = true;
+        // A misroute goes to the primary; a stale plan where the router sends it (or on the
+        // connection still held).
+        self.force_primary = !stale;
         let r = self
             .dispatch(if g.term_is_sync {
                 Terminator::Sync
@@ -688,12 +728,29 @@ impl Session {
         loop {
             let owner = server.pending.front().copied();
             let want_parse_complete = !server.track.parses.is_empty();
-            let guarded = self.guard.is_some();
+            // A standby read's guard reads every message; a prepared statement's guard only
+            // those it holds back or decides on (a large first row streams as usual and ends
+            // the guard, see `Step::Passthrough`).
+            let guarded = self.guard.as_ref().is_some_and(|g| g.standby);
+            let guarded_some = self.guard.is_some();
             let capture_lsn = owner == Some(ReplyOwner::Lsn);
+            // A notification that arrives while the proxy's own reply is being read is still
+            // the client's.
+            let proxy_reply = matches!(owner, Some(ReplyOwner::Proxy | ReplyOwner::Lsn));
             let step = server
                 .scanner
                 .step(&server.rbuf, max_inspect, |t| {
                     guarded
+                        || (guarded_some
+                            && matches!(
+                                t,
+                                btag::BIND_COMPLETE
+                                    | btag::CLOSE_COMPLETE
+                                    | btag::PARAMETER_DESCRIPTION
+                                    | btag::NO_DATA
+                                    | btag::NOTICE_RESPONSE
+                                    | btag::PARSE_COMPLETE
+                            ))
                         || matches!(
                             t,
                             btag::READY_FOR_QUERY
@@ -705,6 +762,7 @@ impl Session {
                         )
                         || (t == btag::PARSE_COMPLETE && want_parse_complete)
                         || (t == btag::DATA_ROW && capture_lsn)
+                        || (t == btag::NOTIFICATION_RESPONSE && proxy_reply)
                 })
                 .map_err(|e| server.proto(e))?;
             // Replies with no owner are asynchronous (NOTIFY, notices): they are the client's.
@@ -713,6 +771,15 @@ impl Session {
                 Step::NeedMore => return Ok(Flow::Continue),
                 Step::Passthrough(n) => {
                     let chunk = server.rbuf.split_to(n).freeze();
+                    if for_client && matches!(owner, Some(ReplyOwner::Client { .. })) {
+                        // The request answers (rows, a result): a prepared statement's guard
+                        // lets what it held go first and ends.
+                        if let Some(g) = self.guard.take_if(|g| !g.standby && !g.discarding) {
+                            for b in g.held {
+                                self.client.push(b);
+                            }
+                        }
+                    }
                     if for_client {
                         self.client.push(chunk);
                     }
@@ -726,7 +793,24 @@ impl Session {
                         // Misroute guard: a read sent to a standby is held back until it is
                         // clear the standby will answer it (a row, a result, a non-retryable
                         // error), so a refusal can be re-run on the primary unseen.
-                        if g.discarding {
+                        // A stale plan is re-run only if nothing was sent behind it.
+                        let rerun_ok = g.standby
+                            || (!server.track.unsynced
+                                && server
+                                    .pending
+                                    .iter()
+                                    .skip(1)
+                                    .all(|o| !matches!(o, ReplyOwner::Client { .. })));
+                        if g.discarding && h.tag == btag::READY_FOR_QUERY && !rerun_ok {
+                            // Give up the re-run: the client gets the reply as it was.
+                            for b in g.held.drain(..) {
+                                self.client.push(b);
+                            }
+                            if let Some(e) = g.error.take() {
+                                self.client.push(e);
+                            }
+                            self.guard = None;
+                        } else if g.discarding {
                             match h.tag {
                                 btag::READY_FOR_QUERY => {
                                     server.status =
@@ -746,10 +830,16 @@ impl Session {
                                         server.broken = true;
                                     }
                                 }
+                                // Not part of the discarded reply.
+                                btag::NOTIFICATION_RESPONSE => self.client.push(frame),
                                 _ => {}
                             }
                             continue;
                         }
+                    }
+                    if let (Some(g), Some(ReplyOwner::Client { seq, .. })) =
+                        (self.guard.as_mut(), owner)
+                    {
                         match h.tag {
                             btag::PARSE_COMPLETE => {
                                 let added = server
@@ -777,11 +867,23 @@ impl Session {
                             }
                             btag::ERROR_RESPONSE => {
                                 let fields = be::error_fields(body).map_err(|e| server.proto(e))?;
-                                if is_misroute(&fields) {
-                                    tracing::debug!(code = %fields.code, "standby refused a read; retrying on the primary");
+                                let stale = is_stale_plan(&fields, server, seq);
+                                if stale {
+                                    invalidate_bound_statements(server, seq);
+                                }
+                                if (g.standby && is_misroute(&fields)) || stale {
+                                    if stale {
+                                        tracing::debug!("a prepared statement's result type changed; preparing it again");
+                                    } else {
+                                        tracing::debug!(code = %fields.code, "standby refused a read; retrying on the primary");
+                                    }
                                     g.discarding = true;
                                     g.code = fields.code.clone();
-                                    g.held.clear();
+                                    if g.standby {
+                                        g.held.clear();
+                                    } else {
+                                        g.error = Some(frame);
+                                    }
                                     if fields.is_fatal() {
                                         server.broken = true;
                                     }
@@ -867,6 +969,7 @@ impl Session {
                                             reason = why,
                                             "client pinned to its server connection"
                                         );
+                                        self.app.metrics().count_pin(why);
                                         self.pinned = Some(why);
                                     }
                                 }
@@ -876,6 +979,7 @@ impl Session {
                         btag::DATA_ROW if capture_lsn => {
                             server.track.captured_lsn = parse_lsn_row(body);
                         }
+                        btag::NOTIFICATION_RESPONSE => self.client.push(frame),
                         btag::PARAMETER_STATUS => {
                             server.record_parameter(body)?;
                             if for_client {
@@ -884,6 +988,13 @@ impl Session {
                         }
                         btag::ERROR_RESPONSE => {
                             let fields = be::error_fields(body).map_err(|e| server.proto(e))?;
+                            if let Some(ReplyOwner::Client { seq, .. }) = owner {
+                                if is_stale_plan(&fields, server, seq) {
+                                    // The client sees this error once; the statement is
+                                    // prepared again at its next use.
+                                    invalidate_bound_statements(server, seq);
+                                }
+                            }
                             // An error ends COPY IN on the server side.
                             self.copy_in = false;
                             server.track.copy_in = None;
@@ -1006,11 +1117,16 @@ impl Session {
 
 /// Parses of request `seq` (and earlier) still unanswered at its ReadyForQuery were skipped
 /// after an error: they do not exist on the server, nor for the client.
+///
+/// Also forgets the statements bound by those requests (see `RequestTrack::binds`).
 fn rollback_unanswered_parses(
     server: &mut ServerConn,
     state: &mut super::state::ClientState,
     seq: u64,
 ) {
+    while server.track.binds.front().is_some_and(|(s, _)| *s <= seq) {
+        server.track.binds.pop_front();
+    }
     while server.track.parses.front().is_some_and(|p| p.seq <= seq) {
         if let Some(p) = server.track.parses.pop_front() {
             server.statements.remove(&p.def, &p.server_name);
@@ -1021,6 +1137,40 @@ fn rollback_unanswered_parses(
             }
         }
     }
+}
+
+/// Whether an error is PostgreSQL's "cached plan must not change result type" (0A000) for a
+/// request `seq` that bound statements the proxy prepared: DDL changed a statement's result
+/// type after it was prepared on this connection. The code alone is checked (the message may
+/// be translated); another 0A000 for such a request costs one needless re-prepare.
+fn is_stale_plan(e: &be::ErrorFields, server: &ServerConn, seq: u64) -> bool {
+    e.code == "0A000" && server.track.binds.iter().any(|(s, _)| *s == seq)
+}
+
+/// Forgets (and queues for deallocation) the statements request `seq` bound, so their next
+/// use prepares them again; the pool hears of it at the next sync.
+fn invalidate_bound_statements(server: &mut ServerConn, seq: u64) {
+    let hashes: Vec<u64> = server
+        .track
+        .binds
+        .iter()
+        .filter(|(s, _)| *s == seq)
+        .map(|(_, h)| *h)
+        .collect();
+    for h in hashes {
+        server.statements.invalidate(h);
+        server.statements.newly_stale.push(h);
+    }
+}
+
+/// Whether the batch binds one of the client's named prepared statements.
+fn binds_named_statement(batch: &[Frame], state: &super::state::ClientState) -> bool {
+    batch.iter().any(|f| {
+        f.tag() == ftag::BIND
+            && crate::protocol::frontend::bind(f.body()).is_ok_and(|b| {
+                !b.statement.is_empty() && state.statements.contains_key(b.statement)
+            })
+    })
 }
 
 /// Whether a standby's error means "this should not have come here" and the request may be

@@ -76,6 +76,9 @@ pub fn write_batch(
                     body.extend_from_slice(frame.raw());
                     continue;
                 };
+                if let Some(def) = client.statements.get(v.statement) {
+                    server.track.binds.push_back((seq, def.hash));
+                }
                 // portal, statement, then the untouched rest (formats, values, result formats).
                 let rest = &b[v.portal.len() + 1 + v.statement.len() + 1..];
                 put_frame_with(&mut body, ftag::BIND, |o| {
@@ -145,6 +148,20 @@ fn server_name_for(
         seq,
     });
     Some(server_name)
+}
+
+/// Appends Close for each server-side statement name, then Sync: the proxy's own request that
+/// deallocates statements evicted from (or invalidated in) a connection's cache. Closing a
+/// statement that does not exist is not an error, so one that never got prepared costs
+/// nothing. The replies (CloseComplete, ReadyForQuery) are the proxy's.
+pub fn close_statements(out: &mut BytesMut, names: &[std::sync::Arc<str>]) {
+    for name in names {
+        put_frame_with(out, ftag::CLOSE, |o| {
+            o.put_u8(b'S');
+            put_cstr(o, name.as_bytes());
+        });
+    }
+    put_frame_with(out, ftag::SYNC, |_| {});
 }
 
 /// SQL that makes a connection's session parameters equal to `desired`, and the bookkeeping

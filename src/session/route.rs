@@ -553,4 +553,10 @@ pub struct MisrouteGuard {
     pub discarding: bool,
     /// The refusal's SQLSTATE.
     pub code: String,
+    /// Why the request is guarded: a read sent to a standby (any misroute is retried), or a
+    /// request that binds prepared statements (only a stale cached plan is retried).
+    pub standby: bool,
+    /// The error being discarded (a stale plan), sent to the client after all if the request
+    /// cannot be re-run (the client pipelined more requests behind it).
+    pub error: Option<bytes::Bytes>,
 }

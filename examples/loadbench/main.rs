@@ -649,7 +649,7 @@ fn load_runs(
             // New server connections (SCRAM each, pgpool-II to all three nodes) can take longer
             // than a short run: try again, longer, until a run completes transactions.
             let mut last = String::new();
-            let ok = (1..=3).any(|attempt| {
+            let ok = (1..=4).any(|attempt| {
                 match pgbench::run(
                     &pgbench_bin,
                     t.port,

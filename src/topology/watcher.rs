@@ -262,14 +262,30 @@ impl Aggregator {
                     // The server's own answer wins at once: a promotion must not wait for
                     // hysteresis.
                     if role != node.role {
-                        tracing::info!(
-                            node = %node.addr,
-                            timeline = ?p.timeline,
-                            "node {} is {} (was {})",
-                            node.addr,
-                            role.as_str(),
-                            node.role.as_str()
-                        );
+                        let timeline = p
+                            .timeline
+                            .map_or_else(|| "unknown".to_owned(), |t| t.to_string());
+                        match (node.role, role) {
+                            (Role::Standby, Role::Primary) => tracing::warn!(
+                                node = %node.addr,
+                                timeline = ?p.timeline,
+                                "node {} promoted: timeline {timeline}",
+                                node.addr
+                            ),
+                            (Role::Primary, Role::Standby) => tracing::warn!(
+                                node = %node.addr,
+                                timeline = ?p.timeline,
+                                "node {} demoted: back in recovery, receiving timeline {timeline}",
+                                node.addr
+                            ),
+                            _ => tracing::info!(
+                                node = %node.addr,
+                                timeline = ?p.timeline,
+                                "node {} is {}: timeline {timeline}",
+                                node.addr,
+                                role.as_str()
+                            ),
+                        }
                         node.role = role;
                         node.role_epoch += 1;
                     }

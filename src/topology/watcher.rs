@@ -29,6 +29,9 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) \
      ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
 
+/// How the error of a probe that got no answer in time starts.
+const PROBE_TIMED_OUT: &str = "probe timed out";
+
 /// What the watcher needs to reach the nodes.
 #[derive(Debug, Clone)]
 pub struct WatcherSettings {
@@ -82,6 +85,7 @@ pub fn spawn(
             node,
             settings: settings.clone(),
             client: None,
+            timeouts: 0,
         };
         tasks.spawn(probe.run(tx.clone(), cancel.clone()));
     }
@@ -94,6 +98,8 @@ struct Probe {
     node: NodeId,
     settings: WatcherSettings,
     client: Option<(Client, Statement)>,
+    /// Consecutive probes on the current connection that timed out.
+    timeouts: u32,
 }
 
 impl Probe {
@@ -109,9 +115,23 @@ impl Probe {
                 _ = cancel.cancelled() => return,
                 r = self.check() => r,
             };
-            if result.is_err() {
-                // Start over with a fresh connection next time.
-                self.client = None;
+            match &result {
+                Ok(_) => self.timeouts = 0,
+                // A probe that timed out leaves its connection for the next check (up to the
+                // health threshold): the next probe then times out after `query_timeout` too,
+                // instead of a reconnect to a hung node taking `connect_timeout` more. So a
+                // black-holed node is out after `health_threshold` checks of `query_timeout`.
+                Err(e)
+                    if e.starts_with(PROBE_TIMED_OUT)
+                        && self.timeouts + 1 < self.settings.health_threshold =>
+                {
+                    self.timeouts += 1;
+                }
+                Err(_) => {
+                    // Start over with a fresh connection next time.
+                    self.client = None;
+                    self.timeouts = 0;
+                }
             }
             if tx
                 .send(Observation {
@@ -135,7 +155,7 @@ impl Probe {
         };
         let row = tokio::time::timeout(self.settings.query_timeout, client.query_one(stmt, &[]))
             .await
-            .map_err(|_| format!("probe timed out after {:?}", self.settings.query_timeout))?
+            .map_err(|_| format!("{PROBE_TIMED_OUT} after {:?}", self.settings.query_timeout))?
             .map_err(|e| format!("probe failed: {e}"))?;
         let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
         let lsn: Option<PgLsn> = row.try_get(1).map_err(|e| e.to_string())?;

@@ -329,24 +329,61 @@ impl Session {
     }
 
     /// Checks out a server connection for `target` and applies the client's parameters to it.
+    ///
+    /// For the primary this waits up to `primary_wait`: for one to be known, and also when the
+    /// known one cannot be reached (it just died and the watcher has not noticed yet, or it is
+    /// shutting down): then it retries once the topology changes or a check interval passed.
+    /// Only when the wait is over does the client get 57P03.
     async fn acquire(&mut self, target: Target) -> Result<Lease, SessionError> {
         let settings = self.app.settings();
-        let node = match target {
-            Target::Primary => {
-                let wait = settings.config.routing.primary_wait;
-                let topology = self.app.topology();
-                match topology.load().primary {
-                    Some(p) => p,
-                    None => topology.wait_for_primary(wait).await.ok_or_else(|| {
-                        SessionError::Fatal(ProxyError::error(
-                            SqlState::CANNOT_CONNECT_NOW,
-                            format!("no primary server is available (waited {wait:?})"),
-                        ))
-                    })?,
-                }
-            }
-            Target::Node(n) => n,
+        let wait = settings.config.routing.primary_wait;
+        let retry = settings.config.routing.check_interval;
+        drop(settings);
+        let deadline = tokio::time::Instant::now() + wait;
+        let no_primary = |why: String| {
+            SessionError::Fatal(ProxyError::error(
+                SqlState::CANNOT_CONNECT_NOW,
+                format!("no primary server is available (waited {wait:?}){why}"),
+            ))
         };
+        loop {
+            let node = match target {
+                Target::Primary => {
+                    let topology = self.app.topology().clone();
+                    let current = topology.load().primary;
+                    match current {
+                        Some(p) => p,
+                        None => topology
+                            .wait_for_primary(
+                                deadline.saturating_duration_since(tokio::time::Instant::now()),
+                            )
+                            .await
+                            .ok_or_else(|| no_primary(String::new()))?,
+                    }
+                }
+                Target::Node(n) => n,
+            };
+            match self.acquire_on(node).await {
+                Err(SessionError::Backend(e))
+                    if target == Target::Primary && is_unreachable(&e) =>
+                {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(no_primary(format!("; last error: {e}")));
+                    }
+                    tracing::debug!(error = %e, "primary unreachable; waiting for the topology to change");
+                    let topology = self.app.topology().clone();
+                    topology
+                        .wait_until(retry.min(left), |t| t.primary != Some(node))
+                        .await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`acquire`](Self::acquire) on a known node.
+    async fn acquire_on(&mut self, node: usize) -> Result<Lease, SessionError> {
         self.in_flight = Some(self.app.in_flight(node));
         self.server_kind = if self.app.topology().load().primary == Some(node) {
             crate::metrics::RouteKind::Primary
@@ -553,5 +590,20 @@ async fn release(mut lease: Lease, app: &App, reset: bool) {
         pool.reset_and_checkin(lease).await;
     } else {
         pool.checkin(lease);
+    }
+}
+
+/// Whether a failed checkout means the node cannot be reached (down, restarting, shutting
+/// down) rather than that the request itself is wrong.
+fn is_unreachable(e: &BackendError) -> bool {
+    match e {
+        BackendError::Connect { .. }
+        | BackendError::Timeout { .. }
+        | BackendError::Io { .. }
+        | BackendError::Closed { .. } => true,
+        BackendError::Server { fields, .. } => {
+            matches!(fields.code.as_str(), "57P01" | "57P02" | "57P03")
+        }
+        _ => false,
     }
 }

@@ -181,6 +181,10 @@ pub struct Session {
     /// The server connection died while the client had a transaction open (and no request
     /// in flight): the client's next request fails with this error.
     lost_transaction: Option<ProxyError>,
+    /// Set while `begin` gets the connection for the welcome: with transaction pooling it may
+    /// come from a standby when no primary is known, also if the primary is found gone while
+    /// waiting for it.
+    welcome_from_any: bool,
     /// The server's FATAL error was forwarded as is: when the server then closes, the client
     /// already knows why and the session ends.
     server_fatal: bool,
@@ -273,6 +277,7 @@ impl Session {
             skip_until_sync: false,
             draining: false,
             lost_transaction: None,
+            welcome_from_any: false,
             server_fatal: false,
             server_fatal_downgraded: None,
             violation: None,
@@ -287,19 +292,13 @@ impl Session {
         // in (as with PostgreSQL, the parameters follow).
         self.client.flush().await?;
         // With transaction pooling the welcome can come from a standby while no primary is
-        // known (during a failover new clients still get in and can read).
-        let topology = self.app.topology().load();
-        let target = match (self.mode, topology.primary) {
-            (PoolMode::Transaction, None) => topology
-                .nodes
-                .iter()
-                .find(|n| n.healthy && n.role == crate::topology::Role::Standby)
-                .map_or(Target::Primary, |n| Target::Node(n.id)),
-            _ => Target::Primary,
-        };
-        drop(topology);
-        let from_standby = matches!(target, Target::Node(_));
-        let mut lease = self.acquire(target).await.map_err(|e| match e {
+        // known (during a failover new clients still get in and can read), also when the
+        // primary is found gone while its connection is being made.
+        let target = Target::Primary;
+        self.welcome_from_any = self.mode == PoolMode::Transaction;
+        let acquired = self.acquire(target).await;
+        self.welcome_from_any = false;
+        let mut lease = acquired.map_err(|e| match e {
             // Errors that would be an ERROR mid-session end the session at startup.
             SessionError::Fatal(mut p) => {
                 p.severity = Severity::Fatal;
@@ -307,6 +306,13 @@ impl Session {
             }
             other => other,
         })?;
+        let from_standby = self
+            .app
+            .topology()
+            .load()
+            .nodes
+            .get(lease.pool().key().node)
+            .is_some_and(|n| n.role == crate::topology::Role::Standby);
         self.sync_params_now(&mut lease).await?;
         let mut b = BytesMut::with_capacity(512);
         let mut params: Vec<_> = lease.params().reported.iter().collect();
@@ -350,8 +356,15 @@ impl Session {
             let node = match target {
                 Target::Primary => {
                     let topology = self.app.topology().clone();
-                    let current = topology.load().primary;
-                    match current {
+                    let current = topology.load();
+                    // The welcome may come from a standby (see `begin`).
+                    let welcome_standby = current
+                        .nodes
+                        .iter()
+                        .find(|n| n.healthy && n.role == crate::topology::Role::Standby)
+                        .map(|n| n.id)
+                        .filter(|_| self.welcome_from_any);
+                    match current.primary.or(welcome_standby) {
                         Some(p) => p,
                         None => topology
                             .wait_for_primary(

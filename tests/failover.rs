@@ -234,13 +234,18 @@ async fn primary_crash_and_promotion() {
     let c2 = c.clone();
     blocking(move || c2.stop(0, StopMode::Immediate).unwrap()).await;
     // A write issued right after the crash, before any promotion: it must wait.
-    let waiter_client = proxy.connect().await;
+    // New clients get in during the gap (their welcome comes from a standby).
+    let waiter_client = tokio::time::timeout(Duration::from_secs(5), proxy.connect())
+        .await
+        .expect("a new client gets in while there is no primary");
     let waiter = tokio::spawn(async move {
         let r = write(&waiter_client, "waited").await;
         (r, Instant::now())
     });
     // Reads keep going to the standbys meanwhile.
-    let reader = proxy.connect().await;
+    let reader = tokio::time::timeout(Duration::from_secs(5), proxy.connect())
+        .await
+        .expect("a new client gets in while there is no primary");
     let r = tokio::time::timeout(Duration::from_secs(5), read(&reader))
         .await
         .expect("a read during the gap does not hang")

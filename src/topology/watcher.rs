@@ -354,15 +354,30 @@ impl Aggregator {
             }
         }
         for n in nodes.iter_mut() {
-            let fenced = n.role == Role::Primary
-                && matches!((n.timeline, self.highest_timeline), (Some(t), Some(h)) if t < h);
+            let older = matches!((n.timeline, self.highest_timeline), (Some(t), Some(h)) if t < h);
+            // A standby on an older timeline replays a former primary's WAL (its data may hold
+            // writes the new primary never saw): no reads either. One that was fenced stays so
+            // while its timeline is unknown (no WAL receiver), until it receives the new one.
+            let fenced = match n.role {
+                Role::Primary => older,
+                Role::Standby => older || (n.fenced && n.timeline.is_none()),
+                Role::Unknown => n.fenced,
+            };
             if fenced != n.fenced {
-                if fenced {
+                if fenced && n.role == Role::Primary {
                     tracing::warn!(
                         node = %n.addr,
                         timeline = ?n.timeline,
                         newest = ?self.highest_timeline,
                         "node {} fenced: out of recovery on timeline {:?}, older than {:?}; no reads or writes until it rejoins as a standby",
+                        n.addr, n.timeline, self.highest_timeline
+                    );
+                } else if fenced {
+                    tracing::warn!(
+                        node = %n.addr,
+                        timeline = ?n.timeline,
+                        newest = ?self.highest_timeline,
+                        "node {} fenced: standby receiving timeline {:?}, older than {:?}; no reads until it follows the newest timeline",
                         n.addr, n.timeline, self.highest_timeline
                     );
                 } else {
@@ -578,5 +593,36 @@ mod tests {
         // Rebuilt as a standby, it is back.
         a.apply(&mut nodes, ok_tl(0, true, 150, 2), t);
         assert!(!nodes[0].fenced);
+    }
+
+    #[test]
+    fn a_standby_on_an_older_timeline_is_fenced_until_it_follows_the_new_one() {
+        let (mut a, mut nodes) = agg(3);
+        let t = Instant::now();
+        a.apply(&mut nodes, ok_tl(0, false, 100, 1), t);
+        a.apply(&mut nodes, ok_tl(1, true, 100, 1), t);
+        a.apply(&mut nodes, ok_tl(2, true, 100, 1), t);
+        // Node 1 promoted; node 2 still streams from node 0.
+        a.apply(&mut nodes, ok_tl(1, false, 200, 2), t);
+        a.apply(&mut nodes, ok_tl(2, true, 300, 1), t);
+        assert!(nodes[2].fenced);
+        assert!(!nodes[2].is_eligible_standby());
+        // Its WAL receiver drops (timeline unknown): still fenced.
+        a.apply(
+            &mut nodes,
+            Observation {
+                node: 2,
+                result: Ok(Probed {
+                    in_recovery: true,
+                    lsn: Some(300),
+                    timeline: None,
+                }),
+            },
+            t,
+        );
+        assert!(nodes[2].fenced);
+        // Re-pointed at node 1, it receives timeline 2.
+        a.apply(&mut nodes, ok_tl(2, true, 300, 2), t);
+        assert!(!nodes[2].fenced);
     }
 }

@@ -381,8 +381,9 @@ async fn no_promotion_fails_after_primary_wait() {
 
 /// Split brain: node 1 is promoted while the old primary (node 0) still runs and accepts
 /// writes. Once the proxy has seen the promotion, every write lands on node 1 (the newer
-/// timeline), none on node 0, and node 0 gets no reads either (fenced). Then node 0 is rewound
-/// into a standby of node 1: it rejoins the read pool.
+/// timeline), none on node 0, and node 0 gets no reads either (fenced), nor node 2, which still
+/// replays node 0's timeline. Then node 0 is rewound into a standby of node 1: it rejoins the
+/// read pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_brain_then_old_primary_rejoins() {
     let _serial = serial().await;
@@ -453,10 +454,21 @@ async fn split_brain_then_old_primary_rejoins() {
     assert!(ports[..first_new].iter().all(|&p| p == old_port));
     assert_eq!(count_direct(&c, 0, "split-%").await, 0);
     assert_eq!(count_direct(&c, 1, "split-%").await, 50);
-    // Reads never reach the fenced node.
+    // Node 2 still streams from node 0, on the old timeline: fenced too (its data may hold
+    // writes the new primary never saw).
+    let stale_port = c.port(2).unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            proxy.app.topology().load().nodes[2].fenced
+        })
+        .await,
+        "the standby of the old primary is fenced"
+    );
+    // Reads never reach the fenced nodes.
     for _ in 0..30 {
         let a = read(&client).await.unwrap();
         assert_ne!(a.port, old_port, "a read went to the fenced old primary");
+        assert_ne!(a.port, stale_port, "a read went to the old primary's standby");
     }
 
     // Node 0 comes back as a standby of node 1 (pg_rewind): it rejoins the read pool.

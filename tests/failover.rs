@@ -97,6 +97,7 @@ password = "{app_password}"
 [[users]]
 name = "{su}"
 password = "{su_password}"
+pool_mode = "session"
 "#,
         check = CHECK_INTERVAL.as_millis(),
         monitor_user = cluster::MONITOR_USER,
@@ -405,6 +406,19 @@ async fn split_brain_then_old_primary_rejoins() {
         }
         (writer, order)
     });
+    // A session-pooled client (it keeps its server connection) and a client with a transaction
+    // open, both on the old primary.
+    let session_client = proxy
+        .connect_as(cluster::SUPERUSER, c.superuser_password(), "postgres")
+        .await
+        .unwrap();
+    assert_eq!(
+        write(&session_client, "session-before").await.unwrap().port,
+        old_port
+    );
+    let in_tx = proxy.connect().await;
+    in_tx.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(write(&in_tx, "tx-before").await.unwrap().port, old_port);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let c2 = c.clone();
@@ -424,6 +438,18 @@ async fn split_brain_then_old_primary_rejoins() {
         json.contains("\"fenced\":true"),
         "/topology shows the fence: {json}"
     );
+    // Connections held on the fenced node are not used again: the session-pooled client loses
+    // its session (FATAL 08006), the open transaction fails; neither writes to node 0.
+    let e = write(&session_client, "session-after")
+        .await
+        .expect_err("a session on the fenced node cannot go on");
+    assert_eq!(common::sqlstate(&e), Some("08006"), "{e:?}");
+    let e = write(&in_tx, "tx-after")
+        .await
+        .expect_err("a transaction on the fenced node cannot go on");
+    assert_eq!(common::sqlstate(&e), Some("08006"), "{e:?}");
+    assert_eq!(write(&in_tx, "tx-next").await.unwrap().port, new_port);
+    assert_eq!(count_direct(&c, 0, "%-after").await, 0);
     // Writes after the switch: all on node 1, none on node 0 (checked on node 0 directly).
     let client = proxy.connect().await;
     for i in 0..50 {
@@ -468,7 +494,10 @@ async fn split_brain_then_old_primary_rejoins() {
     for _ in 0..30 {
         let a = read(&client).await.unwrap();
         assert_ne!(a.port, old_port, "a read went to the fenced old primary");
-        assert_ne!(a.port, stale_port, "a read went to the old primary's standby");
+        assert_ne!(
+            a.port, stale_port,
+            "a read went to the old primary's standby"
+        );
     }
 
     // Node 0 comes back as a standby of node 1 (pg_rewind): it rejoins the read pool.

@@ -72,6 +72,9 @@ struct RunReport {
     first_write: Option<f64>,
     /// pg_promote() returned -> the proxy's snapshot names the new primary, in ms.
     proxy_switch: Option<f64>,
+    /// The primary was killed -> pg_promote() returned, in ms (the failover manager's part;
+    /// here the promotion is asked for at once).
+    crash_to_promote: f64,
     writes_ok: usize,
     reads_ok: usize,
     write_errors: BTreeMap<String, usize>,
@@ -168,9 +171,10 @@ async fn one_run(
     let crash = {
         let c = c.clone();
         async move {
+            let crashed_at = Instant::now();
             tokio::task::spawn_blocking(move || c.stop(0, StopMode::Immediate)).await??;
             su.simple_query("SELECT pg_promote()").await?;
-            Ok::<_, Box<dyn std::error::Error>>(Instant::now())
+            Ok::<_, Box<dyn std::error::Error>>((crashed_at, Instant::now()))
         }
     };
     // Watch the proxy's snapshot while the promotion runs.
@@ -185,7 +189,7 @@ async fn one_run(
         }
         None
     });
-    let promoted_at = crash.await?;
+    let (crashed_at, promoted_at) = crash.await?;
     su_task.abort();
     tokio::time::sleep(Duration::from_millis(args.after_ms)).await;
     stop.store(true, Ordering::Relaxed);
@@ -199,6 +203,7 @@ async fn one_run(
 
     let mut report = RunReport {
         proxy_switch: switched_at.map(|s| signed_ms(s, promoted_at)),
+        crash_to_promote: signed_ms(promoted_at, crashed_at),
         ..RunReport::default()
     };
     for op in writes.lock().unwrap().iter() {
@@ -384,8 +389,9 @@ fn errors(m: &BTreeMap<String, usize>) -> String {
 
 fn print_run(run: usize, r: &RunReport) {
     println!(
-        "run {run}: first write on the new primary {} after pg_promote() returned (proxy switched after {}); \
-         writes ok {}, write errors [{}]; reads ok {}, read errors [{}]",
+        "run {run}: primary killed, pg_promote() returned {:.0} ms later; first write on the new primary {} after that \
+         (proxy switched after {}); writes ok {}, write errors [{}]; reads ok {}, read errors [{}]",
+        r.crash_to_promote,
         ms(r.first_write),
         ms(r.proxy_switch),
         r.writes_ok,

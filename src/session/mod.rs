@@ -353,10 +353,13 @@ impl Session {
             ))
         };
         loop {
+            // The primary this attempt was based on.
+            let mut seen_primary = None;
             let node = match target {
                 Target::Primary => {
                     let topology = self.app.topology().clone();
                     let current = topology.load();
+                    seen_primary = current.primary;
                     // The welcome may come from a standby (see `begin`).
                     let welcome_standby = current
                         .nodes
@@ -385,9 +388,14 @@ impl Session {
                         return Err(no_primary(format!("; last error: {e}")));
                     }
                     tracing::debug!(error = %e, "primary unreachable; waiting for the topology to change");
+                    // Until the snapshot changes its mind about the primary or about this node
+                    // (never a busy loop: at most a check interval per attempt).
                     let topology = self.app.topology().clone();
                     topology
-                        .wait_until(retry.min(left), |t| t.primary != Some(node))
+                        .wait_until(retry.min(left), |t| {
+                            t.primary != seen_primary
+                                || t.nodes.get(node).is_none_or(|n| !n.healthy)
+                        })
                         .await;
                 }
                 other => return other,

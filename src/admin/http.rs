@@ -111,6 +111,7 @@ pub fn topology_json(t: &Topology) -> String {
                 "healthy": n.healthy,
                 "primary": t.primary == Some(n.id),
                 "eligible_for_reads": n.is_eligible_standby(),
+                "fenced": n.fenced,
                 "lsn": n.lsn.map(format_lsn),
                 "timeline": n.timeline,
                 "lag_bytes": n.lag_bytes,

@@ -209,7 +209,8 @@ impl LocalCluster {
     /// only what changed. Node `n` is stopped cleanly first (`-m fast`); a node that crashed is
     /// recovered by pg_rewind itself. pg_rewind needs node `n`'s WAL back to the last checkpoint
     /// before the fork; every node keeps 128 MB of WAL (`wal_keep_size`), so this fails only if
-    /// `n` wrote more than that after the fork. Then it is configured as a standby of
+    /// `n` wrote more than that after the fork. `from` is checkpointed first, so a node promoted
+    /// a moment ago works as the source. Then it is configured as a standby of
     /// `from` (`standby.signal`, `primary_conninfo`, slot `standby_<n>`), started, and awaited
     /// until it streams.
     ///
@@ -218,6 +219,11 @@ impl LocalCluster {
     /// common history with `from`).
     pub fn rewind_standby(&self, n: usize, from: usize) -> Result<()> {
         self.prepare_refollow(n, from, StopMode::Fast)?;
+        // pg_rewind (before PostgreSQL 16) takes the source's timeline from its control file,
+        // which a promotion updates only at the next checkpoint: right after pg_promote() it
+        // would find both on the old timeline, decide no rewind is needed, and the node could
+        // then never stream from `from`.
+        self.psql(from, "CHECKPOINT")?;
         let slot = quote_literal(&slot_name(n));
         // Reserve WAL on the source before rewinding, so everything after the copied WAL stays
         // available to stream.

@@ -122,7 +122,7 @@ pub fn route(
     let mut causal_block = false;
     for n in &topology.nodes {
         let weight = policy.weights.get(n.id).copied().unwrap_or(1);
-        if weight == 0 || !n.healthy || n.role != Role::Standby {
+        if weight == 0 || !n.healthy || n.role != Role::Standby || n.fenced {
             continue;
         }
         let within = match ctx.max_lag {

@@ -184,6 +184,10 @@ pub struct Session {
     /// The server connection died while the client had a transaction open (and no request
     /// in flight): the client's next request fails with this error.
     lost_transaction: Option<ProxyError>,
+    /// Set while `begin` gets the connection for the welcome: with transaction pooling it may
+    /// come from a standby when no primary is known, also if the primary is found gone while
+    /// waiting for it.
+    welcome_from_any: bool,
     /// The server's FATAL error was forwarded as is: when the server then closes, the client
     /// already knows why and the session ends.
     server_fatal: bool,
@@ -277,6 +281,7 @@ impl Session {
             skip_until_sync: false,
             draining: false,
             lost_transaction: None,
+            welcome_from_any: false,
             server_fatal: false,
             server_fatal_downgraded: None,
             violation: None,
@@ -291,19 +296,13 @@ impl Session {
         // in (as with PostgreSQL, the parameters follow).
         self.client.flush().await?;
         // With transaction pooling the welcome can come from a standby while no primary is
-        // known (during a failover new clients still get in and can read).
-        let topology = self.app.topology().load();
-        let target = match (self.mode, topology.primary) {
-            (PoolMode::Transaction, None) => topology
-                .nodes
-                .iter()
-                .find(|n| n.healthy && n.role == crate::topology::Role::Standby)
-                .map_or(Target::Primary, |n| Target::Node(n.id)),
-            _ => Target::Primary,
-        };
-        drop(topology);
-        let from_standby = matches!(target, Target::Node(_));
-        let mut lease = self.acquire(target).await.map_err(|e| match e {
+        // known (during a failover new clients still get in and can read), also when the
+        // primary is found gone while its connection is being made.
+        let target = Target::Primary;
+        self.welcome_from_any = self.mode == PoolMode::Transaction;
+        let acquired = self.acquire(target).await;
+        self.welcome_from_any = false;
+        let mut lease = acquired.map_err(|e| match e {
             // Errors that would be an ERROR mid-session end the session at startup.
             SessionError::Fatal(mut p) => {
                 p.severity = Severity::Fatal;
@@ -311,6 +310,13 @@ impl Session {
             }
             other => other,
         })?;
+        let from_standby = self
+            .app
+            .topology()
+            .load()
+            .nodes
+            .get(lease.pool().key().node)
+            .is_some_and(|n| n.role == crate::topology::Role::Standby);
         self.sync_params_now(&mut lease).await?;
         let mut b = BytesMut::with_capacity(512);
         let mut params: Vec<_> = lease.params().reported.iter().collect();
@@ -333,24 +339,76 @@ impl Session {
     }
 
     /// Checks out a server connection for `target` and applies the client's parameters to it.
+    ///
+    /// For the primary this waits up to `primary_wait`: for one to be known, and also when the
+    /// known one cannot be reached (it just died and the watcher has not noticed yet, or it is
+    /// shutting down): then it retries once the topology changes or a check interval passed.
+    /// Only when the wait is over does the client get 57P03.
     async fn acquire(&mut self, target: Target) -> Result<Lease, SessionError> {
         let settings = self.app.settings();
-        let node = match target {
-            Target::Primary => {
-                let wait = settings.config.routing.primary_wait;
-                let topology = self.app.topology();
-                match topology.load().primary {
-                    Some(p) => p,
-                    None => topology.wait_for_primary(wait).await.ok_or_else(|| {
-                        SessionError::Fatal(ProxyError::error(
-                            SqlState::CANNOT_CONNECT_NOW,
-                            format!("no primary server is available (waited {wait:?})"),
-                        ))
-                    })?,
-                }
-            }
-            Target::Node(n) => n,
+        let wait = settings.config.routing.primary_wait;
+        let retry = settings.config.routing.check_interval;
+        drop(settings);
+        let deadline = tokio::time::Instant::now() + wait;
+        let no_primary = |why: String| {
+            SessionError::Fatal(ProxyError::error(
+                SqlState::CANNOT_CONNECT_NOW,
+                format!("no primary server is available (waited {wait:?}){why}"),
+            ))
         };
+        loop {
+            // The primary this attempt was based on.
+            let mut seen_primary = None;
+            let node = match target {
+                Target::Primary => {
+                    let topology = self.app.topology().clone();
+                    let current = topology.load();
+                    seen_primary = current.primary;
+                    // The welcome may come from a standby (see `begin`).
+                    let welcome_standby = current
+                        .nodes
+                        .iter()
+                        .find(|n| n.healthy && n.role == crate::topology::Role::Standby)
+                        .map(|n| n.id)
+                        .filter(|_| self.welcome_from_any);
+                    match current.primary.or(welcome_standby) {
+                        Some(p) => p,
+                        None => topology
+                            .wait_for_primary(
+                                deadline.saturating_duration_since(tokio::time::Instant::now()),
+                            )
+                            .await
+                            .ok_or_else(|| no_primary(String::new()))?,
+                    }
+                }
+                Target::Node(n) => n,
+            };
+            match self.acquire_on(node).await {
+                Err(SessionError::Backend(e))
+                    if target == Target::Primary && is_unreachable(&e) =>
+                {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(no_primary(format!("; last error: {e}")));
+                    }
+                    tracing::debug!(error = %e, "primary unreachable; waiting for the topology to change");
+                    // Until the snapshot changes its mind about the primary or about this node
+                    // (never a busy loop: at most a check interval per attempt).
+                    let topology = self.app.topology().clone();
+                    topology
+                        .wait_until(retry.min(left), |t| {
+                            t.primary != seen_primary
+                                || t.nodes.get(node).is_none_or(|n| !n.healthy)
+                        })
+                        .await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`acquire`](Self::acquire) on a known node.
+    async fn acquire_on(&mut self, node: usize) -> Result<Lease, SessionError> {
         self.in_flight = Some(self.app.in_flight(node));
         self.server_kind = if self.app.topology().load().primary == Some(node) {
             crate::metrics::RouteKind::Primary
@@ -557,5 +615,20 @@ async fn release(mut lease: Lease, app: &App, reset: bool) {
         pool.reset_and_checkin(lease).await;
     } else {
         pool.checkin(lease);
+    }
+}
+
+/// Whether a failed checkout means the node cannot be reached (down, restarting, shutting
+/// down) rather than that the request itself is wrong.
+fn is_unreachable(e: &BackendError) -> bool {
+    match e {
+        BackendError::Connect { .. }
+        | BackendError::Timeout { .. }
+        | BackendError::Io { .. }
+        | BackendError::Closed { .. } => true,
+        BackendError::Server { fields, .. } => {
+            matches!(fields.code.as_str(), "57P01" | "57P02" | "57P03")
+        }
+        _ => false,
     }
 }

@@ -346,6 +346,13 @@ impl Session {
 
     /// Sends the batch to the server serving this client, getting one if needed.
     async fn dispatch(&mut self, term: Terminator) -> Result<(), SessionError> {
+        if self.server_node_stale() {
+            // Its node was fenced (a former primary after a split brain) or changed role since
+            // the connection was made: nothing more may run there. The session goes on as if
+            // the connection had died (an open transaction is lost, a session that needs its
+            // connection's state ends).
+            self.server_lost("its node was fenced or changed role")?;
+        }
         if let Some(e) = self.lost_transaction.take() {
             // The transaction this request belongs to died with its server.
             self.tx_status = TxStatus::Idle;
@@ -1048,6 +1055,20 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Whether the held server connection is on a node that was fenced or whose role changed
+    /// after the connection was made.
+    fn server_node_stale(&self) -> bool {
+        let Some(server) = self.server.as_deref() else {
+            return false;
+        };
+        self.app
+            .topology()
+            .load()
+            .nodes
+            .get(server.node())
+            .is_some_and(|n| n.fenced || n.role_epoch > server.role_epoch)
     }
 
     /// The server connection failed (the node died, a FATAL, a reset). The connection is

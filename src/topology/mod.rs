@@ -62,8 +62,9 @@ pub struct NodeState {
     pub lag: Option<Duration>,
     /// Within `max_lag_bytes` and `max_lag`, after hysteresis. Always true for a primary.
     pub within_lag: bool,
-    /// Out of recovery on an older timeline than a primary the proxy has seen: a former
-    /// primary that came back. It gets neither writes nor reads until it rejoins as a standby.
+    /// On an older timeline than a primary the proxy has seen: a former primary that came back
+    /// (out of recovery), or a standby still replaying a former primary's WAL. It gets neither
+    /// writes nor reads until it is a standby receiving the newest timeline.
     pub fenced: bool,
     /// Increases every time the node's role changes; server connections made under an older
     /// value are never reused (a connection to a former standby must not serve as a primary
@@ -72,10 +73,10 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    /// Whether the node may serve reads as a standby right now: healthy, in recovery, within
-    /// the lag limits.
+    /// Whether the node may serve reads as a standby right now: healthy, in recovery, not
+    /// fenced, within the lag limits.
     pub fn is_eligible_standby(&self) -> bool {
-        self.healthy && self.role == Role::Standby && self.within_lag
+        self.healthy && self.role == Role::Standby && !self.fenced && self.within_lag
     }
 }
 

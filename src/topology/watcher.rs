@@ -29,6 +29,9 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) \
      ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
 
+/// How the error of a probe that got no answer in time starts.
+const PROBE_TIMED_OUT: &str = "probe timed out";
+
 /// What the watcher needs to reach the nodes.
 #[derive(Debug, Clone)]
 pub struct WatcherSettings {
@@ -82,6 +85,7 @@ pub fn spawn(
             node,
             settings: settings.clone(),
             client: None,
+            timeouts: 0,
         };
         tasks.spawn(probe.run(tx.clone(), cancel.clone()));
     }
@@ -94,6 +98,8 @@ struct Probe {
     node: NodeId,
     settings: WatcherSettings,
     client: Option<(Client, Statement)>,
+    /// Consecutive probes on the current connection that timed out.
+    timeouts: u32,
 }
 
 impl Probe {
@@ -109,9 +115,23 @@ impl Probe {
                 _ = cancel.cancelled() => return,
                 r = self.check() => r,
             };
-            if result.is_err() {
-                // Start over with a fresh connection next time.
-                self.client = None;
+            match &result {
+                Ok(_) => self.timeouts = 0,
+                // A probe that timed out leaves its connection for the next check (up to the
+                // health threshold): the next probe then times out after `query_timeout` too,
+                // instead of a reconnect to a hung node taking `connect_timeout` more. So a
+                // black-holed node is out after `health_threshold` checks of `query_timeout`.
+                Err(e)
+                    if e.starts_with(PROBE_TIMED_OUT)
+                        && self.timeouts + 1 < self.settings.health_threshold =>
+                {
+                    self.timeouts += 1;
+                }
+                Err(_) => {
+                    // Start over with a fresh connection next time.
+                    self.client = None;
+                    self.timeouts = 0;
+                }
             }
             if tx
                 .send(Observation {
@@ -135,7 +155,7 @@ impl Probe {
         };
         let row = tokio::time::timeout(self.settings.query_timeout, client.query_one(stmt, &[]))
             .await
-            .map_err(|_| format!("probe timed out after {:?}", self.settings.query_timeout))?
+            .map_err(|_| format!("{PROBE_TIMED_OUT} after {:?}", self.settings.query_timeout))?
             .map_err(|e| format!("probe failed: {e}"))?;
         let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
         let lsn: Option<PgLsn> = row.try_get(1).map_err(|e| e.to_string())?;
@@ -262,14 +282,30 @@ impl Aggregator {
                     // The server's own answer wins at once: a promotion must not wait for
                     // hysteresis.
                     if role != node.role {
-                        tracing::info!(
-                            node = %node.addr,
-                            timeline = ?p.timeline,
-                            "node {} is {} (was {})",
-                            node.addr,
-                            role.as_str(),
-                            node.role.as_str()
-                        );
+                        let timeline = p
+                            .timeline
+                            .map_or_else(|| "unknown".to_owned(), |t| t.to_string());
+                        match (node.role, role) {
+                            (Role::Standby, Role::Primary) => tracing::warn!(
+                                node = %node.addr,
+                                timeline = ?p.timeline,
+                                "node {} promoted: timeline {timeline}",
+                                node.addr
+                            ),
+                            (Role::Primary, Role::Standby) => tracing::warn!(
+                                node = %node.addr,
+                                timeline = ?p.timeline,
+                                "node {} demoted: back in recovery, receiving timeline {timeline}",
+                                node.addr
+                            ),
+                            _ => tracing::info!(
+                                node = %node.addr,
+                                timeline = ?p.timeline,
+                                "node {} is {}: timeline {timeline}",
+                                node.addr,
+                                role.as_str()
+                            ),
+                        }
                         node.role = role;
                         node.role_epoch += 1;
                     }
@@ -318,15 +354,30 @@ impl Aggregator {
             }
         }
         for n in nodes.iter_mut() {
-            let fenced = n.role == Role::Primary
-                && matches!((n.timeline, self.highest_timeline), (Some(t), Some(h)) if t < h);
+            let older = matches!((n.timeline, self.highest_timeline), (Some(t), Some(h)) if t < h);
+            // A standby on an older timeline replays a former primary's WAL (its data may hold
+            // writes the new primary never saw): no reads either. One that was fenced stays so
+            // while its timeline is unknown (no WAL receiver), until it receives the new one.
+            let fenced = match n.role {
+                Role::Primary => older,
+                Role::Standby => older || (n.fenced && n.timeline.is_none()),
+                Role::Unknown => n.fenced,
+            };
             if fenced != n.fenced {
-                if fenced {
+                if fenced && n.role == Role::Primary {
                     tracing::warn!(
                         node = %n.addr,
                         timeline = ?n.timeline,
                         newest = ?self.highest_timeline,
                         "node {} fenced: out of recovery on timeline {:?}, older than {:?}; no reads or writes until it rejoins as a standby",
+                        n.addr, n.timeline, self.highest_timeline
+                    );
+                } else if fenced {
+                    tracing::warn!(
+                        node = %n.addr,
+                        timeline = ?n.timeline,
+                        newest = ?self.highest_timeline,
+                        "node {} fenced: standby receiving timeline {:?}, older than {:?}; no reads until it follows the newest timeline",
                         n.addr, n.timeline, self.highest_timeline
                     );
                 } else {
@@ -542,5 +593,36 @@ mod tests {
         // Rebuilt as a standby, it is back.
         a.apply(&mut nodes, ok_tl(0, true, 150, 2), t);
         assert!(!nodes[0].fenced);
+    }
+
+    #[test]
+    fn a_standby_on_an_older_timeline_is_fenced_until_it_follows_the_new_one() {
+        let (mut a, mut nodes) = agg(3);
+        let t = Instant::now();
+        a.apply(&mut nodes, ok_tl(0, false, 100, 1), t);
+        a.apply(&mut nodes, ok_tl(1, true, 100, 1), t);
+        a.apply(&mut nodes, ok_tl(2, true, 100, 1), t);
+        // Node 1 promoted; node 2 still streams from node 0.
+        a.apply(&mut nodes, ok_tl(1, false, 200, 2), t);
+        a.apply(&mut nodes, ok_tl(2, true, 300, 1), t);
+        assert!(nodes[2].fenced);
+        assert!(!nodes[2].is_eligible_standby());
+        // Its WAL receiver drops (timeline unknown): still fenced.
+        a.apply(
+            &mut nodes,
+            Observation {
+                node: 2,
+                result: Ok(Probed {
+                    in_recovery: true,
+                    lsn: Some(300),
+                    timeline: None,
+                }),
+            },
+            t,
+        );
+        assert!(nodes[2].fenced);
+        // Re-pointed at node 1, it receives timeline 2.
+        a.apply(&mut nodes, ok_tl(2, true, 300, 2), t);
+        assert!(!nodes[2].fenced);
     }
 }

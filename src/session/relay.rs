@@ -310,6 +310,13 @@ impl Session {
             }
             return Ok(());
         }
+        if term == Terminator::Sync && self.server.is_none() && self.batch_only_closes() {
+            // Close + Sync (a driver dropping a prepared statement) runs nothing: answered
+            // here rather than routed like a read, which would take a standby connection (and
+            // queue the client's next request behind it there) or fail for want of one.
+            self.answer_proxy_batch();
+            return Ok(());
+        }
         let mut guard_target = None;
         if self.server.is_none() {
             let target = if std::mem::take(&mut self.force_primary) {

@@ -147,6 +147,8 @@ pub struct Session {
     guard: Option<route::MisrouteGuard>,
     /// A refused request to re-run on the primary.
     retry_now: Option<route::MisrouteGuard>,
+    /// A request waiting for the standby connection ahead of it to be released.
+    held: Option<relay::HeldRequest>,
     /// The next dispatch goes to the primary whatever the router says (a retry).
     force_primary: bool,
     /// A request that may have written ran on the primary since the last captured WAL
@@ -259,6 +261,7 @@ impl Session {
             route,
             guard: None,
             retry_now: None,
+            held: None,
             force_primary: false,
             wrote_in_transaction: false,
             lsn_probe_after_reply: false,

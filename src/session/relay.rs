@@ -50,7 +50,7 @@ enum Event {
 
 /// How a request (batch of frontend messages) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Terminator {
+pub(super) enum Terminator {
     /// A simple Query: one ReadyForQuery will follow.
     Query,
     /// Sync: one ReadyForQuery will follow.
@@ -59,6 +59,16 @@ enum Terminator {
     Flush,
     /// The batch grew large: send it on, no ReadyForQuery yet.
     Partial,
+}
+
+/// A complete request that arrived while the client's server connection was a standby still
+/// answering an earlier read: it is routed on its own once that connection is released (a
+/// write must not follow a read onto a standby).
+#[derive(Debug)]
+pub(super) struct HeldRequest {
+    frames: Vec<Frame>,
+    len: usize,
+    term: Terminator,
 }
 
 /// Whether the relay goes on.
@@ -133,7 +143,21 @@ impl Session {
             if let Some(g) = self.retry_now.take() {
                 self.retry_on_primary(g).await?;
             }
-            if self.draining && self.is_idle() {
+            if self.held.is_some() && !self.behind_standby_read() {
+                if let Some(h) = self.held.take() {
+                    self.batch = h.frames;
+                    self.batch_len = h.len;
+                    self.dispatch(h.term).await?;
+                    // What the client sent behind it waited in the read buffer.
+                    if self.held.is_none()
+                        && !self.client.rbuf.is_empty()
+                        && self.on_client_bytes().await? == Flow::End
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+            if self.draining && self.is_idle() && self.held.is_none() {
                 self.client.push_error(&ProxyError::fatal(
                     SqlState::ADMIN_SHUTDOWN,
                     "terminating connection due to administrator command",
@@ -146,6 +170,11 @@ impl Session {
     /// Waits for the next I/O event on either side.
     async fn next_event(&mut self) -> Event {
         self.client.prepare_read();
+        let hold_limit = if self.held.is_some() {
+            self.max_message.min(1 << 20)
+        } else {
+            usize::MAX
+        };
         let Session {
             client,
             server,
@@ -172,7 +201,8 @@ impl Session {
             None => (None, None, 0),
         };
         let read_server = server_r.is_some() && client_out_len < CLIENT_OUT_HIGH;
-        let read_client = server_out_len < SERVER_OUT_HIGH;
+        // While a request is held back, what follows it waits in the read buffer: bounded.
+        let read_client = server_out_len < SERVER_OUT_HIGH && client_rbuf.len() < hold_limit;
         let shutdown = app.shutdown_token();
         let kill = app.kill_token();
         tokio::select! {
@@ -224,7 +254,14 @@ impl Session {
 
     /// Handles every complete frame the client has sent.
     async fn on_client_bytes(&mut self) -> Result<Flow, SessionError> {
-        while let Some(frame) = decode_frame(&mut self.client.rbuf, self.max_message)? {
+        loop {
+            if self.held.is_some() {
+                // Everything after a held request waits for it.
+                break;
+            }
+            let Some(frame) = decode_frame(&mut self.client.rbuf, self.max_message)? else {
+                break;
+            };
             let tag = frame.tag();
             if self.copy_in && matches!(tag, ftag::COPY_DATA | ftag::COPY_DONE | ftag::COPY_FAIL) {
                 let done = tag != ftag::COPY_DATA;
@@ -308,6 +345,14 @@ impl Session {
                     term,
                 );
             }
+            return Ok(());
+        }
+        if self.behind_standby_read() {
+            self.held = Some(HeldRequest {
+                frames: std::mem::take(&mut self.batch),
+                len: std::mem::take(&mut self.batch_len),
+                term,
+            });
             return Ok(());
         }
         if term == Terminator::Sync && self.server.is_none() && self.batch_only_closes() {
@@ -452,6 +497,14 @@ impl Session {
             Terminator::Flush | Terminator::Partial => server.track.unsynced = true,
         }
         Ok(())
+    }
+
+    /// Whether the client's server connection is a standby's serving an autocommit read: a
+    /// new request may not simply follow it there, it must be routed by itself.
+    fn behind_standby_read(&self) -> bool {
+        self.server.is_some()
+            && self.server_kind == crate::metrics::RouteKind::Standby
+            && !self.tx_status.is_in_transaction()
     }
 
     /// Read-your-writes with `causal_wait`: no standby has replayed the session's writes yet;

@@ -698,6 +698,7 @@ impl Session {
                                 continue;
                             }
                             btag::BIND_COMPLETE
+                            | btag::ROW_DESCRIPTION
                             | btag::CLOSE_COMPLETE
                             | btag::PARAMETER_DESCRIPTION
                             | btag::NO_DATA
@@ -887,8 +888,10 @@ impl Session {
         };
         self.in_flight = None;
         lease.mark_broken();
-        if self.guard.as_ref().is_some_and(|g| g.discarding) {
-            // A standby refused the read and went away (57P01 at its shutdown): re-run it.
+        if self.guard.is_some() {
+            // Nothing of the guarded read reached the client yet (the guard holds its replies
+            // until the standby answers): whether the standby refused it and went away (57P01
+            // at its shutdown) or the connection just dropped, re-run it.
             self.in_flight = None;
             self.retry_now = self.guard.take();
             self.cancel.slot().set(None);

@@ -374,7 +374,14 @@ impl Session {
             .nodes
             .get(node)
             .map_or(0, |n| n.role_epoch);
-        let lease = self.checkout_watching_client(&pool, role_epoch).await?;
+        let lease = match self.checkout_watching_client(&pool, role_epoch).await {
+            Ok(l) => l,
+            Err(e) => {
+                // Nothing runs on the node: it must not look busy to the balancer.
+                self.in_flight = None;
+                return Err(e);
+            }
+        };
         self.cancel.slot().set(Some(lease.cancel_target()));
         Ok(lease)
     }

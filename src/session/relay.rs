@@ -396,15 +396,49 @@ impl Session {
                     }
                 }
             };
-            if let Target::Node(n) = target {
-                if self.app.topology().load().primary != Some(n)
-                    && matches!(term, Terminator::Query | Terminator::Sync)
-                    && !self.tx_status.is_in_transaction()
-                {
-                    guard_target = Some(n);
+            let guardable = matches!(term, Terminator::Query | Terminator::Sync)
+                && !self.tx_status.is_in_transaction();
+            let standby_of = |s: &Self, t: Target| match t {
+                Target::Node(n) if guardable && s.app.topology().load().primary != Some(n) => {
+                    Some(n)
                 }
-            }
-            match self.acquire(target).await {
+                _ => None,
+            };
+            guard_target = standby_of(self, target);
+            let mut target = target;
+            let mut unreachable = Vec::new();
+            let acquired = loop {
+                let r = self.acquire(target).await;
+                match (r, guard_target) {
+                    // A standby that cannot give a connection right now (down, refusing,
+                    // starting up, pool exhausted) before the watcher noticed: the read goes
+                    // where it would go without that standby.
+                    (Err(SessionError::Backend(e)), Some(n))
+                        if unreachable.len() < self.pools.len() =>
+                    {
+                        tracing::debug!(node = n, error = %e, "standby unavailable at checkout; routing the read elsewhere");
+                        unreachable.push(n);
+                        match self.plan_excluding(&batch_class, &unreachable) {
+                            super::route::Plan::Go { target: t, .. } => {
+                                target = t;
+                                guard_target = standby_of(self, t);
+                            }
+                            super::route::Plan::NoStandby => {
+                                self.fail_request(
+                                    &ProxyError::error(
+                                        SqlState::CANNOT_CONNECT_NOW,
+                                        "no standby is available for this read (routing.fallback = \"error\")",
+                                    ),
+                                    term,
+                                );
+                                return Ok(());
+                            }
+                        }
+                    }
+                    (r, _) => break r,
+                }
+            };
+            match acquired {
                 Ok(lease) => self.server = Some(lease),
                 Err(SessionError::Fatal(e)) if e.severity == Severity::Error => {
                     self.fail_request(&e, term);

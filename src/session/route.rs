@@ -268,9 +268,21 @@ impl Session {
 
     /// Decides where a classified batch goes.
     pub(super) fn plan(&self, batch: &BatchClass) -> Plan {
+        self.plan_excluding(batch, &[])
+    }
+
+    /// Decides where a classified batch goes, treating the `excluded` nodes as down (they
+    /// could not be reached for this batch).
+    pub(super) fn plan_excluding(&self, batch: &BatchClass, excluded: &[usize]) -> Plan {
         let class = batch.class.unwrap_or(Class::Write);
         let settings = self.app.settings();
-        let topology = self.app.topology().load();
+        let mut topology = self.app.topology().load();
+        if !excluded.is_empty() {
+            let t = std::sync::Arc::make_mut(&mut topology);
+            for n in t.nodes.iter_mut().filter(|n| excluded.contains(&n.id)) {
+                n.healthy = false;
+            }
+        }
         let ctx = RouteContext {
             route: batch.hint.or(self.route.route).or(self.route.default_route),
             max_lag: batch.max_lag.or(self.route.max_lag),

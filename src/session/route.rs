@@ -140,6 +140,12 @@ impl Session {
                         out.copies_in = true;
                         out.all_proxy = false;
                     }
+                    StatementKind::Prepare { .. } => {
+                        // SQL PREPARE pins the client to the connection it runs on (its
+                        // statement cannot be replayed elsewhere): that must be the primary's.
+                        *class = Class::Write;
+                        out.all_proxy = false;
+                    }
                     _ => out.all_proxy = false,
                 }
             }

@@ -539,6 +539,8 @@ impl Session {
         self.server.is_some()
             && self.server_kind == crate::metrics::RouteKind::Standby
             && !self.tx_status.is_in_transaction()
+            // A pinned connection is never released: waiting for it would wait forever.
+            && self.pinned.is_none()
     }
 
     /// Read-your-writes with `causal_wait`: no standby has replayed the session's writes yet;

@@ -1080,6 +1080,22 @@ async fn misrouted_write_is_rerun_on_the_primary_and_learned() {
     }
     assert_eq!(rows_tagged(&direct, "view").await.len(), before + 2);
     assert_eq!(misroutes(&proxy), 3);
+
+    // A writing function created after the proxy loaded the catalog: unknown, so not
+    // trusted to be read-only; the client sees no error and the row exists once.
+    direct
+        .batch_execute(&format!(
+            "create function rt_late() returns int language sql volatile as \
+             $$ insert into rt_mis values ('late', inet_server_port()) returning port $$; \
+             grant execute on function rt_late() to {APP_USER}"
+        ))
+        .await
+        .unwrap();
+    common::cluster()
+        .wait_caught_up(Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(port_s(&c, "select rt_late()").await, n.primary);
+    assert_eq!(rows_tagged(&direct, "late").await, vec![n.primary]);
     // Other reads still go to standbys.
     assert!(n
         .standbys
@@ -1300,6 +1316,20 @@ async fn session_settings_hold_on_every_node() {
     assert_eq!(r.get::<_, i32>(0), n.primary);
     assert_eq!(r.get::<_, String>(1), "rt_sp, public");
     assert_eq!(r.get::<_, String>(2), "Asia/Tokyo");
+    // DISCARD ALL returns every setting to the default, on every node.
+    let defaults = {
+        let d = common::connect_direct(n.primary_idx).await;
+        let sp: String = d.query_one("show search_path", &[]).await.unwrap().get(0);
+        sp
+    };
+    c.batch_execute("discard all").await.unwrap();
+    for _ in 0..6 {
+        assert_eq!(cell(&c, "show search_path").await, defaults);
+        assert_eq!(cell(&c, "show application_name").await, "");
+    }
+    c.batch_execute("set search_path = rt_sp, public; set TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
     // RESET returns to the default everywhere.
     c.batch_execute("reset TimeZone").await.unwrap();
     let direct_tz: String = common::connect_direct(n.primary_idx)
@@ -1361,6 +1391,53 @@ async fn named_prepared_statement_runs_on_primary_and_standbys() {
     assert!(n
         .standbys
         .contains(&port_x(&c, "select inet_server_port()").await));
+
+    // SQL PREPARE cannot be replayed on another connection: it pins the session to the
+    // primary, where EXECUTE and everything after it run.
+    c.batch_execute("prepare rt_p(int) as select inet_server_port(), $1 + 1")
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let r = try_cell(&c, &format!("execute rt_p({i})")).await;
+        let p = r.unwrap_or_else(|e| panic!("execute {i}: {}", show(&e)));
+        assert_eq!(p.parse::<i32>().unwrap(), n.primary);
+        assert_eq!(
+            port_x(
+                &c,
+                "insert into rt_w values (12) returning inet_server_port()"
+            )
+            .await,
+            n.primary
+        );
+    }
+    c.batch_execute("deallocate rt_p").await.unwrap();
+    let e = c.batch_execute("execute rt_p(1)").await.unwrap_err();
+    assert_eq!(common::sqlstate(&e), Some("26000"), "{}", show(&e));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_follows_weights() {
+    setup().await;
+    let _g = replay_lock().read().await;
+    let n = nodes();
+    let toml = weigh_node(
+        &common::routing_config_toml("consistency = \"eventual\"\nbalance = \"round_robin\"", ""),
+        n.standbys[1],
+        3,
+    );
+    let proxy = common::start_proxy_from(toml).await;
+    wait_eligible(&proxy, 2).await;
+    let c = proxy.connect().await;
+    let mut t = Tally::default();
+    for _ in 0..80 {
+        t.add(port_s(&c, "select inet_server_port()").await);
+    }
+    assert!(t.only_on(&n.standbys), "{t:?}");
+    let (light, heavy) = (t.on(n.standbys[0]), t.on(n.standbys[1]));
+    assert!(
+        (15..=25).contains(&light) && heavy == 80 - light,
+        "1:3 weights: {t:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

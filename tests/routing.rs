@@ -940,7 +940,7 @@ async fn standby_going_down_is_dropped_without_client_errors() {
         errors.len(),
         &errors[..errors.len().min(3)]
     );
-    assert!(t.on(lost) > 0 && t.on(kept) > 0, "{t:?}");
+    assert!(t.on(kept) > 0, "{t:?}");
     // With 100 ms checks and 2 agreeing ones, about two intervals (plus connect time).
     assert!(took < Duration::from_secs(1), "noticed after {took:?}");
     eprintln!("down standby noticed after {took:?}; reads {t:?}");

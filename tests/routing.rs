@@ -1184,6 +1184,9 @@ async fn no_eligible_standby_falls_back_or_fails_as_configured() {
         .await
         .unwrap();
     assert_eq!(port_s(&ro, "select inet_server_port()").await, n.primary);
+    c.batch_execute("begin read only").await.unwrap();
+    assert_eq!(port_s(&c, "select inet_server_port()").await, n.primary);
+    c.batch_execute("commit").await.unwrap();
 
     // fallback = "error": reads that need a standby fail with 57P03, writes still work.
     for routing in [
@@ -1204,6 +1207,16 @@ async fn no_eligible_standby_falls_back_or_fails_as_configured() {
             .await
             .unwrap();
         let e = ro.simple_query("select 1").await.unwrap_err();
+        assert_eq!(common::sqlstate(&e), Some("57P03"), "{routing}: {e}");
+        // Read-only transactions and a session forced to standbys need one too.
+        let e = c.batch_execute("begin read only").await.unwrap_err();
+        assert_eq!(common::sqlstate(&e), Some("57P03"), "{routing}: {e}");
+        let forced = proxy.connect().await;
+        forced
+            .batch_execute("set causeway.route = 'standby'")
+            .await
+            .unwrap();
+        let e = forced.query("select 1", &[]).await.unwrap_err();
         assert_eq!(common::sqlstate(&e), Some("57P03"), "{routing}: {e}");
         // The session goes on: writes and transactions run on the primary.
         assert_eq!(
@@ -1477,4 +1490,34 @@ async fn temp_table_pins_the_session_to_the_primary() {
     assert!(n
         .standbys
         .contains(&port_s(&other, "select inet_server_port()").await));
+
+    // The other session state that lives on one server process pins too, to the primary.
+    for pin in [
+        "listen rt_chan",
+        "select pg_advisory_lock(4242)",
+        "declare rt_cur cursor with hold for select inet_server_port() from generate_series(1, 3)",
+    ] {
+        let c = proxy.connect().await;
+        assert!(n
+            .standbys
+            .contains(&port_s(&c, "select inet_server_port()").await));
+        c.batch_execute(pin)
+            .await
+            .unwrap_or_else(|e| panic!("{pin}: {}", show(&e)));
+        for _ in 0..5 {
+            assert_eq!(
+                port_s(&c, "select inet_server_port()").await,
+                n.primary,
+                "after {pin}"
+            );
+            assert_eq!(
+                port_x(&c, "select inet_server_port()").await,
+                n.primary,
+                "after {pin}"
+            );
+        }
+        if pin.starts_with("declare") {
+            assert_eq!(port_s(&c, "fetch 1 from rt_cur").await, n.primary);
+        }
+    }
 }

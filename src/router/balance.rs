@@ -15,8 +15,9 @@ pub struct Candidate {
     pub outstanding: usize,
 }
 
-/// Picks a node. `tick` advances on every call (round robin, and tie-breaking for least
-/// outstanding so equal nodes share the load); `random` is a fresh random number.
+/// Picks a node. `tick` advances on every call (round robin); `random` is a fresh random
+/// number (random balancing, and tie-breaking for least outstanding so equal nodes share the
+/// load).
 pub fn choose(
     candidates: &[Candidate],
     strategy: Balance,
@@ -32,11 +33,14 @@ pub fn choose(
     match strategy {
         Balance::LeastOutstanding => {
             // Lowest load per unit of weight: (outstanding + 1) / weight, compared exactly by
-            // cross-multiplication. Ties rotate with `tick`.
+            // cross-multiplication. Ties are broken at random: a shared rotating tick lines
+            // up with a client's own pattern (a write then a read advances it by two), which
+            // would send all of that client's reads to the same node.
             let n = candidates.len();
-            let mut best = candidates[tick % n];
+            let start = (random % n as u64) as usize;
+            let mut best = candidates[start];
             for i in 1..n {
-                let c = candidates[(tick + i) % n];
+                let c = candidates[(start + i) % n];
                 let lhs = (c.outstanding as u64 + 1) * best.weight as u64;
                 let rhs = (best.outstanding as u64 + 1) * c.weight as u64;
                 if lhs < rhs {
@@ -79,14 +83,14 @@ mod tests {
     }
 
     #[test]
-    fn least_outstanding_prefers_the_idle_node_and_rotates_ties() {
+    fn least_outstanding_prefers_the_idle_node_and_breaks_ties_at_random() {
         let cs = [c(1, 1, 3), c(2, 1, 0)];
         for tick in 0..4 {
             assert_eq!(choose(&cs, Balance::LeastOutstanding, tick, 0), Some(2));
         }
         let tied = [c(1, 1, 0), c(2, 1, 0)];
         let picks: Vec<_> = (0..4)
-            .map(|t| choose(&tied, Balance::LeastOutstanding, t, 0).unwrap())
+            .map(|t| choose(&tied, Balance::LeastOutstanding, 0, t as u64).unwrap())
             .collect();
         assert!(picks.contains(&1) && picks.contains(&2), "{picks:?}");
     }

@@ -147,6 +147,8 @@ pub struct Session {
     guard: Option<route::MisrouteGuard>,
     /// A refused request to re-run on the primary.
     retry_now: Option<route::MisrouteGuard>,
+    /// A request waiting for the standby connection ahead of it to be released.
+    held: Option<relay::HeldRequest>,
     /// The next dispatch goes to the primary whatever the router says (a retry).
     force_primary: bool,
     /// The next dispatch re-runs a request after a stale cached plan: no second re-run.
@@ -266,6 +268,7 @@ impl Session {
             route,
             guard: None,
             retry_now: None,
+            held: None,
             force_primary: false,
             retrying: false,
             wrote_in_transaction: false,
@@ -433,7 +436,14 @@ impl Session {
             .nodes
             .get(node)
             .map_or(0, |n| n.role_epoch);
-        let lease = self.checkout_watching_client(&pool, role_epoch).await?;
+        let lease = match self.checkout_watching_client(&pool, role_epoch).await {
+            Ok(l) => l,
+            Err(e) => {
+                // Nothing runs on the node: it must not look busy to the balancer.
+                self.in_flight = None;
+                return Err(e);
+            }
+        };
         self.cancel.slot().set(Some(lease.cancel_target()));
         Ok(lease)
     }

@@ -52,7 +52,7 @@ enum Event {
 
 /// How a request (batch of frontend messages) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Terminator {
+pub(super) enum Terminator {
     /// A simple Query: one ReadyForQuery will follow.
     Query,
     /// Sync: one ReadyForQuery will follow.
@@ -61,6 +61,16 @@ enum Terminator {
     Flush,
     /// The batch grew large: send it on, no ReadyForQuery yet.
     Partial,
+}
+
+/// A complete request that arrived while the client's server connection was a standby still
+/// answering an earlier read: it is routed on its own once that connection is released (a
+/// write must not follow a read onto a standby).
+#[derive(Debug)]
+pub(super) struct HeldRequest {
+    frames: Vec<Frame>,
+    len: usize,
+    term: Terminator,
 }
 
 /// Whether the relay goes on.
@@ -149,7 +159,21 @@ impl Session {
             if let Some(g) = self.retry_now.take() {
                 self.retry_on_primary(g).await?;
             }
-            if self.draining && self.is_idle() {
+            if self.held.is_some() && !self.behind_standby_read() {
+                if let Some(h) = self.held.take() {
+                    self.batch = h.frames;
+                    self.batch_len = h.len;
+                    self.dispatch(h.term).await?;
+                    // What the client sent behind it waited in the read buffer.
+                    if self.held.is_none()
+                        && !self.client.rbuf.is_empty()
+                        && self.on_client_bytes().await? == Flow::End
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+            if self.draining && self.is_idle() && self.held.is_none() {
                 self.client.push_error(&ProxyError::fatal(
                     SqlState::ADMIN_SHUTDOWN,
                     "terminating connection due to administrator command",
@@ -163,6 +187,11 @@ impl Session {
     async fn next_event(&mut self) -> Event {
         self.client.prepare_read();
         let stalled = self.client_stalled();
+        let hold_limit = if self.held.is_some() {
+            self.max_message.min(1 << 20)
+        } else {
+            usize::MAX
+        };
         let Session {
             client,
             server,
@@ -189,7 +218,9 @@ impl Session {
             None => (None, None, 0),
         };
         let read_server = server_r.is_some() && client_out_len < CLIENT_OUT_HIGH;
-        let read_client = server_out_len < SERVER_OUT_HIGH && !stalled;
+        // While a request is held back, what follows it waits in the read buffer: bounded.
+        let read_client =
+            server_out_len < SERVER_OUT_HIGH && !stalled && client_rbuf.len() < hold_limit;
         let shutdown = app.shutdown_token();
         let kill = app.kill_token();
         tokio::select! {
@@ -280,6 +311,10 @@ impl Session {
     /// `causeway.*` answer waits for earlier replies, so replies keep the requests' order.
     async fn on_client_bytes(&mut self) -> Result<Flow, SessionError> {
         while !self.client_stalled() {
+            if self.held.is_some() {
+                // Everything after a held request waits for it.
+                break;
+            }
             let Some(frame) = decode_frame(&mut self.client.rbuf, self.max_message)? else {
                 break;
             };
@@ -375,6 +410,21 @@ impl Session {
             }
             return Ok(());
         }
+        if self.behind_standby_read() {
+            self.held = Some(HeldRequest {
+                frames: std::mem::take(&mut self.batch),
+                len: std::mem::take(&mut self.batch_len),
+                term,
+            });
+            return Ok(());
+        }
+        if term == Terminator::Sync && self.server.is_none() && self.batch_only_closes() {
+            // Close + Sync (a driver dropping a prepared statement) runs nothing: answered
+            // here rather than routed like a read, which would take a standby connection (and
+            // queue the client's next request behind it there) or fail for want of one.
+            self.answer_proxy_batch();
+            return Ok(());
+        }
         let mut guard_target = None;
         if self.server.is_none() {
             let target = if std::mem::take(&mut self.force_primary) {
@@ -415,17 +465,51 @@ impl Session {
                     }
                 }
             };
-            if let Target::Node(n) = target {
-                if self.app.topology().load().primary != Some(n)
-                    && matches!(term, Terminator::Query | Terminator::Sync)
-                    && !self.tx_status.is_in_transaction()
-                {
-                    guard_target = Some(n);
+            let guardable = matches!(term, Terminator::Query | Terminator::Sync)
+                && !self.tx_status.is_in_transaction();
+            let standby_of = |s: &Self, t: Target| match t {
+                Target::Node(n) if guardable && s.app.topology().load().primary != Some(n) => {
+                    Some(n)
                 }
-            }
+                _ => None,
+            };
+            guard_target = standby_of(self, target);
+            let mut target = target;
+            let mut unreachable = Vec::new();
             let acquired = match self.server.take() {
+                // A standby already checked out (read-your-writes asked it its position).
                 Some(lease) => Ok(lease),
-                None => self.acquire(target).await,
+                None => loop {
+                    let r = self.acquire(target).await;
+                    match (r, guard_target) {
+                        // A standby that cannot give a connection right now (down, refusing,
+                        // starting up, pool exhausted) before the watcher noticed: the read goes
+                        // where it would go without that standby.
+                        (Err(SessionError::Backend(e)), Some(n))
+                            if unreachable.len() < self.pools.len() =>
+                        {
+                            tracing::debug!(node = n, error = %e, "standby unavailable at checkout; routing the read elsewhere");
+                            unreachable.push(n);
+                            match self.plan_excluding(&batch_class, &unreachable) {
+                                super::route::Plan::Go { target: t, .. } => {
+                                    target = t;
+                                    guard_target = standby_of(self, t);
+                                }
+                                super::route::Plan::NoStandby => {
+                                    self.fail_request(
+                                    &ProxyError::error(
+                                        SqlState::CANNOT_CONNECT_NOW,
+                                        "no standby is available for this read (routing.fallback = \"error\")",
+                                    ),
+                                    term,
+                                );
+                                    return Ok(());
+                                }
+                            }
+                        }
+                        (r, _) => break r,
+                    }
+                },
             };
             match acquired {
                 Ok(lease) => self.server = Some(lease),
@@ -545,6 +629,16 @@ impl Session {
             Terminator::Flush | Terminator::Partial => server.track.unsynced = true,
         }
         Ok(())
+    }
+
+    /// Whether the client's server connection is a standby's serving an autocommit read: a
+    /// new request may not simply follow it there, it must be routed by itself.
+    fn behind_standby_read(&self) -> bool {
+        self.server.is_some()
+            && self.server_kind == crate::metrics::RouteKind::Standby
+            && !self.tx_status.is_in_transaction()
+            // A pinned connection is never released: waiting for it would wait forever.
+            && self.pinned.is_none()
     }
 
     /// Read-your-writes, fresh: the watcher (which looks every `check_interval`) has not seen
@@ -865,6 +959,7 @@ impl Session {
                                 continue;
                             }
                             btag::BIND_COMPLETE
+                            | btag::ROW_DESCRIPTION
                             | btag::CLOSE_COMPLETE
                             | btag::PARAMETER_DESCRIPTION
                             | btag::NO_DATA
@@ -1083,8 +1178,10 @@ impl Session {
         };
         self.in_flight = None;
         lease.mark_broken();
-        if self.guard.as_ref().is_some_and(|g| g.discarding) {
-            // A standby refused the read and went away (57P01 at its shutdown): re-run it.
+        if self.guard.is_some() {
+            // Nothing of the guarded read reached the client yet (the guard holds its replies
+            // until the standby answers): whether the standby refused it and went away (57P01
+            // at its shutdown) or the connection just dropped, re-run it.
             self.in_flight = None;
             self.retry_now = self.guard.take();
             self.cancel.slot().set(None);

@@ -10,9 +10,10 @@
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::Session;
+use crate::backend::statements::StatementDef;
 use crate::config::{Consistency, Route};
 use crate::protocol::codec::{put_cstr, put_frame, put_frame_with};
 use crate::protocol::frontend::{self, tag as ftag, Target as DescribeTarget};
@@ -137,6 +138,12 @@ impl Session {
                     }
                     StatementKind::CopyFrom => {
                         out.copies_in = true;
+                        out.all_proxy = false;
+                    }
+                    StatementKind::Prepare { .. } => {
+                        // SQL PREPARE pins the client to the connection it runs on (its
+                        // statement cannot be replayed elsewhere): that must be the primary's.
+                        *class = Class::Write;
                         out.all_proxy = false;
                     }
                     _ => out.all_proxy = false,
@@ -279,9 +286,21 @@ impl Session {
     }
 
     pub(super) fn plan(&self, batch: &BatchClass) -> Plan {
+        self.plan_excluding(batch, &[])
+    }
+
+    /// Decides where a classified batch goes, treating the `excluded` nodes as down (they
+    /// could not be reached for this batch).
+    pub(super) fn plan_excluding(&self, batch: &BatchClass, excluded: &[usize]) -> Plan {
         let class = batch.class.unwrap_or(Class::Write);
         let settings = self.app.settings();
-        let topology = self.app.topology().load();
+        let mut topology = self.app.topology().load();
+        if !excluded.is_empty() {
+            let t = std::sync::Arc::make_mut(&mut topology);
+            for n in t.nodes.iter_mut().filter(|n| excluded.contains(&n.id)) {
+                n.healthy = false;
+            }
+        }
         let ctx = RouteContext {
             route: batch.hint.or(self.route.route).or(self.route.default_route),
             max_lag: batch.max_lag.or(self.route.max_lag),
@@ -313,7 +332,8 @@ impl Session {
         }
     }
 
-    /// Answers a batch made only of `causeway.*` statements without any server.
+    /// Answers a batch made only of `causeway.*` statements (or only of Close and Sync)
+    /// without any server.
     pub(super) fn answer_proxy_batch(&mut self) {
         let batch = std::mem::take(&mut self.batch);
         self.batch_len = 0;
@@ -366,12 +386,30 @@ impl Session {
                 ftag::PARSE => {
                     if let Ok(p) = frontend::parse(body) {
                         last = Some(self.app.classifier().analyze(p.query));
+                        if !p.name.is_empty() {
+                            // A named statement the client will Bind later, on its own: it
+                            // must exist for the client (and be answered here again).
+                            let tail = f.raw().slice(5 + p.name.len() + 1..);
+                            self.state
+                                .statements
+                                .insert(Bytes::copy_from_slice(p.name), StatementDef::new(tail));
+                        }
                     }
                     put_frame(&mut out, b'1', b"");
                 }
-                ftag::BIND => put_frame(&mut out, b'2', b""),
+                ftag::BIND => {
+                    if let Ok(b) = frontend::bind(body) {
+                        if let Some(a) = self.named_analysis(b.statement) {
+                            last = Some(a);
+                        }
+                    }
+                    put_frame(&mut out, b'2', b"")
+                }
                 ftag::DESCRIBE => {
-                    if let Ok(DescribeTarget::Statement(_)) = frontend::describe_or_close(body) {
+                    if let Ok(DescribeTarget::Statement(name)) = frontend::describe_or_close(body) {
+                        if let Some(a) = self.named_analysis(name) {
+                            last = Some(a);
+                        }
                         put_frame(&mut out, b't', &0i16.to_be_bytes());
                     }
                     match last.as_deref().and_then(show_of) {
@@ -387,7 +425,16 @@ impl Session {
                         }
                     }
                 }
-                ftag::CLOSE => put_frame(&mut out, b'3', b""),
+                ftag::CLOSE => {
+                    // Closing a statement only forgets the client's name (server-side
+                    // statements are shared); a portal does not outlive its transaction.
+                    if let Ok(DescribeTarget::Statement(name)) = frontend::describe_or_close(body) {
+                        if !name.is_empty() {
+                            self.state.statements.remove(name);
+                        }
+                    }
+                    put_frame(&mut out, b'3', b"")
+                }
                 ftag::SYNC => {
                     skipping = false;
                     messages::ready_for_query(&mut out, self.tx_status);
@@ -396,6 +443,26 @@ impl Session {
             }
         }
         self.client.push(out.freeze());
+    }
+
+    /// The analysis of the client's named statement `name` (none for the unnamed one).
+    fn named_analysis(&self, name: &[u8]) -> Option<std::sync::Arc<OwnedAnalysis>> {
+        if name.is_empty() {
+            return None;
+        }
+        let def = self.state.statements.get(name)?;
+        let query = def.body.split(|&c| c == 0).next().unwrap_or(&[]);
+        Some(self.app.classifier().analyze(query))
+    }
+
+    /// Whether the batch only closes statements or portals and syncs: nothing to run, so
+    /// nothing to route (the proxy answers it, see [`Session::answer_proxy_batch`]).
+    pub(super) fn batch_only_closes(&self) -> bool {
+        self.batch.iter().any(|f| f.tag() == ftag::SYNC)
+            && self
+                .batch
+                .iter()
+                .all(|f| matches!(f.tag(), ftag::CLOSE | ftag::SYNC))
     }
 
     /// Carries out the `causeway.*` statements of one text, writing their replies.

@@ -134,9 +134,9 @@ keyword_enum! {
 keyword_enum! {
     /// Whether the primary serves plain reads.
     pub enum PrimaryReads {
-        /// Never; a read with no eligible standby follows `routing.fallback`.
+        /// Never: a plain read with no eligible standby fails (57P03).
         Never = "never",
-        /// Only when no standby is eligible.
+        /// Only when no standby is eligible and `routing.fallback` is `"primary"`.
         Fallback = "fallback",
         /// Always: the primary takes part in read balancing with its weight.
         Always = "always",

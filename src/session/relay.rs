@@ -454,13 +454,7 @@ impl Session {
                         target
                     }
                     super::route::Plan::NoStandby => {
-                        self.fail_request(
-                            &ProxyError::error(
-                                SqlState::CANNOT_CONNECT_NOW,
-                                "no standby is available for this read (routing.fallback = \"error\")",
-                            ),
-                            term,
-                        );
+                        self.fail_request(&no_standby(), term);
                         return Ok(());
                     }
                 }
@@ -496,13 +490,7 @@ impl Session {
                                     guard_target = standby_of(self, t);
                                 }
                                 super::route::Plan::NoStandby => {
-                                    self.fail_request(
-                                    &ProxyError::error(
-                                        SqlState::CANNOT_CONNECT_NOW,
-                                        "no standby is available for this read (routing.fallback = \"error\")",
-                                    ),
-                                    term,
-                                );
+                                    self.fail_request(&no_standby(), term);
                                     return Ok(());
                                 }
                             }
@@ -1303,6 +1291,14 @@ fn is_misroute(e: &be::ErrorFields) -> bool {
 }
 
 /// The WAL position in a one-column text DataRow (`16/B374D848`).
+/// The error of a read that must run on a standby when none is eligible.
+fn no_standby() -> ProxyError {
+    ProxyError::error(
+        SqlState::CANNOT_CONNECT_NOW,
+        "no standby is available for this read (routing.fallback = \"error\")",
+    )
+}
+
 /// What [`Session::ask_causal_standby`] asks a standby.
 const REPLAY_SQL: &str = "SELECT pg_catalog.pg_last_wal_replay_lsn()";
 

@@ -178,6 +178,26 @@ struct Inner {
     outstanding: Vec<std::sync::atomic::AtomicUsize>,
     /// Advances on every routing decision (round robin, tie-breaking).
     tick: std::sync::atomic::AtomicUsize,
+    /// Client connections per user, for each user's `max_connections`.
+    user_sessions: parking_lot::Mutex<HashMap<String, usize>>,
+}
+
+/// A client counted against its user's `max_connections`, until dropped.
+pub struct UserSlot {
+    app: App,
+    user: String,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut m = self.app.inner.user_sessions.lock();
+        if let Some(n) = m.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// Most statements remembered as writes; beyond it the set starts over (they are learned
@@ -257,6 +277,7 @@ impl App {
                 classifier: crate::router::classify::ClassifierCache::default(),
                 catalogs,
                 learned_writes: parking_lot::Mutex::new(std::collections::HashSet::new()),
+                user_sessions: parking_lot::Mutex::new(HashMap::new()),
                 outstanding,
                 tick: std::sync::atomic::AtomicUsize::new(0),
             }),
@@ -375,6 +396,27 @@ impl App {
     /// Whether a statement text was learned to be a write.
     pub fn is_learned_write(&self, key: u64) -> bool {
         self.inner.learned_writes.lock().contains(&key)
+    }
+
+    /// Counts an authenticated client against its user's `max_connections`; `None` when the
+    /// user already has that many.
+    pub fn user_slot(&self, user: &str) -> Option<UserSlot> {
+        let limit = self
+            .settings()
+            .users
+            .get(user)
+            .and_then(|u| u.config.max_connections);
+        let mut m = self.inner.user_sessions.lock();
+        let n = m.entry(user.to_owned()).or_insert(0);
+        // Limits are at least 1, so a refused user never leaves a zero entry behind.
+        if limit.is_some_and(|l| *n >= l) {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            app: self.clone(),
+            user: user.to_owned(),
+        })
     }
 
     /// Remembers a statement text as a write.

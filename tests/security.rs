@@ -445,6 +445,62 @@ async fn clients_over_max_client_connections_get_53300() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_over_their_max_connections_get_53300() {
+    let toml = common::config_toml("", "").replacen(
+        "auth = \"trust\"\n",
+        "auth = \"trust\"\nmax_connections = 2\n",
+        1,
+    );
+    assert!(toml.contains("max_connections = 2"));
+    let proxy = common::start_proxy_from(toml).await;
+    let a = proxy
+        .connect_as(APP_TRUST_USER, "ignored", "postgres")
+        .await
+        .unwrap();
+    let b = proxy
+        .connect_as(APP_TRUST_USER, "ignored", "postgres")
+        .await
+        .unwrap();
+    let err = proxy
+        .connect_as(APP_TRUST_USER, "ignored", "postgres")
+        .await
+        .expect_err("a third connection of the user must be refused");
+    assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
+    let message = err.as_db_error().map(|d| d.message().to_owned());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("too many connections for role")),
+        "{message:?}"
+    );
+    // Other users are not limited by it.
+    let other = proxy.connect().await;
+    assert_eq!(
+        other
+            .query_one("select 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    assert_eq!(
+        a.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+    drop(b);
+    assert!(
+        common::eventually(Duration::from_secs(3), || async {
+            proxy
+                .connect_as(APP_TRUST_USER, "ignored", "postgres")
+                .await
+                .is_ok()
+        })
+        .await,
+        "the slot comes back once a session of the user is gone"
+    );
+}
+
 // === cancel keys ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

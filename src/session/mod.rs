@@ -87,6 +87,14 @@ pub async fn run(app: App, stream: TcpStream, peer: SocketAddr) {
         Ok(Outcome::Done) => return,
         Err(e) => return report_and_close(&mut client, e).await,
     };
+    // As PostgreSQL does for a role's CONNECTION LIMIT: after authentication.
+    let Some(_slot) = app.user_slot(&accepted.user) else {
+        let e = SessionError::Fatal(ProxyError::fatal(
+            SqlState::TOO_MANY_CONNECTIONS,
+            format!("too many connections for role \"{}\"", accepted.user),
+        ));
+        return report_and_close(&mut client, e).await;
+    };
     let mut session = Session::new(app, client, accepted);
     let result = match session.begin().await {
         Ok(()) => session.relay().await,

@@ -137,7 +137,9 @@ pub const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 pub async fn linger(stream: &mut TcpStream, limit: std::time::Duration) {
     let _ = tokio::time::timeout(limit, stream.shutdown()).await;
     let deadline = tokio::time::Instant::now() + limit;
-    let mut sink = [0u8; 4096];
+    // On the heap: a 4 KiB array here would sit in the future of every session (it is the
+    // last thing a session awaits), idle or not.
+    let mut sink = vec![0u8; 4096];
     while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
         if n == 0 {
             break;
@@ -154,11 +156,16 @@ pub(crate) async fn write_queued<W: tokio::io::AsyncWrite + Unpin>(
     if out.len() == 1 {
         return w.write(&out[0]).await;
     }
-    let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
-    let mut n = 0;
-    for (slot, chunk) in slices.iter_mut().zip(out.iter()) {
-        *slot = IoSlice::new(chunk);
-        n += 1;
-    }
-    w.write_vectored(&slices[..n]).await
+    // The slices are built on the stack at each poll, not kept in the future: the relay's
+    // select holds this future for as long as a session waits, idle or not.
+    std::future::poll_fn(|cx| {
+        let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut n = 0;
+        for (slot, chunk) in slices.iter_mut().zip(out.iter()) {
+            *slot = IoSlice::new(chunk);
+            n += 1;
+        }
+        std::pin::Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n])
+    })
+    .await
 }

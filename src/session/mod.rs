@@ -75,17 +75,18 @@ impl SessionError {
 pub async fn run(app: App, stream: TcpStream, peer: SocketAddr) {
     let mut client = ClientConn::new(stream, peer);
     let limit = app.settings().config.proxy.startup_timeout;
-    let outcome = match tokio::time::timeout(limit, startup::handshake(&app, &mut client)).await {
-        Ok(r) => r,
-        Err(_) => Err(SessionError::Fatal(ProxyError::fatal(
-            SqlState::CONNECTION_FAILURE,
-            format!("startup and authentication did not complete within {limit:?}"),
-        ))),
-    };
+    let outcome =
+        match tokio::time::timeout(limit, Box::pin(startup::handshake(&app, &mut client))).await {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::Fatal(ProxyError::fatal(
+                SqlState::CONNECTION_FAILURE,
+                format!("startup and authentication did not complete within {limit:?}"),
+            ))),
+        };
     let accepted = match outcome {
         Ok(Outcome::Session(a)) => a,
         Ok(Outcome::Done) => return,
-        Err(e) => return report_and_close(&mut client, e).await,
+        Err(e) => return Box::pin(report_and_close(&mut client, e)).await,
     };
     // As PostgreSQL does for a role's CONNECTION LIMIT: after authentication.
     let Some(_slot) = app.user_slot(&accepted.user) else {
@@ -93,14 +94,16 @@ pub async fn run(app: App, stream: TcpStream, peer: SocketAddr) {
             SqlState::TOO_MANY_CONNECTIONS,
             format!("too many connections for role \"{}\"", accepted.user),
         ));
-        return report_and_close(&mut client, e).await;
+        return Box::pin(report_and_close(&mut client, e)).await;
     };
     let mut session = Session::new(app, client, accepted);
-    let result = match session.begin().await {
-        Ok(()) => session.relay().await,
+    // The phases are boxed so that a session waiting in `relay` (most of its life, often
+    // idle) does not carry the space of the others' futures.
+    let result = match Box::pin(session.begin()).await {
+        Ok(()) => Box::pin(session.relay()).await,
         Err(e) => Err(e),
     };
-    session.finish(result).await;
+    Box::pin(session.finish(result)).await;
 }
 
 /// Sends the error (if the client can still hear it) and closes.

@@ -143,7 +143,7 @@ impl Session {
                 }
             }
             if self.params_dirty {
-                self.refresh_params().await?;
+                Box::pin(self.refresh_params()).await?;
             }
             self.maybe_release();
             // Requests that waited behind a held-back `causeway.*` answer or the proxy's own
@@ -157,13 +157,13 @@ impl Session {
             }
             self.maybe_release();
             if let Some(g) = self.retry_now.take() {
-                self.retry_on_primary(g).await?;
+                Box::pin(self.retry_on_primary(g)).await?;
             }
             if self.held.is_some() && !self.behind_standby_read() {
                 if let Some(h) = self.held.take() {
                     self.batch = h.frames;
                     self.batch_len = h.len;
-                    self.dispatch(h.term).await?;
+                    Box::pin(self.dispatch(h.term)).await?;
                     // What the client sent behind it waited in the read buffer.
                     if self.held.is_none()
                         && !self.client.rbuf.is_empty()
@@ -354,7 +354,7 @@ impl Session {
                     self.batch_len += frame.len();
                     self.batch.push(frame);
                     if self.batch_len > BATCH_FORWARD {
-                        self.dispatch(Terminator::Partial).await?;
+                        Box::pin(self.dispatch(Terminator::Partial)).await?;
                     }
                 }
                 t => {
@@ -376,7 +376,9 @@ impl Session {
     ) -> Result<(), SessionError> {
         self.batch_len += frame.len();
         self.batch.push(frame);
-        self.dispatch(term).await
+        // Boxed: dispatching (routing, checkout, read-your-writes asks) needs a large
+        // future, which an idle session should not carry in its own.
+        Box::pin(self.dispatch(term)).await
     }
 
     /// Sends the batch to the server serving this client, getting one if needed.

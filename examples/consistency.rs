@@ -94,13 +94,7 @@ impl Counts {
 }
 
 fn config(c: &LocalCluster, routing: &str) -> String {
-    let mut nodes = String::new();
-    for n in 0..c.node_count() {
-        nodes.push_str(&format!(
-            "[[nodes]]\naddress = \"127.0.0.1:{}\"\n",
-            c.port(n).expect("node port")
-        ));
-    }
+    let nodes = c.nodes_toml().expect("node ports");
     format!(
         r#"
 [proxy]
@@ -205,15 +199,7 @@ async fn run_one(
         .ok_or("no primary found")?;
     // Both standbys eligible before measuring.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while app
-        .topology()
-        .load()
-        .nodes
-        .iter()
-        .filter(|n| n.is_eligible_standby())
-        .count()
-        < 2
-    {
+    while app.topology().load().eligible_standbys() < 2 {
         if Instant::now() > deadline {
             return Err("standbys did not become eligible".into());
         }

@@ -235,13 +235,7 @@ async fn start_proxy(
     c: &LocalCluster,
     check_interval: Duration,
 ) -> Result<(App, std::net::SocketAddr), Box<dyn std::error::Error>> {
-    let mut nodes = String::new();
-    for n in 0..c.node_count() {
-        nodes.push_str(&format!(
-            "[[nodes]]\naddress = \"127.0.0.1:{}\"\n",
-            c.port(n)?
-        ));
-    }
+    let nodes = c.nodes_toml()?;
     let toml = format!(
         r#"
 [proxy]
@@ -271,7 +265,7 @@ password = "{ap}"
     let ready = app
         .topology()
         .wait_until(Duration::from_secs(30), |t| {
-            t.primary.is_some() && t.nodes.iter().filter(|n| n.is_eligible_standby()).count() == 2
+            t.primary.is_some() && t.eligible_standbys() == 2
         })
         .await;
     if !ready {

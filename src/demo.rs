@@ -29,13 +29,7 @@ pub enum DemoError {
 
 /// The configuration the demo runs with: every node of `cluster`, the cluster's roles.
 pub fn config_for(cluster: &LocalCluster, listen: SocketAddr) -> Result<Config, DemoError> {
-    let mut nodes = String::new();
-    for n in 0..cluster.node_count() {
-        nodes.push_str(&format!(
-            "[[nodes]]\naddress = \"127.0.0.1:{}\"\n",
-            cluster.port(n)?
-        ));
-    }
+    let nodes = cluster.nodes_toml()?;
     let toml = format!(
         r#"
 [proxy]

@@ -5,8 +5,11 @@
 //! Tests run concurrently. Those that depend on both standbys being in sync take the replay lock
 //! for reading; the one that pauses replay takes it for writing (and resumes replay in a guard,
 //! also when it panics). Nodes are never stopped: a standby that goes down is simulated by a
-//! TCP forwarder in front of it that stops listening and cuts its connections.
+//! TCP relay (`tests/common/relay.rs`) in front of it that stops listening and cuts its
+//! connections.
 mod common;
+#[path = "common/relay.rs"]
+mod relay;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +17,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use causeway::cluster::{APP_MD5_PASSWORD, APP_MD5_USER, APP_PASSWORD, APP_TRUST_USER, APP_USER};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OnceCell, RwLock};
+use relay::{Mode, Relay};
+use tokio::sync::{OnceCell, RwLock};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 // === fixtures ===
@@ -118,15 +121,7 @@ fn weigh_node(toml: &str, port: i32, weight: u32) -> String {
 /// Waits until `count` standbys are eligible for reads.
 async fn wait_eligible(proxy: &common::Proxy, count: usize) {
     let ok = common::eventually(Duration::from_secs(10), || async {
-        proxy
-            .app
-            .topology()
-            .load()
-            .nodes
-            .iter()
-            .filter(|n| n.is_eligible_standby())
-            .count()
-            == count
+        proxy.app.topology().load().eligible_standbys() == count
     })
     .await;
     assert!(ok, "{count} standbys become eligible for reads");
@@ -134,7 +129,7 @@ async fn wait_eligible(proxy: &common::Proxy, count: usize) {
 
 /// A port nothing listens on.
 async fn dead_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap().port()
 }
 
@@ -196,87 +191,6 @@ impl Tally {
     }
     fn only_on(&self, ports: &[i32]) -> bool {
         self.0.keys().all(|p| ports.contains(p))
-    }
-}
-
-// === a TCP forwarder standing in for a standby that goes away ===
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Forward everything.
-    Pass,
-    /// Keep the connections already made, close new ones at once (a server refusing
-    /// connections while the monitoring connection survives).
-    RefuseNew,
-    /// Stop listening (connection refused) and cut every connection.
-    Down,
-}
-
-struct Forwarder {
-    port: u16,
-    mode: watch::Sender<Mode>,
-}
-
-impl Forwarder {
-    async fn start(target: i32) -> Forwarder {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (mode, rx) = watch::channel(Mode::Pass);
-        tokio::spawn(forward_serve(listener, port, target as u16, rx));
-        Forwarder { port, mode }
-    }
-
-    fn set(&self, m: Mode) {
-        self.mode.send_replace(m);
-    }
-}
-
-async fn forward_serve(
-    listener: TcpListener,
-    port: u16,
-    target: u16,
-    mut rx: watch::Receiver<Mode>,
-) {
-    let mut listener = Some(listener);
-    let mut bind_failures = 0;
-    loop {
-        let mode = *rx.borrow_and_update();
-        if mode == Mode::Down {
-            listener = None;
-        } else if listener.is_none() {
-            match TcpListener::bind(("127.0.0.1", port)).await {
-                Ok(l) => listener = Some(l),
-                Err(_) if bind_failures < 100 => {
-                    bind_failures += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-                Err(e) => panic!("forwarder cannot listen again on {port}: {e}"),
-            }
-        }
-        tokio::select! {
-            r = rx.changed() => if r.is_err() { return },
-            a = async {
-                match &listener {
-                    Some(l) => l.accept().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if let (Ok((s, _)), Mode::Pass) = (a, mode) {
-                    tokio::spawn(forward_pipe(s, target, rx.clone()));
-                }
-            }
-        }
-    }
-}
-
-async fn forward_pipe(mut client: TcpStream, target: u16, mut rx: watch::Receiver<Mode>) {
-    let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)).await else {
-        return;
-    };
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        _ = rx.wait_for(|m| *m == Mode::Down) => {}
     }
 }
 
@@ -883,11 +797,13 @@ async fn standby_going_down_is_dropped_without_client_errors() {
     setup().await;
     let _g = replay_lock().read().await;
     let n = nodes();
-    let fwd = Forwarder::start(n.standbys[1]).await;
+    let fwd = Relay::start(([127, 0, 0, 1], n.standbys[1] as u16).into())
+        .await
+        .unwrap();
     let toml = replace_node(
         &common::routing_config_toml("consistency = \"eventual\"", ""),
         n.standbys[1],
-        fwd.port,
+        fwd.port(),
     );
     let proxy = common::start_proxy_from(toml).await;
     wait_eligible(&proxy, 2).await;
@@ -909,15 +825,7 @@ async fn standby_going_down_is_dropped_without_client_errors() {
     fwd.set(Mode::Down);
     let down_at = tokio::time::Instant::now();
     let noticed = common::eventually(Duration::from_secs(3), || async {
-        proxy
-            .app
-            .topology()
-            .load()
-            .nodes
-            .iter()
-            .filter(|n| n.is_eligible_standby())
-            .count()
-            == 1
+        proxy.app.topology().load().eligible_standbys() == 1
     })
     .await;
     assert!(noticed, "the proxy notices the standby is down");
@@ -960,11 +868,13 @@ async fn standby_refusing_connections_at_checkout_is_routed_around() {
     setup().await;
     let _g = replay_lock().read().await;
     let n = nodes();
-    let fwd = Forwarder::start(n.standbys[1]).await;
+    let fwd = Relay::start(([127, 0, 0, 1], n.standbys[1] as u16).into())
+        .await
+        .unwrap();
     let toml = replace_node(
         &common::routing_config_toml("consistency = \"eventual\"", ""),
         n.standbys[1],
-        fwd.port,
+        fwd.port(),
     );
     let proxy = common::start_proxy_from(toml.clone()).await;
     // Its only standby is the forwarded one, and reads that need a standby fail without one.
@@ -985,15 +895,7 @@ async fn standby_refusing_connections_at_checkout_is_routed_around() {
     }
     assert!(t.only_on(&[n.standbys[0], n.primary]), "{t:?}");
     assert!(
-        proxy
-            .app
-            .topology()
-            .load()
-            .nodes
-            .iter()
-            .filter(|n| n.is_eligible_standby())
-            .count()
-            == 2,
+        proxy.app.topology().load().eligible_standbys() == 2,
         "the proxy still believes the refusing standby is fine (this is the checkout path)"
     );
 
@@ -1011,7 +913,7 @@ async fn standby_refusing_connections_at_checkout_is_routed_around() {
     let fwd_node = topo
         .nodes
         .iter()
-        .position(|x| x.addr.ends_with(&format!(":{}", fwd.port)))
+        .position(|x| x.addr.ends_with(&format!(":{}", fwd.port())))
         .expect("forwarded node in the topology");
     drop(topo);
     assert_eq!(

@@ -170,11 +170,7 @@ pub fn causeway_config(
     port: u16,
     s: &CausewaySettings,
 ) -> Result<String, String> {
-    let mut nodes = String::new();
-    for n in 0..cluster.node_count() {
-        let p = cluster.port(n).map_err(|e| e.to_string())?;
-        let _ = writeln!(nodes, "[[nodes]]\naddress = \"127.0.0.1:{p}\"");
-    }
+    let nodes = cluster.nodes_toml().map_err(|e| e.to_string())?;
     Ok(format!(
         r#"# Written by examples/loadbench.
 [proxy]

@@ -531,6 +531,22 @@ impl LocalCluster {
         Ok(self.state()[n].port)
     }
 
+    /// A causeway configuration's `[[nodes]]` entries for every node, in node order:
+    /// `[[nodes]]\naddress = "127.0.0.1:<port>"\n` each.
+    ///
+    /// # Errors
+    /// [`ClusterError::ShutDown`].
+    pub fn nodes_toml(&self) -> Result<String> {
+        let mut nodes = String::new();
+        for n in 0..self.node_count() {
+            nodes.push_str(&format!(
+                "[[nodes]]\naddress = \"127.0.0.1:{}\"\n",
+                self.port(n)?
+            ));
+        }
+        Ok(nodes)
+    }
+
     /// Ports of the initial standbys, nodes `1..node_count()`, whatever their role is now (see
     /// [`primary`](Self::primary) for the current one).
     pub fn standby_ports(&self) -> Vec<u16> {

@@ -92,6 +92,14 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// How many standbys may take reads now (healthy, in recovery, within the lag limits).
+    pub fn eligible_standbys(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_eligible_standby())
+            .count()
+    }
+
     /// The starting snapshot: every node unknown and unhealthy, no primary.
     pub fn initial(addrs: &[String]) -> Topology {
         Topology {

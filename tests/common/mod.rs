@@ -49,13 +49,7 @@ fn config_toml_full(
     extra: &str,
 ) -> String {
     let c = cluster();
-    let mut nodes = String::new();
-    for n in 0..c.node_count() {
-        nodes.push_str(&format!(
-            "[[nodes]]\naddress = \"127.0.0.1:{}\"\n",
-            c.port(n).unwrap()
-        ));
-    }
+    let nodes = c.nodes_toml().unwrap();
     format!(
         r#"
 [proxy]
@@ -116,15 +110,7 @@ pub async fn start_proxy_with(proxy_section: &str, extra: &str) -> Proxy {
 pub async fn start_routing_proxy(routing_section: &str, extra: &str) -> Proxy {
     let proxy = start_proxy_from(routing_config_toml(routing_section, extra)).await;
     let ok = eventually(Duration::from_secs(10), || async {
-        proxy
-            .app
-            .topology()
-            .load()
-            .nodes
-            .iter()
-            .filter(|n| n.is_eligible_standby())
-            .count()
-            == 2
+        proxy.app.topology().load().eligible_standbys() == 2
     })
     .await;
     assert!(ok, "both standbys become eligible for reads");

@@ -174,6 +174,9 @@ struct Inner {
     /// Statements a standby refused as writes (misroute self-healing), by text hash: they go
     /// straight to the primary from then on.
     learned_writes: parking_lot::Mutex<std::collections::HashSet<u64>>,
+    /// Whether `learned_writes` holds anything: the common case (nothing learned) then costs
+    /// every request one relaxed load instead of a shared lock.
+    any_learned: std::sync::atomic::AtomicBool,
     /// Requests in flight per node, for least-outstanding balancing.
     outstanding: Vec<std::sync::atomic::AtomicUsize>,
     /// Advances on every routing decision (round robin, tie-breaking).
@@ -277,6 +280,7 @@ impl App {
                 classifier: crate::router::classify::ClassifierCache::default(),
                 catalogs,
                 learned_writes: parking_lot::Mutex::new(std::collections::HashSet::new()),
+                any_learned: std::sync::atomic::AtomicBool::new(false),
                 user_sessions: parking_lot::Mutex::new(HashMap::new()),
                 outstanding,
                 tick: std::sync::atomic::AtomicUsize::new(0),
@@ -395,7 +399,8 @@ impl App {
 
     /// Whether a statement text was learned to be a write.
     pub fn is_learned_write(&self, key: u64) -> bool {
-        self.inner.learned_writes.lock().contains(&key)
+        self.inner.any_learned.load(Ordering::Relaxed)
+            && self.inner.learned_writes.lock().contains(&key)
     }
 
     /// Counts an authenticated client against its user's `max_connections`; `None` when the
@@ -426,6 +431,7 @@ impl App {
             set.clear();
         }
         set.insert(key);
+        self.inner.any_learned.store(true, Ordering::Relaxed);
     }
 
     /// Requests in flight per node.

@@ -18,7 +18,7 @@ use crate::backend::connection::ConnectTarget;
 use crate::backend::pool::PoolSettings;
 use crate::backend::Pools;
 use crate::config::{AuthMethod, Config, UserConfig};
-use crate::session::cancel::CancelRegistry;
+use crate::session::cancel::{CancelRegistry, Stop};
 use crate::topology::{watcher, Topology, TopologyHandle};
 
 /// Errors while building or starting the proxy.
@@ -345,6 +345,7 @@ impl App {
     /// for a little longer.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.shutdown.cancel();
+        self.inner.cancels.signal_all(Stop::Drain);
         self.inner.tasks.close();
         if tokio::time::timeout(grace, self.inner.tasks.wait())
             .await
@@ -352,6 +353,7 @@ impl App {
         {
             tracing::warn!("shutdown grace period over; closing remaining connections");
             self.inner.kill.cancel();
+            self.inner.cancels.signal_all(Stop::Kill);
             if tokio::time::timeout(KILL_WAIT, self.inner.tasks.wait())
                 .await
                 .is_err()
@@ -364,9 +366,10 @@ impl App {
 
     // === accessors ===
 
-    /// The current settings.
-    pub fn settings(&self) -> Arc<Settings> {
-        self.inner.settings.load_full()
+    /// The current settings: a cheap guard (no reference count is touched), to be dropped
+    /// before an `.await`.
+    pub fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
+        self.inner.settings.load()
     }
 
     /// The topology handle.
@@ -435,7 +438,7 @@ impl App {
     }
 
     /// Requests in flight per node.
-    pub fn outstanding(&self) -> Vec<usize> {
+    pub fn outstanding(&self) -> smallvec::SmallVec<[usize; 8]> {
         self.inner
             .outstanding
             .iter()

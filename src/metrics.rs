@@ -35,13 +35,33 @@ pub struct PinLabels {
     pub reason: &'static str,
 }
 
+/// Reasons a request is routed, as labelled in `causeway_requests`.
+pub const REASONS: [&str; 6] = [
+    "write",
+    "forced",
+    "read",
+    "fallback",
+    "causal",
+    "transaction",
+];
+
 /// Where a request ran, for latency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteKind {
     /// On the primary.
-    Primary,
+    Primary = 0,
     /// On a standby.
-    Standby,
+    Standby = 1,
+}
+
+impl RouteKind {
+    /// The `target` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RouteKind::Primary => "primary",
+            RouteKind::Standby => "standby",
+        }
+    }
 }
 
 /// All the proxy's metrics.
@@ -55,6 +75,9 @@ pub struct Metrics {
     pub clients_active: Gauge,
     /// Requests by target and reason.
     pub requests: Family<RouteLabels, Counter>,
+    /// The counters of `requests`, made in advance: `[target][reason]`, in the order of
+    /// [`REASONS`] (counting a request hashes no labels).
+    request_counters: [[Counter; REASONS.len()]; 2],
     /// Requests answered by a standby with a misroute error and re-run elsewhere.
     pub misroute_retries: Counter,
     /// Sessions pinned to one server connection, by reason.
@@ -103,6 +126,7 @@ impl Metrics {
             clients_refused: Counter::default(),
             clients_active: Gauge::default(),
             requests: Family::default(),
+            request_counters: Default::default(),
             misroute_retries: Counter::default(),
             pinned: Family::default(),
             pool_timeouts: Counter::default(),
@@ -175,18 +199,38 @@ impl Metrics {
             "Asked standbys that had replayed the session's writes (the read went there)",
             m.causal_ask_hits.clone(),
         );
-        Metrics { registry, ..m }
+        let request_counters = [RouteKind::Primary, RouteKind::Standby].map(|kind| {
+            REASONS.map(|reason| {
+                m.requests
+                    .get_or_create(&RouteLabels {
+                        target: kind.label(),
+                        reason,
+                    })
+                    .clone()
+            })
+        });
+        Metrics {
+            registry,
+            request_counters,
+            ..m
+        }
     }
 
     /// Counts a routed request.
     pub fn count_request(&self, target: RouteKind, reason: &'static str) {
-        let target = match target {
-            RouteKind::Primary => "primary",
-            RouteKind::Standby => "standby",
-        };
-        self.requests
-            .get_or_create(&RouteLabels { target, reason })
-            .inc();
+        match REASONS.iter().position(|r| *r == reason) {
+            Some(i) => {
+                self.request_counters[target as usize][i].inc();
+            }
+            None => {
+                self.requests
+                    .get_or_create(&RouteLabels {
+                        target: target.label(),
+                        reason,
+                    })
+                    .inc();
+            }
+        }
     }
 
     /// Counts a pinned session.

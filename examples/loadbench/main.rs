@@ -64,6 +64,11 @@ struct Args {
     /// Idle authenticated clients in the memory mode (default 10000, quick 2000).
     #[arg(long)]
     idle_clients: Option<usize>,
+    /// Run only this workload, by its label as in the report (for example
+    /// `--only "-S -c 16 -M prepared"`); repeat for several. A partial run: keep it out of
+    /// docs/BENCHMARKS.md with `--no-write` or `--output`.
+    #[arg(long, value_name = "WORKLOAD")]
+    only: Vec<String>,
     /// Skip the idle-client memory mode.
     #[arg(long, conflicts_with = "memory_only")]
     skip_memory: bool,
@@ -136,6 +141,9 @@ impl Plan {
             protocol: Protocol::Simple,
             clients: 16,
         });
+        if !a.only.is_empty() {
+            workloads.retain(|w| a.only.iter().any(|o| o.trim() == w.label()));
+        }
         Plan {
             rounds: a.rounds.unwrap_or(if q { 2 } else { 4 }).max(1),
             duration: Duration::from_secs(a.duration.unwrap_or(if q { 3 } else { 5 }).max(1)),
@@ -488,6 +496,12 @@ fn collect_facts(args: &Args, cluster: Option<&LocalCluster>) -> Facts {
 
 fn run(args: &Args) -> Result<(), String> {
     let mut plan = Plan::from_args(args);
+    if plan.load && plan.workloads.is_empty() {
+        return Err(format!(
+            "--only matched no workload; the labels are like \"-S -c 16 -M prepared\" and \"TPC-B -c 16 -M simple\" (got {:?})",
+            args.only
+        ));
+    }
     let started = Instant::now();
     say!(
         "{} rounds x {} workloads x 4 targets, {} s each{}; about {} min in all",

@@ -142,12 +142,9 @@ pub struct ServerConn {
     node: usize,
     /// host:port, for messages.
     addr: String,
-    /// Host the connection was made to (for cancel requests).
-    host: String,
-    /// Port the connection was made to.
-    port: u16,
-    /// The server's process id and cancel secret.
-    key: CancelKey,
+    /// Where a CancelRequest for this connection goes: host, port and the server process's
+    /// key. Shared, so that pointing a client's cancel slot at it allocates nothing.
+    cancel: Arc<super::cancel::CancelTarget>,
     /// When the connection was established (for `server_lifetime`).
     created: Instant,
     /// When the connection was last checked in (for `server_idle_timeout`).
@@ -161,7 +158,7 @@ impl std::fmt::Debug for ServerConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConn")
             .field("addr", &self.addr)
-            .field("pid", &self.key.pid)
+            .field("pid", &self.cancel.key.pid)
             .field("status", &self.status)
             .field("pending", &self.pending.len())
             .field("broken", &self.broken)
@@ -211,9 +208,11 @@ impl ServerConn {
             track: RequestTrack::default(),
             node: target.node,
             addr,
-            host: target.host.clone(),
-            port: target.port,
-            key: CancelKey { pid: 0, secret: 0 },
+            cancel: Arc::new(super::cancel::CancelTarget {
+                host: target.host.clone(),
+                port: target.port,
+                key: CancelKey { pid: 0, secret: 0 },
+            }),
             created: now,
             last_used: now,
             role_epoch: 0,
@@ -230,7 +229,8 @@ impl ServerConn {
             match frame.tag() {
                 btag::PARAMETER_STATUS => conn.record_parameter(frame.body())?,
                 btag::BACKEND_KEY_DATA => {
-                    conn.key = be::backend_key_data(frame.body()).map_err(|e| conn.proto(e))?
+                    let key = be::backend_key_data(frame.body()).map_err(|e| conn.proto(e))?;
+                    Arc::make_mut(&mut conn.cancel).key = key;
                 }
                 btag::READY_FOR_QUERY => {
                     conn.status = be::ready_for_query(frame.body()).map_err(|e| conn.proto(e))?;
@@ -371,16 +371,12 @@ impl ServerConn {
 
     /// The server's process id and cancel secret.
     pub fn cancel_key(&self) -> CancelKey {
-        self.key
+        self.cancel.key
     }
 
     /// Where a CancelRequest for this connection's process must go.
-    pub fn cancel_target(&self) -> super::cancel::CancelTarget {
-        super::cancel::CancelTarget {
-            host: self.host.clone(),
-            port: self.port,
-            key: self.key,
-        }
+    pub fn cancel_target(&self) -> Arc<super::cancel::CancelTarget> {
+        self.cancel.clone()
     }
 
     /// Transaction status from the last ReadyForQuery.

@@ -55,8 +55,9 @@ pub struct PoolSettings {
 
 /// A checked-out server connection.
 pub struct Lease {
-    /// The connection.
-    conn: ServerConn,
+    /// The connection, boxed: a lease moves between the pool and the session on every
+    /// request, and a `ServerConn` is large.
+    conn: Box<ServerConn>,
     /// Pool permit: released when the lease ends.
     _active: OwnedSemaphorePermit,
     /// Node permit: travels with the connection into the idle stack and back.
@@ -87,7 +88,7 @@ impl Lease {
 
 /// An idle connection with the node permit it keeps.
 struct Idle {
-    conn: ServerConn,
+    conn: Box<ServerConn>,
     node_permit: OwnedSemaphorePermit,
 }
 
@@ -169,11 +170,37 @@ impl Pool {
             });
         }
         let node_permit = self.acquire(&self.node_permits, started).await?;
-        let conn = self.connect(role_epoch).await?;
+        let conn = Box::new(self.connect(role_epoch).await?);
         Ok(Lease {
             conn,
             _active: active,
             node_permit,
+            pool: self.clone(),
+        })
+    }
+
+    /// Checks out an idle connection without waiting, if the pool has room and one is idle
+    /// and usable (see [`Pool::checkout`]); `None` otherwise (use `checkout`).
+    pub fn try_checkout(self: &Arc<Self>, role_epoch: u64, now: Instant) -> Option<Lease> {
+        let active = self.active.clone().try_acquire_owned().ok()?;
+        let idle = {
+            let mut idle = self.idle.lock();
+            let usable = idle.last_mut().is_some_and(|i| {
+                !self.is_expired_at(&i.conn, now)
+                    && i.conn.role_epoch >= role_epoch
+                    && i.conn.is_alive()
+            });
+            // Closing an unusable one is `checkout`'s job.
+            if usable {
+                idle.pop()
+            } else {
+                None
+            }
+        }?;
+        Some(Lease {
+            conn: idle.conn,
+            _active: active,
+            node_permit: idle.node_permit,
             pool: self.clone(),
         })
     }
@@ -246,7 +273,13 @@ impl Pool {
             match self.connect(role_epoch).await {
                 Ok(mut conn) => {
                     conn.last_used = Instant::now();
-                    self.idle.lock().insert(0, Idle { conn, node_permit });
+                    self.idle.lock().insert(
+                        0,
+                        Idle {
+                            conn: Box::new(conn),
+                            node_permit,
+                        },
+                    );
                 }
                 Err(e) => {
                     tracing::debug!(pool = %self.name(), error = %e, "could not open an idle server connection");
@@ -270,19 +303,21 @@ impl Pool {
     /// limits is closed instead.
     pub fn checkin(&self, mut lease: Lease) {
         self.sync_statements(&mut lease.conn);
-        if !self.is_reusable(&lease.conn) {
+        let now = Instant::now();
+        if !self.is_reusable(&lease.conn, now) {
             tracing::debug!(pool = %self.name(), conn = ?lease.conn, "closing server connection");
             tokio::spawn(lease.conn.close());
             return;
         }
-        self.push_idle(lease);
+        self.push_idle(lease, now);
     }
 
     /// Runs the reset query (`DISCARD ALL`), then gives the connection back; any failure closes
     /// it. Used when a client leaves state the proxy does not track (session pooling, or a
     /// pinned session).
     pub async fn reset_and_checkin(&self, mut lease: Lease) {
-        if !self.is_reusable(&lease.conn) {
+        let now = Instant::now();
+        if !self.is_reusable(&lease.conn, now) {
             tracing::debug!(pool = %self.name(), conn = ?lease.conn, "closing server connection");
             lease.conn.close().await;
             return;
@@ -303,12 +338,12 @@ impl Pool {
                 }
             }
         }
-        self.push_idle(lease);
+        self.push_idle(lease, now);
     }
 
-    fn is_reusable(&self, conn: &ServerConn) -> bool {
+    fn is_reusable(&self, conn: &ServerConn, now: Instant) -> bool {
         conn.is_idle()
-            && !self.is_expired(conn)
+            && !self.is_expired_at(conn, now)
             && conn.statements.pending_close_len() <= super::statements::MAX_PENDING_CLOSE
     }
 
@@ -340,14 +375,14 @@ impl Pool {
         conn.statements.seen_generation = self.stale_generation.load(Ordering::Acquire);
     }
 
-    fn push_idle(&self, lease: Lease) {
+    fn push_idle(&self, lease: Lease, now: Instant) {
         let Lease {
             mut conn,
             node_permit,
             _active,
             ..
         } = lease;
-        conn.last_used = Instant::now();
+        conn.last_used = now;
         self.idle.lock().push(Idle { conn, node_permit });
         // Only now may a waiting checkout proceed: it must find this connection idle rather
         // than open a new one.
@@ -359,7 +394,10 @@ impl Pool {
     }
 
     fn is_expired(&self, conn: &ServerConn) -> bool {
-        let now = Instant::now();
+        self.is_expired_at(conn, Instant::now())
+    }
+
+    fn is_expired_at(&self, conn: &ServerConn, now: Instant) -> bool {
         self.settings
             .lifetime
             .is_some_and(|l| now.duration_since(conn.created()) >= l)

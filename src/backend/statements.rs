@@ -5,7 +5,6 @@
 //! definition (query text and parameter types). The session rewrites Bind/Describe/Close to the
 //! server's names and prepares a missing statement in front of the request that needs it.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -42,7 +41,7 @@ impl StatementDef {
 pub struct ServerStatements {
     /// Server-side name and last use (a tick of `clock`) for each definition prepared on
     /// this connection.
-    by_hash: HashMap<u64, Entry>,
+    by_hash: rustc_hash::FxHashMap<u64, Entry>,
     /// Source of fresh server-side names.
     next: u64,
     /// Advances on every use, for least-recently-used eviction.

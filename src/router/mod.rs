@@ -118,7 +118,7 @@ pub fn route(
         (Class::ReadOnlyBegin, _) => true,
         (Class::Read, _) => false,
     };
-    let mut candidates: Vec<balance::Candidate> = Vec::with_capacity(topology.nodes.len());
+    let mut candidates: smallvec::SmallVec<[balance::Candidate; 8]> = smallvec::SmallVec::new();
     let mut causal_block = false;
     for n in &topology.nodes {
         let weight = policy.weights.get(n.id).copied().unwrap_or(1);

@@ -8,8 +8,11 @@
 //! is being looked up.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
 pub use crate::backend::cancel::{send_cancel, CancelTarget};
@@ -21,13 +24,48 @@ pub struct CancelSlot {
     /// The secret the client must present.
     secret: i32,
     /// The server process running the client's requests, when there is one.
-    target: Mutex<Option<CancelTarget>>,
+    target: Mutex<Option<Arc<CancelTarget>>>,
+    /// How far the proxy's shutdown has gone, as seen by this session.
+    stop: AtomicU8,
+    /// The session's task, woken when `stop` rises.
+    waker: AtomicWaker,
+}
+
+/// How far the proxy's shutdown has gone, for one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stop {
+    /// Running.
+    None = 0,
+    /// Shutting down: end the session when it is idle.
+    Drain = 1,
+    /// The grace period is over: end the session now.
+    Kill = 2,
 }
 
 impl CancelSlot {
     /// Points cancels at a server process (or at nothing).
-    pub fn set(&self, target: Option<CancelTarget>) {
+    pub fn set(&self, target: Option<Arc<CancelTarget>>) {
         *self.target.lock() = target;
+    }
+
+    /// Raises the session's stop level and wakes its task.
+    pub fn signal(&self, level: Stop) {
+        self.stop.fetch_max(level as u8, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Ready once the stop level is at least `level`. Polling costs two atomic loads and,
+    /// when the task's waker changed, one swap: unlike a shared `Notify`, no lock that every
+    /// session contends for.
+    pub fn poll_stop(&self, cx: &mut Context<'_>, level: Stop) -> Poll<()> {
+        if self.stop.load(Ordering::Acquire) >= level as u8 {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.stop.load(Ordering::Acquire) >= level as u8 {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }
 
@@ -63,6 +101,8 @@ impl CancelRegistry {
         let slot = Arc::new(CancelSlot {
             secret: key.secret,
             target: Mutex::new(None),
+            stop: AtomicU8::new(Stop::None as u8),
+            waker: AtomicWaker::new(),
         });
         self.slots.lock().insert(key.pid, slot.clone());
         Registration {
@@ -72,8 +112,17 @@ impl CancelRegistry {
         }
     }
 
+    /// Raises every registered session's stop level (shutdown). A session registered after
+    /// this call must check the proxy's shutdown state itself (see `Session::new`).
+    pub fn signal_all(&self, level: Stop) {
+        let slots: Vec<Arc<CancelSlot>> = self.slots.lock().values().cloned().collect();
+        for s in slots {
+            s.signal(level);
+        }
+    }
+
     /// The server process a client key currently maps to, if the key is valid.
-    pub fn lookup(&self, key: CancelKey) -> Option<CancelTarget> {
+    pub fn lookup(&self, key: CancelKey) -> Option<Arc<CancelTarget>> {
         let slot = self.slots.lock().get(&key.pid).cloned()?;
         if slot.secret != key.secret {
             return None;
@@ -99,8 +148,8 @@ mod tests {
         {
             let r = reg.register(key);
             assert_eq!(reg.lookup(key), None, "no server yet");
-            r.slot().set(Some(target.clone()));
-            assert_eq!(reg.lookup(key), Some(target));
+            r.slot().set(Some(Arc::new(target.clone())));
+            assert_eq!(reg.lookup(key).as_deref(), Some(&target));
             assert_eq!(reg.lookup(CancelKey { pid: 7, secret: 41 }), None);
         }
         assert_eq!(reg.lookup(key), None);

@@ -1,7 +1,8 @@
 //! The client side of a session: socket, read buffer, and the queue of bytes to send.
 //!
-//! Outgoing bytes are kept as a queue of `Bytes` chunks (most of them zero-copy slices of a
-//! server's read buffer) and written with vectored writes, one syscall for everything queued.
+//! Outgoing bytes are kept as a queue of chunks (most of them zero-copy slices of a server's
+//! read buffer; slices that follow each other in that buffer are merged back into one) and
+//! written with one (vectored) write for everything queued.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -23,7 +24,7 @@ pub struct ClientConn {
     /// Bytes read and not consumed yet (at most one incomplete frame after processing).
     pub(crate) rbuf: BytesMut,
     /// Chunks waiting to be written, oldest first.
-    pub(crate) out: VecDeque<Bytes>,
+    pub(crate) out: VecDeque<BytesMut>,
     /// Total bytes in `out`.
     out_len: usize,
     /// The client's address.
@@ -47,18 +48,35 @@ impl ClientConn {
         self.peer
     }
 
-    /// Queues bytes for the client.
+    /// Queues bytes for the client. A chunk that continues the last one queued in the same
+    /// buffer (the next frames of a server's reply, split off one by one) is merged into it:
+    /// fewer chunks to track, and usually a plain `send` instead of a vectored write.
     #[inline]
-    pub fn push(&mut self, bytes: Bytes) {
-        if !bytes.is_empty() {
-            self.out_len += bytes.len();
-            self.out.push_back(bytes);
+    pub fn push(&mut self, bytes: BytesMut) {
+        if bytes.is_empty() {
+            return;
         }
+        self.out_len += bytes.len();
+        if let Some(last) = self.out.back_mut() {
+            // `unsplit` is O(1) exactly when the two are adjacent parts of one buffer (it
+            // checks that too); adjacent memory is a cheap first test.
+            if last.as_ptr().wrapping_add(last.len()) == bytes.as_ptr() {
+                last.unsplit(bytes);
+                return;
+            }
+        }
+        self.out.push_back(bytes);
+    }
+
+    /// Queues bytes that are not part of a larger buffer (a message the proxy built).
+    pub fn push_bytes(&mut self, bytes: Bytes) {
+        // Sole owner: converting takes the allocation over without copying.
+        self.push(BytesMut::from(bytes));
     }
 
     /// Queues an ErrorResponse or NoticeResponse.
     pub fn push_error(&mut self, e: &ProxyError) {
-        self.push(e.to_bytes());
+        self.push_bytes(e.to_bytes());
     }
 
     /// Bytes queued for the client.
@@ -98,6 +116,21 @@ impl ClientConn {
     /// Ends the connection gracefully after the last flush: see [`linger`].
     pub async fn linger(&mut self) {
         linger(&mut self.stream, LINGER).await;
+    }
+
+    /// Writes what is queued without waiting (one `send` or vectored write), if the socket
+    /// takes it now; `WouldBlock` otherwise. The caller advances the queue.
+    pub(crate) fn try_write_queued(&self) -> std::io::Result<usize> {
+        if self.out.len() == 1 {
+            return self.stream.try_write(&self.out[0]);
+        }
+        let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut n = 0;
+        for (slot, chunk) in slices.iter_mut().zip(self.out.iter()) {
+            *slot = IoSlice::new(chunk);
+            n += 1;
+        }
+        self.stream.try_write_vectored(&slices[..n])
     }
 
     /// Removes `n` written bytes from the front of the queue.
@@ -151,7 +184,7 @@ pub async fn linger(stream: &mut TcpStream, limit: std::time::Duration) {
 /// before completing.
 pub(crate) async fn write_queued<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut W,
-    out: &VecDeque<Bytes>,
+    out: &VecDeque<BytesMut>,
 ) -> std::io::Result<usize> {
     if out.len() == 1 {
         return w.write(&out[0]).await;

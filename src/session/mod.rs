@@ -213,6 +213,8 @@ pub struct Session {
     violation: Option<ProtocolError>,
     /// Largest frontend message accepted.
     max_message: usize,
+    /// The current request's clock reading (see `Session::clock`).
+    now: Option<tokio::time::Instant>,
 }
 
 impl Session {
@@ -222,6 +224,13 @@ impl Session {
             secret: rand::random(),
         };
         let cancel = app.cancels().register(key);
+        // Shutdown signals every registered session after cancelling its tokens: a session
+        // registered too late for that sees the tokens.
+        if app.kill_token().is_cancelled() {
+            cancel.slot().signal(cancel::Stop::Kill);
+        } else if app.shutdown_token().is_cancelled() {
+            cancel.slot().signal(cancel::Stop::Drain);
+        }
         let settings = app.settings();
         let max_message = settings.config.proxy.max_message_size;
         let mode = settings
@@ -300,6 +309,7 @@ impl Session {
             server_fatal_downgraded: None,
             violation: None,
             max_message,
+            now: None,
         }
     }
 
@@ -346,7 +356,7 @@ impl Session {
         }
         messages::backend_key_data(&mut b, self.key);
         messages::ready_for_query(&mut b, TxStatus::Idle);
-        self.client.push(b.freeze());
+        self.client.push(b);
         self.server = Some(lease);
         self.maybe_release();
         Ok(())

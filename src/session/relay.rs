@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::cancel::Stop;
 use super::client::write_queued;
 use super::{request, Session, SessionError};
 use crate::backend::connection::{ReplyOwner, ServerConn};
@@ -73,6 +74,22 @@ pub(super) struct HeldRequest {
     term: Terminator,
 }
 
+/// A batch on its way to a server: what the classifier and the router said.
+pub(super) struct Routed {
+    batch_class: super::route::BatchClass,
+    /// Where to get a connection; `None` when the session already holds one.
+    target: Option<Target>,
+    /// Why, when the router decided (counted in the metrics).
+    reason: Option<crate::router::Reason>,
+    /// The router sent a read to the primary only because no standby is known to have
+    /// replayed the session's writes: ask the standbys first.
+    ask_causal: bool,
+    /// A refusal could be re-run elsewhere (a whole request outside a transaction).
+    guardable: bool,
+    /// The standby whose refusal would be re-run on the primary.
+    guard_target: Option<usize>,
+}
+
 /// Whether the relay goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -89,6 +106,7 @@ impl Session {
             return Ok(());
         }
         loop {
+            self.write_now();
             let flow = match self.next_event().await {
                 Event::ClientRead(Ok(0)) => return Err(SessionError::Closed),
                 Event::ClientRead(Ok(_)) if self.violation.is_some() => {
@@ -183,6 +201,28 @@ impl Session {
         }
     }
 
+    /// Writes what is queued for either side right away when the socket takes it, without
+    /// going through `select!` (which would find it writable, write, and wake up once more):
+    /// a request goes to the server, and a reply to the client, in the same turn as it was
+    /// read. Errors and full sockets are left to the `select!` branches, which see them again.
+    fn write_now(&mut self) {
+        if let Some(s) = self.server.as_deref_mut() {
+            if !s.wbuf.is_empty() {
+                if let Ok(n) = s.stream.try_write(&s.wbuf) {
+                    s.wbuf.advance(n);
+                }
+            }
+        }
+        if self.client.out_len() > 0 {
+            if let Ok(n) = self.client.try_write_queued() {
+                if n > 0 {
+                    // `n` never exceeds what is queued.
+                    let _ = self.client.advance(n);
+                }
+            }
+        }
+    }
+
     /// Waits for the next I/O event on either side.
     async fn next_event(&mut self) -> Event {
         self.client.prepare_read();
@@ -195,7 +235,7 @@ impl Session {
         let Session {
             client,
             server,
-            app,
+            cancel,
             draining,
             ..
         } = self;
@@ -221,27 +261,34 @@ impl Session {
         // While a request is held back, what follows it waits in the read buffer: bounded.
         let read_client =
             server_out_len < SERVER_OUT_HIGH && !stalled && client_rbuf.len() < hold_limit;
-        let shutdown = app.shutdown_token();
-        let kill = app.kill_token();
+        let slot = &**cancel.slot();
+        // Biased (no random start, which costs a thread-local RNG draw per wake-up): writes
+        // first, since they free room; then the server's replies, then the client's
+        // requests. Only branches that are ready compete, and each one's action makes it
+        // unready before long (a read fills a bounded queue, a write drains it), so none
+        // starves another for good.
         tokio::select! {
-            r = client_r.read_buf(client_rbuf), if read_client => Event::ClientRead(r),
+            biased;
+            _ = std::future::poll_fn(|cx| slot.poll_stop(cx, Stop::Kill)) => Event::Kill,
             r = write_queued(&mut client_w, client_out), if client_out_len > 0 => {
                 Event::ClientWrote(r)
             }
-            r = async move {
-                match server_r {
-                    Some((mut r, buf)) => r.read_buf(buf).await,
-                    None => std::future::pending().await,
-                }
-            }, if read_server => Event::ServerRead(r),
             r = async move {
                 match server_w {
                     Some((mut w, buf)) => w.write(&buf[..]).await,
                     None => std::future::pending().await,
                 }
             }, if server_out_len > 0 => Event::ServerWrote(r),
-            _ = shutdown.cancelled(), if !*draining => Event::Shutdown,
-            _ = kill.cancelled() => Event::Kill,
+            r = async move {
+                match server_r {
+                    Some((mut r, buf)) => r.read_buf(buf).await,
+                    None => std::future::pending().await,
+                }
+            }, if read_server => Event::ServerRead(r),
+            r = client_r.read_buf(client_rbuf), if read_client => Event::ClientRead(r),
+            _ = std::future::poll_fn(|cx| slot.poll_stop(cx, Stop::Drain)), if !*draining => {
+                Event::Shutdown
+            }
         }
     }
 
@@ -338,7 +385,7 @@ impl Session {
                         self.skip_until_sync = false;
                         let mut b = BytesMut::with_capacity(6);
                         messages::ready_for_query(&mut b, self.tx_status);
-                        self.client.push(b.freeze());
+                        self.client.push(b);
                     }
                     ftag::TERMINATE => return Ok(Flow::End),
                     _ => {}
@@ -376,13 +423,67 @@ impl Session {
     ) -> Result<(), SessionError> {
         self.batch_len += frame.len();
         self.batch.push(frame);
-        // Boxed: dispatching (routing, checkout, read-your-writes asks) needs a large
-        // future, which an idle session should not carry in its own.
-        Box::pin(self.dispatch(term)).await
+        // Not boxed: `dispatch` keeps its large slow path (checkout, connecting,
+        // read-your-writes asks) in a boxed future of its own.
+        self.dispatch(term).await
     }
 
     /// Sends the batch to the server serving this client, getting one if needed.
+    ///
+    /// Three steps: [`Self::dispatch_begin`] decides (synchronously) what the batch needs;
+    /// a connection is taken from its pool without waiting when one is idle (the common case),
+    /// else by the boxed [`Self::dispatch_acquire`] (connect, queue, ask standbys their
+    /// position); [`Self::dispatch_send`] writes the batch. Only the slow path pays for a large
+    /// future.
     async fn dispatch(&mut self, term: Terminator) -> Result<(), SessionError> {
+        self.now = None;
+        let Some(mut routed) = self.dispatch_begin(term)? else {
+            return Ok(());
+        };
+        if self.server.is_none() {
+            let now = match routed.target {
+                Some(target) if !routed.ask_causal => self.try_acquire_now(target),
+                _ => None,
+            };
+            match now {
+                Some(lease) => {
+                    if let Some(target) = routed.target {
+                        if let Some(reason) = routed.reason {
+                            self.count_route(target, reason);
+                        }
+                        routed.guard_target = self.standby_of(target, routed.guardable);
+                    }
+                    self.server = Some(lease);
+                }
+                None => {
+                    if !Box::pin(self.dispatch_acquire(&mut routed, term)).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.dispatch_send(routed, term)
+    }
+
+    /// The time, read at most once per request: checkout and the request's send time share
+    /// one clock reading.
+    fn clock(&mut self) -> tokio::time::Instant {
+        *self.now.get_or_insert_with(tokio::time::Instant::now)
+    }
+
+    /// The standby a guarded request goes to (`None` for the primary, or when the request
+    /// cannot be guarded).
+    fn standby_of(&self, t: Target, guardable: bool) -> Option<usize> {
+        match t {
+            Target::Node(n) if guardable && self.app.topology().load().primary != Some(n) => {
+                Some(n)
+            }
+            _ => None,
+        }
+    }
+
+    /// What must happen before the batch can be sent: answered here (`None`), or routed.
+    fn dispatch_begin(&mut self, term: Terminator) -> Result<Option<Routed>, SessionError> {
         if self.server_node_stale() {
             // Its node was fenced (a former primary after a split brain) or changed role since
             // the connection was made: nothing more may run there. The session goes on as if
@@ -394,7 +495,7 @@ impl Session {
             // The transaction this request belongs to died with its server.
             self.tx_status = TxStatus::Idle;
             self.fail_request(&e, term);
-            return Ok(());
+            return Ok(None);
         }
         let batch_class = self.classify_batch();
         if batch_class.any_proxy {
@@ -410,7 +511,7 @@ impl Session {
                     term,
                 );
             }
-            return Ok(());
+            return Ok(None);
         }
         if self.behind_standby_read() {
             self.held = Some(HeldRequest {
@@ -418,106 +519,156 @@ impl Session {
                 len: std::mem::take(&mut self.batch_len),
                 term,
             });
-            return Ok(());
+            return Ok(None);
         }
         if term == Terminator::Sync && self.server.is_none() && self.batch_only_closes() {
             // Close + Sync (a driver dropping a prepared statement) runs nothing: answered
             // here rather than routed like a read, which would take a standby connection (and
             // queue the client's next request behind it there) or fail for want of one.
             self.answer_proxy_batch();
-            return Ok(());
+            return Ok(None);
         }
-        let mut guard_target = None;
-        if self.server.is_none() {
-            let target = if std::mem::take(&mut self.force_primary) {
-                Target::Primary
-            } else if matches!(term, Terminator::Flush | Terminator::Partial) {
-                // The rest of an unfinished batch will follow on the same connection and may
-                // write: only the primary is safe.
-                Target::Primary
-            } else {
-                let mut plan = self.plan(&batch_class);
-                if let super::route::Plan::Go {
-                    target: Target::Primary,
-                    reason: crate::router::Reason::Causal,
-                } = plan
-                {
-                    if let Some((n, lease)) = self.ask_causal_standby(&batch_class).await {
-                        self.server = Some(lease);
-                        plan = super::route::Plan::Go {
-                            target: Target::Node(n),
-                            reason: crate::router::Reason::Causal,
-                        };
-                    }
-                }
-                match plan {
-                    super::route::Plan::Go { target, reason } => {
-                        self.count_route(target, reason);
-                        target
-                    }
-                    super::route::Plan::NoStandby => {
-                        self.fail_request(&no_standby(), term);
-                        return Ok(());
-                    }
-                }
-            };
-            let guardable = matches!(term, Terminator::Query | Terminator::Sync)
-                && !self.tx_status.is_in_transaction();
-            let standby_of = |s: &Self, t: Target| match t {
-                Target::Node(n) if guardable && s.app.topology().load().primary != Some(n) => {
-                    Some(n)
-                }
-                _ => None,
-            };
-            guard_target = standby_of(self, target);
-            let mut target = target;
-            let mut unreachable = Vec::new();
-            let acquired = match self.server.take() {
-                // A standby already checked out (read-your-writes asked it its position).
-                Some(lease) => Ok(lease),
-                None => loop {
-                    let r = self.acquire(target).await;
-                    match (r, guard_target) {
-                        // A standby that cannot give a connection right now (down, refusing,
-                        // starting up, pool exhausted) before the watcher noticed: the read goes
-                        // where it would go without that standby.
-                        (Err(SessionError::Backend(e)), Some(n))
-                            if unreachable.len() < self.pools.len() =>
-                        {
-                            tracing::debug!(node = n, error = %e, "standby unavailable at checkout; routing the read elsewhere");
-                            unreachable.push(n);
-                            match self.plan_excluding(&batch_class, &unreachable) {
-                                super::route::Plan::Go { target: t, .. } => {
-                                    target = t;
-                                    guard_target = standby_of(self, t);
-                                }
-                                super::route::Plan::NoStandby => {
-                                    self.fail_request(&no_standby(), term);
-                                    return Ok(());
-                                }
-                            }
-                        }
-                        (r, _) => break r,
-                    }
-                },
-            };
-            match acquired {
-                Ok(lease) => self.server = Some(lease),
-                Err(SessionError::Fatal(e)) if e.severity == Severity::Error => {
-                    self.fail_request(&e, term);
-                    return Ok(());
-                }
-                Err(SessionError::Backend(e)) if e.server_fields().is_none() => {
-                    if matches!(e, crate::backend::BackendError::PoolTimeout { .. }) {
-                        self.app.metrics().pool_timeouts.inc();
-                    }
-                    self.fail_request(&ProxyError::error(e.sqlstate(), e.to_string()), term);
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
+        let guardable = matches!(term, Terminator::Query | Terminator::Sync)
+            && !self.tx_status.is_in_transaction();
+        let mut routed = Routed {
+            batch_class,
+            target: None,
+            reason: None,
+            ask_causal: false,
+            guardable,
+            guard_target: None,
+        };
+        if self.server.is_some() {
+            return Ok(Some(routed));
+        }
+        if std::mem::take(&mut self.force_primary)
+            || matches!(term, Terminator::Flush | Terminator::Partial)
+        {
+            // A retry goes to the primary; and the rest of an unfinished batch will follow on
+            // the same connection and may write: only the primary is safe.
+            routed.target = Some(Target::Primary);
+            return Ok(Some(routed));
+        }
+        match self.plan(&routed.batch_class) {
+            super::route::Plan::Go { target, reason } => {
+                routed.target = Some(target);
+                routed.reason = Some(reason);
+                routed.ask_causal = target == Target::Primary
+                    && reason == crate::router::Reason::Causal
+                    && self.route.min_lsn.is_some();
+            }
+            super::route::Plan::NoStandby => {
+                self.fail_request(&no_standby(), term);
+                return Ok(None);
             }
         }
+        Ok(Some(routed))
+    }
+
+    /// Checks out a connection for `target` if its pool has one idle right now.
+    fn try_acquire_now(&mut self, target: Target) -> Option<crate::backend::Lease> {
+        let topology = self.app.topology().load();
+        let node = match target {
+            Target::Primary => topology.primary?,
+            Target::Node(n) => n,
+        };
+        let role_epoch = topology.nodes.get(node)?.role_epoch;
+        let on_primary = topology.primary == Some(node);
+        drop(topology);
+        let now = self.clock();
+        let pool = self.pools.get(node)?.as_ref()?;
+        let lease = pool.try_checkout(role_epoch, now)?;
+        self.in_flight = Some(self.app.in_flight(node));
+        self.server_kind = if on_primary {
+            crate::metrics::RouteKind::Primary
+        } else {
+            crate::metrics::RouteKind::Standby
+        };
+        self.cancel.slot().set(Some(lease.cancel_target()));
+        Some(lease)
+    }
+
+    /// The slow way to a connection: asks standbys their replay position (read-your-writes),
+    /// waits for the pool or connects, and routes a read elsewhere when its standby cannot
+    /// give a connection. False when the request was answered with an error instead.
+    async fn dispatch_acquire(
+        &mut self,
+        routed: &mut Routed,
+        term: Terminator,
+    ) -> Result<bool, SessionError> {
+        let Some(mut target) = routed.target else {
+            return Ok(true);
+        };
+        if routed.ask_causal {
+            if let Some((n, lease)) = self.ask_causal_standby(&routed.batch_class).await {
+                self.server = Some(lease);
+                target = Target::Node(n);
+            }
+        }
+        if let Some(reason) = routed.reason {
+            self.count_route(target, reason);
+        }
+        let mut guard_target = self.standby_of(target, routed.guardable);
+        let mut unreachable = Vec::new();
+        let acquired = match self.server.take() {
+            // A standby already checked out (read-your-writes asked it its position).
+            Some(lease) => Ok(lease),
+            None => loop {
+                let r = self.acquire(target).await;
+                match (r, guard_target) {
+                    // A standby that cannot give a connection right now (down, refusing,
+                    // starting up, pool exhausted) before the watcher noticed: the read goes
+                    // where it would go without that standby.
+                    (Err(SessionError::Backend(e)), Some(n))
+                        if unreachable.len() < self.pools.len() =>
+                    {
+                        tracing::debug!(node = n, error = %e, "standby unavailable at checkout; routing the read elsewhere");
+                        unreachable.push(n);
+                        match self.plan_excluding(&routed.batch_class, &unreachable) {
+                            super::route::Plan::Go { target: t, .. } => {
+                                target = t;
+                                guard_target = self.standby_of(t, routed.guardable);
+                            }
+                            super::route::Plan::NoStandby => {
+                                self.fail_request(&no_standby(), term);
+                                return Ok(false);
+                            }
+                        }
+                    }
+                    (r, _) => break r,
+                }
+            },
+        };
+        routed.guard_target = guard_target;
+        match acquired {
+            Ok(lease) => {
+                self.server = Some(lease);
+                Ok(true)
+            }
+            Err(SessionError::Fatal(e)) if e.severity == Severity::Error => {
+                self.fail_request(&e, term);
+                Ok(false)
+            }
+            Err(SessionError::Backend(e)) if e.server_fields().is_none() => {
+                if matches!(e, crate::backend::BackendError::PoolTimeout { .. }) {
+                    self.app.metrics().pool_timeouts.inc();
+                }
+                self.fail_request(&ProxyError::error(e.sqlstate(), e.to_string()), term);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the routed batch to the connection now held.
+    fn dispatch_send(&mut self, routed: Routed, term: Terminator) -> Result<(), SessionError> {
+        let Routed {
+            batch_class,
+            guard_target,
+            ..
+        } = routed;
         let retrying = std::mem::take(&mut self.retrying);
+        let sent = self.clock();
         let Some(lease) = self.server.as_mut() else {
             return Ok(());
         };
@@ -552,9 +703,11 @@ impl Session {
             }
         }
         let seq = server.track.next_seq;
+        request::write_batch(&self.batch, &mut self.state, server, seq)?;
         if guard_target.is_some() || stale_guard {
+            // The guard keeps the frames for a re-run (they are sent; the batch starts over).
             self.guard = Some(super::route::MisrouteGuard {
-                frames: self.batch.clone(),
+                frames: std::mem::take(&mut self.batch),
                 term_is_sync: term == Terminator::Sync,
                 learn_key: batch_class.learn_key,
                 held: Vec::new(),
@@ -564,7 +717,6 @@ impl Session {
                 error: None,
             });
         }
-        request::write_batch(&self.batch, &mut self.state, server, seq)?;
         if batch_class.params_may_change {
             self.params_dirty = true;
         }
@@ -582,7 +734,7 @@ impl Session {
                 server.pending.push_back(ReplyOwner::Client {
                     sync: term == Terminator::Sync,
                     seq,
-                    sent: tokio::time::Instant::now(),
+                    sent,
                 });
                 server.track.next_seq += 1;
                 server.track.unsynced = false;
@@ -798,7 +950,7 @@ impl Session {
             Terminator::Query | Terminator::Sync => {
                 let mut b = BytesMut::with_capacity(6);
                 messages::ready_for_query(&mut b, self.tx_status);
-                self.client.push(b.freeze());
+                self.client.push(b);
             }
             Terminator::Flush | Terminator::Partial => self.skip_until_sync = true,
         }
@@ -861,7 +1013,7 @@ impl Session {
             match step {
                 Step::NeedMore => return Ok(Flow::Continue),
                 Step::Passthrough(n) => {
-                    let chunk = server.rbuf.split_to(n).freeze();
+                    let chunk = server.rbuf.split_to(n);
                     if for_client && matches!(owner, Some(ReplyOwner::Client { .. })) {
                         // The request answers (rows, a result): a prepared statement's guard
                         // lets what it held go first and ends.
@@ -876,7 +1028,7 @@ impl Session {
                     }
                 }
                 Step::Inspect(h) => {
-                    let frame = server.rbuf.split_to(h.frame_len).freeze();
+                    let frame = server.rbuf.split_to(h.frame_len);
                     let body = &frame[HEADER_LEN..];
                     if let (Some(g), Some(ReplyOwner::Client { seq, .. })) =
                         (self.guard.as_mut(), owner)
@@ -1212,7 +1364,7 @@ impl Session {
             self.tx_status = TxStatus::Idle;
             let mut b = BytesMut::with_capacity(6);
             messages::ready_for_query(&mut b, self.tx_status);
-            self.client.push(b.freeze());
+            self.client.push(b);
         } else if was_in_transaction {
             // The client believes a transaction is open; the next request must fail, not run
             // outside it.

@@ -35,8 +35,57 @@ pub fn write_batch(
 ) -> Result<(), ProtocolError> {
     let mut prelude = BytesMut::new();
     let mut prelude_parses = Vec::new();
-    let mut body = BytesMut::with_capacity(batch.iter().map(Frame::len).sum());
+    // The batch goes straight into the write buffer; statements it needs prepared first
+    // (rare) are moved in front of it at the end.
+    let start = server.wbuf.len();
+    server
+        .wbuf
+        .reserve(batch.iter().map(Frame::len).sum::<usize>() + 64);
+    let mut body = std::mem::take(&mut server.wbuf);
     let mut batch_parses = Vec::new();
+    let result = rewrite_frames(
+        batch,
+        client,
+        server,
+        seq,
+        &mut body,
+        &mut prelude,
+        &mut prelude_parses,
+        &mut batch_parses,
+    );
+    if let Err(e) = result {
+        body.truncate(start);
+        server.wbuf = body;
+        return Err(e);
+    }
+    if !prelude.is_empty() {
+        let rewritten = body.split_off(start);
+        body.extend_from_slice(&prelude);
+        body.extend_from_slice(&rewritten);
+    }
+    server.wbuf = body;
+    if !prelude_parses.is_empty() {
+        server.track.parses.extend(prelude_parses);
+    }
+    if !batch_parses.is_empty() {
+        server.track.parses.extend(batch_parses);
+    }
+    Ok(())
+}
+
+/// The body of [`write_batch`]: appends the rewritten frames to `body`, statements to prepare
+/// first to `prelude`.
+#[allow(clippy::too_many_arguments)]
+fn rewrite_frames(
+    batch: &[Frame],
+    client: &mut ClientState,
+    server: &mut ServerConn,
+    seq: u64,
+    body: &mut BytesMut,
+    prelude: &mut BytesMut,
+    prelude_parses: &mut Vec<SentParse>,
+    batch_parses: &mut Vec<SentParse>,
+) -> Result<(), ProtocolError> {
     for frame in batch {
         let b = frame.body();
         match frame.tag() {
@@ -49,7 +98,7 @@ pub fn write_batch(
                 let tail = frame.raw().slice(5 + p.name.len() + 1..);
                 let def = StatementDef::new(tail.clone());
                 let server_name = server.statements.fresh_name();
-                put_frame_with(&mut body, ftag::PARSE, |o| {
+                put_frame_with(body, ftag::PARSE, |o| {
                     put_cstr(o, server_name.as_bytes());
                     o.put_slice(&tail);
                 });
@@ -65,14 +114,9 @@ pub fn write_batch(
             }
             ftag::BIND => {
                 let v = frontend::bind(b)?;
-                let Some(name) = server_name_for(
-                    v.statement,
-                    client,
-                    server,
-                    &mut prelude,
-                    &mut prelude_parses,
-                    seq,
-                ) else {
+                let Some(name) =
+                    server_name_for(v.statement, client, server, prelude, prelude_parses, seq)
+                else {
                     body.extend_from_slice(frame.raw());
                     continue;
                 };
@@ -81,7 +125,7 @@ pub fn write_batch(
                 }
                 // portal, statement, then the untouched rest (formats, values, result formats).
                 let rest = &b[v.portal.len() + 1 + v.statement.len() + 1..];
-                put_frame_with(&mut body, ftag::BIND, |o| {
+                put_frame_with(body, ftag::BIND, |o| {
                     put_cstr(o, v.portal);
                     put_cstr(o, name.as_bytes());
                     o.put_slice(rest);
@@ -89,9 +133,8 @@ pub fn write_batch(
             }
             ftag::DESCRIBE => match frontend::describe_or_close(b)? {
                 Target::Statement(s) if !s.is_empty() => {
-                    match server_name_for(s, client, server, &mut prelude, &mut prelude_parses, seq)
-                    {
-                        Some(name) => put_frame_with(&mut body, ftag::DESCRIBE, |o| {
+                    match server_name_for(s, client, server, prelude, prelude_parses, seq) {
+                        Some(name) => put_frame_with(body, ftag::DESCRIBE, |o| {
                             o.put_u8(b'S');
                             put_cstr(o, name.as_bytes());
                         }),
@@ -103,7 +146,7 @@ pub fn write_batch(
             ftag::CLOSE => match frontend::describe_or_close(b)? {
                 Target::Statement(s) if !s.is_empty() => {
                     client.statements.remove(s);
-                    put_frame_with(&mut body, ftag::CLOSE, |o| {
+                    put_frame_with(body, ftag::CLOSE, |o| {
                         o.put_u8(b'S');
                         put_cstr(o, NO_SUCH_STATEMENT);
                     });
@@ -113,10 +156,6 @@ pub fn write_batch(
             _ => body.extend_from_slice(frame.raw()),
         }
     }
-    server.wbuf.extend_from_slice(&prelude);
-    server.wbuf.extend_from_slice(&body);
-    server.track.parses.extend(prelude_parses);
-    server.track.parses.extend(batch_parses);
     Ok(())
 }
 

@@ -91,8 +91,10 @@ pub enum Plan {
     NoStandby,
 }
 
+/// Key of a statement text in the learned-writes set. FxHash: this runs for every request,
+/// and a collision only sends a read to the primary.
 fn text_key(text: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = rustc_hash::FxHasher::default();
     text.hash(&mut h);
     h.finish()
 }
@@ -294,13 +296,18 @@ impl Session {
     pub(super) fn plan_excluding(&self, batch: &BatchClass, excluded: &[usize]) -> Plan {
         let class = batch.class.unwrap_or(Class::Write);
         let settings = self.app.settings();
-        let mut topology = self.app.topology().load();
-        if !excluded.is_empty() {
-            let t = std::sync::Arc::make_mut(&mut topology);
+        let current = self.app.topology().load();
+        let modified;
+        let topology: &crate::topology::Topology = if excluded.is_empty() {
+            &current
+        } else {
+            let mut t = (**current).clone();
             for n in t.nodes.iter_mut().filter(|n| excluded.contains(&n.id)) {
                 n.healthy = false;
             }
-        }
+            modified = t;
+            &modified
+        };
         let ctx = RouteContext {
             route: batch.hint.or(self.route.route).or(self.route.default_route),
             max_lag: batch.max_lag.or(self.route.max_lag),
@@ -313,7 +320,7 @@ impl Session {
         let (decision, reason) = router::route(
             class,
             &ctx,
-            &topology,
+            topology,
             &settings.policy,
             &outstanding,
             self.app.next_tick(),
@@ -442,7 +449,7 @@ impl Session {
                 _ => {}
             }
         }
-        self.client.push(out.freeze());
+        self.client.push(out);
     }
 
     /// The analysis of the client's named statement `name` (none for the unnamed one).
@@ -615,7 +622,7 @@ pub struct MisrouteGuard {
     /// Key of its text, learned as a write after a 25006.
     pub learn_key: u64,
     /// Replies held back so far (ParseComplete, BindComplete, ...).
-    pub held: Vec<bytes::Bytes>,
+    pub held: Vec<bytes::BytesMut>,
     /// The standby refused it: swallow the rest of its reply.
     pub discarding: bool,
     /// The refusal's SQLSTATE.
@@ -625,5 +632,5 @@ pub struct MisrouteGuard {
     pub standby: bool,
     /// The error being discarded (a stale plan), sent to the client after all if the request
     /// cannot be re-run (the client pipelined more requests behind it).
-    pub error: Option<bytes::Bytes>,
+    pub error: Option<bytes::BytesMut>,
 }

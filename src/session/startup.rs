@@ -54,7 +54,7 @@ pub async fn handshake(app: &App, client: &mut ClientConn) -> Result<Outcome, Se
             // No TLS or GSS encryption yet: answer 'N', the client goes on in clear text or
             // gives up, as its sslmode says.
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                client.push(Bytes::from_static(b"N"));
+                client.push_bytes(Bytes::from_static(b"N"));
                 client.flush().await?;
             }
             StartupPacket::Cancel(key) => {
@@ -99,7 +99,7 @@ fn accept_startup(client: &mut ClientConn, m: &StartupMessage) -> Result<Accepte
     if m.minor > 0 || !unsupported.is_empty() {
         let mut b = BytesMut::new();
         messages::negotiate_protocol_version(&mut b, unsupported);
-        client.push(b.freeze());
+        client.push(b);
     }
     let mut params = Vec::new();
     for (k, v) in &m.params {
@@ -182,7 +182,7 @@ async fn authenticate(app: &App, client: &mut ClientConn, user: &str) -> Result<
         (None, auth::Method::Trust) => {
             let mut b = BytesMut::new();
             messages::authentication_ok(&mut b);
-            client.push(b.freeze());
+            client.push(b);
             return Ok(());
         }
         // Configuration validation requires a password unless the user is trust; should a
@@ -192,7 +192,7 @@ async fn authenticate(app: &App, client: &mut ClientConn, user: &str) -> Result<
     loop {
         let mut b = BytesMut::new();
         step.encode(&mut b);
-        client.push(b.freeze());
+        client.push(b);
         if step.is_done() {
             return Ok(());
         }

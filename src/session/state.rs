@@ -11,7 +11,7 @@
 //! - prepared statements: the client's names map to definitions here; see
 //!   [`crate::backend::statements`] for the server side.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -27,7 +27,7 @@ pub struct ClientState {
     /// Parameters from the startup packet: what `RESET`/`DISCARD ALL` return to.
     pub startup_params: BTreeMap<String, String>,
     /// Named prepared statements by the client's name.
-    pub statements: HashMap<Bytes, Arc<StatementDef>>,
+    pub statements: rustc_hash::FxHashMap<Bytes, Arc<StatementDef>>,
 }
 
 impl ClientState {
@@ -40,7 +40,7 @@ impl ClientState {
         ClientState {
             params: startup_params.clone(),
             startup_params,
-            statements: HashMap::new(),
+            statements: Default::default(),
         }
     }
 

@@ -173,7 +173,12 @@ impl TopologyHandle {
     }
 
     /// The current snapshot.
-    pub fn load(&self) -> Arc<Topology> {
+    pub fn load(&self) -> arc_swap::Guard<Arc<Topology>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an `Arc`, to keep across an `.await` or to modify a copy.
+    pub fn load_full(&self) -> Arc<Topology> {
         self.current.load_full()
     }
 

@@ -6,19 +6,31 @@
 //! server's names and prepares a missing statement in front of the request that needs it.
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
 /// A named prepared statement's definition: the Parse body after the name (query text and
 /// parameter types), which is what makes two statements interchangeable.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct StatementDef {
     /// Parse body without the statement name: query, NUL, parameter type count and OIDs.
     pub body: Bytes,
     /// Hash of `body`, the key of server-side statement caches.
     pub hash: u64,
+    /// The classifier's analysis of the query text and the text's learned-writes key, made
+    /// at the first Bind that is routed: later Binds of the statement skip the shared
+    /// classifier cache (hashing and comparing the text, its lock and counters).
+    pub route_info: OnceLock<(Arc<crate::router::classify::OwnedAnalysis>, u64)>,
 }
+
+impl PartialEq for StatementDef {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.body == other.body
+    }
+}
+
+impl Eq for StatementDef {}
 
 impl StatementDef {
     /// Builds a definition from a Parse body's tail (everything after the name's NUL).
@@ -28,6 +40,7 @@ impl StatementDef {
         Arc::new(StatementDef {
             hash: h.finish(),
             body,
+            route_info: OnceLock::new(),
         })
     }
 }

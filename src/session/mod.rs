@@ -502,6 +502,11 @@ impl Session {
             Target::Node(n) if Some(n) != primary => crate::metrics::RouteKind::Standby,
             _ => crate::metrics::RouteKind::Primary,
         };
+        self.count_route_kind(kind, reason);
+    }
+
+    /// Counts a routing decision whose target kind is known.
+    fn count_route_kind(&self, kind: crate::metrics::RouteKind, reason: crate::router::Reason) {
         let reason = match reason {
             crate::router::Reason::Write => "write",
             crate::router::Reason::Forced => "forced",

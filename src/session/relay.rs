@@ -446,13 +446,14 @@ impl Session {
                 _ => None,
             };
             match now {
-                Some(lease) => {
-                    if let Some(target) = routed.target {
-                        if let Some(reason) = routed.reason {
-                            self.count_route(target, reason);
-                        }
-                        routed.guard_target = self.standby_of(target, routed.guardable);
+                Some((lease, node)) => {
+                    let kind = self.server_kind;
+                    if let Some(reason) = routed.reason {
+                        self.count_route_kind(kind, reason);
                     }
+                    routed.guard_target = (routed.guardable
+                        && kind == crate::metrics::RouteKind::Standby)
+                        .then_some(node);
                     self.server = Some(lease);
                 }
                 None => {
@@ -565,8 +566,9 @@ impl Session {
         Ok(Some(routed))
     }
 
-    /// Checks out a connection for `target` if its pool has one idle right now.
-    fn try_acquire_now(&mut self, target: Target) -> Option<crate::backend::Lease> {
+    /// Checks out a connection for `target` if its pool has one idle right now; with its
+    /// node (`server_kind` tells whether that is the primary).
+    fn try_acquire_now(&mut self, target: Target) -> Option<(crate::backend::Lease, usize)> {
         let topology = self.app.topology().load();
         let node = match target {
             Target::Primary => topology.primary?,
@@ -585,7 +587,7 @@ impl Session {
             crate::metrics::RouteKind::Standby
         };
         self.cancel.slot().set(Some(lease.cancel_target()));
-        Some(lease)
+        Some((lease, node))
     }
 
     /// The slow way to a connection: asks standbys their replay position (read-your-writes),

@@ -124,61 +124,64 @@ impl Session {
         let mut statements = 0usize;
         let mut parsed_unnamed = false;
         let mut first_key = None;
-        let mut consider = |text: &[u8], out: &mut BatchClass, class: &mut Class| {
-            let a = self.app.classifier().analyze(text);
-            let key = text_key(text);
-            first_key.get_or_insert(key);
-            statements += a.statements().len();
-            let this = self.class_of(&a, key, &settings, &catalog);
-            *class = combine(*class, this);
-            for s in a.statements() {
-                match s.kind {
-                    StatementKind::Proxy(_) => out.any_proxy = true,
-                    StatementKind::Commit { .. } => {
-                        out.commits = true;
-                        out.all_proxy = false;
+        let mut consider =
+            |a: &OwnedAnalysis, key: u64, out: &mut BatchClass, class: &mut Class| {
+                first_key.get_or_insert(key);
+                statements += a.statements().len();
+                let this = self.class_of(a, key, &settings, &catalog);
+                *class = combine(*class, this);
+                for s in a.statements() {
+                    match s.kind {
+                        StatementKind::Proxy(_) => out.any_proxy = true,
+                        StatementKind::Commit { .. } => {
+                            out.commits = true;
+                            out.all_proxy = false;
+                        }
+                        StatementKind::CopyFrom => {
+                            out.copies_in = true;
+                            out.all_proxy = false;
+                        }
+                        StatementKind::Prepare { .. } => {
+                            // SQL PREPARE pins the client to the connection it runs on (its
+                            // statement cannot be replayed elsewhere): that must be the primary's.
+                            *class = Class::Write;
+                            out.all_proxy = false;
+                        }
+                        _ => out.all_proxy = false,
                     }
-                    StatementKind::CopyFrom => {
-                        out.copies_in = true;
-                        out.all_proxy = false;
-                    }
-                    StatementKind::Prepare { .. } => {
-                        // SQL PREPARE pins the client to the connection it runs on (its
-                        // statement cannot be replayed elsewhere): that must be the primary's.
-                        *class = Class::Write;
-                        out.all_proxy = false;
-                    }
-                    _ => out.all_proxy = false,
                 }
-            }
-            match a.pin() {
-                Some(PinReason::SetConfig) => out.params_may_change = true,
-                Some(p) => {
-                    out.pin.get_or_insert(pin_name(p));
+                match a.pin() {
+                    Some(PinReason::SetConfig) => out.params_may_change = true,
+                    Some(p) => {
+                        out.pin.get_or_insert(pin_name(p));
+                    }
+                    None => {}
                 }
-                None => {}
-            }
-            if let Some(h) = a.hint() {
-                out.hint = Some(match (out.hint, h) {
-                    (Some(Route::Primary), _) | (_, Route::Primary) => Route::Primary,
-                    _ => h,
-                });
-            }
-            if let Some(l) = a.max_lag() {
-                out.max_lag = Some(out.max_lag.map_or(l, |o: Duration| o.min(l)));
-            }
-        };
+                if let Some(h) = a.hint() {
+                    out.hint = Some(match (out.hint, h) {
+                        (Some(Route::Primary), _) | (_, Route::Primary) => Route::Primary,
+                        _ => h,
+                    });
+                }
+                if let Some(l) = a.max_lag() {
+                    out.max_lag = Some(out.max_lag.map_or(l, |o: Duration| o.min(l)));
+                }
+            };
         for f in &self.batch {
             let body = f.body();
             match f.tag() {
                 ftag::QUERY => match frontend::query_text(body) {
-                    Ok(t) => consider(t, &mut out, &mut class),
+                    Ok(t) => {
+                        let a = self.app.classifier().analyze(t);
+                        consider(&a, text_key(t), &mut out, &mut class)
+                    }
                     Err(_) => class = Class::Write,
                 },
                 ftag::PARSE => match frontend::parse(body) {
                     Ok(p) => {
                         parsed_unnamed |= p.name.is_empty();
-                        consider(p.query, &mut out, &mut class)
+                        let a = self.app.classifier().analyze(p.query);
+                        consider(&a, text_key(p.query), &mut out, &mut class)
                     }
                     Err(_) => class = Class::Write,
                 },
@@ -198,8 +201,12 @@ impl Session {
                         if !named_here {
                             match self.state.statements.get(b.statement) {
                                 Some(def) => {
-                                    let query = def.body.split(|&c| c == 0).next().unwrap_or(&[]);
-                                    consider(query, &mut out, &mut class)
+                                    let (a, key) = def.route_info.get_or_init(|| {
+                                        let query =
+                                            def.body.split(|&c| c == 0).next().unwrap_or(&[]);
+                                        (self.app.classifier().analyze(query), text_key(query))
+                                    });
+                                    consider(a, *key, &mut out, &mut class)
                                 }
                                 None => class = Class::Write,
                             }

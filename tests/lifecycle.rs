@@ -506,7 +506,16 @@ async fn running_query_pid(direct: &tokio_postgres::Client, query: &str) -> Opti
 async fn terminated_backend_fails_one_request_in_transaction_pooling() {
     let proxy = common::start_proxy().await;
     let direct = connect_direct(0).await;
-    let client = proxy.connect().await;
+    // Tagged, so that terminating "the pooled server processes" below picks this proxy's only,
+    // not those of tests running beside it on the shared cluster.
+    let info = proxy.conninfo(APP_USER, APP_PASSWORD, "postgres")
+        + " application_name=terminated_backend_test";
+    let connect = || async {
+        let (c, conn) = tokio_postgres::connect(&info, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c
+    };
+    let client = connect().await;
     // The query's server process is terminated while it runs: the client gets the server's
     // error as an ERROR, and its connection goes on with another server process.
     const Q: &str = "select pg_sleep(30) /* terminated */";
@@ -528,10 +537,11 @@ async fn terminated_backend_fails_one_request_in_transaction_pooling() {
     let row = client.query_one("select 1", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 1);
     // An idle client does not notice pooled server processes going away.
-    let idle = proxy.connect().await;
+    let idle = connect().await;
     let pooled: Vec<i32> = direct
         .query(
-            "select pid from pg_stat_activity where usename = 'app' and state = 'idle'",
+            "select pid from pg_stat_activity where usename = 'app' and state = 'idle' \
+             and application_name = 'terminated_backend_test'",
             &[],
         )
         .await

@@ -124,12 +124,7 @@ impl ClientConn {
         if self.out.len() == 1 {
             return self.stream.try_write(&self.out[0]);
         }
-        let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
-        let mut n = 0;
-        for (slot, chunk) in slices.iter_mut().zip(self.out.iter()) {
-            *slot = IoSlice::new(chunk);
-            n += 1;
-        }
+        let (slices, n) = io_slices(&self.out);
         self.stream.try_write_vectored(&slices[..n])
     }
 
@@ -192,13 +187,19 @@ pub(crate) async fn write_queued<W: tokio::io::AsyncWrite + Unpin>(
     // The slices are built on the stack at each poll, not kept in the future: the relay's
     // select holds this future for as long as a session waits, idle or not.
     std::future::poll_fn(|cx| {
-        let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
-        let mut n = 0;
-        for (slot, chunk) in slices.iter_mut().zip(out.iter()) {
-            *slot = IoSlice::new(chunk);
-            n += 1;
-        }
+        let (slices, n) = io_slices(out);
         std::pin::Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n])
     })
     .await
+}
+
+/// The first [`MAX_IOVECS`] queued chunks as slices for a vectored write, and how many.
+fn io_slices(out: &VecDeque<BytesMut>) -> ([IoSlice<'_>; MAX_IOVECS], usize) {
+    let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+    let mut n = 0;
+    for (slot, chunk) in slices.iter_mut().zip(out.iter()) {
+        *slot = IoSlice::new(chunk);
+        n += 1;
+    }
+    (slices, n)
 }

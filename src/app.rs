@@ -2,7 +2,7 @@
 //! shutdown), cheap to clone and passed down explicitly. There are no global statics, so several
 //! proxies can run in one process (the integration tests do).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -181,6 +181,9 @@ struct Inner {
     outstanding: Vec<std::sync::atomic::AtomicUsize>,
     /// Advances on every routing decision (round robin, tie-breaking).
     tick: std::sync::atomic::AtomicUsize,
+    /// Keyed hasher for fingerprints of clients' session parameters (random per proxy, so a
+    /// client cannot make its parameters look like another's).
+    params_hasher: std::collections::hash_map::RandomState,
     /// Client connections per user, for each user's `max_connections`.
     user_sessions: parking_lot::Mutex<HashMap<String, usize>>,
 }
@@ -284,6 +287,7 @@ impl App {
                 user_sessions: parking_lot::Mutex::new(HashMap::new()),
                 outstanding,
                 tick: std::sync::atomic::AtomicUsize::new(0),
+                params_hasher: std::collections::hash_map::RandomState::new(),
             }),
         })
     }
@@ -453,6 +457,13 @@ impl App {
             app: self.clone(),
             node,
         }
+    }
+
+    /// A fingerprint of a client's session parameters: equal maps give equal fingerprints,
+    /// never 0 (which means "unknown" on a server connection).
+    pub fn params_fingerprint(&self, params: &BTreeMap<String, String>) -> u64 {
+        use std::hash::BuildHasher;
+        self.inner.params_hasher.hash_one(params).max(1)
     }
 
     /// The next routing tick.

@@ -114,6 +114,9 @@ pub struct ServerParams {
     /// Parameters the proxy SET on this connection since it was last reset, by lower-case
     /// name, holding the client's value (which the server may have normalized when reporting).
     pub applied: BTreeMap<String, String>,
+    /// Fingerprint of the client parameters this connection was last brought in line with;
+    /// 0 once anything may have changed since (a reported value changed, a reset).
+    pub synced: u64,
 }
 
 /// An authenticated server connection.
@@ -149,6 +152,9 @@ pub struct ServerConn {
     created: Instant,
     /// When the connection was last checked in (for `server_idle_timeout`).
     pub(crate) last_used: Instant,
+    /// When the connection is past `server_lifetime` or `server_idle_timeout`, whichever
+    /// comes first (kept by the pool whenever `last_used` changes; `None`: never).
+    pub(crate) expires: Option<Instant>,
     /// The node's role epoch when the connection was made (see
     /// [`crate::topology::NodeState::role_epoch`]).
     pub(crate) role_epoch: u64,
@@ -215,6 +221,7 @@ impl ServerConn {
             }),
             created: now,
             last_used: now,
+            expires: None,
             role_epoch: 0,
         };
         let startup = StartupMessage::encode([
@@ -545,11 +552,15 @@ impl ServerConn {
         let (name, value) = be::parameter_status(body).map_err(|e| self.proto(e))?;
         match self.params.reported.get_mut(name) {
             Some(v) if v == value => {}
-            Some(v) => *v = value.to_owned(),
+            Some(v) => {
+                *v = value.to_owned();
+                self.params.synced = 0;
+            }
             None => {
                 self.params
                     .reported
                     .insert(name.to_owned(), value.to_owned());
+                self.params.synced = 0;
             }
         }
         Ok(())

@@ -209,6 +209,8 @@ impl Pool {
     async fn connect(&self, role_epoch: u64) -> Result<ServerConn, BackendError> {
         let mut conn = ServerConn::connect(&self.target, self.settings.connect_timeout).await?;
         conn.role_epoch = role_epoch;
+        let created = conn.created();
+        self.mark_used(&mut conn, created);
         // Nothing prepared yet: nothing stale either.
         conn.statements.seen_generation = self.stale_generation.load(Ordering::Acquire);
         {
@@ -272,7 +274,7 @@ impl Pool {
             };
             match self.connect(role_epoch).await {
                 Ok(mut conn) => {
-                    conn.last_used = Instant::now();
+                    self.mark_used(&mut conn, Instant::now());
                     self.idle.lock().insert(
                         0,
                         Idle {
@@ -330,6 +332,7 @@ impl Pool {
             {
                 Ok(Ok(())) => {
                     lease.conn.params.applied.clear();
+                    lease.conn.params.synced = 0;
                     lease.conn.statements.clear();
                 }
                 _ => {
@@ -382,7 +385,7 @@ impl Pool {
             _active,
             ..
         } = lease;
-        conn.last_used = now;
+        self.mark_used(&mut conn, now);
         self.idle.lock().push(Idle { conn, node_permit });
         // Only now may a waiting checkout proceed: it must find this connection idle rather
         // than open a new one.
@@ -398,13 +401,22 @@ impl Pool {
     }
 
     fn is_expired_at(&self, conn: &ServerConn, now: Instant) -> bool {
-        self.settings
+        conn.expires.is_some_and(|e| now >= e)
+    }
+
+    /// Records that `conn` was last used at `now`, and when it will have lived or idled too
+    /// long: checkouts then compare one instant instead of computing two durations.
+    fn mark_used(&self, conn: &mut ServerConn, now: Instant) {
+        conn.last_used = now;
+        let by_lifetime = self
+            .settings
             .lifetime
-            .is_some_and(|l| now.duration_since(conn.created()) >= l)
-            || self
-                .settings
-                .idle_timeout
-                .is_some_and(|t| now.duration_since(conn.last_used) >= t)
+            .and_then(|l| conn.created().checked_add(l));
+        let by_idle = self.settings.idle_timeout.and_then(|t| now.checked_add(t));
+        conn.expires = match (by_lifetime, by_idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 
     async fn acquire(

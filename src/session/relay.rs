@@ -699,7 +699,11 @@ impl Session {
             }
             // A connection fresh from the pool may carry another client's parameters: bring
             // them in line first, in the same write (its reply is swallowed).
-            if let Some(sql) = request::param_sync_sql(&self.state.params, &mut server.params) {
+            if let Some(sql) = request::param_sync_sql(
+                &self.state.params,
+                self.state.params_id,
+                &mut server.params,
+            ) {
                 messages::query(&mut server.wbuf, &sql);
                 server.pending.push_back(ReplyOwner::Proxy);
             }

@@ -213,8 +213,13 @@ pub fn close_statements(out: &mut BytesMut, names: &[std::sync::Arc<str>]) {
 /// reports the wanted value.
 pub fn param_sync_sql(
     desired: &BTreeMap<String, String>,
+    desired_id: u64,
     server: &mut ServerParams,
 ) -> Option<String> {
+    if desired_id != 0 && server.synced == desired_id {
+        return None;
+    }
+    server.synced = desired_id;
     let mut sql = String::new();
     let resets: Vec<String> = server
         .applied
@@ -352,15 +357,34 @@ mod tests {
         let mut desired = BTreeMap::new();
         desired.insert("client_encoding".to_owned(), "UTF8".to_owned());
         desired.insert("work_mem".to_owned(), "8192".to_owned());
-        let sql = param_sync_sql(&desired, &mut server).unwrap();
+        let sql = param_sync_sql(&desired, 0, &mut server).unwrap();
         assert_eq!(
             sql,
             "RESET \"search_path\"; SELECT pg_catalog.set_config(E'work_mem', E'8192', false)"
         );
         assert!(
-            param_sync_sql(&desired, &mut server).is_none(),
+            param_sync_sql(&desired, 0, &mut server).is_none(),
             "now in line"
         );
+    }
+
+    #[test]
+    fn sync_fingerprint_skips_only_the_same_parameters() {
+        let mut server = ServerParams::default();
+        let mut a = BTreeMap::new();
+        a.insert("work_mem".to_owned(), "8192".to_owned());
+        let mut b = BTreeMap::new();
+        b.insert("work_mem".to_owned(), "1024".to_owned());
+        assert!(param_sync_sql(&a, 7, &mut server).is_some());
+        assert_eq!(server.synced, 7);
+        assert!(param_sync_sql(&a, 7, &mut server).is_none());
+        // Another client's parameters are compared, and the connection follows them.
+        let sql = param_sync_sql(&b, 9, &mut server).unwrap();
+        assert!(sql.contains("'1024'"), "{sql}");
+        assert_eq!(server.synced, 9);
+        // Back to the first: compared again, not trusted from an older sync.
+        let sql = param_sync_sql(&a, 7, &mut server).unwrap();
+        assert!(sql.contains("'8192'"), "{sql}");
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct ClientState {
     pub params: BTreeMap<String, String>,
     /// Parameters from the startup packet: what `RESET`/`DISCARD ALL` return to.
     pub startup_params: BTreeMap<String, String>,
+    /// Fingerprint of `params` (see `App::params_fingerprint`; 0 until the session sets it):
+    /// a server connection last brought in line with the same fingerprint needs no check.
+    pub params_id: u64,
     /// Named prepared statements by the client's name.
     pub statements: rustc_hash::FxHashMap<Bytes, Arc<StatementDef>>,
 }
@@ -40,6 +43,7 @@ impl ClientState {
         ClientState {
             params: startup_params.clone(),
             startup_params,
+            params_id: 0,
             statements: Default::default(),
         }
     }

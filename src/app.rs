@@ -295,7 +295,7 @@ impl App {
     /// Starts the topology watcher and the listener; returns the address actually bound (the
     /// configuration may ask for port 0).
     pub async fn start(&self) -> Result<SocketAddr, AppError> {
-        let settings = self.settings();
+        let settings = self.settings_full();
         let cfg = &settings.config;
         let listener = TcpListener::bind(cfg.proxy.listen)
             .await
@@ -374,6 +374,11 @@ impl App {
     /// before an `.await`.
     pub fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
         self.inner.settings.load()
+    }
+
+    /// The current settings as an `Arc`, to keep across an `.await`.
+    pub fn settings_full(&self) -> Arc<Settings> {
+        self.inner.settings.load_full()
     }
 
     /// The topology handle.

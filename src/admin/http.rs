@@ -62,7 +62,8 @@ async fn serve(app: App, mut stream: TcpStream) -> std::io::Result<()> {
             "only GET\n".to_owned(),
         )
     } else {
-        let topology = app.topology().load();
+        // An `Arc`, not a guard: the response is written while it is alive.
+        let topology = app.topology().load_full();
         match path {
             b"/live" => ("200 OK", "text/plain", "live\n".to_owned()),
             b"/ready" => {

@@ -397,7 +397,10 @@ impl Session {
                         .find(|n| n.healthy && n.role == crate::topology::Role::Standby)
                         .map(|n| n.id)
                         .filter(|_| self.welcome_from_any);
-                    match current.primary.or(welcome_standby) {
+                    let now_known = current.primary.or(welcome_standby);
+                    // A snapshot guard is not kept across the wait below.
+                    drop(current);
+                    match now_known {
                         Some(p) => p,
                         None => topology
                             .wait_for_primary(

@@ -460,6 +460,8 @@ impl Session {
                     if !Box::pin(self.dispatch_acquire(&mut routed, term)).await? {
                         return Ok(());
                     }
+                    // The request is sent now: its latency starts here, not before the wait.
+                    self.now = None;
                 }
             }
         }

@@ -170,7 +170,8 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, SessionErro
 
 /// Runs the authentication exchange for `user`.
 async fn authenticate(app: &App, client: &mut ClientConn, user: &str) -> Result<(), SessionError> {
-    let settings = app.settings();
+    // Kept across the exchange's awaits: an `Arc`, not a guard.
+    let settings = app.settings_full();
     let Some(entry) = settings.users.get(user) else {
         return Err(SessionError::Fatal(ProxyError::fatal(
             SqlState::INVALID_AUTHORIZATION_SPECIFICATION,

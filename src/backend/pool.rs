@@ -155,28 +155,35 @@ impl Pool {
         let started = Instant::now();
         let active = self.acquire(&self.active, started).await?;
         while let Some(mut idle) = self.pop_idle() {
-            if self.is_expired(&idle.conn)
-                || idle.conn.role_epoch < role_epoch
-                || !idle.conn.is_alive()
-            {
+            if !self.usable(&mut idle.conn, role_epoch, Instant::now()) {
                 tokio::spawn(idle.conn.close());
                 continue;
             }
-            return Ok(Lease {
-                conn: idle.conn,
-                _active: active,
-                node_permit: idle.node_permit,
-                pool: self.clone(),
-            });
+            return Ok(self.lease(idle.conn, active, idle.node_permit));
         }
         let node_permit = self.acquire(&self.node_permits, started).await?;
         let conn = Box::new(self.connect(role_epoch).await?);
-        Ok(Lease {
+        Ok(self.lease(conn, active, node_permit))
+    }
+
+    /// Whether an idle connection may serve a checkout: within its lifetime and idle limits,
+    /// made since the node's role last changed, and not closed by the server.
+    fn usable(&self, conn: &mut ServerConn, role_epoch: u64, now: Instant) -> bool {
+        !self.is_expired_at(conn, now) && conn.role_epoch >= role_epoch && conn.is_alive()
+    }
+
+    fn lease(
+        self: &Arc<Self>,
+        conn: Box<ServerConn>,
+        active: OwnedSemaphorePermit,
+        node_permit: OwnedSemaphorePermit,
+    ) -> Lease {
+        Lease {
             conn,
             _active: active,
             node_permit,
             pool: self.clone(),
-        })
+        }
     }
 
     /// Checks out an idle connection without waiting, if the pool has room and one is idle
@@ -185,11 +192,9 @@ impl Pool {
         let active = self.active.clone().try_acquire_owned().ok()?;
         let idle = {
             let mut idle = self.idle.lock();
-            let usable = idle.last_mut().is_some_and(|i| {
-                !self.is_expired_at(&i.conn, now)
-                    && i.conn.role_epoch >= role_epoch
-                    && i.conn.is_alive()
-            });
+            let usable = idle
+                .last_mut()
+                .is_some_and(|i| self.usable(&mut i.conn, role_epoch, now));
             // Closing an unusable one is `checkout`'s job.
             if usable {
                 idle.pop()
@@ -197,12 +202,7 @@ impl Pool {
                 None
             }
         }?;
-        Some(Lease {
-            conn: idle.conn,
-            _active: active,
-            node_permit: idle.node_permit,
-            pool: self.clone(),
-        })
+        Some(self.lease(idle.conn, active, idle.node_permit))
     }
 
     /// Opens a new connection of this pool.
@@ -394,10 +394,6 @@ impl Pool {
 
     fn pop_idle(&self) -> Option<Idle> {
         self.idle.lock().pop()
-    }
-
-    fn is_expired(&self, conn: &ServerConn) -> bool {
-        self.is_expired_at(conn, Instant::now())
     }
 
     fn is_expired_at(&self, conn: &ServerConn, now: Instant) -> bool {

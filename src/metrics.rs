@@ -17,6 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::router::Reason;
 use crate::topology::{Role, Topology};
 
 /// Label of a routed request.
@@ -24,7 +25,7 @@ use crate::topology::{Role, Topology};
 pub struct RouteLabels {
     /// `primary` or `standby`.
     pub target: &'static str,
-    /// Why: `write`, `forced`, `read`, `fallback`, `causal`, `transaction`.
+    /// Why: `write`, `forced`, `read`, `fallback`, `causal`.
     pub reason: &'static str,
 }
 
@@ -35,15 +36,20 @@ pub struct PinLabels {
     pub reason: &'static str,
 }
 
-/// Reasons a request is routed, as labelled in `causeway_requests`.
-pub const REASONS: [&str; 6] = [
-    "write",
-    "forced",
-    "read",
-    "fallback",
-    "causal",
-    "transaction",
-];
+/// Why a request was routed where it went, as labelled in `causeway_requests`, in the order
+/// of [`reason_index`].
+const REASONS: [&str; 5] = ["write", "forced", "read", "fallback", "causal"];
+
+/// Position of a routing reason in [`REASONS`].
+fn reason_index(reason: Reason) -> usize {
+    match reason {
+        Reason::Write => 0,
+        Reason::Forced => 1,
+        Reason::Read => 2,
+        Reason::Fallback => 3,
+        Reason::Causal => 4,
+    }
+}
 
 /// Where a request ran, for latency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,20 +223,8 @@ impl Metrics {
     }
 
     /// Counts a routed request.
-    pub fn count_request(&self, target: RouteKind, reason: &'static str) {
-        match REASONS.iter().position(|r| *r == reason) {
-            Some(i) => {
-                self.request_counters[target as usize][i].inc();
-            }
-            None => {
-                self.requests
-                    .get_or_create(&RouteLabels {
-                        target: target.label(),
-                        reason,
-                    })
-                    .inc();
-            }
-        }
+    pub fn count_request(&self, target: RouteKind, reason: Reason) {
+        self.request_counters[target as usize][reason_index(reason)].inc();
     }
 
     /// Counts a pinned session.
@@ -336,8 +330,8 @@ mod tests {
     #[test]
     fn renders_counters_latency_and_nodes() {
         let m = Metrics::new();
-        m.count_request(RouteKind::Standby, "read");
-        m.count_request(RouteKind::Standby, "read");
+        m.count_request(RouteKind::Standby, Reason::Read);
+        m.count_request(RouteKind::Standby, Reason::Read);
         m.record_latency(RouteKind::Primary, Duration::from_micros(150));
         let t = Topology::initial(&["a:1".into(), "b:2".into()]);
         let text = m.render(&t);

@@ -512,13 +512,6 @@ impl Session {
 
     /// Counts a routing decision whose target kind is known.
     fn count_route_kind(&self, kind: crate::metrics::RouteKind, reason: crate::router::Reason) {
-        let reason = match reason {
-            crate::router::Reason::Write => "write",
-            crate::router::Reason::Forced => "forced",
-            crate::router::Reason::Read => "read",
-            crate::router::Reason::Fallback => "fallback",
-            crate::router::Reason::Causal => "causal",
-        };
         self.app.metrics().count_request(kind, reason);
     }
 

@@ -2,7 +2,7 @@
 //! shutdown), cheap to clone and passed down explicitly. There are no global statics, so several
 //! proxies can run in one process (the integration tests do).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -464,11 +464,9 @@ impl App {
         }
     }
 
-    /// A fingerprint of a client's session parameters: equal maps give equal fingerprints,
-    /// never 0 (which means "unknown" on a server connection).
-    pub fn params_fingerprint(&self, params: &BTreeMap<String, String>) -> u64 {
-        use std::hash::BuildHasher;
-        self.inner.params_hasher.hash_one(params).max(1)
+    /// The keyed hasher of clients' session-parameter fingerprints (see `ClientState`).
+    pub fn params_hasher(&self) -> &std::collections::hash_map::RandomState {
+        &self.inner.params_hasher
     }
 
     /// The next routing tick.

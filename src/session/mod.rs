@@ -273,8 +273,7 @@ impl Session {
         };
         drop(settings);
         let catalog = app.functions(&accepted.database);
-        let mut state = ClientState::new(&accepted.params);
-        state.params_id = app.params_fingerprint(&state.params);
+        let state = ClientState::new(&accepted.params, app.params_hasher().clone());
         Session {
             app,
             client,
@@ -518,9 +517,11 @@ impl Session {
     /// Applies the client's parameters to a connection now, waiting for the result (used at
     /// startup, where a bad parameter must fail the connection like PostgreSQL would).
     async fn sync_params_now(&self, lease: &mut Lease) -> Result<(), SessionError> {
-        let Some(sql) =
-            request::param_sync_sql(&self.state.params, self.state.params_id, &mut lease.params)
-        else {
+        let Some(sql) = request::param_sync_sql(
+            &self.state.params,
+            self.state.params_id(),
+            &mut lease.params,
+        ) else {
             return Ok(());
         };
         let timeout = self.app.settings().config.pool.server_connect_timeout;
@@ -565,7 +566,6 @@ impl Session {
                 server.params.applied = rows.clone();
                 server.params.synced = 0;
                 self.state.refresh_params(rows);
-                self.state.params_id = self.app.params_fingerprint(&self.state.params);
             }
             Err(fields) => {
                 tracing::warn!(error = %fields.message, "could not read session parameters back");

@@ -703,7 +703,7 @@ impl Session {
             // them in line first, in the same write (its reply is swallowed).
             if let Some(sql) = request::param_sync_sql(
                 &self.state.params,
-                self.state.params_id,
+                self.state.params_id(),
                 &mut server.params,
             ) {
                 messages::query(&mut server.wbuf, &sql);

@@ -11,7 +11,9 @@
 //! - prepared statements: the client's names map to definitions here; see
 //!   [`crate::backend::statements`] for the server side.
 
+use std::collections::hash_map::RandomState;
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,26 +28,42 @@ pub struct ClientState {
     pub params: BTreeMap<String, String>,
     /// Parameters from the startup packet: what `RESET`/`DISCARD ALL` return to.
     pub startup_params: BTreeMap<String, String>,
-    /// Fingerprint of `params` (see `App::params_fingerprint`; 0 until the session sets it):
-    /// a server connection last brought in line with the same fingerprint needs no check.
-    pub params_id: u64,
+    /// Fingerprint of `params`, kept with them: a server connection last brought in line with
+    /// the same fingerprint needs no comparison. Never 0 (a connection's "unknown").
+    params_id: u64,
+    /// The proxy's keyed hasher for `params_id` (the same for every session, so equal
+    /// parameters give equal fingerprints; random per proxy, so they cannot be forged).
+    hasher: RandomState,
     /// Named prepared statements by the client's name.
     pub statements: rustc_hash::FxHashMap<Bytes, Arc<StatementDef>>,
 }
 
 impl ClientState {
-    /// Starts from the startup packet's parameters.
-    pub fn new(startup: &[(String, String)]) -> ClientState {
+    /// Starts from the startup packet's parameters; `hasher` is the proxy's (see
+    /// `App::params_hasher`).
+    pub fn new(startup: &[(String, String)], hasher: RandomState) -> ClientState {
         let startup_params: BTreeMap<String, String> = startup
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect();
-        ClientState {
+        let mut state = ClientState {
             params: startup_params.clone(),
             startup_params,
             params_id: 0,
+            hasher,
             statements: Default::default(),
-        }
+        };
+        state.params_id = state.fingerprint();
+        state
+    }
+
+    /// The fingerprint of the current parameters.
+    pub fn params_id(&self) -> u64 {
+        self.params_id
+    }
+
+    fn fingerprint(&self) -> u64 {
+        self.hasher.hash_one(&self.params).max(1)
     }
 
     /// Replaces the parameters with what a server reported as session-level after the client
@@ -58,6 +76,7 @@ impl ClientState {
             params.entry(k.clone()).or_insert_with(|| v.clone());
         }
         self.params = params;
+        self.params_id = self.fingerprint();
     }
 }
 
@@ -67,7 +86,10 @@ mod tests {
 
     #[test]
     fn refresh_keeps_startup_values_the_server_forgot() {
-        let mut c = ClientState::new(&[("Application_Name".into(), "x".into())]);
+        let mut c = ClientState::new(
+            &[("Application_Name".into(), "x".into())],
+            RandomState::new(),
+        );
         assert_eq!(
             c.params.get("application_name").map(String::as_str),
             Some("x")

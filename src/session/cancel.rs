@@ -54,18 +54,27 @@ impl CancelSlot {
         self.waker.wake();
     }
 
-    /// Ready once the stop level is at least `level`. Polling costs two atomic loads and,
-    /// when the task's waker changed, one swap: unlike a shared `Notify`, no lock that every
-    /// session contends for.
-    pub fn poll_stop(&self, cx: &mut Context<'_>, level: Stop) -> Poll<()> {
-        if self.stop.load(Ordering::Acquire) >= level as u8 {
-            return Poll::Ready(());
+    /// Ready, with the level reached, once the stop level is at least `level`. Polling costs
+    /// two atomic loads and, when the task's waker changed, one swap: unlike a shared `Notify`,
+    /// no lock that every session contends for.
+    pub fn poll_stop(&self, cx: &mut Context<'_>, level: Stop) -> Poll<Stop> {
+        if let Some(reached) = self.reached(level) {
+            return Poll::Ready(reached);
         }
         self.waker.register(cx.waker());
-        if self.stop.load(Ordering::Acquire) >= level as u8 {
-            return Poll::Ready(());
+        match self.reached(level) {
+            Some(reached) => Poll::Ready(reached),
+            None => Poll::Pending,
         }
-        Poll::Pending
+    }
+
+    fn reached(&self, level: Stop) -> Option<Stop> {
+        match self.stop.load(Ordering::Acquire) {
+            l if l < level as u8 => None,
+            0 => Some(Stop::None),
+            1 => Some(Stop::Drain),
+            _ => Some(Stop::Kill),
+        }
     }
 }
 

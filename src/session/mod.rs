@@ -36,6 +36,11 @@ use client::ClientConn;
 use startup::{Accepted, Outcome};
 use state::ClientState;
 
+/// One request's frames, up to its Sync or Query. An extended-protocol request is at most
+/// Parse, Bind, Describe, Execute and Sync (libpq's prepared statements send Bind, Describe,
+/// Execute, Sync): inline, so the hot path allocates nothing for it.
+pub type Batch = smallvec::SmallVec<[Frame; 5]>;
+
 /// Errors that end a session.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -173,7 +178,7 @@ pub struct Session {
     /// `causeway.*` batches that arrived while a server still owed earlier replies: they are
     /// answered (and their values read) once it has answered everything, so that
     /// `SHOW causeway.min_lsn` sees the position of the write just before it.
-    deferred: Vec<Vec<Frame>>,
+    deferred: Vec<Batch>,
     /// The key the client got in BackendKeyData.
     key: CancelKey,
     /// The client's entry in the cancel registry.
@@ -182,7 +187,7 @@ pub struct Session {
     server: Option<Lease>,
     /// Frontend messages of the current request, not yet sent (extended protocol, up to
     /// Sync/Flush).
-    batch: Vec<Frame>,
+    batch: Batch,
     /// Bytes in `batch`.
     batch_len: usize,
     /// Transaction status as last reported to the client.
@@ -298,7 +303,7 @@ impl Session {
             key,
             cancel,
             server: None,
-            batch: Vec::new(),
+            batch: Batch::new(),
             batch_len: 0,
             tx_status: TxStatus::Idle,
             copy_in: false,

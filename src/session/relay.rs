@@ -69,7 +69,7 @@ pub(super) enum Terminator {
 /// write must not follow a read onto a standby).
 #[derive(Debug)]
 pub(super) struct HeldRequest {
-    frames: Vec<Frame>,
+    frames: super::Batch,
     len: usize,
     term: Terminator,
 }
@@ -262,6 +262,7 @@ impl Session {
         let read_client =
             server_out_len < SERVER_OUT_HIGH && !stalled && client_rbuf.len() < hold_limit;
         let slot = &**cancel.slot();
+        let stop_at = if *draining { Stop::Kill } else { Stop::Drain };
         // Biased (no random start, which costs a thread-local RNG draw per wake-up): writes
         // first, since they free room; then the server's replies, then the client's
         // requests. Only branches that are ready compete, and each one's action makes it
@@ -269,7 +270,12 @@ impl Session {
         // starves another for good.
         tokio::select! {
             biased;
-            _ = std::future::poll_fn(|cx| slot.poll_stop(cx, Stop::Kill)) => Event::Kill,
+            // One branch for both levels: while running it waits for a drain, while draining
+            // for the kill.
+            stop = std::future::poll_fn(|cx| slot.poll_stop(cx, stop_at)) => match stop {
+                Stop::Kill => Event::Kill,
+                _ => Event::Shutdown,
+            },
             r = write_queued(&mut client_w, client_out), if client_out_len > 0 => {
                 Event::ClientWrote(r)
             }
@@ -286,9 +292,6 @@ impl Session {
                 }
             }, if read_server => Event::ServerRead(r),
             r = client_r.read_buf(client_rbuf), if read_client => Event::ClientRead(r),
-            _ = std::future::poll_fn(|cx| slot.poll_stop(cx, Stop::Drain)), if !*draining => {
-                Event::Shutdown
-            }
         }
     }
 
@@ -718,7 +721,7 @@ impl Session {
                 frames: std::mem::take(&mut self.batch),
                 term_is_sync: term == Terminator::Sync,
                 learn_key: batch_class.learn_key,
-                held: Vec::new(),
+                held: smallvec::SmallVec::new(),
                 discarding: false,
                 code: String::new(),
                 standby: guard_target.is_some(),
@@ -969,14 +972,27 @@ impl Session {
     /// Handles every byte the server has sent: passthrough runs are queued for the client
     /// without decoding; the messages the proxy must understand are read on the way.
     fn on_server_bytes(&mut self) -> Result<Flow, SessionError> {
-        let Some(server) = self.server.as_deref_mut() else {
-            return Ok(Flow::Continue);
-        };
+        // Bytes at the front of the server's read buffer that go to the client as they are:
+        // consecutive frames leave in one piece, split off once here instead of one by one.
+        let mut fwd = 0;
+        let flow = self.scan_server_bytes(&mut fwd);
+        if let Some(server) = self.server.as_deref_mut() {
+            flush_to_client(&mut self.client, &mut server.rbuf, &mut fwd);
+        }
+        flow
+    }
+
+    /// Does the work of [`Self::on_server_bytes`]; the first `*fwd` bytes of the read buffer
+    /// are decided (the client's) and not yet split off.
+    fn scan_server_bytes(&mut self, fwd: &mut usize) -> Result<Flow, SessionError> {
         // `max_message_size` limits what clients send. The server's messages the proxy reads
         // whole get the server-side limit (as in `ServerConn::read_frame`), never a smaller one:
         // a long error message or parameter value is not a reason to kill the session.
         let max_inspect = self.max_message.max(DEFAULT_MAX_MESSAGE_LEN);
         loop {
+            let Some(server) = self.server.as_deref_mut() else {
+                return Ok(Flow::Continue);
+            };
             let owner = server.pending.front().copied();
             let want_parse_complete = !server.track.parses.is_empty();
             // A standby read's guard reads every message; a prepared statement's guard only
@@ -990,7 +1006,7 @@ impl Session {
             let proxy_reply = matches!(owner, Some(ReplyOwner::Proxy | ReplyOwner::Lsn));
             let step = server
                 .scanner
-                .step(&server.rbuf, max_inspect, |t| {
+                .step(&server.rbuf[*fwd..], max_inspect, |t| {
                     guarded
                         || (guarded_some
                             && matches!(
@@ -1021,285 +1037,347 @@ impl Session {
             match step {
                 Step::NeedMore => return Ok(Flow::Continue),
                 Step::Passthrough(n) => {
-                    let chunk = server.rbuf.split_to(n);
                     if for_client && matches!(owner, Some(ReplyOwner::Client { .. })) {
                         // The request answers (rows, a result): a prepared statement's guard
                         // lets what it held go first and ends.
                         if let Some(g) = self.guard.take_if(|g| !g.standby && !g.discarding) {
+                            flush_to_client(&mut self.client, &mut server.rbuf, fwd);
                             for b in g.held {
                                 self.client.push(b);
                             }
                         }
                     }
                     if for_client {
-                        self.client.push(chunk);
+                        *fwd += n;
+                    } else {
+                        flush_to_client(&mut self.client, &mut server.rbuf, fwd);
+                        server.rbuf.advance(n);
+                    }
+                }
+                Step::Inspect(h) if self.guard.is_none() && for_client => {
+                    // The common end of a reply: looked at in place, forwarded as it is.
+                    let frame = &server.rbuf[*fwd..*fwd + h.frame_len];
+                    let body = &frame[HEADER_LEN..];
+                    match (h.tag, owner) {
+                        (btag::READY_FOR_QUERY, Some(ReplyOwner::Client { seq, sent, .. })) => {
+                            let status = be::ready_for_query(body).map_err(|e| server.proto(e))?;
+                            *fwd += h.frame_len;
+                            self.reply_done(status, seq, sent);
+                            continue;
+                        }
+                        (btag::COMMAND_COMPLETE, _) => {
+                            let changes_params = request::tag_changes_params(body);
+                            let drops_statements = request::tag_drops_statements(body);
+                            let pins = request::tag_pins(body);
+                            *fwd += h.frame_len;
+                            self.command_complete(changes_params, drops_statements, pins);
+                            continue;
+                        }
+                        _ => {
+                            flush_to_client(&mut self.client, &mut server.rbuf, fwd);
+                            self.inspected(h, owner, capture_lsn)?;
+                        }
                     }
                 }
                 Step::Inspect(h) => {
-                    let frame = server.rbuf.split_to(h.frame_len);
-                    let body = &frame[HEADER_LEN..];
-                    if let (Some(g), Some(ReplyOwner::Client { seq, .. })) =
-                        (self.guard.as_mut(), owner)
-                    {
-                        // Misroute guard: a read sent to a standby is held back until it is
-                        // clear the standby will answer it (a row, a result, a non-retryable
-                        // error), so a refusal can be re-run on the primary unseen.
-                        // A stale plan is re-run only if nothing was sent behind it.
-                        let rerun_ok = g.standby
-                            || (!server.track.unsynced
-                                && server
-                                    .pending
-                                    .iter()
-                                    .skip(1)
-                                    .all(|o| !matches!(o, ReplyOwner::Client { .. })));
-                        if g.discarding && h.tag == btag::READY_FOR_QUERY && !rerun_ok {
-                            // Give up the re-run: the client gets the reply as it was.
-                            for b in g.held.drain(..) {
-                                self.client.push(b);
-                            }
-                            if let Some(e) = g.error.take() {
-                                self.client.push(e);
-                            }
-                            self.guard = None;
-                        } else if g.discarding {
-                            match h.tag {
-                                btag::READY_FOR_QUERY => {
-                                    server.status =
-                                        be::ready_for_query(body).map_err(|e| server.proto(e))?;
-                                    server.pending.pop_front();
-                                    rollback_unanswered_parses(server, &mut self.state, seq);
-                                    self.retry_now = self.guard.take();
-                                }
-                                btag::PARSE_COMPLETE => {
-                                    server.track.parses.pop_front();
-                                }
-                                btag::PARAMETER_STATUS => server.record_parameter(body)?,
-                                btag::ERROR_RESPONSE => {
-                                    let fields =
-                                        be::error_fields(body).map_err(|e| server.proto(e))?;
-                                    if fields.is_fatal() {
-                                        server.broken = true;
-                                    }
-                                }
-                                // Not part of the discarded reply.
-                                btag::NOTIFICATION_RESPONSE => self.client.push(frame),
-                                _ => {}
-                            }
-                            continue;
-                        }
-                    }
-                    if let (Some(g), Some(ReplyOwner::Client { seq, .. })) =
-                        (self.guard.as_mut(), owner)
-                    {
-                        match h.tag {
-                            btag::PARSE_COMPLETE => {
-                                let added = server
-                                    .track
-                                    .parses
-                                    .pop_front()
-                                    .is_some_and(|p| p.client_name.is_none());
-                                if !added {
-                                    g.held.push(frame);
-                                }
-                                continue;
-                            }
-                            btag::PARAMETER_STATUS => {
-                                server.record_parameter(body)?;
-                                g.held.push(frame);
-                                continue;
-                            }
-                            btag::BIND_COMPLETE
-                            | btag::ROW_DESCRIPTION
-                            | btag::CLOSE_COMPLETE
-                            | btag::PARAMETER_DESCRIPTION
-                            | btag::NO_DATA
-                            | btag::NOTICE_RESPONSE => {
-                                g.held.push(frame);
-                                continue;
-                            }
-                            btag::ERROR_RESPONSE => {
-                                let fields = be::error_fields(body).map_err(|e| server.proto(e))?;
-                                let stale = is_stale_plan(&fields, server, seq);
-                                if stale {
-                                    invalidate_bound_statements(server, seq);
-                                }
-                                if (g.standby && is_misroute(&fields)) || stale {
-                                    if stale {
-                                        tracing::debug!("a prepared statement's result type changed; preparing it again");
-                                    } else {
-                                        tracing::debug!(code = %fields.code, "standby refused a read; retrying on the primary");
-                                    }
-                                    g.discarding = true;
-                                    g.code = fields.code.clone();
-                                    if g.standby {
-                                        g.held.clear();
-                                    } else {
-                                        g.error = Some(frame);
-                                    }
-                                    if fields.is_fatal() {
-                                        server.broken = true;
-                                    }
-                                    continue;
-                                }
-                            }
-                            _ => {}
-                        }
-                        // The standby answers: what was held goes out first.
-                        for b in g.held.drain(..) {
-                            self.client.push(b);
-                        }
-                        self.guard = None;
-                    }
-                    match h.tag {
-                        btag::READY_FOR_QUERY => {
-                            let status = be::ready_for_query(body).map_err(|e| server.proto(e))?;
-                            server.status = status;
-                            server.pending.pop_front();
-                            match owner {
-                                Some(ReplyOwner::Client { seq, sent, .. }) => {
-                                    self.app
-                                        .metrics()
-                                        .record_latency(self.server_kind, sent.elapsed());
-                                    rollback_unanswered_parses(server, &mut self.state, seq);
-                                    self.tx_status = status;
-                                    self.client.push(frame);
-                                    if std::mem::take(&mut self.lsn_probe_after_reply)
-                                        && status == TxStatus::Idle
-                                        && server.pending.is_empty()
-                                    {
-                                        messages::query(&mut server.wbuf, LSN_SQL);
-                                        server.pending.push_back(ReplyOwner::Lsn);
-                                        server.track.captured_lsn = None;
-                                    }
-                                }
-                                Some(ReplyOwner::Proxy) => {}
-                                Some(ReplyOwner::Lsn) => {
-                                    if let Some(lsn) = server.track.captured_lsn.take() {
-                                        if !self.tx_status.is_in_transaction() {
-                                            self.wrote_in_transaction = false;
-                                            self.app.metrics().lsn_captures.inc();
-                                            self.route.min_lsn = Some(
-                                                self.route.min_lsn.map_or(lsn, |m| m.max(lsn)),
-                                            );
-                                        }
-                                    }
-                                }
-                                // A ReadyForQuery nobody asked for: the protocol is broken.
-                                None => {
-                                    return Err(server
-                                        .proto(ProtocolError::Unexpected {
-                                            tag: 'Z',
-                                            context: "without a pending request",
-                                        })
-                                        .into())
-                                }
-                            }
-                        }
-                        btag::PARSE_COMPLETE => {
-                            let added_by_proxy = server
-                                .track
-                                .parses
-                                .pop_front()
-                                .is_some_and(|p| p.client_name.is_none());
-                            if for_client && !added_by_proxy {
-                                self.client.push(frame);
-                            }
-                        }
-                        btag::COMMAND_COMPLETE => {
-                            if for_client {
-                                if request::tag_changes_params(body) {
-                                    self.params_dirty = true;
-                                }
-                                if request::tag_drops_statements(body) {
-                                    self.state.statements.clear();
-                                    server.statements.clear();
-                                    server.track.parses.clear();
-                                }
-                                if let Some(why) = request::tag_pins(body) {
-                                    if self.pinned.is_none() {
-                                        tracing::debug!(
-                                            reason = why,
-                                            "client pinned to its server connection"
-                                        );
-                                        self.app.metrics().count_pin(why);
-                                        self.pinned = Some(why);
-                                    }
-                                }
-                                self.client.push(frame);
-                            }
-                        }
-                        btag::DATA_ROW if capture_lsn => {
-                            server.track.captured_lsn = parse_lsn_row(body);
-                        }
-                        btag::NOTIFICATION_RESPONSE => self.client.push(frame),
-                        btag::PARAMETER_STATUS => {
-                            server.record_parameter(body)?;
-                            if for_client {
-                                self.client.push(frame);
-                            }
-                        }
-                        btag::ERROR_RESPONSE => {
-                            let fields = be::error_fields(body).map_err(|e| server.proto(e))?;
-                            if let Some(ReplyOwner::Client { seq, .. }) = owner {
-                                if is_stale_plan(&fields, server, seq) {
-                                    // The client sees this error once; the statement is
-                                    // prepared again at its next use.
-                                    invalidate_bound_statements(server, seq);
-                                }
-                            }
-                            // An error ends COPY IN on the server side.
-                            self.copy_in = false;
-                            server.track.copy_in = None;
-                            if fields.is_fatal() {
-                                server.broken = true;
-                                if for_client
-                                    && self.mode == crate::config::PoolMode::Transaction
-                                    && self.pinned.is_none()
-                                {
-                                    // The session outlives this server connection: the
-                                    // client hears the error as an ERROR when the server
-                                    // closes (see `server_lost`), not as the end of its
-                                    // connection.
-                                    self.server_fatal_downgraded =
-                                        Some(ProxyError::from_server(&fields, Severity::Error));
-                                    continue;
-                                }
-                                self.server_fatal |= for_client;
-                            }
-                            if for_client {
-                                self.client.push(frame);
-                            } else {
-                                tracing::debug!(server = %server.addr(), error = %fields.message, "internal query failed");
-                            }
-                        }
-                        btag::COPY_IN_RESPONSE => {
-                            self.copy_in = true;
-                            // In the extended protocol the Sync that followed Execute is
-                            // ignored by the server during COPY; the client sends another one
-                            // after CopyDone, which is the one that gets a ReadyForQuery.
-                            let extended =
-                                matches!(owner, Some(ReplyOwner::Client { sync: true, .. }));
-                            if extended {
-                                server.pending.pop_front();
-                            }
-                            server.track.copy_in = Some(extended);
-                            self.client.push(frame);
-                        }
-                        btag::COPY_BOTH_RESPONSE => {
-                            return Err(SessionError::Fatal(ProxyError::fatal(
-                                SqlState::FEATURE_NOT_SUPPORTED,
-                                "COPY BOTH (replication protocol) is not supported by causeway",
-                            )))
-                        }
-                        _ => {
-                            if for_client {
-                                self.client.push(frame);
-                            }
-                        }
-                    }
+                    flush_to_client(&mut self.client, &mut server.rbuf, fwd);
+                    self.inspected(h, owner, capture_lsn)?;
                 }
             }
         }
+    }
+
+    /// A ReadyForQuery that ends a client's request.
+    fn reply_done(&mut self, status: TxStatus, seq: u64, sent: tokio::time::Instant) {
+        let Some(server) = self.server.as_deref_mut() else {
+            return;
+        };
+        server.status = status;
+        server.pending.pop_front();
+        self.app
+            .metrics()
+            .record_latency(self.server_kind, sent.elapsed());
+        rollback_unanswered_parses(server, &mut self.state, seq);
+        self.tx_status = status;
+        if std::mem::take(&mut self.lsn_probe_after_reply)
+            && status == TxStatus::Idle
+            && server.pending.is_empty()
+        {
+            messages::query(&mut server.wbuf, LSN_SQL);
+            server.pending.push_back(ReplyOwner::Lsn);
+            server.track.captured_lsn = None;
+        }
+    }
+
+    /// A CommandComplete of the client's: what its tag means for the session.
+    fn command_complete(
+        &mut self,
+        changes_params: bool,
+        drops_statements: bool,
+        pins: Option<&'static str>,
+    ) {
+        if changes_params {
+            self.params_dirty = true;
+        }
+        if drops_statements {
+            self.state.statements.clear();
+            if let Some(server) = self.server.as_deref_mut() {
+                server.statements.clear();
+                server.track.parses.clear();
+            }
+        }
+        if let Some(why) = pins {
+            if self.pinned.is_none() {
+                tracing::debug!(reason = why, "client pinned to its server connection");
+                self.app.metrics().count_pin(why);
+                self.pinned = Some(why);
+            }
+        }
+    }
+
+    /// An inspected frame at the front of the server's read buffer, split off and handled.
+    fn inspected(
+        &mut self,
+        h: crate::protocol::codec::Header,
+        owner: Option<ReplyOwner>,
+        capture_lsn: bool,
+    ) -> Result<(), SessionError> {
+        let for_client = matches!(owner, None | Some(ReplyOwner::Client { .. }));
+        let Some(server) = self.server.as_deref_mut() else {
+            return Ok(());
+        };
+        let frame = server.rbuf.split_to(h.frame_len);
+        let body = &frame[HEADER_LEN..];
+        if let (Some(g), Some(ReplyOwner::Client { seq, .. })) = (self.guard.as_mut(), owner) {
+            // Misroute guard: a read sent to a standby is held back until it is
+            // clear the standby will answer it (a row, a result, a non-retryable
+            // error), so a refusal can be re-run on the primary unseen.
+            // A stale plan is re-run only if nothing was sent behind it.
+            let rerun_ok = g.standby
+                || (!server.track.unsynced
+                    && server
+                        .pending
+                        .iter()
+                        .skip(1)
+                        .all(|o| !matches!(o, ReplyOwner::Client { .. })));
+            if g.discarding && h.tag == btag::READY_FOR_QUERY && !rerun_ok {
+                // Give up the re-run: the client gets the reply as it was.
+                for b in g.held.drain(..) {
+                    self.client.push(b);
+                }
+                if let Some(e) = g.error.take() {
+                    self.client.push(e);
+                }
+                self.guard = None;
+            } else if g.discarding {
+                match h.tag {
+                    btag::READY_FOR_QUERY => {
+                        server.status = be::ready_for_query(body).map_err(|e| server.proto(e))?;
+                        server.pending.pop_front();
+                        rollback_unanswered_parses(server, &mut self.state, seq);
+                        self.retry_now = self.guard.take();
+                    }
+                    btag::PARSE_COMPLETE => {
+                        server.track.parses.pop_front();
+                    }
+                    btag::PARAMETER_STATUS => server.record_parameter(body)?,
+                    btag::ERROR_RESPONSE => {
+                        let fields = be::error_fields(body).map_err(|e| server.proto(e))?;
+                        if fields.is_fatal() {
+                            server.broken = true;
+                        }
+                    }
+                    // Not part of the discarded reply.
+                    btag::NOTIFICATION_RESPONSE => self.client.push(frame),
+                    _ => {}
+                }
+                return Ok(());
+            }
+        }
+        if let (Some(g), Some(ReplyOwner::Client { seq, .. })) = (self.guard.as_mut(), owner) {
+            match h.tag {
+                btag::PARSE_COMPLETE => {
+                    let added = server
+                        .track
+                        .parses
+                        .pop_front()
+                        .is_some_and(|p| p.client_name.is_none());
+                    if !added {
+                        g.held.push(frame);
+                    }
+                    return Ok(());
+                }
+                btag::PARAMETER_STATUS => {
+                    server.record_parameter(body)?;
+                    g.held.push(frame);
+                    return Ok(());
+                }
+                btag::BIND_COMPLETE
+                | btag::ROW_DESCRIPTION
+                | btag::CLOSE_COMPLETE
+                | btag::PARAMETER_DESCRIPTION
+                | btag::NO_DATA
+                | btag::NOTICE_RESPONSE => {
+                    g.held.push(frame);
+                    return Ok(());
+                }
+                btag::ERROR_RESPONSE => {
+                    let fields = be::error_fields(body).map_err(|e| server.proto(e))?;
+                    let stale = is_stale_plan(&fields, server, seq);
+                    if stale {
+                        invalidate_bound_statements(server, seq);
+                    }
+                    if (g.standby && is_misroute(&fields)) || stale {
+                        if stale {
+                            tracing::debug!(
+                                "a prepared statement's result type changed; preparing it again"
+                            );
+                        } else {
+                            tracing::debug!(code = %fields.code, "standby refused a read; retrying on the primary");
+                        }
+                        g.discarding = true;
+                        g.code = fields.code.clone();
+                        if g.standby {
+                            g.held.clear();
+                        } else {
+                            g.error = Some(frame);
+                        }
+                        if fields.is_fatal() {
+                            server.broken = true;
+                        }
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+            // The standby answers: what was held goes out first.
+            for b in g.held.drain(..) {
+                self.client.push(b);
+            }
+            self.guard = None;
+        }
+        match h.tag {
+            btag::READY_FOR_QUERY => {
+                let status = be::ready_for_query(body).map_err(|e| server.proto(e))?;
+                if let Some(ReplyOwner::Client { seq, sent, .. }) = owner {
+                    self.reply_done(status, seq, sent);
+                    self.client.push(frame);
+                    return Ok(());
+                }
+                server.status = status;
+                server.pending.pop_front();
+                match owner {
+                    Some(ReplyOwner::Client { .. } | ReplyOwner::Proxy) => {}
+                    Some(ReplyOwner::Lsn) => {
+                        if let Some(lsn) = server.track.captured_lsn.take() {
+                            if !self.tx_status.is_in_transaction() {
+                                self.wrote_in_transaction = false;
+                                self.app.metrics().lsn_captures.inc();
+                                self.route.min_lsn =
+                                    Some(self.route.min_lsn.map_or(lsn, |m| m.max(lsn)));
+                            }
+                        }
+                    }
+                    // A ReadyForQuery nobody asked for: the protocol is broken.
+                    None => {
+                        return Err(server
+                            .proto(ProtocolError::Unexpected {
+                                tag: 'Z',
+                                context: "without a pending request",
+                            })
+                            .into())
+                    }
+                }
+            }
+            btag::PARSE_COMPLETE => {
+                let added_by_proxy = server
+                    .track
+                    .parses
+                    .pop_front()
+                    .is_some_and(|p| p.client_name.is_none());
+                if for_client && !added_by_proxy {
+                    self.client.push(frame);
+                }
+            }
+            btag::COMMAND_COMPLETE => {
+                if for_client {
+                    self.command_complete(
+                        request::tag_changes_params(body),
+                        request::tag_drops_statements(body),
+                        request::tag_pins(body),
+                    );
+                    self.client.push(frame);
+                }
+            }
+            btag::DATA_ROW if capture_lsn => {
+                server.track.captured_lsn = parse_lsn_row(body);
+            }
+            btag::NOTIFICATION_RESPONSE => self.client.push(frame),
+            btag::PARAMETER_STATUS => {
+                server.record_parameter(body)?;
+                if for_client {
+                    self.client.push(frame);
+                }
+            }
+            btag::ERROR_RESPONSE => {
+                let fields = be::error_fields(body).map_err(|e| server.proto(e))?;
+                if let Some(ReplyOwner::Client { seq, .. }) = owner {
+                    if is_stale_plan(&fields, server, seq) {
+                        // The client sees this error once; the statement is
+                        // prepared again at its next use.
+                        invalidate_bound_statements(server, seq);
+                    }
+                }
+                // An error ends COPY IN on the server side.
+                self.copy_in = false;
+                server.track.copy_in = None;
+                if fields.is_fatal() {
+                    server.broken = true;
+                    if for_client
+                        && self.mode == crate::config::PoolMode::Transaction
+                        && self.pinned.is_none()
+                    {
+                        // The session outlives this server connection: the
+                        // client hears the error as an ERROR when the server
+                        // closes (see `server_lost`), not as the end of its
+                        // connection.
+                        self.server_fatal_downgraded =
+                            Some(ProxyError::from_server(&fields, Severity::Error));
+                        return Ok(());
+                    }
+                    self.server_fatal |= for_client;
+                }
+                if for_client {
+                    self.client.push(frame);
+                } else {
+                    tracing::debug!(server = %server.addr(), error = %fields.message, "internal query failed");
+                }
+            }
+            btag::COPY_IN_RESPONSE => {
+                self.copy_in = true;
+                // In the extended protocol the Sync that followed Execute is
+                // ignored by the server during COPY; the client sends another one
+                // after CopyDone, which is the one that gets a ReadyForQuery.
+                let extended = matches!(owner, Some(ReplyOwner::Client { sync: true, .. }));
+                if extended {
+                    server.pending.pop_front();
+                }
+                server.track.copy_in = Some(extended);
+                self.client.push(frame);
+            }
+            btag::COPY_BOTH_RESPONSE => {
+                return Err(SessionError::Fatal(ProxyError::fatal(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    "COPY BOTH (replication protocol) is not supported by causeway",
+                )))
+            }
+            _ => {
+                if for_client {
+                    self.client.push(frame);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether the held server connection is on a node that was fenced or whose role changed
@@ -1387,6 +1465,14 @@ impl Session {
 /// after an error: they do not exist on the server, nor for the client.
 ///
 /// Also forgets the statements bound by those requests (see `RequestTrack::binds`).
+/// Hands the first `*fwd` bytes of the server's read buffer to the client in one piece.
+fn flush_to_client(client: &mut super::client::ClientConn, rbuf: &mut BytesMut, fwd: &mut usize) {
+    if *fwd > 0 {
+        client.push(rbuf.split_to(*fwd));
+        *fwd = 0;
+    }
+}
+
 fn rollback_unanswered_parses(
     server: &mut ServerConn,
     state: &mut super::state::ClientState,

@@ -623,13 +623,13 @@ fn row_description(out: &mut BytesMut, name: &str) {
 #[derive(Debug)]
 pub struct MisrouteGuard {
     /// The request's frames, to send again.
-    pub frames: Vec<Frame>,
+    pub frames: super::Batch,
     /// The request ended with Sync (extended protocol) rather than being a simple Query.
     pub term_is_sync: bool,
     /// Key of its text, learned as a write after a 25006.
     pub learn_key: u64,
     /// Replies held back so far (ParseComplete, BindComplete, ...).
-    pub held: Vec<bytes::BytesMut>,
+    pub held: smallvec::SmallVec<[bytes::BytesMut; 2]>,
     /// The standby refused it: swallow the rest of its reply.
     pub discarding: bool,
     /// The refusal's SQLSTATE.

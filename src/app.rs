@@ -552,3 +552,19 @@ pub async fn wait_for_stop_signal() -> bool {
         }
     }
 }
+
+/// The runtime that runs the proxy (`proxy.worker_threads`): one worker thread per core for 0,
+/// a single-threaded event loop for 1 (no work stealing or cross-thread wake-ups: the least CPU
+/// per query, at most one core), else that many workers.
+pub fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match worker_threads {
+        0 => tokio::runtime::Runtime::new(),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+}

@@ -102,7 +102,7 @@ fn run(path: &PathBuf) -> ExitCode {
     for n in &loaded.notices {
         tracing::warn!("{n}");
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match causeway::app::build_runtime(loaded.config.proxy.worker_threads) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -246,6 +246,9 @@ pub struct ProxyConfig {
     pub admin_users: Vec<String>,
     /// Set `TCP_NODELAY` on client and server sockets (`tcp_nodelay`, default true).
     pub tcp_nodelay: bool,
+    /// Threads that run sessions (`worker_threads`): 0 (the default) is one per CPU core; 1 is
+    /// a single-threaded event loop.
+    pub worker_threads: usize,
 }
 
 /// `[pool]`: server connections.
@@ -425,6 +428,8 @@ pub struct EnvOverride {
     pub var: &'static str,
     /// The key it replaces.
     pub key: &'static str,
+    /// The key takes an integer: a variable that reads as one is passed on as one.
+    pub integer: bool,
 }
 
 /// Every environment override. An unset or empty variable changes nothing.
@@ -433,26 +438,37 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
     EnvOverride {
         var: "CAUSEWAY_LISTEN",
         key: "proxy.listen",
+        integer: false,
     },
     EnvOverride {
         var: "CAUSEWAY_HTTP_LISTEN",
         key: "proxy.http_listen",
+        integer: false,
     },
     EnvOverride {
         var: "CAUSEWAY_POOL_MODE",
         key: "proxy.pool_mode",
+        integer: false,
+    },
+    EnvOverride {
+        var: "CAUSEWAY_WORKER_THREADS",
+        key: "proxy.worker_threads",
+        integer: true,
     },
     EnvOverride {
         var: "CAUSEWAY_MONITOR_USER",
         key: "monitor.user",
+        integer: false,
     },
     EnvOverride {
         var: "CAUSEWAY_MONITOR_PASSWORD",
         key: "monitor.password",
+        integer: false,
     },
     EnvOverride {
         var: "CAUSEWAY_NODES",
         key: "nodes",
+        integer: false,
     },
 ];
 

@@ -261,7 +261,11 @@ pub(crate) fn overlay_env(doc: &mut Vec<Entry>, env: &dyn Fn(&str) -> Option<Str
             ..
         }) = doc.iter_mut().find(|e| e.key == section)
         {
-            set(table, key, at, Raw::String(value));
+            let value = match value.trim().parse::<i64>() {
+                Ok(n) if over.integer => Raw::Integer(n),
+                _ => Raw::String(value),
+            };
+            set(table, key, at, value);
         }
     }
 }

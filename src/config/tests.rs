@@ -194,6 +194,7 @@ fn defaults() {
     assert_eq!(p.shutdown_timeout, Duration::from_secs(30));
     assert!(p.admin_users.is_empty());
     assert!(p.tcp_nodelay);
+    assert_eq!(p.worker_threads, 0);
 
     let pool = &c.pool;
     assert_eq!(pool.max_server_connections, 100);
@@ -357,12 +358,14 @@ fn env_overrides_each_key() {
             ("CAUSEWAY_LISTEN", "0.0.0.0:7432"),
             ("CAUSEWAY_HTTP_LISTEN", "[::]:9999"),
             ("CAUSEWAY_POOL_MODE", "session"),
+            ("CAUSEWAY_WORKER_THREADS", "1"),
             ("CAUSEWAY_MONITOR_USER", "watcher"),
             ("CAUSEWAY_MONITOR_PASSWORD", "from-env"),
         ],
     )
     .unwrap();
     let c = loaded.config;
+    assert_eq!(c.proxy.worker_threads, 1);
     assert_eq!(
         c.proxy.listen,
         "0.0.0.0:7432".parse::<SocketAddr>().unwrap()
@@ -1057,4 +1060,29 @@ fn read_errors_name_the_file() {
         .to_string()
         .starts_with("cannot read /nonexistent/causeway/proxy.toml: "));
     assert!(err.problems().is_empty());
+}
+
+#[test]
+fn worker_threads_from_the_environment_is_checked_like_the_file() {
+    // An integer variable is an integer; anything else is reported against the variable.
+    let err = load_env(MINIMAL, &[("CAUSEWAY_WORKER_THREADS", "two")]).unwrap_err();
+    let p = problem_for(err.problems(), "proxy.worker_threads");
+    assert!(p.to_string().contains("CAUSEWAY_WORKER_THREADS"), "{p}");
+    let err = load_env(MINIMAL, &[("CAUSEWAY_WORKER_THREADS", "5000")]).unwrap_err();
+    let p = problem_for(err.problems(), "proxy.worker_threads");
+    assert!(p.to_string().contains("at most 1024"), "{p}");
+    // A password that happens to be all digits stays a string.
+    let loaded = load_env(
+        MINIMAL,
+        &[
+            ("CAUSEWAY_WORKER_THREADS", "2"),
+            ("CAUSEWAY_MONITOR_PASSWORD", "12345"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(loaded.config.proxy.worker_threads, 2);
+    assert_eq!(
+        loaded.config.monitor.password.as_ref().map(Secret::expose),
+        Some("12345")
+    );
 }

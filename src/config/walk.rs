@@ -35,6 +35,7 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
             "shutdown_timeout",
             "admin_users",
             "tcp_nodelay",
+            "worker_threads",
         ],
     ),
     (
@@ -592,6 +593,7 @@ impl<'l> Walker<'l> {
                 .unwrap_or(Duration::from_secs(30)),
             admin_users: self.string_list(s, "admin_users").unwrap_or_default(),
             tcp_nodelay: self.boolean(s, "tcp_nodelay").unwrap_or(true),
+            worker_threads: self.int(s, "worker_threads", 0, 1024).unwrap_or(0),
         }
     }
 

@@ -972,19 +972,31 @@ impl Session {
     /// Handles every byte the server has sent: passthrough runs are queued for the client
     /// without decoding; the messages the proxy must understand are read on the way.
     fn on_server_bytes(&mut self) -> Result<Flow, SessionError> {
-        // Bytes at the front of the server's read buffer that go to the client as they are:
-        // consecutive frames leave in one piece, split off once here instead of one by one.
-        let mut fwd = 0;
-        let flow = self.scan_server_bytes(&mut fwd);
-        if let Some(server) = self.server.as_deref_mut() {
-            flush_to_client(&mut self.client, &mut server.rbuf, &mut fwd);
-        }
+        // Frames are left in the server's read buffer while they are looked at, and split off
+        // once per reply instead of one by one.
+        let mut cur = InPlace::default();
+        let flow = self.scan_server_bytes(&mut cur);
+        self.settle(&mut cur);
         flow
     }
 
-    /// Does the work of [`Self::on_server_bytes`]; the first `*fwd` bytes of the read buffer
-    /// are decided (the client's) and not yet split off.
-    fn scan_server_bytes(&mut self, fwd: &mut usize) -> Result<Flow, SessionError> {
+    /// Splits off what [`InPlace`] counted: the client's bytes go to the client, the bytes a
+    /// standby read's guard holds back go into the guard.
+    fn settle(&mut self, cur: &mut InPlace) {
+        let Some(server) = self.server.as_deref_mut() else {
+            return;
+        };
+        flush_to_client(&mut self.client, &mut server.rbuf, &mut cur.fwd);
+        if cur.held > 0 {
+            let held = server.rbuf.split_to(std::mem::take(&mut cur.held));
+            if let Some(g) = self.guard.as_mut() {
+                g.held.push(held);
+            }
+        }
+    }
+
+    /// Does the work of [`Self::on_server_bytes`], leaving what [`InPlace`] counts in the buffer.
+    fn scan_server_bytes(&mut self, cur: &mut InPlace) -> Result<Flow, SessionError> {
         // `max_message_size` limits what clients send. The server's messages the proxy reads
         // whole get the server-side limit (as in `ServerConn::read_frame`), never a smaller one:
         // a long error message or parameter value is not a reason to kill the session.
@@ -1006,7 +1018,7 @@ impl Session {
             let proxy_reply = matches!(owner, Some(ReplyOwner::Proxy | ReplyOwner::Lsn));
             let step = server
                 .scanner
-                .step(&server.rbuf[*fwd..], max_inspect, |t| {
+                .step(&server.rbuf[cur.fwd + cur.held..], max_inspect, |t| {
                     guarded
                         || (guarded_some
                             && matches!(
@@ -1037,54 +1049,105 @@ impl Session {
             match step {
                 Step::NeedMore => return Ok(Flow::Continue),
                 Step::Passthrough(n) => {
+                    // Held bytes exist only under a standby read's guard, which inspects
+                    // every frame: none are pending here.
+                    debug_assert_eq!(cur.held, 0);
                     if for_client && matches!(owner, Some(ReplyOwner::Client { .. })) {
                         // The request answers (rows, a result): a prepared statement's guard
                         // lets what it held go first and ends.
                         if let Some(g) = self.guard.take_if(|g| !g.standby && !g.discarding) {
-                            flush_to_client(&mut self.client, &mut server.rbuf, fwd);
+                            flush_to_client(&mut self.client, &mut server.rbuf, &mut cur.fwd);
                             for b in g.held {
                                 self.client.push(b);
                             }
                         }
                     }
                     if for_client {
-                        *fwd += n;
+                        cur.fwd += n;
                     } else {
-                        flush_to_client(&mut self.client, &mut server.rbuf, fwd);
-                        server.rbuf.advance(n);
-                    }
-                }
-                Step::Inspect(h) if self.guard.is_none() && for_client => {
-                    // The common end of a reply: looked at in place, forwarded as it is.
-                    let frame = &server.rbuf[*fwd..*fwd + h.frame_len];
-                    let body = &frame[HEADER_LEN..];
-                    match (h.tag, owner) {
-                        (btag::READY_FOR_QUERY, Some(ReplyOwner::Client { seq, sent, .. })) => {
-                            let status = be::ready_for_query(body).map_err(|e| server.proto(e))?;
-                            *fwd += h.frame_len;
-                            self.reply_done(status, seq, sent);
-                            continue;
-                        }
-                        (btag::COMMAND_COMPLETE, _) => {
-                            let changes_params = request::tag_changes_params(body);
-                            let drops_statements = request::tag_drops_statements(body);
-                            let pins = request::tag_pins(body);
-                            *fwd += h.frame_len;
-                            self.command_complete(changes_params, drops_statements, pins);
-                            continue;
-                        }
-                        _ => {
-                            flush_to_client(&mut self.client, &mut server.rbuf, fwd);
-                            self.inspected(h, owner, capture_lsn)?;
+                        self.settle(cur);
+                        if let Some(server) = self.server.as_deref_mut() {
+                            server.rbuf.advance(n);
                         }
                     }
                 }
                 Step::Inspect(h) => {
-                    flush_to_client(&mut self.client, &mut server.rbuf, fwd);
-                    self.inspected(h, owner, capture_lsn)?;
+                    if !self.inspected_in_place(h, owner, for_client, cur)? {
+                        self.settle(cur);
+                        self.inspected(h, owner, capture_lsn)?;
+                    }
                 }
             }
         }
+    }
+
+    /// The common frames of a reply, looked at where they are in the server's read buffer:
+    /// a standby read's guard holds back BindComplete, RowDescription and the like by counting
+    /// them, the first row or result releases them, and CommandComplete and ReadyForQuery are
+    /// read and counted as the client's. False: the frame needs [`Self::inspected`].
+    fn inspected_in_place(
+        &mut self,
+        h: crate::protocol::codec::Header,
+        owner: Option<ReplyOwner>,
+        for_client: bool,
+        cur: &mut InPlace,
+    ) -> Result<bool, SessionError> {
+        let Some(ReplyOwner::Client { seq, sent, .. }) = owner else {
+            return Ok(false);
+        };
+        let Some(server) = self.server.as_deref_mut() else {
+            return Ok(false);
+        };
+        if let Some(g) = self.guard.as_mut() {
+            if !g.standby || g.discarding {
+                return Ok(false);
+            }
+            match h.tag {
+                btag::BIND_COMPLETE
+                | btag::ROW_DESCRIPTION
+                | btag::CLOSE_COMPLETE
+                | btag::PARAMETER_DESCRIPTION
+                | btag::NO_DATA
+                | btag::NOTICE_RESPONSE => {
+                    cur.held += h.frame_len;
+                    return Ok(true);
+                }
+                btag::DATA_ROW | btag::COMMAND_COMPLETE | btag::READY_FOR_QUERY => {
+                    // The standby answers: what was held goes out first (what was held in
+                    // earlier reads, then what is held in the buffer).
+                    flush_to_client(&mut self.client, &mut server.rbuf, &mut cur.fwd);
+                    for b in g.held.drain(..) {
+                        self.client.push(b);
+                    }
+                    cur.fwd = std::mem::take(&mut cur.held);
+                    self.guard = None;
+                }
+                _ => return Ok(false),
+            }
+        }
+        debug_assert_eq!(cur.held, 0);
+        if !for_client {
+            return Ok(false);
+        }
+        let start = cur.fwd;
+        let body = &server.rbuf[start + HEADER_LEN..start + h.frame_len];
+        match h.tag {
+            btag::READY_FOR_QUERY => {
+                let status = be::ready_for_query(body).map_err(|e| server.proto(e))?;
+                cur.fwd += h.frame_len;
+                self.reply_done(status, seq, sent);
+            }
+            btag::COMMAND_COMPLETE => {
+                let changes_params = request::tag_changes_params(body);
+                let drops_statements = request::tag_drops_statements(body);
+                let pins = request::tag_pins(body);
+                cur.fwd += h.frame_len;
+                self.command_complete(changes_params, drops_statements, pins);
+            }
+            btag::DATA_ROW => cur.fwd += h.frame_len,
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     /// A ReadyForQuery that ends a client's request.
@@ -1465,6 +1528,15 @@ impl Session {
 /// after an error: they do not exist on the server, nor for the client.
 ///
 /// Also forgets the statements bound by those requests (see `RequestTrack::binds`).
+/// What `on_server_bytes` has looked at but left at the front of the server's read buffer: the
+/// first `fwd` bytes are the client's, the `held` bytes after them a standby read's guard holds
+/// back.
+#[derive(Debug, Default)]
+struct InPlace {
+    fwd: usize,
+    held: usize,
+}
+
 /// Hands the first `*fwd` bytes of the server's read buffer to the client in one piece.
 fn flush_to_client(client: &mut super::client::ClientConn, rbuf: &mut BytesMut, fwd: &mut usize) {
     if *fwd > 0 {

@@ -98,7 +98,7 @@ impl ClientConn {
         }
     }
 
-    /// Reads once into the read buffer (used during startup; the relay reads inside `select!`).
+    /// Reads once into the read buffer (used during startup; the relay polls the socket itself).
     pub async fn read_some(&mut self) -> std::io::Result<usize> {
         self.prepare_read();
         self.stream.read_buf(&mut self.rbuf).await
@@ -107,7 +107,7 @@ impl ClientConn {
     /// Writes everything queued.
     pub async fn flush(&mut self) -> std::io::Result<()> {
         while self.out_len > 0 {
-            let n = write_queued(&mut self.stream, &self.out).await?;
+            let n = std::future::poll_fn(|cx| self.poll_write_queued(cx)).await?;
             self.advance(n)?;
         }
         Ok(())
@@ -116,6 +116,21 @@ impl ClientConn {
     /// Ends the connection gracefully after the last flush: see [`linger`].
     pub async fn linger(&mut self) {
         linger(&mut self.stream, LINGER).await;
+    }
+
+    /// One write of what is queued (one `send`, or a vectored write for several chunks), when
+    /// the socket takes it; the caller advances the queue. Cancel-safe: nothing is written
+    /// unless it completes.
+    pub(crate) fn poll_write_queued(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let stream = std::pin::Pin::new(&mut self.stream);
+        if self.out.len() == 1 {
+            return tokio::io::AsyncWrite::poll_write(stream, cx, &self.out[0]);
+        }
+        let (slices, n) = io_slices(&self.out);
+        tokio::io::AsyncWrite::poll_write_vectored(stream, cx, &slices[..n])
     }
 
     /// Writes what is queued without waiting (one `send` or vectored write), if the socket
@@ -173,24 +188,6 @@ pub async fn linger(stream: &mut TcpStream, limit: std::time::Duration) {
             break;
         }
     }
-}
-
-/// One vectored write of the queued chunks. Cancel-safe: nothing is written if it is dropped
-/// before completing.
-pub(crate) async fn write_queued<W: tokio::io::AsyncWrite + Unpin>(
-    w: &mut W,
-    out: &VecDeque<BytesMut>,
-) -> std::io::Result<usize> {
-    if out.len() == 1 {
-        return w.write(&out[0]).await;
-    }
-    // The slices are built on the stack at each poll, not kept in the future: the relay's
-    // select holds this future for as long as a session waits, idle or not.
-    std::future::poll_fn(|cx| {
-        let (slices, n) = io_slices(out);
-        std::pin::Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n])
-    })
-    .await
 }
 
 /// The first [`MAX_IOVECS`] queued chunks as slices for a vectored write, and how many.

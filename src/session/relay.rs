@@ -1,23 +1,24 @@
 //! The relay loop: client batches go to the server, replies stream back, in both directions at
 //! once.
 //!
-//! One `select!` waits on four things: bytes from the client, room to write to the client,
-//! bytes from the server, room to write to the server. Reading and writing each side
+//! One wait (`next_event`, a single poll function) covers four things: bytes from the client,
+//! room to write to the client, bytes from the server, room to write to the server. Reading and writing each side
 //! concurrently is what keeps a proxy from deadlocking when both peers write more than a socket
 //! buffer holds (a large pipelined batch whose replies fill the other direction). Backpressure
 //! is explicit: the server is not read while too much waits for the client, the client is not
 //! read while too much waits for the server.
 //!
-//! Every read and write inside `select!` is cancel-safe (`read_buf` / `write` either complete
-//! or do nothing), and partial frames stay in the buffers between iterations.
+//! Every read and write in that wait is cancel-safe (a read or write either completes or does
+//! nothing), and partial frames stay in the buffers between iterations.
 
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 use super::cancel::Stop;
-use super::client::write_queued;
 use super::{request, Session, SessionError};
 use crate::backend::connection::{ReplyOwner, ServerConn};
 use crate::protocol::backend::{self as be, tag as btag, Step, TxStatus};
@@ -202,9 +203,9 @@ impl Session {
     }
 
     /// Writes what is queued for either side right away when the socket takes it, without
-    /// going through `select!` (which would find it writable, write, and wake up once more):
-    /// a request goes to the server, and a reply to the client, in the same turn as it was
-    /// read. Errors and full sockets are left to the `select!` branches, which see them again.
+    /// going through the wait in `next_event` (which would find it writable, write, and wake
+    /// up once more): a request goes to the server, and a reply to the client, in the same turn
+    /// as it was read. Errors and full sockets are left to that wait, which sees them again.
     fn write_now(&mut self) {
         if let Some(s) = self.server.as_deref_mut() {
             if !s.wbuf.is_empty() {
@@ -240,59 +241,67 @@ impl Session {
             ..
         } = self;
         let client_out_len = client.out_len();
-        let (mut client_r, mut client_w) = client.stream.split();
-        let client_rbuf = &mut client.rbuf;
-        let client_out = &client.out;
-        let (server_r, server_w, server_out_len) = match server.as_deref_mut() {
+        let server_out_len = match server.as_deref_mut() {
             Some(s) => {
                 if s.rbuf.capacity() - s.rbuf.len() < 4096 {
                     s.rbuf.reserve(16 * 1024);
                 }
-                let ServerConn {
-                    stream, rbuf, wbuf, ..
-                } = s;
-                let out_len = wbuf.len();
-                let (r, w) = stream.split();
-                (Some((r, rbuf)), Some((w, &*wbuf)), out_len)
+                s.wbuf.len()
             }
-            None => (None, None, 0),
+            None => 0,
         };
-        let read_server = server_r.is_some() && client_out_len < CLIENT_OUT_HIGH;
+        let read_server = server.is_some() && client_out_len < CLIENT_OUT_HIGH;
         // While a request is held back, what follows it waits in the read buffer: bounded.
         let read_client =
-            server_out_len < SERVER_OUT_HIGH && !stalled && client_rbuf.len() < hold_limit;
+            server_out_len < SERVER_OUT_HIGH && !stalled && client.rbuf.len() < hold_limit;
         let slot = &**cancel.slot();
+        // One poll for both levels: while running it waits for a drain, while draining for
+        // the kill.
         let stop_at = if *draining { Stop::Kill } else { Stop::Drain };
-        // Biased (no random start, which costs a thread-local RNG draw per wake-up): writes
-        // first, since they free room; then the server's replies, then the client's
-        // requests. Only branches that are ready compete, and each one's action makes it
-        // unready before long (a read fills a bounded queue, a write drains it), so none
-        // starves another for good.
-        tokio::select! {
-            biased;
-            // One branch for both levels: while running it waits for a drain, while draining
-            // for the kill.
-            stop = std::future::poll_fn(|cx| slot.poll_stop(cx, stop_at)) => match stop {
-                Stop::Kill => Event::Kill,
-                _ => Event::Shutdown,
-            },
-            r = write_queued(&mut client_w, client_out), if client_out_len > 0 => {
-                Event::ClientWrote(r)
+        // In a fixed order (no random start, which costs a thread-local RNG draw per
+        // wake-up): the stop signal, then writes, since they free room; then the server's
+        // replies, then the client's requests. Only sides that are ready compete, and each
+        // one's action makes it unready before long (a read fills a bounded queue, a write
+        // drains it), so none starves another for good. Every poll is cancel-safe: a read or
+        // write either completes here or leaves nothing half done.
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(stop) = slot.poll_stop(cx, stop_at) {
+                return Poll::Ready(match stop {
+                    Stop::Kill => Event::Kill,
+                    _ => Event::Shutdown,
+                });
             }
-            r = async move {
-                match server_w {
-                    Some((mut w, buf)) => w.write(&buf[..]).await,
-                    None => std::future::pending().await,
+            if client_out_len > 0 {
+                if let Poll::Ready(r) = client.poll_write_queued(cx) {
+                    return Poll::Ready(Event::ClientWrote(r));
                 }
-            }, if server_out_len > 0 => Event::ServerWrote(r),
-            r = async move {
-                match server_r {
-                    Some((mut r, buf)) => r.read_buf(buf).await,
-                    None => std::future::pending().await,
+            }
+            if let Some(s) = server.as_deref_mut() {
+                if server_out_len > 0 {
+                    if let Poll::Ready(r) = Pin::new(&mut s.stream).poll_write(cx, &s.wbuf) {
+                        return Poll::Ready(Event::ServerWrote(r));
+                    }
                 }
-            }, if read_server => Event::ServerRead(r),
-            r = client_r.read_buf(client_rbuf), if read_client => Event::ClientRead(r),
-        }
+                if read_server {
+                    if let Poll::Ready(r) =
+                        tokio_util::io::poll_read_buf(Pin::new(&mut s.stream), cx, &mut s.rbuf)
+                    {
+                        return Poll::Ready(Event::ServerRead(r));
+                    }
+                }
+            }
+            if read_client {
+                if let Poll::Ready(r) = tokio_util::io::poll_read_buf(
+                    Pin::new(&mut client.stream),
+                    cx,
+                    &mut client.rbuf,
+                ) {
+                    return Poll::Ready(Event::ClientRead(r));
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Whether every request already sent to the server has been answered in full, or cannot

@@ -408,15 +408,12 @@ impl<'a> Lexer<'a> {
             (b'u' | b'U', Some(b'&'), Some(b'"')) => return self.quoted_ident(start + 3),
             _ => {}
         }
-        let mut i = start + 1;
-        while let Some(b) = self.byte_at(i) {
-            if is_ident_cont(b) {
-                i += 1;
-            } else {
-                break;
-            }
-        }
-        self.pos = i;
+        let rest = &self.src[start + 1..];
+        let len = rest
+            .iter()
+            .position(|&b| !is_ident_cont(b))
+            .unwrap_or(rest.len());
+        self.pos = start + 1 + len;
         TokenKind::Word
     }
 }
@@ -538,8 +535,20 @@ pub fn is_ident_start(b: u8) -> bool {
 /// Bytes that may continue an unquoted identifier: those that start one, digits and `$`.
 #[inline]
 pub fn is_ident_cont(b: u8) -> bool {
-    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+    IDENT_CONT[b as usize]
 }
+
+/// [`is_ident_cont`] as a table: one load per byte of every word the classifier reads.
+const IDENT_CONT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+        i += 1;
+    }
+    t
+};
 
 /// PostgreSQL's operator characters.
 #[inline]

@@ -1298,3 +1298,12 @@ fn hash_spreads_similar_texts() {
         .collect();
     assert!(shards.len() > 8);
 }
+
+#[test]
+fn ident_cont_table_matches_its_definition() {
+    use crate::router::lexer::{is_ident_cont, is_ident_start};
+    for b in 0..=255u8 {
+        let expected = is_ident_start(b) || b.is_ascii_digit() || b == b'$';
+        assert_eq!(is_ident_cont(b), expected, "byte {b:#04x}");
+    }
+}

@@ -162,9 +162,9 @@ pub struct Session {
     /// The request in flight on a standby, held back for a possible retry.
     guard: Option<route::MisrouteGuard>,
     /// A refused request to re-run on the primary.
-    retry_now: Option<route::MisrouteGuard>,
+    retry_now: Option<Box<route::MisrouteGuard>>,
     /// A request waiting for the standby connection ahead of it to be released.
-    held: Option<relay::HeldRequest>,
+    held: Option<Box<relay::HeldRequest>>,
     /// The next dispatch goes to the primary whatever the router says (a retry).
     force_primary: bool,
     /// The next dispatch re-runs a request after a stale cached plan: no second re-run.

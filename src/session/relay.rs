@@ -176,7 +176,7 @@ impl Session {
             }
             self.maybe_release();
             if let Some(g) = self.retry_now.take() {
-                Box::pin(self.retry_on_primary(g)).await?;
+                Box::pin(self.retry_on_primary(*g)).await?;
             }
             if self.held.is_some() && !self.behind_standby_read() {
                 if let Some(h) = self.held.take() {
@@ -529,11 +529,11 @@ impl Session {
             return Ok(None);
         }
         if self.behind_standby_read() {
-            self.held = Some(HeldRequest {
+            self.held = Some(Box::new(HeldRequest {
                 frames: std::mem::take(&mut self.batch),
                 len: std::mem::take(&mut self.batch_len),
                 term,
-            });
+            }));
             return Ok(None);
         }
         if term == Terminator::Sync && self.server.is_none() && self.batch_only_closes() {
@@ -1247,7 +1247,7 @@ impl Session {
                         server.status = be::ready_for_query(body).map_err(|e| server.proto(e))?;
                         server.pending.pop_front();
                         rollback_unanswered_parses(server, &mut self.state, seq);
-                        self.retry_now = self.guard.take();
+                        self.retry_now = self.guard.take().map(Box::new);
                     }
                     btag::PARSE_COMPLETE => {
                         server.track.parses.pop_front();
@@ -1483,7 +1483,7 @@ impl Session {
             // until the standby answers): whether the standby refused it and went away (57P01
             // at its shutdown) or the connection just dropped, re-run it.
             self.in_flight = None;
-            self.retry_now = self.guard.take();
+            self.retry_now = self.guard.take().map(Box::new);
             self.cancel.slot().set(None);
             return Ok(Flow::Continue);
         }

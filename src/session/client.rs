@@ -94,7 +94,14 @@ impl ClientConn {
             self.rbuf = BytesMut::new();
         }
         if self.rbuf.capacity() - self.rbuf.len() < 512 {
-            self.rbuf.reserve(4096);
+            // 1 KiB to start with holds any ordinary request; a buffer that filled up grows by
+            // 4 KiB at a time (and doubles when it reallocates).
+            let more = if self.rbuf.capacity() == 0 {
+                1024
+            } else {
+                4096
+            };
+            self.rbuf.reserve(more);
         }
     }
 

@@ -568,3 +568,18 @@ pub fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::R
             .build(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn worker_threads_picks_the_runtime() {
+        let flavor = |n| super::build_runtime(n).unwrap().handle().runtime_flavor();
+        assert_eq!(flavor(0), RuntimeFlavor::MultiThread);
+        assert_eq!(flavor(1), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(2), RuntimeFlavor::MultiThread);
+        let rt = super::build_runtime(3).unwrap();
+        assert_eq!(rt.metrics().num_workers(), 3);
+    }
+}

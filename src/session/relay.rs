@@ -1112,12 +1112,7 @@ impl Session {
                 return Ok(false);
             }
             match h.tag {
-                btag::BIND_COMPLETE
-                | btag::ROW_DESCRIPTION
-                | btag::CLOSE_COMPLETE
-                | btag::PARAMETER_DESCRIPTION
-                | btag::NO_DATA
-                | btag::NOTICE_RESPONSE => {
+                t if guard_holds(t) => {
                     cur.held += h.frame_len;
                     return Ok(true);
                 }
@@ -1284,12 +1279,7 @@ impl Session {
                     g.held.push(frame);
                     return Ok(());
                 }
-                btag::BIND_COMPLETE
-                | btag::ROW_DESCRIPTION
-                | btag::CLOSE_COMPLETE
-                | btag::PARAMETER_DESCRIPTION
-                | btag::NO_DATA
-                | btag::NOTICE_RESPONSE => {
+                t if guard_holds(t) => {
                     g.held.push(frame);
                     return Ok(());
                 }
@@ -1537,6 +1527,20 @@ impl Session {
 /// after an error: they do not exist on the server, nor for the client.
 ///
 /// Also forgets the statements bound by those requests (see `RequestTrack::binds`).
+/// Replies a misroute guard holds back until it knows the server will answer the request:
+/// they say nothing yet about whether it can run there.
+fn guard_holds(tag: u8) -> bool {
+    matches!(
+        tag,
+        btag::BIND_COMPLETE
+            | btag::ROW_DESCRIPTION
+            | btag::CLOSE_COMPLETE
+            | btag::PARAMETER_DESCRIPTION
+            | btag::NO_DATA
+            | btag::NOTICE_RESPONSE
+    )
+}
+
 /// What `on_server_bytes` has looked at but left at the front of the server's read buffer: the
 /// first `fwd` bytes are the client's, the `held` bytes after them a standby read's guard holds
 /// back.

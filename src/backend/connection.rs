@@ -106,6 +106,17 @@ pub struct RequestTrack {
     pub binds: VecDeque<(u64, u64)>,
 }
 
+impl RequestTrack {
+    /// A ParseComplete arrived: takes its Parse off the queue and says whether the proxy sent
+    /// it itself (a statement prepared for this connection, which the client must not see
+    /// answered).
+    pub fn parse_completed_for_proxy(&mut self) -> bool {
+        self.parses
+            .pop_front()
+            .is_some_and(|p| p.client_name.is_none())
+    }
+}
+
 /// Parameters as the server reported them (ParameterStatus), plus what the proxy set itself.
 #[derive(Debug, Clone, Default)]
 pub struct ServerParams {

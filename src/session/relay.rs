@@ -1264,12 +1264,7 @@ impl Session {
         if let (Some(g), Some(ReplyOwner::Client { seq, .. })) = (self.guard.as_mut(), owner) {
             match h.tag {
                 btag::PARSE_COMPLETE => {
-                    let added = server
-                        .track
-                        .parses
-                        .pop_front()
-                        .is_some_and(|p| p.client_name.is_none());
-                    if !added {
+                    if !server.track.parse_completed_for_proxy() {
                         g.held.push(frame);
                     }
                     return Ok(());
@@ -1352,11 +1347,7 @@ impl Session {
                 }
             }
             btag::PARSE_COMPLETE => {
-                let added_by_proxy = server
-                    .track
-                    .parses
-                    .pop_front()
-                    .is_some_and(|p| p.client_name.is_none());
+                let added_by_proxy = server.track.parse_completed_for_proxy();
                 if for_client && !added_by_proxy {
                     self.client.push(frame);
                 }

@@ -3,6 +3,7 @@
 //! A client over the limit still gets a proper answer (FATAL 53300, as PostgreSQL sends for
 //! "too many clients") instead of a silently dropped socket. Accept errors (for instance running
 //! out of file descriptors) are retried with a short backoff instead of ending the listener.
+//! The accepted socket becomes a [`ClientStream`] here: no session names `TcpStream`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::stream::{ClientStream, LINGER};
 use crate::app::App;
 use crate::protocol::messages::ProxyError;
 use crate::protocol::SqlState;
@@ -28,7 +30,7 @@ pub async fn run(app: App, listener: TcpListener) {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => r,
         };
-        let (stream, peer) = match accepted {
+        let (socket, peer) = match accepted {
             Ok(a) => {
                 backoff = Duration::from_millis(5);
                 a
@@ -40,6 +42,7 @@ pub async fn run(app: App, listener: TcpListener) {
                 continue;
             }
         };
+        let stream = ClientStream::from(socket);
         if nodelay {
             let _ = stream.set_nodelay(true);
         }
@@ -63,7 +66,7 @@ pub async fn run(app: App, listener: TcpListener) {
 }
 
 /// Answers a client over the connection limit and closes.
-async fn refuse(mut stream: tokio::net::TcpStream) {
+async fn refuse(mut stream: ClientStream) {
     use tokio::io::AsyncWriteExt;
     let e = ProxyError::fatal(
         SqlState::TOO_MANY_CONNECTIONS,
@@ -75,6 +78,6 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     {
         // The client has most likely sent its startup packet already: closing with it unread
         // would reset the connection and could destroy the error on its way.
-        session::client::linger(&mut stream, session::client::LINGER).await;
+        stream.linger(LINGER).await;
     }
 }

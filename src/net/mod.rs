@@ -1,3 +1,5 @@
-//! Networking: the accept loop and connection limits.
+//! Networking: the accept loop and connection limits, and the client stream type that sessions
+//! read and write their clients through (plain TCP today, TLS as one more variant).
 
 pub mod listener;
+pub mod stream;

@@ -1,4 +1,8 @@
-//! The client side of a session: socket, read buffer, and the queue of bytes to send.
+//! The client side of a session: stream, read buffer, and the queue of bytes to send.
+//!
+//! The session reads and writes its client only through [`ClientConn`]'s methods, and
+//! `ClientConn` only through [`ClientStream`], so a TLS client changes that stream type and
+//! nothing here or in the relay.
 //!
 //! Outgoing bytes are kept as a queue of chunks (most of them zero-copy slices of a server's
 //! read buffer; slices that follow each other in that buffer are merged back into one) and
@@ -7,11 +11,12 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use crate::net::stream::{ClientStream, LINGER};
 use crate::protocol::messages::ProxyError;
 
 /// Most chunks handed to one vectored write.
@@ -19,8 +24,9 @@ const MAX_IOVECS: usize = 64;
 
 /// A connected client.
 pub struct ClientConn {
-    /// The socket.
-    pub(crate) stream: TcpStream,
+    /// The client's stream (TCP, or later TLS); read and written only through the methods
+    /// below.
+    stream: ClientStream,
     /// Bytes read and not consumed yet (at most one incomplete frame after processing).
     pub(crate) rbuf: BytesMut,
     /// Chunks waiting to be written, oldest first.
@@ -32,8 +38,8 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
-    /// Wraps an accepted socket.
-    pub fn new(stream: TcpStream, peer: SocketAddr) -> ClientConn {
+    /// Wraps an accepted client stream.
+    pub fn new(stream: ClientStream, peer: SocketAddr) -> ClientConn {
         ClientConn {
             stream,
             rbuf: BytesMut::new(),
@@ -105,10 +111,27 @@ impl ClientConn {
         }
     }
 
-    /// Reads once into the read buffer (used during startup; the relay polls the socket itself).
+    /// Reads once into the read buffer after making room (used during startup).
     pub async fn read_some(&mut self) -> std::io::Result<usize> {
         self.prepare_read();
-        self.stream.read_buf(&mut self.rbuf).await
+        self.read_into_buf().await
+    }
+
+    /// Reads once into the read buffer as it is (the caller made room with
+    /// [`ClientConn::prepare_read`]); 0 at EOF. Cancel-safe: a read either completes or
+    /// leaves nothing behind.
+    pub(crate) async fn read_into_buf(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_into_buf(cx)).await
+    }
+
+    /// Polls one read into the read buffer as it is (the relay's client-readable event); 0 at
+    /// EOF.
+    #[inline]
+    pub(crate) fn poll_read_into_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
     }
 
     /// Writes everything queued.
@@ -120,9 +143,9 @@ impl ClientConn {
         Ok(())
     }
 
-    /// Ends the connection gracefully after the last flush: see [`linger`].
+    /// Ends the connection gracefully after the last flush: see [`ClientStream::linger`].
     pub async fn linger(&mut self) {
-        linger(&mut self.stream, LINGER).await;
+        self.stream.linger(LINGER).await;
     }
 
     /// One write of what is queued (one `send`, or a vectored write for several chunks), when
@@ -130,9 +153,9 @@ impl ClientConn {
     /// unless it completes.
     pub(crate) fn poll_write_queued(
         &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let stream = std::pin::Pin::new(&mut self.stream);
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        let stream = Pin::new(&mut self.stream);
         if self.out.len() == 1 {
             return tokio::io::AsyncWrite::poll_write(stream, cx, &self.out[0]);
         }
@@ -142,7 +165,7 @@ impl ClientConn {
 
     /// Writes what is queued without waiting (one `send` or vectored write), if the socket
     /// takes it now; `WouldBlock` otherwise. The caller advances the queue.
-    pub(crate) fn try_write_queued(&self) -> std::io::Result<usize> {
+    pub(crate) fn try_write_queued(&mut self) -> std::io::Result<usize> {
         if self.out.len() == 1 {
             return self.stream.try_write(&self.out[0]);
         }
@@ -169,31 +192,6 @@ impl ClientConn {
             }
         }
         Ok(())
-    }
-}
-
-/// How long a closing connection keeps draining what the client still sends (see [`linger`]).
-pub const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Closes the sending side of `stream` (FIN) and reads and discards whatever the client still
-/// sends until it closes too, for at most `limit`.
-///
-/// Closing a socket that has unread bytes makes the kernel send a TCP reset instead of a FIN,
-/// and the reset throws away everything the socket has not delivered yet: the last replies and
-/// the FATAL error the proxy just "flushed" may never reach the client, which then sees
-/// "connection reset" instead of the reason. That is exactly the case when the proxy ends a
-/// connection on its own initiative while the client is still sending (an oversized message,
-/// a request racing a shutdown, a client over the connection limit).
-pub async fn linger(stream: &mut TcpStream, limit: std::time::Duration) {
-    let _ = tokio::time::timeout(limit, stream.shutdown()).await;
-    let deadline = tokio::time::Instant::now() + limit;
-    // On the heap: a 4 KiB array here would sit in the future of every session (it is the
-    // last thing a session awaits), idle or not.
-    let mut sink = vec![0u8; 4096];
-    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
-        if n == 0 {
-            break;
-        }
     }
 }
 

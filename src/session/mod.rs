@@ -18,13 +18,13 @@ pub mod state;
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use std::sync::Arc;
 
 use crate::app::App;
 use crate::backend::{BackendError, Lease, Pool};
 use crate::config::PoolMode;
+use crate::net::stream::ClientStream;
 use crate::protocol::backend::TxStatus;
 use crate::protocol::messages::{self, ProxyError};
 use crate::protocol::sqlstate::Severity;
@@ -77,7 +77,7 @@ impl SessionError {
 }
 
 /// Serves one client connection from accept to close.
-pub async fn run(app: App, stream: TcpStream, peer: SocketAddr) {
+pub async fn run(app: App, stream: ClientStream, peer: SocketAddr) {
     let mut client = ClientConn::new(stream, peer);
     let limit = app.settings().config.proxy.startup_timeout;
     let outcome =
@@ -494,7 +494,7 @@ impl Session {
             let client = &mut self.client;
             tokio::select! {
                 r = &mut checkout => return Ok(r?),
-                r = tokio::io::AsyncReadExt::read_buf(&mut client.stream, &mut client.rbuf), if room => {
+                r = client.read_into_buf(), if room => {
                     match r {
                         Ok(0) | Err(_) => return Err(SessionError::Closed),
                         Ok(_) => {}

@@ -291,11 +291,7 @@ impl Session {
                 }
             }
             if read_client {
-                if let Poll::Ready(r) = tokio_util::io::poll_read_buf(
-                    Pin::new(&mut client.stream),
-                    cx,
-                    &mut client.rbuf,
-                ) {
+                if let Poll::Ready(r) = client.poll_read_into_buf(cx) {
                     return Poll::Ready(Event::ClientRead(r));
                 }
             }

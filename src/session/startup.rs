@@ -1,5 +1,6 @@
-//! Session start: untagged packets (SSL/GSS refusal, cancel), the StartupMessage, protocol
-//! version negotiation, and client authentication against the proxy's own user list.
+//! Session start: untagged packets (SSL/GSS refusal, decided in `answer_encryption` only;
+//! cancel), the StartupMessage, protocol version negotiation, and client authentication against
+//! the proxy's own user list.
 //!
 //! Everything here happens before any server is involved; the whole phase runs under
 //! `startup_timeout` and reads at most [`MAX_STARTUP_PACKET_LEN`] /
@@ -51,12 +52,8 @@ pub async fn handshake(app: &App, client: &mut ClientConn) -> Result<Outcome, Se
             }
         };
         match packet {
-            // No TLS or GSS encryption yet: answer 'N', the client goes on in clear text or
-            // gives up, as its sslmode says.
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                client.push_bytes(Bytes::from_static(b"N"));
-                client.flush().await?;
-            }
+            StartupPacket::SslRequest => answer_encryption(client, Encryption::Tls).await?,
+            StartupPacket::GssEncRequest => answer_encryption(client, Encryption::Gss).await?,
             StartupPacket::Cancel(key) => {
                 if let Some(target) = app.cancels().lookup(key) {
                     let timeout = app.settings().config.pool.server_connect_timeout;
@@ -70,6 +67,32 @@ pub async fn handshake(app: &App, client: &mut ClientConn) -> Result<Outcome, Se
     let accepted = accept_startup(client, &startup)?;
     authenticate(app, client, &accepted.user).await?;
     Ok(Outcome::Session(accepted))
+}
+
+/// The encryption an untagged request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encryption {
+    /// SSLRequest.
+    Tls,
+    /// GSSENCRequest.
+    Gss,
+}
+
+/// Answers an SSLRequest or GSSENCRequest: the one place that decides whether a client's
+/// connection gets encrypted. The client then sends its StartupMessage (or another request).
+///
+/// Neither is supported yet: 'N', and the client goes on in clear text or gives up, as its
+/// sslmode says. TLS changes this function and [`crate::net::stream::ClientStream`], not the
+/// relay: answer 'S', check that the client sent nothing after its SSLRequest (bytes read in
+/// clear text must not pass for encrypted ones, CVE-2021-23222), run the handshake and put the
+/// TLS variant in the `ClientConn` in place of the TCP one.
+async fn answer_encryption(client: &mut ClientConn, asked: Encryption) -> Result<(), SessionError> {
+    let answer: &'static [u8] = match asked {
+        Encryption::Tls | Encryption::Gss => b"N",
+    };
+    client.push_bytes(Bytes::from_static(answer));
+    client.flush().await?;
+    Ok(())
 }
 
 /// Checks the StartupMessage and extracts user, database and parameters.

@@ -74,9 +74,22 @@ pub struct NodeState {
 
 impl NodeState {
     /// Whether the node may serve reads as a standby right now: healthy, in recovery, not
-    /// fenced, within the lag limits.
+    /// fenced, within the lag limits (the watcher's verdict).
     pub fn is_eligible_standby(&self) -> bool {
-        self.healthy && self.role == Role::Standby && !self.fenced && self.within_lag
+        self.serves_reads(None)
+    }
+
+    /// The one rule for "may this node serve reads": healthy, in recovery, not fenced, and
+    /// within the lag limit: `max_lag` when a session or request asks for its own limit, else
+    /// the watcher's verdict on the configured limits (with hysteresis).
+    pub fn serves_reads(&self, max_lag: Option<Duration>) -> bool {
+        self.healthy
+            && self.role == Role::Standby
+            && !self.fenced
+            && match max_lag {
+                None => self.within_lag,
+                Some(limit) => self.lag.is_some_and(|l| l <= limit),
+            }
     }
 }
 

@@ -20,7 +20,7 @@ use super::statements::{ServerStatements, StatementDef};
 use super::BackendError;
 use crate::protocol::backend::{self as be, tag as btag, AuthRequest, ReplyScanner, TxStatus};
 use crate::protocol::startup::{CancelKey, StartupMessage};
-use crate::protocol::{decode_frame, messages, Frame, ProtocolError, DEFAULT_MAX_MESSAGE_LEN};
+use crate::protocol::{decode_frame, messages, Frame, Lsn, ProtocolError, DEFAULT_MAX_MESSAGE_LEN};
 
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
@@ -96,7 +96,7 @@ pub struct RequestTrack {
     /// batch): the connection owes replies without a ReadyForQuery in sight.
     pub unsynced: bool,
     /// The WAL position captured by a [`ReplyOwner::Lsn`] reply, until its ReadyForQuery.
-    pub captured_lsn: Option<u64>,
+    pub captured_lsn: Option<Lsn>,
     /// The server is in COPY FROM STDIN, waiting for data: `Some(true)` when the COPY was
     /// started through the extended protocol (ending it then needs a Sync too).
     pub copy_in: Option<bool>,

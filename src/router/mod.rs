@@ -16,6 +16,7 @@ pub mod lexer;
 use std::time::Duration;
 
 use crate::config::{Fallback, PrimaryReads, ReadOnlyTransactions, Route};
+use crate::protocol::Lsn;
 use crate::topology::{NodeId, Role, Topology};
 
 /// Where a request must run, before resolving to a node.
@@ -64,7 +65,7 @@ pub struct RouteContext {
     /// `/* causeway:max_lag=... */`); `None` uses the watcher's verdict.
     pub max_lag: Option<Duration>,
     /// Read-your-writes: a standby must have replayed at least this position.
-    pub min_lsn: Option<u64>,
+    pub min_lsn: Option<Lsn>,
 }
 
 /// The outcome of routing.
@@ -186,7 +187,7 @@ pub fn route(
 /// recovery, within the lag limits, weight above zero), most replayed first as the snapshot
 /// last saw them. The session asks them for their current replay position.
 pub fn causal_candidates(ctx: &RouteContext, topology: &Topology, policy: &Policy) -> Vec<usize> {
-    let mut c: Vec<(u64, usize)> = topology
+    let mut c: Vec<(Lsn, usize)> = topology
         .nodes
         .iter()
         .filter(|n| {
@@ -198,7 +199,7 @@ pub fn causal_candidates(ctx: &RouteContext, topology: &Topology, policy: &Polic
                     Some(limit) => n.lag.is_some_and(|l| l <= limit),
                 }
         })
-        .map(|n| (n.lsn.unwrap_or(0), n.id))
+        .map(|n| (n.lsn.unwrap_or(Lsn::ZERO), n.id))
         .collect();
     c.sort_by_key(|&(lsn, _)| std::cmp::Reverse(lsn));
     c.into_iter().map(|(_, id)| id).collect()

@@ -26,7 +26,7 @@ use crate::protocol::frontend::{is_known_tag, tag as ftag};
 use crate::protocol::messages::{self, ProxyError};
 use crate::protocol::sqlstate::Severity;
 use crate::protocol::{
-    decode_frame, Frame, ProtocolError, SqlState, DEFAULT_MAX_MESSAGE_LEN, HEADER_LEN,
+    decode_frame, Frame, Lsn, ProtocolError, SqlState, DEFAULT_MAX_MESSAGE_LEN, HEADER_LEN,
 };
 use crate::router::Target;
 
@@ -840,7 +840,7 @@ impl Session {
         let started = tokio::time::Instant::now();
         let deadline = started + causal_wait;
         // The most replayed standby asked so far, kept for polling while `causal_wait` lasts.
-        let mut best: Option<(u64, usize, crate::backend::Lease)> = None;
+        let mut best: Option<(Lsn, usize, crate::backend::Lease)> = None;
         for n in order {
             self.app.metrics().causal_asks.inc();
             let Ok(mut lease) = self.acquire(Target::Node(n)).await else {
@@ -1614,7 +1614,6 @@ fn is_misroute(e: &be::ErrorFields) -> bool {
     }
 }
 
-/// The WAL position in a one-column text DataRow (`16/B374D848`).
 /// The error of a read that must run on a standby when none is eligible.
 fn no_standby() -> ProxyError {
     ProxyError::error(
@@ -1627,7 +1626,7 @@ fn no_standby() -> ProxyError {
 const REPLAY_SQL: &str = "SELECT pg_catalog.pg_last_wal_replay_lsn()";
 
 /// Asks an idle standby connection how far it has replayed.
-async fn ask_replay(lease: &mut crate::backend::Lease, timeout: Duration) -> Option<u64> {
+async fn ask_replay(lease: &mut crate::backend::Lease, timeout: Duration) -> Option<Lsn> {
     let mut replayed = None;
     match lease
         .query_internal(REPLAY_SQL, timeout, |row| replayed = parse_lsn_row(row))
@@ -1638,13 +1637,11 @@ async fn ask_replay(lease: &mut crate::backend::Lease, timeout: Duration) -> Opt
     }
 }
 
-fn parse_lsn_row(body: &[u8]) -> Option<u64> {
-    let (n, rest) = body.split_first_chunk::<2>()?;
-    if i16::from_be_bytes(*n) != 1 {
+/// The WAL position in a one-column text DataRow (`16/B374D848`).
+fn parse_lsn_row(body: &[u8]) -> Option<Lsn> {
+    let mut columns = be::data_row_columns(body).ok()?;
+    if columns.len() != 1 {
         return None;
     }
-    let (len, rest) = rest.split_first_chunk::<4>()?;
-    let len = usize::try_from(i32::from_be_bytes(*len)).ok()?;
-    let text = std::str::from_utf8(rest.get(..len)?).ok()?;
-    crate::admin::http::parse_lsn(text)
+    Lsn::parse(columns.next()??).ok()
 }

@@ -18,7 +18,7 @@ use crate::config::{Consistency, Route};
 use crate::protocol::codec::{put_cstr, put_frame, put_frame_with};
 use crate::protocol::frontend::{self, tag as ftag, Target as DescribeTarget};
 use crate::protocol::messages::{self, ProxyError};
-use crate::protocol::{Frame, SqlState};
+use crate::protocol::{Frame, Lsn, SqlState};
 use crate::router::classify::{
     OwnedAnalysis, PinReason, ProxyCommand, ProxyError as CmdError, ProxySetting, RouteClass,
     StatementKind, TxAccess,
@@ -36,7 +36,7 @@ pub struct RouteState {
     /// `SET causeway.max_lag`.
     pub max_lag: Option<Duration>,
     /// Read-your-writes: reads must see at least this WAL position.
-    pub min_lsn: Option<u64>,
+    pub min_lsn: Option<Lsn>,
     /// Default consistency from the configuration.
     pub default_consistency: Consistency,
     /// `SET causeway.consistency`.
@@ -500,6 +500,7 @@ impl Session {
                     command_complete(out, "SET");
                 }
                 ProxyCommand::SetMinLsn(l) => {
+                    let l = Lsn::from(l);
                     self.route.min_lsn = Some(self.route.min_lsn.map_or(l, |m| m.max(l)));
                     command_complete(out, "SET");
                 }
@@ -570,7 +571,7 @@ impl Session {
                     None => "0".to_owned(),
                 },
             },
-            ProxySetting::MinLsn => crate::admin::http::format_lsn(self.route.min_lsn.unwrap_or(0)),
+            ProxySetting::MinLsn => self.route.min_lsn.unwrap_or(Lsn::ZERO).to_string(),
             ProxySetting::Consistency => self.route.consistency().as_str().to_owned(),
         }
     }

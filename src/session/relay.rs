@@ -922,7 +922,7 @@ impl Session {
         } else {
             self.app.metrics().misroute_retries.inc();
         }
-        if g.code == "25006" {
+        if g.code == SqlState::READ_ONLY_SQL_TRANSACTION {
             self.app.learn_write(g.learn_key);
         }
         // The standby's connection is done with this request.
@@ -1574,7 +1574,7 @@ fn rollback_unanswered_parses(
 /// type after it was prepared on this connection. The code alone is checked (the message may
 /// be translated); another 0A000 for such a request costs one needless re-prepare.
 fn is_stale_plan(e: &be::ErrorFields, server: &ServerConn, seq: u64) -> bool {
-    e.code == "0A000" && server.track.binds.iter().any(|(s, _)| *s == seq)
+    e.code == SqlState::FEATURE_NOT_SUPPORTED && server.track.binds.iter().any(|(s, _)| *s == seq)
 }
 
 /// Forgets (and queues for deallocation) the statements request `seq` bound, so their next
@@ -1607,11 +1607,12 @@ fn binds_named_statement(batch: &[Frame], state: &super::state::ClientState) -> 
 /// re-run elsewhere: a write refused by a read-only server (25006), a recovery conflict
 /// (40001 with that wording), or the standby going away (57P01, 57P03).
 fn is_misroute(e: &be::ErrorFields) -> bool {
-    match e.code.as_str() {
-        "25006" | "57P01" | "57P03" => true,
-        "40001" => e.message.contains("conflict with recovery"),
-        _ => false,
-    }
+    e.has_code(&[
+        SqlState::READ_ONLY_SQL_TRANSACTION,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+    ]) || (e.code == SqlState::SERIALIZATION_FAILURE
+        && e.message.contains("conflict with recovery"))
 }
 
 /// The error of a read that must run on a standby when none is eligible.

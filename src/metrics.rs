@@ -1,5 +1,5 @@
-//! Counters and latency histograms, exported in the Prometheus text format on `/metrics` and
-//! summarised by the admin console.
+//! Counters and latency histograms, exported in the Prometheus text format on the admin HTTP
+//! endpoint `/metrics` (latency as quantile gauges, see [`Metrics::render`]).
 //!
 //! Counters are prometheus-client atomics created once (the hot path touches a pre-made
 //! `Counter`, never a label map). Latency goes into one hdrhistogram per route behind a

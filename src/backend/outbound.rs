@@ -378,24 +378,13 @@ pub fn quote_ident(s: &str) -> String {
 }
 
 /// Extracts (name, setting) from a DataRow of [`REFRESH_SQL`].
-fn parse_setting_row(body: &[u8]) -> Option<(String, String)> {
-    let (n, mut rest) = body.split_first_chunk::<2>()?;
-    if i16::from_be_bytes(*n) != 2 {
+pub fn parse_setting_row(body: &[u8]) -> Option<(String, String)> {
+    let mut columns = crate::protocol::backend::data_row_columns(body).ok()?;
+    if columns.len() != 2 {
         return None;
     }
-    let mut cols = Vec::with_capacity(2);
-    for _ in 0..2 {
-        let (len, r) = rest.split_first_chunk::<4>()?;
-        let len = i32::from_be_bytes(*len);
-        if len < 0 || r.len() < len as usize {
-            return None;
-        }
-        cols.push(String::from_utf8_lossy(&r[..len as usize]).into_owned());
-        rest = &r[len as usize..];
-    }
-    let value = cols.pop()?;
-    let name = cols.pop()?;
-    Some((name, value))
+    let mut text = || Some(String::from_utf8_lossy(columns.next()??).into_owned());
+    Some((text()?, text()?))
 }
 
 #[cfg(test)]

@@ -23,7 +23,9 @@ use super::statements::StatementDef;
 use super::{BackendError, ServerConn};
 use crate::protocol::backend::{self as be, tag as btag, ErrorFields, Step, TxStatus};
 use crate::protocol::codec::Header;
-use crate::protocol::{messages, ProtocolError, SqlState, DEFAULT_MAX_MESSAGE_LEN, HEADER_LEN};
+use crate::protocol::{
+    messages, Lsn, ProtocolError, SqlState, DEFAULT_MAX_MESSAGE_LEN, HEADER_LEN,
+};
 
 /// The proxy's read-your-writes probe. The insert position is at or past the end of every
 /// record already inserted, the session's commit record included, even before it is flushed.
@@ -75,7 +77,7 @@ pub struct RequestTrack {
     /// batch): the connection owes replies without a ReadyForQuery in sight.
     pub(super) unsynced: bool,
     /// The WAL position captured by a [`ReplyOwner::Lsn`] reply, until its ReadyForQuery.
-    pub(super) captured_lsn: Option<u64>,
+    pub(super) captured_lsn: Option<Lsn>,
     /// The server is in COPY FROM STDIN, waiting for data: `Some(true)` when the COPY was
     /// started through the extended protocol (ending it then needs a Sync too).
     pub(super) copy_in: Option<bool>,
@@ -129,7 +131,7 @@ pub enum Reply {
         sent: Instant,
     },
     /// The read-your-writes probe answered with this position (the reply is swallowed).
-    LsnCaptured(u64),
+    LsnCaptured(Lsn),
     /// CommandComplete of a client request: what its tag means for the session.
     CommandComplete {
         /// `SET`, `RESET`, `DISCARD`: the session's parameters may have changed.
@@ -522,8 +524,7 @@ impl ServerConn {
     /// type after it was prepared on this connection. The code alone is checked (the message
     /// may be translated); another 0A000 for such a request costs one needless re-prepare.
     fn is_stale_plan(&self, e: &ErrorFields, seq: u64) -> bool {
-        e.code == SqlState::FEATURE_NOT_SUPPORTED.code()
-            && self.track.binds.iter().any(|(s, _)| *s == seq)
+        e.code == SqlState::FEATURE_NOT_SUPPORTED && self.track.binds.iter().any(|(s, _)| *s == seq)
     }
 
     /// Forgets (and queues for deallocation) the statements request `seq` bound, so their next
@@ -653,13 +654,10 @@ pub fn tag_pins(tag: &[u8]) -> Option<&'static str> {
 }
 
 /// The WAL position in a one-column text DataRow (`16/B374D848`).
-pub fn parse_lsn_row(body: &[u8]) -> Option<u64> {
-    let (n, rest) = body.split_first_chunk::<2>()?;
-    if i16::from_be_bytes(*n) != 1 {
+pub fn parse_lsn_row(body: &[u8]) -> Option<Lsn> {
+    let mut columns = be::data_row_columns(body).ok()?;
+    if columns.len() != 1 {
         return None;
     }
-    let (len, rest) = rest.split_first_chunk::<4>()?;
-    let len = usize::try_from(i32::from_be_bytes(*len)).ok()?;
-    let text = std::str::from_utf8(rest.get(..len)?).ok()?;
-    crate::admin::http::parse_lsn(text)
+    Lsn::parse(columns.next()??).ok()
 }

@@ -16,6 +16,7 @@ pub mod lexer;
 use std::time::Duration;
 
 use crate::config::{Fallback, PrimaryReads, ReadOnlyTransactions, Route};
+use crate::protocol::Lsn;
 use crate::topology::{NodeId, NodeState, Topology};
 
 /// Where a request must run, before resolving to a node.
@@ -64,7 +65,7 @@ pub struct RouteContext<'a> {
     /// `/* causeway:max_lag=... */`); `None` uses the watcher's verdict.
     pub max_lag: Option<Duration>,
     /// Read-your-writes: a standby must have replayed at least this position.
-    pub min_lsn: Option<u64>,
+    pub min_lsn: Option<Lsn>,
     /// Nodes that could not give a connection for this request (down or refusing before the
     /// watcher noticed): treated as unable to serve it.
     pub excluded: &'a [NodeId],
@@ -208,11 +209,11 @@ pub fn causal_candidates(
     topology: &Topology,
     policy: &Policy,
 ) -> Vec<NodeId> {
-    let mut c: Vec<(u64, NodeId)> = topology
+    let mut c: Vec<(Lsn, NodeId)> = topology
         .nodes
         .iter()
         .filter(|n| may_read(n, ctx, policy))
-        .map(|n| (n.lsn.unwrap_or(0), n.id))
+        .map(|n| (n.lsn.unwrap_or(Lsn::ZERO), n.id))
         .collect();
     c.sort_by_key(|&(lsn, _)| std::cmp::Reverse(lsn));
     c.into_iter().map(|(_, id)| id).collect()

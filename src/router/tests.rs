@@ -12,7 +12,7 @@ fn node(id: NodeId, role: Role, healthy: bool, within_lag: bool, lsn: u64) -> No
         addr: format!("n{id}"),
         role,
         healthy,
-        lsn: Some(lsn),
+        lsn: Some(Lsn::from(lsn)),
         timeline: Some(1),
         lag_bytes: Some(0),
         lag: Some(Duration::from_millis(if within_lag { 10 } else { 5000 })),
@@ -238,7 +238,7 @@ fn per_request_max_lag_overrides_the_watcher() {
 fn min_lsn_excludes_standbys_that_have_not_replayed_it() {
     let t = cluster([true, true]);
     let ctx = RouteContext {
-        min_lsn: Some(950),
+        min_lsn: Some(Lsn::from(950)),
         ..RouteContext::default()
     };
     for tick in 0..4 {
@@ -248,7 +248,7 @@ fn min_lsn_excludes_standbys_that_have_not_replayed_it() {
         );
     }
     let ctx = RouteContext {
-        min_lsn: Some(5000),
+        min_lsn: Some(Lsn::from(5000)),
         ..RouteContext::default()
     };
     assert_eq!(
@@ -287,7 +287,7 @@ fn read_your_writes_never_asks_a_fenced_standby() {
     let mut t = cluster([true, true]);
     // Node 2 follows the fenced old timeline, and reports a replay position past everything.
     t.nodes[2].fenced = true;
-    t.nodes[2].lsn = Some(1_000_000);
+    t.nodes[2].lsn = Some(Lsn::from(1_000_000));
     let asked = causal_candidates(&RouteContext::default(), &t, &policy());
     assert_eq!(asked, vec![1], "only the unfenced standby is asked");
 }

@@ -10,6 +10,7 @@ use super::Session;
 use crate::backend::Lease;
 use crate::config::{Consistency, Route};
 use crate::protocol::backend::TxStatus;
+use crate::protocol::Lsn;
 use crate::router::{Class, Target};
 use crate::topology::Role;
 
@@ -70,7 +71,7 @@ impl Session {
 
     /// The probe answered: if the request ended outside a transaction, reads must see this
     /// position from now on.
-    pub(super) fn lsn_captured(&mut self, lsn: u64) {
+    pub(super) fn lsn_captured(&mut self, lsn: Lsn) {
         if self.tx_status.is_in_transaction() {
             return;
         }
@@ -109,7 +110,7 @@ impl Session {
         drop(settings);
         let started = tokio::time::Instant::now();
         // The most replayed standby asked so far, kept for polling while `causal_wait` lasts.
-        let mut best: Option<(u64, usize, Lease)> = None;
+        let mut best: Option<(Lsn, usize, Lease)> = None;
         for n in order {
             self.app.metrics().causal_asks.inc();
             let Ok(mut lease) = self.acquire(Target::Node(n), false).await else {
@@ -155,7 +156,7 @@ impl Session {
         &mut self,
         n: usize,
         mut lease: Lease,
-        min: u64,
+        min: Lsn,
         started: tokio::time::Instant,
         deadline: tokio::time::Instant,
         timeout: Duration,
@@ -192,7 +193,7 @@ impl Session {
 }
 
 /// Asks an idle standby connection how far it has replayed.
-async fn ask_replay(lease: &mut Lease, timeout: Duration) -> Option<u64> {
+async fn ask_replay(lease: &mut Lease, timeout: Duration) -> Option<Lsn> {
     let mut replayed = None;
     match lease
         .query_internal(REPLAY_SQL, timeout, |row| {

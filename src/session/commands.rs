@@ -4,15 +4,14 @@
 //! the order of requests and `SHOW causeway.min_lsn` reports the position of the write just
 //! before it.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use super::Session;
 use crate::backend::statements::StatementDef;
 use crate::config::Route;
-use crate::protocol::codec::{put_cstr, put_frame, put_frame_with};
 use crate::protocol::frontend::{self, tag as ftag, Target as DescribeTarget};
-use crate::protocol::messages::{self, ProxyError};
-use crate::protocol::{Frame, SqlState};
+use crate::protocol::messages::{self, command_complete, row_description, ProxyError};
+use crate::protocol::{Frame, Lsn, SqlState};
 use crate::router::classify::{
     OwnedAnalysis, ProxyCommand, ProxyError as CmdError, ProxySetting, StatementKind,
 };
@@ -79,7 +78,7 @@ impl Session {
                                 .insert(Bytes::copy_from_slice(p.name), StatementDef::new(tail));
                         }
                     }
-                    put_frame(&mut out, b'1', b"");
+                    messages::parse_complete(&mut out);
                 }
                 ftag::BIND => {
                     if let Ok(b) = frontend::bind(body) {
@@ -87,18 +86,18 @@ impl Session {
                             last = Some(a);
                         }
                     }
-                    put_frame(&mut out, b'2', b"")
+                    messages::bind_complete(&mut out)
                 }
                 ftag::DESCRIBE => {
                     if let Ok(DescribeTarget::Statement(name)) = frontend::describe_or_close(body) {
                         if let Some(a) = self.named_analysis(name) {
                             last = Some(a);
                         }
-                        put_frame(&mut out, b't', &0i16.to_be_bytes());
+                        messages::parameter_description(&mut out, &[]);
                     }
                     match last.as_deref().and_then(show_of) {
-                        Some(setting) => row_description(&mut out, setting.as_str()),
-                        None => put_frame(&mut out, b'n', b""),
+                        Some(setting) => row_description(&mut out, &[setting.as_str()]),
+                        None => messages::no_data(&mut out),
                     }
                 }
                 ftag::EXECUTE => {
@@ -117,7 +116,7 @@ impl Session {
                             self.state.statements.remove(name);
                         }
                     }
-                    put_frame(&mut out, b'3', b"")
+                    messages::close_complete(&mut out)
                 }
                 ftag::SYNC => {
                     skipping = false;
@@ -170,6 +169,7 @@ impl Session {
                     command_complete(out, "SET");
                 }
                 ProxyCommand::SetMinLsn(l) => {
+                    let l = Lsn::from(l);
                     self.route.min_lsn = Some(self.route.min_lsn.map_or(l, |m| m.max(l)));
                     command_complete(out, "SET");
                 }
@@ -188,14 +188,10 @@ impl Session {
                 }
                 ProxyCommand::Show(setting) => {
                     if describe_rows {
-                        row_description(out, setting.as_str());
+                        row_description(out, &[setting.as_str()]);
                     }
                     let value = self.show_value(setting);
-                    put_frame_with(out, b'D', |b| {
-                        b.put_i16(1);
-                        b.put_i32(value.len() as i32);
-                        b.put_slice(value.as_bytes());
-                    });
+                    messages::data_row(out, &[Some(value.as_bytes())]);
                     command_complete(out, "SHOW");
                 }
                 ProxyCommand::Invalid { name, error } => {
@@ -240,7 +236,7 @@ impl Session {
                     None => "0".to_owned(),
                 },
             },
-            ProxySetting::MinLsn => crate::admin::http::format_lsn(self.route.min_lsn.unwrap_or(0)),
+            ProxySetting::MinLsn => self.route.min_lsn.unwrap_or(Lsn::ZERO).to_string(),
             ProxySetting::Consistency => self.route.consistency().as_str().to_owned(),
         }
     }
@@ -260,22 +256,4 @@ fn valid_values(s: ProxySetting) -> &'static str {
         ProxySetting::MinLsn => "A WAL position such as '0/3000060' (from SHOW causeway.min_lsn).",
         ProxySetting::Consistency => "Valid values are \"session\" and \"eventual\".",
     }
-}
-
-fn command_complete(out: &mut BytesMut, tag: &str) {
-    put_frame_with(out, b'C', |b| put_cstr(b, tag.as_bytes()));
-}
-
-/// A RowDescription with one text column.
-fn row_description(out: &mut BytesMut, name: &str) {
-    put_frame_with(out, b'T', |b| {
-        b.put_i16(1);
-        put_cstr(b, name.as_bytes());
-        b.put_i32(0);
-        b.put_i16(0);
-        b.put_i32(25);
-        b.put_i16(-1);
-        b.put_i32(-1);
-        b.put_i16(0);
-    });
 }

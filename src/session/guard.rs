@@ -64,17 +64,12 @@ fn guard_holds(tag: u8) -> bool {
 /// re-run elsewhere: a write refused by a read-only server (25006), a recovery conflict
 /// (40001 with that wording), or the standby going away (57P01, 57P03).
 fn is_misroute(e: &ErrorFields) -> bool {
-    let code = e.code.as_str();
-    if code == SqlState::SERIALIZATION_FAILURE.code() {
-        return e.message.contains("conflict with recovery");
-    }
-    [
+    e.has_code(&[
         SqlState::READ_ONLY_SQL_TRANSACTION,
         SqlState::ADMIN_SHUTDOWN,
         SqlState::CANNOT_CONNECT_NOW,
-    ]
-    .iter()
-    .any(|s| s.code() == code)
+    ]) || (e.code == SqlState::SERIALIZATION_FAILURE
+        && e.message.contains("conflict with recovery"))
 }
 
 impl Session {
@@ -205,7 +200,7 @@ impl Session {
         } else {
             self.app.metrics().misroute_retries.inc();
         }
-        if g.code == SqlState::READ_ONLY_SQL_TRANSACTION.code() {
+        if g.code == SqlState::READ_ONLY_SQL_TRANSACTION {
             self.app.learn_write(g.learn_key);
         }
         // The standby's connection is done with this request.

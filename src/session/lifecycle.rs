@@ -305,9 +305,11 @@ fn is_unreachable(e: &BackendError) -> bool {
         | BackendError::Timeout { .. }
         | BackendError::Io { .. }
         | BackendError::Closed { .. } => true,
-        BackendError::Server { fields, .. } => {
-            matches!(fields.code.as_str(), "57P01" | "57P02" | "57P03")
-        }
+        BackendError::Server { fields, .. } => fields.has_code(&[
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+        ]),
         _ => false,
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::Session;
 use crate::config::{Consistency, Route};
 use crate::protocol::frontend::{self, tag as ftag};
+use crate::protocol::Lsn;
 use crate::router::classify::{OwnedAnalysis, PinReason, RouteClass, StatementKind, TxAccess};
 use crate::router::functions::is_read_only_call;
 use crate::router::{self, Class, Decision, Reason, RouteContext};
@@ -27,7 +28,7 @@ pub struct RouteState {
     /// `SET causeway.max_lag`.
     pub max_lag: Option<Duration>,
     /// Read-your-writes: reads must see at least this WAL position.
-    pub min_lsn: Option<u64>,
+    pub min_lsn: Option<Lsn>,
     /// Default consistency from the configuration.
     pub default_consistency: Consistency,
     /// `SET causeway.consistency`.

@@ -15,6 +15,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::protocol::Lsn;
+
 /// Index of a node in the configuration's node list.
 pub type NodeId = usize;
 
@@ -53,7 +55,7 @@ pub struct NodeState {
     pub healthy: bool,
     /// WAL position: `pg_current_wal_lsn()` on a primary, `pg_last_wal_replay_lsn()` on a
     /// standby; `None` until known.
-    pub lsn: Option<u64>,
+    pub lsn: Option<Lsn>,
     /// Timeline: of the WAL a primary writes, or a standby receives; `None` until known.
     pub timeline: Option<u32>,
     /// Bytes of WAL a standby is behind the primary; `None` for a primary or when unknown.

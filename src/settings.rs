@@ -154,6 +154,7 @@ impl Settings {
             user: user.to_owned(),
             database: database.to_owned(),
             password,
+            nodelay: self.config.proxy.tcp_nodelay,
         }
     }
 

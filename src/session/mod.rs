@@ -9,6 +9,7 @@
 
 pub mod cancel;
 pub mod client;
+mod idle;
 mod relay;
 pub mod request;
 pub mod route;
@@ -220,6 +221,8 @@ pub struct Session {
     max_message: usize,
     /// The current request's clock reading (see `Session::clock`).
     now: Option<tokio::time::Instant>,
+    /// `proxy.client_idle_timeout`'s timer; `None` when the key is off (see `idle`).
+    idle_timer: Option<Box<idle::IdleTimer>>,
 }
 
 impl Session {
@@ -238,6 +241,7 @@ impl Session {
         }
         let settings = app.settings();
         let max_message = settings.config.proxy.max_message_size;
+        let idle_timer = idle::IdleTimer::new(settings.config.proxy.client_idle_timeout);
         let mode = settings
             .users
             .get(&accepted.user)
@@ -316,6 +320,7 @@ impl Session {
             violation: None,
             max_message,
             now: None,
+            idle_timer,
         }
     }
 

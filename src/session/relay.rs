@@ -19,7 +19,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWrite;
 
 use super::cancel::Stop;
-use super::{request, Session, SessionError};
+use super::{idle, request, Session, SessionError};
 use crate::backend::connection::{ReplyOwner, ServerConn};
 use crate::protocol::backend::{self as be, tag as btag, Step, TxStatus};
 use crate::protocol::frontend::{is_known_tag, tag as ftag};
@@ -50,6 +50,8 @@ enum Event {
     Shutdown,
     /// The shutdown grace period is over.
     Kill,
+    /// The client stayed idle for `proxy.client_idle_timeout`.
+    IdleTimeout,
 }
 
 /// How a request (batch of frontend messages) ended.
@@ -145,6 +147,7 @@ impl Session {
                         "terminating connection due to administrator command",
                     )))
                 }
+                Event::IdleTimeout => return Err(SessionError::Fatal(idle::timeout_error())),
             };
             if flow == Flow::End {
                 return Ok(());
@@ -233,13 +236,17 @@ impl Session {
         } else {
             usize::MAX
         };
+        // client_idle_timeout: when it is off, no timer, no idleness check, no clock read.
+        let idle = self.idle_timer.is_some() && self.is_idle() && self.held.is_none();
         let Session {
             client,
             server,
             cancel,
             draining,
+            idle_timer,
             ..
         } = self;
+        let mut idle_sleep = idle_timer.as_deref_mut().and_then(|t| t.arm(idle));
         let client_out_len = client.out_len();
         let server_out_len = match server.as_deref_mut() {
             Some(s) => {
@@ -297,6 +304,12 @@ impl Session {
                     &mut client.rbuf,
                 ) {
                     return Poll::Ready(Event::ClientRead(r));
+                }
+            }
+            // Last: a request that arrives as the time runs out is served.
+            if let Some(sleep) = idle_sleep.as_mut() {
+                if std::future::Future::poll(sleep.as_mut(), cx).is_ready() {
+                    return Poll::Ready(Event::IdleTimeout);
                 }
             }
             Poll::Pending

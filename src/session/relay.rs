@@ -236,8 +236,13 @@ impl Session {
         } else {
             usize::MAX
         };
-        // client_idle_timeout: when it is off, no timer, no idleness check, no clock read.
-        let idle = self.idle_timer.is_some() && self.is_idle() && self.held.is_none();
+        // client_idle_timeout: when it is off, no timer, no idleness check, no clock read. The
+        // client's own view of its transaction counts too (one whose server died mid-transaction
+        // still has it open until its next request fails).
+        let idle = self.idle_timer.is_some()
+            && self.is_idle()
+            && self.held.is_none()
+            && !self.tx_status.is_in_transaction();
         let Session {
             client,
             server,

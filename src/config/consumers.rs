@@ -95,15 +95,16 @@ fn normalize(text: &str) -> String {
             i += if code[i] == '"' { 2 } else { 3 };
             continue;
         }
-        let raw = c == 'r' && matches!(code.get(i), Some('"' | '#')) && !out.ends_with(is_ident);
+        // r"..." and r#"..."# (not the raw identifier r#type).
+        let hashes = code[i..].iter().take_while(|&&h| h == '#').count();
+        let raw = c == 'r' && code.get(i + hashes) == Some(&'"') && !out.ends_with(is_ident);
         if c != '"' && !raw {
             out.push(c);
             continue;
         }
         // A string literal: skip to its end, leaving `""`.
-        let mut hashes = 0;
+        let hashes = if raw { hashes } else { 0 };
         if raw {
-            hashes = code[i..].iter().take_while(|&&h| h == '#').count();
             i += hashes + 1;
         }
         while i < code.len() {
@@ -209,6 +210,7 @@ fn reads_are_told_from_lookalikes() {
         "let q = '\"'; let s = r#\"a \" proxy.tcp_nodelay\"#;"
     ));
     assert!(!read("// config.proxy.tcp_nodelay\n"));
+    assert!(read("let r#type = 1; proxy.tcp_nodelay"));
     assert!(!read("config.proxy.tcp_nodelay = false;"));
     assert!(read("config.proxy.tcp_nodelay == false"));
     assert!(!read(

@@ -42,6 +42,8 @@ pub struct ConnectTarget {
     pub database: String,
     /// Password towards the server, if the server asks for one.
     pub password: Option<String>,
+    /// Set `TCP_NODELAY` on the socket (`proxy.tcp_nodelay`).
+    pub nodelay: bool,
 }
 
 impl ConnectTarget {
@@ -53,6 +55,15 @@ impl ConnectTarget {
             format!("{}:{}", self.host, self.port)
         }
     }
+}
+
+/// Opens the TCP connection to `target`, with `TCP_NODELAY` as `proxy.tcp_nodelay` says
+/// (small request/reply messages should not wait for Nagle's algorithm).
+async fn open_socket(target: &ConnectTarget) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    // Best effort, as on client sockets: a socket without the option still works.
+    let _ = stream.set_nodelay(target.nodelay);
+    Ok(stream)
 }
 
 /// Parameters as the server reported them (ParameterStatus), plus what the proxy set itself.
@@ -163,14 +174,12 @@ impl ServerConn {
         target: &ConnectTarget,
         addr: String,
     ) -> Result<ServerConn, BackendError> {
-        let stream = TcpStream::connect((target.host.as_str(), target.port))
+        let stream = open_socket(target)
             .await
             .map_err(|source| BackendError::Connect {
                 addr: addr.clone(),
                 source,
             })?;
-        // Small request/reply messages: never wait for Nagle.
-        let _ = stream.set_nodelay(true);
         let now = Instant::now();
         let mut conn = ServerConn {
             stream,
@@ -694,6 +703,30 @@ impl ServerConn {
                 fields,
             },
             Err(e) => self.proto(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tcp_nodelay_reaches_the_server_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for nodelay in [true, false] {
+            let target = ConnectTarget {
+                node: 0,
+                host: "127.0.0.1".to_owned(),
+                port,
+                user: "u".to_owned(),
+                database: "d".to_owned(),
+                password: None,
+                nodelay,
+            };
+            let stream = open_socket(&target).await.unwrap();
+            assert_eq!(stream.nodelay().unwrap(), nodelay);
         }
     }
 }

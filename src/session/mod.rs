@@ -16,6 +16,7 @@ pub mod client;
 mod commands;
 mod dispatch;
 mod guard;
+mod idle;
 mod lifecycle;
 mod relay;
 mod replies;
@@ -242,6 +243,8 @@ pub struct Session {
     max_message: usize,
     /// The current request's clock reading (see `Session::clock`).
     now: Option<tokio::time::Instant>,
+    /// `proxy.client_idle_timeout`'s timer; `None` when the key is off (see `idle`).
+    idle_timer: Option<Box<idle::IdleTimer>>,
 }
 
 impl Session {
@@ -260,6 +263,7 @@ impl Session {
         }
         let settings = app.settings();
         let max_message = settings.config.proxy.max_message_size;
+        let idle_timer = idle::IdleTimer::new(settings.config.proxy.client_idle_timeout);
         let mode = settings
             .users
             .get(&accepted.user)
@@ -334,6 +338,7 @@ impl Session {
             violation: None,
             max_message,
             now: None,
+            idle_timer,
         }
     }
 }

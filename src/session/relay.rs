@@ -21,7 +21,7 @@ use bytes::BytesMut;
 
 use super::cancel::Stop;
 use super::dispatch::Terminator;
-use super::{Session, SessionError};
+use super::{idle, Session, SessionError};
 use crate::protocol::frontend::{is_known_tag, tag as ftag};
 use crate::protocol::messages::{self, ProxyError};
 use crate::protocol::{decode_frame, ProtocolError, SqlState};
@@ -42,6 +42,8 @@ enum Event {
     Shutdown,
     /// The shutdown grace period is over.
     Kill,
+    /// The client stayed idle for `proxy.client_idle_timeout`.
+    IdleTimeout,
 }
 
 /// Whether the relay goes on.
@@ -106,6 +108,7 @@ impl Session {
                     "terminating connection due to administrator command",
                 )))
             }
+            Event::IdleTimeout => return Err(SessionError::Fatal(idle::timeout_error())),
         })
     }
 
@@ -192,13 +195,22 @@ impl Session {
         } else {
             usize::MAX
         };
+        // client_idle_timeout: when it is off, no timer, no idleness check, no clock read. The
+        // client's own view of its transaction counts too (one whose server died mid-transaction
+        // still has it open until its next request fails).
+        let idle = self.idle_timer.is_some()
+            && self.is_idle()
+            && self.held.is_none()
+            && !self.tx_status.is_in_transaction();
         let Session {
             client,
             server,
             cancel,
             draining,
+            idle_timer,
             ..
         } = self;
+        let mut idle_sleep = idle_timer.as_deref_mut().and_then(|t| t.arm(idle));
         let client_out_len = client.out_len();
         let server_out_len = match server.as_deref_mut() {
             Some(s) => {
@@ -252,6 +264,12 @@ impl Session {
                     &mut client.rbuf,
                 ) {
                     return Poll::Ready(Event::ClientRead(r));
+                }
+            }
+            // Last: a request that arrives as the time runs out is served.
+            if let Some(sleep) = idle_sleep.as_mut() {
+                if std::future::Future::poll(sleep.as_mut(), cx).is_ready() {
+                    return Poll::Ready(Event::IdleTimeout);
                 }
             }
             Poll::Pending

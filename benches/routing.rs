@@ -16,6 +16,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use causeway::config::{Balance, Fallback, PrimaryReads, ReadOnlyTransactions};
+use causeway::protocol::Lsn;
 use causeway::router::classify::ClassifierCache;
 use causeway::router::{route, Class, Policy, RouteContext};
 use causeway::topology::{NodeState, Role, Topology, TopologyHandle};
@@ -32,7 +33,7 @@ fn three_nodes() -> Topology {
                 Role::Standby
             },
             healthy: true,
-            lsn: Some(0x3000_0000 - id as u64 * 100),
+            lsn: Some(Lsn::from(0x3000_0000 - id as u64 * 100)),
             timeline: Some(1),
             lag_bytes: Some(id as u64 * 100),
             lag: Some(Duration::from_millis(id as u64 * 5)),
@@ -66,7 +67,7 @@ fn bench_route(c: &mut Criterion) {
     let outstanding = [0usize, 2, 1];
     let plain = RouteContext::default();
     let causal = RouteContext {
-        min_lsn: Some(0x3000_0000 - 50),
+        min_lsn: Some(Lsn::from(0x3000_0000 - 50)),
         ..RouteContext::default()
     };
     let mut tick = 0usize;

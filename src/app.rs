@@ -13,25 +13,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{self, StoredSecret};
 use crate::backend::connection::ConnectTarget;
-use crate::backend::pool::PoolSettings;
 use crate::backend::Pools;
-use crate::config::{AuthMethod, Config, UserConfig};
+use crate::config::Config;
 use crate::session::cancel::{CancelRegistry, Stop};
+pub use crate::settings::{Settings, SettingsError, UserEntry};
 use crate::topology::{watcher, Topology, TopologyHandle};
 
 /// Errors while building or starting the proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// A user's password in the configuration is not usable.
-    #[error("user {user:?}: {source}")]
-    Secret {
-        /// The user.
-        user: String,
-        /// Why.
-        source: auth::AuthError,
-    },
+    /// The configuration cannot be turned into settings (a user's password is not usable).
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     /// The listening socket could not be opened.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -42,86 +36,9 @@ pub enum AppError {
     },
 }
 
-/// A configured user, with its secret parsed once at load time.
-#[derive(Debug)]
-pub struct UserEntry {
-    /// The user's configuration.
-    pub config: UserConfig,
-    /// The client-facing secret; `None` for trust.
-    pub secret: Option<StoredSecret>,
-    /// How the client must authenticate.
-    pub method: auth::Method,
-}
-
 /// How long [`App::shutdown`] waits for sessions to close once the grace period is over (they
 /// tell their client, then cancel or roll back on the server).
 const KILL_WAIT: Duration = Duration::from_secs(3);
-
-/// Configuration plus what is derived from it; replaced as a whole on reload.
-#[derive(Debug)]
-pub struct Settings {
-    /// The validated configuration.
-    pub config: Config,
-    /// Users by name.
-    pub users: HashMap<String, UserEntry>,
-    /// Routing settings in the router's terms.
-    pub policy: crate::router::Policy,
-    /// Function-name overrides (`write_functions` / `read_functions`).
-    pub function_overrides: crate::router::functions::FunctionOverrides,
-}
-
-impl Settings {
-    /// Derives the settings from a configuration (parses and prepares every user's secret).
-    pub fn new(config: Config) -> Result<Settings, AppError> {
-        let mut users = HashMap::new();
-        for u in &config.users {
-            let method = match u.auth {
-                AuthMethod::ScramSha256 => auth::Method::ScramSha256,
-                AuthMethod::Md5 => auth::Method::Md5,
-                AuthMethod::Trust => auth::Method::Trust,
-            };
-            let secret = match (&u.password, method) {
-                (_, auth::Method::Trust) => None,
-                (Some(p), _) => {
-                    let s = StoredSecret::parse(p.expose()).map_err(|source| AppError::Secret {
-                        user: u.name.clone(),
-                        source,
-                    })?;
-                    // Build the SCRAM verifier now, not on the first login.
-                    s.prepare();
-                    Some(s)
-                }
-                (None, _) => None,
-            };
-            users.insert(
-                u.name.clone(),
-                UserEntry {
-                    config: u.clone(),
-                    secret,
-                    method,
-                },
-            );
-        }
-        let policy = crate::router::Policy {
-            primary_reads: config.routing.primary_reads,
-            fallback: config.routing.fallback,
-            read_only_transactions: config.routing.read_only_transactions,
-            balance: config.routing.balance,
-            weights: config.nodes.iter().map(|n| n.weight).collect(),
-        };
-        let lower = |v: &Vec<String>| v.iter().map(|f| f.to_ascii_lowercase()).collect();
-        let function_overrides = crate::router::functions::FunctionOverrides {
-            writes: lower(&config.routing.write_functions),
-            reads: lower(&config.routing.read_functions),
-        };
-        Ok(Settings {
-            config,
-            users,
-            policy,
-            function_overrides,
-        })
-    }
-}
 
 /// Keeps the pools in shape until shutdown: idle connections past `server_idle_timeout` or
 /// `server_lifetime` are closed, and `min_idle` connections are kept open.
@@ -233,34 +150,13 @@ impl App {
     pub fn new(config: Config) -> Result<App, AppError> {
         let settings = Settings::new(config)?;
         let cfg = &settings.config;
-        let addrs: Vec<String> = cfg.nodes.iter().map(|n| n.address()).collect();
-        let pool_settings = PoolSettings {
-            pool_size: cfg.pool.pool_size,
-            pool_timeout: cfg.pool.pool_timeout,
-            connect_timeout: cfg.pool.server_connect_timeout,
-            idle_timeout: cfg.pool.server_idle_timeout,
-            lifetime: cfg.pool.server_lifetime,
-            reset_query: cfg.pool.server_reset_query.clone(),
-            internal_timeout: cfg.pool.server_connect_timeout,
-            min_idle: cfg.pool.min_idle,
-        };
+        let addrs = settings.node_addresses();
         let pools = Pools::new(
-            pool_settings,
+            settings.pool_settings(),
             cfg.nodes.len(),
             cfg.pool.max_server_connections,
         );
-        let catalogs = Arc::new(crate::catalog::Catalogs::new(
-            crate::catalog::CatalogSettings {
-                nodes: cfg.nodes.iter().map(|n| (n.host.clone(), n.port)).collect(),
-                user: cfg.monitor.user.clone(),
-                password: cfg.monitor.password.as_ref().map(|p| p.expose().to_owned()),
-                timeout: cfg
-                    .monitor
-                    .connect_timeout
-                    .max(std::time::Duration::from_secs(1)),
-                refresh: cfg.routing.volatility_refresh,
-            },
-        ));
+        let catalogs = Arc::new(crate::catalog::Catalogs::new(settings.catalog_settings()));
         let outstanding = cfg
             .nodes
             .iter()
@@ -308,18 +204,7 @@ impl App {
             source,
         })?;
         watcher::spawn(
-            watcher::WatcherSettings {
-                nodes: cfg.nodes.iter().map(|n| (n.host.clone(), n.port)).collect(),
-                user: cfg.monitor.user.clone(),
-                password: cfg.monitor.password.as_ref().map(|p| p.expose().to_owned()),
-                database: cfg.monitor.database.clone(),
-                check_interval: cfg.routing.check_interval,
-                connect_timeout: cfg.monitor.connect_timeout,
-                query_timeout: cfg.monitor.query_timeout,
-                health_threshold: cfg.routing.health_threshold,
-                max_lag_bytes: cfg.routing.max_lag_bytes,
-                max_lag: cfg.routing.max_lag,
-            },
+            settings.watcher_settings(),
             self.inner.topology.clone(),
             &self.inner.tasks,
             self.inner.shutdown.clone(),
@@ -512,21 +397,7 @@ impl App {
 
     /// Where a pool for `user` on `database` at node `node` connects.
     pub fn connect_target(&self, node: usize, database: &str, user: &str) -> ConnectTarget {
-        let settings = self.settings();
-        let n = &settings.config.nodes[node];
-        let password = settings
-            .users
-            .get(user)
-            .and_then(|u| u.config.server_password.as_ref())
-            .map(|p| p.expose().to_owned());
-        ConnectTarget {
-            node,
-            host: n.host.clone(),
-            port: n.port,
-            user: user.to_owned(),
-            database: database.to_owned(),
-            password,
-        }
+        self.settings().connect_target(node, database, user)
     }
 }
 

@@ -20,6 +20,8 @@
 //!   packets, the few messages the proxy must understand, SQLSTATE constants.
 //! - [`config`]: typed, validated configuration loaded from `proxy.toml` plus `CAUSEWAY_*`
 //!   environment overrides.
+//! - [`settings`]: what the running proxy derives from the configuration (user secrets, routing
+//!   policy, pool, watcher and catalog settings), built in one place.
 //! - [`auth`]: client-facing authentication (SCRAM-SHA-256, md5, trust), sans-I/O.
 //! - [`net`]: the accept loop and connection limits.
 //! - [`session`]: one task per client: startup, authentication, then the request/reply relay.
@@ -51,4 +53,5 @@ pub mod net;
 pub mod protocol;
 pub mod router;
 pub mod session;
+pub mod settings;
 pub mod topology;

@@ -1,5 +1,5 @@
-//! Counters and latency histograms, exported in the Prometheus text format on `/metrics` and
-//! summarised by the admin console.
+//! Counters and latency histograms, exported in the Prometheus text format on the admin HTTP
+//! endpoint `/metrics` (latency as quantile gauges, see [`Metrics::render`]).
 //!
 //! Counters are prometheus-client atomics created once (the hot path touches a pre-made
 //! `Counter`, never a label map). Latency goes into one hdrhistogram per route behind a
@@ -51,22 +51,12 @@ fn reason_index(reason: Reason) -> usize {
     }
 }
 
-/// Where a request ran, for latency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteKind {
-    /// On the primary.
-    Primary = 0,
-    /// On a standby.
-    Standby = 1,
-}
-
-impl RouteKind {
-    /// The `target` label.
-    pub fn label(self) -> &'static str {
-        match self {
-            RouteKind::Primary => "primary",
-            RouteKind::Standby => "standby",
-        }
+/// Index of the role a request ran on in the per-target counters and histograms: the primary,
+/// or a standby (a session's connection is on one or the other; `Unknown` never serves).
+fn target_index(role: Role) -> usize {
+    match role {
+        Role::Primary => 0,
+        Role::Standby | Role::Unknown => 1,
     }
 }
 
@@ -205,11 +195,11 @@ impl Metrics {
             "Asked standbys that had replayed the session's writes (the read went there)",
             m.causal_ask_hits.clone(),
         );
-        let request_counters = [RouteKind::Primary, RouteKind::Standby].map(|kind| {
+        let request_counters = [Role::Primary, Role::Standby].map(|role| {
             REASONS.map(|reason| {
                 m.requests
                     .get_or_create(&RouteLabels {
-                        target: kind.label(),
+                        target: role.as_str(),
                         reason,
                     })
                     .clone()
@@ -223,8 +213,8 @@ impl Metrics {
     }
 
     /// Counts a routed request.
-    pub fn count_request(&self, target: RouteKind, reason: Reason) {
-        self.request_counters[target as usize][reason_index(reason)].inc();
+    pub fn count_request(&self, target: Role, reason: Reason) {
+        self.request_counters[target_index(target)][reason_index(reason)].inc();
     }
 
     /// Counts a pinned session.
@@ -233,21 +223,21 @@ impl Metrics {
     }
 
     /// Records one request's latency.
-    pub fn record_latency(&self, route: RouteKind, elapsed: Duration) {
+    pub fn record_latency(&self, route: Role, elapsed: Duration) {
         let micros = (elapsed.as_micros() as u64).clamp(1, 3_600_000_000);
-        let h = match route {
-            RouteKind::Primary => &self.latency_primary,
-            RouteKind::Standby => &self.latency_standby,
+        let h = match target_index(route) {
+            0 => &self.latency_primary,
+            _ => &self.latency_standby,
         };
         // Values are clamped into the histogram's range, so recording cannot fail.
         let _ = h.lock().record(micros);
     }
 
     /// (count, p50, p90, p99, p99.9) in microseconds for a route.
-    pub fn latency_summary(&self, route: RouteKind) -> (u64, u64, u64, u64, u64) {
-        let h = match route {
-            RouteKind::Primary => self.latency_primary.lock(),
-            RouteKind::Standby => self.latency_standby.lock(),
+    pub fn latency_summary(&self, route: Role) -> (u64, u64, u64, u64, u64) {
+        let h = match target_index(route) {
+            0 => self.latency_primary.lock(),
+            _ => self.latency_standby.lock(),
         };
         (
             h.len(),
@@ -267,10 +257,7 @@ impl Metrics {
             out,
             "# HELP causeway_request_latency_microseconds Request latency quantiles since start.\n# TYPE causeway_request_latency_microseconds gauge"
         );
-        for (route, name) in [
-            (RouteKind::Primary, "primary"),
-            (RouteKind::Standby, "standby"),
-        ] {
+        for (route, name) in [(Role::Primary, "primary"), (Role::Standby, "standby")] {
             let (count, p50, p90, p99, p999) = self.latency_summary(route);
             for (q, v) in [("0.5", p50), ("0.9", p90), ("0.99", p99), ("0.999", p999)] {
                 let _ = writeln!(
@@ -330,9 +317,9 @@ mod tests {
     #[test]
     fn renders_counters_latency_and_nodes() {
         let m = Metrics::new();
-        m.count_request(RouteKind::Standby, Reason::Read);
-        m.count_request(RouteKind::Standby, Reason::Read);
-        m.record_latency(RouteKind::Primary, Duration::from_micros(150));
+        m.count_request(Role::Standby, Reason::Read);
+        m.count_request(Role::Standby, Reason::Read);
+        m.record_latency(Role::Primary, Duration::from_micros(150));
         let t = Topology::initial(&["a:1".into(), "b:2".into()]);
         let text = m.render(&t);
         assert!(

@@ -214,7 +214,7 @@ async fn token_carries_the_position_to_another_connection() {
                 row.get::<_, Option<String>>(2),
                 topo.nodes
                     .iter()
-                    .map(|n| (n.addr.clone(), n.role, n.lsn.map(causeway::admin::http::format_lsn)))
+                    .map(|n| (n.addr.clone(), n.role, n.lsn.map(|l| l.to_string())))
                     .collect::<Vec<_>>()
             );
             misses += 1;

@@ -705,3 +705,77 @@ async fn raw_terminate_ends_the_session_cleanly() {
         .expect("closed after Terminate");
     assert!(msgs.is_empty(), "{msgs:?}");
 }
+
+// === client_idle_timeout ===
+
+const IDLE_1S: &str = "client_idle_timeout = \"1s\"";
+
+/// Waits (up to 10 s) for the proxy to end an observed connection; the error it ended with.
+async fn ended_by_proxy(c: common::Observed) -> tokio_postgres::Error {
+    match tokio::time::timeout(Duration::from_secs(10), c.task).await {
+        Ok(Ok(Err(e))) => e,
+        other => panic!("the proxy did not end the connection with an error: {other:?}"),
+    }
+}
+
+/// A client through `proxy` that has sent one request and is idle from now on.
+async fn idle_client(proxy: &common::Proxy) -> common::Observed {
+    let c = connect_observed(&proxy.conninfo(APP_USER, APP_PASSWORD, "postgres"))
+        .await
+        .unwrap();
+    c.client.batch_execute("select 1").await.unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_idle_timeout_closes_an_idle_client_with_57p05() {
+    let proxy = common::start_proxy_with(IDLE_1S, "").await;
+    let c = idle_client(&proxy).await;
+    // Requests keep it open for longer than the timeout: it counts from the last one.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.client.batch_execute("select 1").await.unwrap();
+    }
+    let idle_since = Instant::now();
+    let err = ended_by_proxy(c).await;
+    assert!(
+        idle_since.elapsed() >= Duration::from_millis(900),
+        "closed too early"
+    );
+    assert_eq!(err.code(), Some(&SqlState::IDLE_SESSION_TIMEOUT), "{err:?}");
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.severity(), "FATAL");
+    assert!(db.message().contains("client_idle_timeout"), "{db:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_idle_timeout_spares_open_transactions_and_running_queries() {
+    let proxy = common::start_proxy_with(IDLE_1S, "").await;
+    let in_tx = idle_client(&proxy).await;
+    in_tx.client.batch_execute("begin").await.unwrap();
+    let busy = idle_client(&proxy).await;
+    let query = busy.client.batch_execute("select pg_sleep(2.5)");
+    // A client idle since after both started (`join!` polls the query first, which sends it)
+    // is closed first...
+    let witness = async { ended_by_proxy(idle_client(&proxy).await).await };
+    let (ran, ended) = tokio::join!(query, witness);
+    assert_eq!(ended.code(), Some(&SqlState::IDLE_SESSION_TIMEOUT));
+    // ...while the query ran to its end and the transaction is still open.
+    ran.expect("the long query finishes");
+    busy.client.batch_execute("select 1").await.unwrap();
+    let rows = in_tx.client.simple_query("select 1").await.unwrap();
+    assert_eq!(rows.len(), 3, "RowDescription, Row, CommandComplete");
+    in_tx.client.batch_execute("commit").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_idle_timeout_0_never_closes() {
+    let never = common::start_proxy().await;
+    let c = idle_client(&never).await;
+    // A client of a proxy with the timeout on, idle for less long, is closed first.
+    let timed = common::start_proxy_with(IDLE_1S, "").await;
+    let witness = idle_client(&timed).await;
+    ended_by_proxy(witness).await;
+    c.client.batch_execute("select 1").await.unwrap();
+    assert!(!c.task.is_finished());
+}

@@ -744,7 +744,9 @@ async fn two_hundred_concurrent_clients_lose_no_row() {
     assert_eq!(row.get::<_, i64>(1), CLIENTS as i64);
     assert_eq!(row.get::<_, i32>(2), 0);
     assert_eq!(row.get::<_, i32>(3), STATEMENTS - 1);
-    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
+    // A bound for a hang, not a speed target (speed lives in the benchmarks): on a loaded
+    // 2-core machine the run takes 10 to 35 s.
+    assert!(elapsed < Duration::from_secs(120), "took {elapsed:?}");
     // Every server connection went back to the pool, and there were never more than
     // pool_size of them.
     let idle: usize = proxy.app.pools().all().iter().map(|p| p.idle_count()).sum();

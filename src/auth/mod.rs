@@ -30,6 +30,8 @@ pub use md5::{md5_salt, verify_md5};
 pub use scram::{ScramServer, SASL_MECHANISMS, SCRAM_SHA_256, SERVER_NONCE_LEN};
 pub use secret::{ScramVerifier, StoredSecret, MAX_SCRAM_ITERATIONS, MAX_SCRAM_SALT_LEN};
 
+use crate::protocol::SqlState;
+
 /// Everything that can go wrong in the authentication layer.
 ///
 /// The variants are deliberately coarse: what a client is told must not help an attacker (a
@@ -68,11 +70,11 @@ impl AuthError {
 
     /// The SQLSTATE to report for this error: `28P01` for a failed password, `08P01` for a
     /// protocol violation, `F0000` (`config_file_error`) for a configuration error.
-    pub fn sqlstate(&self) -> &'static str {
+    pub fn sqlstate(&self) -> SqlState {
         match self {
-            AuthError::InvalidPassword => "28P01",
-            AuthError::Protocol(_) => "08P01",
-            AuthError::Config(_) => "F0000",
+            AuthError::InvalidPassword => SqlState::INVALID_PASSWORD,
+            AuthError::Protocol(_) => SqlState::PROTOCOL_VIOLATION,
+            AuthError::Config(_) => SqlState::CONFIG_FILE_ERROR,
         }
     }
 }

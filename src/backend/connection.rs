@@ -10,13 +10,18 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::io::AsyncWrite;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::statements::{ServerStatements, StatementDef};
+use super::replies::{ReplyCursor, ReplyOwner, RequestTrack};
+use super::statements::ServerStatements;
 use super::BackendError;
 use crate::protocol::backend::{self as be, tag as btag, AuthRequest, ReplyScanner, TxStatus};
 use crate::protocol::startup::{CancelKey, StartupMessage};
@@ -37,6 +42,8 @@ pub struct ConnectTarget {
     pub database: String,
     /// Password towards the server, if the server asks for one.
     pub password: Option<String>,
+    /// Set `TCP_NODELAY` on the socket (`proxy.tcp_nodelay`).
+    pub nodelay: bool,
 }
 
 impl ConnectTarget {
@@ -50,71 +57,13 @@ impl ConnectTarget {
     }
 }
 
-/// Who is waiting for the reply that ends at the next ReadyForQuery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyOwner {
-    /// The client: forward the reply.
-    Client {
-        /// The request ended with Sync (extended protocol) rather than being a simple Query; it
-        /// matters when COPY swallows the Sync.
-        sync: bool,
-        /// Sequence number of the request on this connection (see [`SentParse::seq`]).
-        seq: u64,
-        /// When the request was sent, for latency.
-        sent: Instant,
-    },
-    /// The proxy itself (parameter sync): swallow the reply.
-    Proxy,
-    /// The proxy's `SELECT pg_current_wal_insert_lsn()` after a write (read-your-writes):
-    /// capture the value, swallow the reply.
-    Lsn,
-}
-
-/// A Parse sent to the server whose ParseComplete has not arrived yet.
-#[derive(Debug, Clone)]
-pub struct SentParse {
-    /// The statement's definition.
-    pub def: Arc<StatementDef>,
-    /// Its name on this server.
-    pub server_name: Arc<str>,
-    /// The client's name for it; `None` when the proxy added the Parse (its ParseComplete is
-    /// swallowed).
-    pub client_name: Option<Bytes>,
-    /// The request it belongs to: at that request's ReadyForQuery, a Parse still waiting for
-    /// its ParseComplete has failed (an error skipped it) and is rolled back.
-    pub seq: u64,
-}
-
-/// Bookkeeping for requests in flight on a connection.
-#[derive(Debug, Default)]
-pub struct RequestTrack {
-    /// Parses awaiting ParseComplete, oldest first.
-    pub parses: VecDeque<SentParse>,
-    /// Sequence number the next client request gets.
-    pub next_seq: u64,
-    /// Frames were forwarded since the last Sync or Query (after a Flush, or a large partial
-    /// batch): the connection owes replies without a ReadyForQuery in sight.
-    pub unsynced: bool,
-    /// The WAL position captured by a [`ReplyOwner::Lsn`] reply, until its ReadyForQuery.
-    pub captured_lsn: Option<u64>,
-    /// The server is in COPY FROM STDIN, waiting for data: `Some(true)` when the COPY was
-    /// started through the extended protocol (ending it then needs a Sync too).
-    pub copy_in: Option<bool>,
-    /// Named statements bound by requests in flight: (request sequence number, definition
-    /// hash). A request that fails with "cached plan must not change result type" invalidates
-    /// the statements it bound.
-    pub binds: VecDeque<(u64, u64)>,
-}
-
-impl RequestTrack {
-    /// A ParseComplete arrived: takes its Parse off the queue and says whether the proxy sent
-    /// it itself (a statement prepared for this connection, which the client must not see
-    /// answered).
-    pub fn parse_completed_for_proxy(&mut self) -> bool {
-        self.parses
-            .pop_front()
-            .is_some_and(|p| p.client_name.is_none())
-    }
+/// Opens the TCP connection to `target`, with `TCP_NODELAY` as `proxy.tcp_nodelay` says
+/// (small request/reply messages should not wait for Nagle's algorithm).
+async fn open_socket(target: &ConnectTarget) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    // Best effort, as on client sockets: a socket without the option still works.
+    let _ = stream.set_nodelay(target.nodelay);
+    Ok(stream)
 }
 
 /// Parameters as the server reported them (ParameterStatus), plus what the proxy set itself.
@@ -130,28 +79,50 @@ pub struct ServerParams {
     pub synced: u64,
 }
 
+impl ServerParams {
+    /// Records a ParameterStatus body in `reported`; a changed value means the connection may
+    /// no longer match the client it was last brought in line with.
+    pub(super) fn record(&mut self, body: &[u8]) -> Result<(), ProtocolError> {
+        let (name, value) = be::parameter_status(body)?;
+        match self.reported.get_mut(name) {
+            Some(v) if v == value => {}
+            Some(v) => {
+                *v = value.to_owned();
+                self.synced = 0;
+            }
+            None => {
+                self.reported.insert(name.to_owned(), value.to_owned());
+                self.synced = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An authenticated server connection.
 pub struct ServerConn {
     /// The socket.
-    pub(crate) stream: TcpStream,
+    pub(super) stream: TcpStream,
     /// Bytes read from the server and not consumed yet.
-    pub(crate) rbuf: BytesMut,
+    pub(super) rbuf: BytesMut,
     /// Bytes waiting to be written to the server.
-    pub(crate) wbuf: BytesMut,
+    pub(super) wbuf: BytesMut,
     /// Position in the reply stream (at a frame boundary or inside a passthrough frame).
-    pub(crate) scanner: ReplyScanner,
+    pub(super) scanner: ReplyScanner,
     /// One entry per ReadyForQuery still to come, oldest first.
-    pub(crate) pending: VecDeque<ReplyOwner>,
+    pub(super) pending: VecDeque<ReplyOwner>,
     /// Transaction status from the last ReadyForQuery.
-    pub(crate) status: TxStatus,
+    pub(super) status: TxStatus,
     /// Set when the connection must not be reused (I/O error, FATAL, protocol error).
-    pub(crate) broken: bool,
+    pub(super) broken: bool,
     /// Reported and applied parameters.
-    pub(crate) params: ServerParams,
+    pub(super) params: ServerParams,
     /// Named statements prepared on this connection.
-    pub(crate) statements: ServerStatements,
+    pub(super) statements: ServerStatements,
     /// Requests in flight.
-    pub(crate) track: RequestTrack,
+    pub(super) track: RequestTrack,
+    /// Where reading the replies has got to (see [`super::replies`]).
+    pub(super) cursor: ReplyCursor,
     /// Node index in the configuration.
     node: usize,
     /// host:port, for messages.
@@ -203,14 +174,12 @@ impl ServerConn {
         target: &ConnectTarget,
         addr: String,
     ) -> Result<ServerConn, BackendError> {
-        let stream = TcpStream::connect((target.host.as_str(), target.port))
+        let stream = open_socket(target)
             .await
             .map_err(|source| BackendError::Connect {
                 addr: addr.clone(),
                 source,
             })?;
-        // Small request/reply messages: never wait for Nagle.
-        let _ = stream.set_nodelay(true);
         let now = Instant::now();
         let mut conn = ServerConn {
             stream,
@@ -223,6 +192,7 @@ impl ServerConn {
             params: ServerParams::default(),
             statements: ServerStatements::default(),
             track: RequestTrack::default(),
+            cursor: ReplyCursor::default(),
             node: target.node,
             addr,
             cancel: Arc::new(super::cancel::CancelTarget {
@@ -453,6 +423,61 @@ impl ServerConn {
         }
     }
 
+    /// The node's role epoch when the connection was made.
+    pub fn role_epoch(&self) -> u64 {
+        self.role_epoch
+    }
+
+    // === the session relay's I/O ===
+
+    /// Bytes waiting to be written to the server.
+    #[inline]
+    pub fn out_len(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    /// Writes what is queued now, as far as the socket takes it without waiting; errors and a
+    /// full socket are left to [`Self::poll_flush_out`], which sees them again.
+    #[inline]
+    pub fn try_flush(&mut self) {
+        if !self.wbuf.is_empty() {
+            if let Ok(n) = self.stream.try_write(&self.wbuf) {
+                self.wbuf.advance(n);
+            }
+        }
+    }
+
+    /// Polls writing the queued bytes; what was written leaves the queue.
+    #[inline]
+    pub fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.stream).poll_write(cx, &self.wbuf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.wbuf.advance(n);
+        }
+        r
+    }
+
+    /// Makes room in the read buffer for the next read, before the relay's wait.
+    #[inline]
+    pub fn prepare_read(&mut self) {
+        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+            self.rbuf.reserve(16 * 1024);
+        }
+    }
+
+    /// Polls reading more of the server's bytes (cancel-safe: a read completes or does
+    /// nothing).
+    #[inline]
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
+    }
+
+    /// Queues bytes the client sends straight through (COPY data).
+    #[inline]
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.wbuf.extend_from_slice(bytes);
+    }
+
     // === simple I/O used outside the session relay ===
 
     /// Writes all of `bytes` now (startup, internal queries).
@@ -560,21 +585,7 @@ impl ServerConn {
 
     /// Records a ParameterStatus body in `params.reported`.
     pub(crate) fn record_parameter(&mut self, body: &[u8]) -> Result<(), BackendError> {
-        let (name, value) = be::parameter_status(body).map_err(|e| self.proto(e))?;
-        match self.params.reported.get_mut(name) {
-            Some(v) if v == value => {}
-            Some(v) => {
-                *v = value.to_owned();
-                self.params.synced = 0;
-            }
-            None => {
-                self.params
-                    .reported
-                    .insert(name.to_owned(), value.to_owned());
-                self.params.synced = 0;
-            }
-        }
-        Ok(())
+        self.params.record(body).map_err(|e| self.proto(e))
     }
 
     /// Waits for the replies to the proxy's own queries still owed (a read-your-writes probe
@@ -692,6 +703,30 @@ impl ServerConn {
                 fields,
             },
             Err(e) => self.proto(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tcp_nodelay_reaches_the_server_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for nodelay in [true, false] {
+            let target = ConnectTarget {
+                node: 0,
+                host: "127.0.0.1".to_owned(),
+                port,
+                user: "u".to_owned(),
+                database: "d".to_owned(),
+                password: None,
+                nodelay,
+            };
+            let stream = open_socket(&target).await.unwrap();
+            assert_eq!(stream.nodelay().unwrap(), nodelay);
         }
     }
 }

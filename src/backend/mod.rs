@@ -6,7 +6,9 @@
 
 pub mod cancel;
 pub mod connection;
+pub mod outbound;
 pub mod pool;
+pub mod replies;
 pub mod statements;
 
 pub use connection::{ServerConn, ServerParams};

@@ -80,6 +80,52 @@ impl std::ops::DerefMut for Lease {
 }
 
 impl Lease {
+    /// Hands the connection back after its client is done with it: the proxy's own replies
+    /// still owed are read, an abandoned COPY is ended, a request still running is cancelled
+    /// and the connection closed, an open transaction is rolled back; with `reset` the pool's
+    /// reset query runs before the connection serves anyone else. Nothing is left `idle in
+    /// transaction` on a pooled connection.
+    pub async fn release(mut self, reset: bool, timeout: std::time::Duration) {
+        if self.finish_proxy_replies(timeout).await.is_err() {
+            self.mark_broken();
+        }
+        if self.track.copy_in.is_some()
+            && !self.is_broken()
+            && self.pending.is_empty()
+            && self.scanner.at_boundary()
+        {
+            // The server waits for COPY data that will never come.
+            if self.abort_copy(timeout).await.is_err() {
+                self.mark_broken();
+            }
+        }
+        if !self.pending.is_empty() || !self.scanner.at_boundary() || self.track.unsynced {
+            // A request is still running: stop it so it does not hold locks, then close.
+            super::cancel::send_cancel(&self.cancel_target(), timeout).await;
+            self.mark_broken();
+        } else if self.status().is_in_transaction() && !self.is_broken() {
+            // Idle in a transaction: roll it back so nothing stays open on a pooled connection.
+            match self.run_internal("ROLLBACK", timeout).await {
+                Ok(Ok(())) => {}
+                _ => self.mark_broken(),
+            }
+        }
+        let pool = self.pool().clone();
+        if reset {
+            pool.reset_and_checkin(self).await;
+        } else {
+            pool.checkin(self);
+        }
+    }
+
+    /// Tells the pool of statements this connection found stale (DDL), so its other
+    /// connections prepare them again before their clients hit the same stale plan.
+    pub fn sync_stale_statements(&mut self) {
+        if !self.conn.statements.newly_stale.is_empty() {
+            self.pool.clone().sync_statements(&mut self.conn);
+        }
+    }
+
     /// The pool this lease belongs to.
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool

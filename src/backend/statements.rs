@@ -10,6 +10,10 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
+/// A client's named prepared statements, by the client's name for them (the session keeps
+/// them; the connection rewrites requests with them).
+pub type ClientStatements = rustc_hash::FxHashMap<Bytes, Arc<StatementDef>>;
+
 /// A named prepared statement's definition: the Parse body after the name (query text and
 /// parameter types), which is what makes two statements interchangeable.
 #[derive(Debug)]

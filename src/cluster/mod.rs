@@ -80,7 +80,6 @@ mod conf;
 mod error;
 mod guardian;
 mod lifecycle;
-mod lsn;
 mod process;
 mod replication;
 mod sql;
@@ -99,9 +98,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+/// WAL positions, shared with the proxy (`16/B374D848`, compared numerically).
+pub use crate::protocol::Lsn;
 pub use binaries::PgBinaries;
 pub use error::ClusterError;
-pub use lsn::Lsn;
 
 use conf::{quote_conninfo, quote_literal};
 use guardian::Guardian;

@@ -91,7 +91,7 @@ impl LocalCluster {
         if text.is_empty() {
             Ok(None)
         } else {
-            text.parse().map(Some)
+            parse_lsn(&text).map(Some)
         }
     }
 
@@ -100,7 +100,7 @@ impl LocalCluster {
     /// # Errors
     /// As [`psql`](Self::psql); fails on a standby.
     pub fn current_lsn(&self, n: usize) -> Result<Lsn> {
-        self.psql(n, "SELECT pg_current_wal_lsn()")?.parse()
+        parse_lsn(&self.psql(n, "SELECT pg_current_wal_lsn()")?)
     }
 
     /// What node `n` has: written WAL on a primary, replayed WAL on a standby (0 if none yet).
@@ -111,11 +111,17 @@ impl LocalCluster {
              ELSE pg_current_wal_lsn() END",
         )?;
         if text.is_empty() {
-            Ok(Lsn(0))
+            Ok(Lsn::ZERO)
         } else {
-            text.parse()
+            parse_lsn(&text)
         }
     }
+}
+
+/// A WAL position as psql prints it.
+fn parse_lsn(text: &str) -> Result<Lsn> {
+    text.parse()
+        .map_err(|_| ClusterError::Invalid(format!("not a WAL position: {text:?}")))
 }
 
 pub(super) fn parse_bool(text: &str) -> Result<bool> {

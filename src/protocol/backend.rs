@@ -1,12 +1,13 @@
-//! Backend (server → client) messages: type bytes, the few bodies the proxy reads, and the
-//! [`ReplyScanner`] that walks a reply stream without decoding rows.
+//! Backend (server → client) messages: type bytes, the few bodies the proxy reads (DataRow
+//! among them, for the proxy's own queries), and the [`ReplyScanner`] that walks a reply
+//! stream without decoding rows.
 //!
 //! The scanner is the hot path of every query. It peeks at frame headers only; runs of frames
 //! nobody needs to read (RowDescription, DataRow, CommandComplete, ...) come back as one
 //! "pass these n bytes through" step, even when the last frame of the run is still incomplete,
 //! so a 100 MB row streams to the client without ever being held whole.
 
-use super::{codec::Header, peek_header, read_i32, split_cstr, ProtocolError};
+use super::{codec::Header, peek_header, read_i16, read_i32, split_cstr, ProtocolError, SqlState};
 
 /// Backend message type bytes.
 pub mod tag {
@@ -112,6 +113,11 @@ impl ErrorFields {
     pub fn is_fatal(&self) -> bool {
         self.severity == "FATAL" || self.severity == "PANIC"
     }
+
+    /// Whether the error's SQLSTATE is one of `codes`.
+    pub fn has_code(&self, codes: &[SqlState]) -> bool {
+        codes.iter().any(|c| self.code == *c)
+    }
 }
 
 /// Reads an ErrorResponse or NoticeResponse body.
@@ -159,6 +165,75 @@ pub fn backend_key_data(body: &[u8]) -> Result<super::startup::CancelKey, Protoc
     let (secret, _) = read_i32(rest, "BackendKeyData")?;
     Ok(super::startup::CancelKey { pid, secret })
 }
+
+/// The column values of a DataRow, in order; `None` is SQL NULL.
+///
+/// Made by [`data_row_columns`], which checks the whole body first, so iterating cannot fail
+/// and never allocates.
+#[derive(Debug, Clone)]
+pub struct DataRowColumns<'a> {
+    /// The columns not returned yet, each an int32 length (-1 for NULL) and its bytes.
+    rest: &'a [u8],
+    /// How many columns `rest` holds.
+    remaining: usize,
+}
+
+/// Reads a DataRow body: checks the column count against the column lengths and the body's
+/// end, then hands out the values without copying them.
+pub fn data_row_columns(body: &[u8]) -> Result<DataRowColumns<'_>, ProtocolError> {
+    const WHAT: &str = "DataRow";
+    let (count, columns) = read_i16(body, WHAT)?;
+    let count =
+        usize::try_from(count).map_err(|_| ProtocolError::malformed(WHAT, "negative count"))?;
+    let mut rest = columns;
+    for _ in 0..count {
+        let (len, after) = read_i32(rest, WHAT)?;
+        rest = match len {
+            -1 => after,
+            len => usize::try_from(len)
+                .ok()
+                .and_then(|len| after.get(len..))
+                .ok_or(ProtocolError::malformed(WHAT, "bad column length"))?,
+        };
+    }
+    if !rest.is_empty() {
+        return Err(ProtocolError::malformed(
+            WHAT,
+            "bytes after the last column",
+        ));
+    }
+    Ok(DataRowColumns {
+        rest: columns,
+        remaining: count,
+    })
+}
+
+impl<'a> Iterator for DataRowColumns<'a> {
+    type Item = Option<&'a [u8]>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        // `data_row_columns` checked every length, so these lookups only fail on a bug; they
+        // end the iteration rather than panic.
+        let (len, after) = self.rest.split_first_chunk::<4>()?;
+        let Ok(len) = usize::try_from(i32::from_be_bytes(*len)) else {
+            self.rest = after;
+            return Some(None);
+        };
+        let value = after.get(..len)?;
+        self.rest = &after[len..];
+        Some(Some(value))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl ExactSizeIterator for DataRowColumns<'_> {}
 
 /// An authentication request from a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -400,6 +475,51 @@ mod tests {
         assert!(scanner.step(&b, 100, |t| t == b'E').is_err());
     }
 
+    /// A DataRow body with these values.
+    fn row(values: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = (values.len() as i16).to_be_bytes().to_vec();
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn data_row_columns_hand_out_values_and_nulls() {
+        let values: [Option<&[u8]>; 4] = [Some(b"search_path"), None, Some(b""), Some(b"a, b")];
+        let body = row(&values);
+        let cols = data_row_columns(&body).unwrap();
+        assert_eq!(cols.len(), 4);
+        assert_eq!(cols.collect::<Vec<_>>(), values);
+        assert_eq!(data_row_columns(&row(&[])).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn data_row_columns_reject_malformed_bodies() {
+        let body = row(&[Some(b"0/3000060"), None, Some(b"xy")]);
+        // Cut anywhere: the count no longer matches what is there.
+        for cut in 0..body.len() {
+            assert!(data_row_columns(&body[..cut]).is_err(), "cut {cut}");
+        }
+        let mut longer = body.clone();
+        longer.push(0);
+        assert!(data_row_columns(&longer).is_err(), "trailing byte");
+        assert!(data_row_columns(&[0xff, 0xff]).is_err(), "negative count");
+        let mut bad_len = row(&[Some(b"x")]);
+        bad_len[2..6].copy_from_slice(&(-2i32).to_be_bytes());
+        assert!(data_row_columns(&bad_len).is_err(), "length -2");
+        bad_len[2..6].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert!(data_row_columns(&bad_len).is_err(), "length past the end");
+        // A count far above what the body holds is refused without reading past it.
+        assert!(data_row_columns(&[0x7f, 0xff, 0, 0, 0, 0]).is_err());
+    }
+
     #[test]
     fn reads_bodies() {
         assert_eq!(ready_for_query(b"E").unwrap(), TxStatus::Failed);
@@ -407,6 +527,11 @@ mod tests {
         let e = error_fields(b"SERROR\0VERROR\0C25006\0Mcannot execute\0\0").unwrap();
         assert_eq!(e.code, "25006");
         assert_eq!(e.message, "cannot execute");
+        assert!(e.has_code(&[
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::READ_ONLY_SQL_TRANSACTION
+        ]));
+        assert!(!e.has_code(&[SqlState::ADMIN_SHUTDOWN]));
         assert!(!e.is_fatal());
         assert!(error_fields(b"SERROR\0C25006").is_err());
         assert_eq!(parameter_status(b"a\0b\0").unwrap(), ("a", "b"));

@@ -1,8 +1,11 @@
 //! Messages the proxy writes itself, towards clients (errors, startup replies) and towards
 //! servers (its own queries, Sync, Terminate).
 //!
-//! Backend-side messages are built with pgwire's message types, which keep the field layouts in
-//! one well-tested place; the few frontend messages are one-liners on [`put_frame`].
+//! Errors, notices and startup replies are built with pgwire's message types, which keep their
+//! field layouts in one well-tested place. The frontend messages, the extended-protocol
+//! acknowledgements and the result messages of the proxy's own `SHOW causeway.*` answers are a
+//! few fixed fields each: they are written on [`put_frame`] without allocating, and the tests
+//! check them against pgwire's decoders.
 
 use std::borrow::Cow;
 
@@ -13,11 +16,14 @@ use pgwire::messages::startup::{
 };
 use pgwire::messages::Message;
 
-use super::backend::TxStatus;
+use super::backend::{tag as btag, TxStatus};
 use super::codec::{put_cstr, put_frame, put_frame_with};
 use super::frontend::tag as ftag;
 use super::sqlstate::{Severity, SqlState};
 use super::startup::CancelKey;
+
+/// Type OID of `text`: every column the proxy answers with itself is text.
+const TEXT_OID: u32 = 25;
 
 /// Encodes a pgwire message. Encoding only fails for messages above pgwire's own size limits,
 /// which the short messages built here never reach; such a bug is logged, not panicked on.
@@ -151,6 +157,83 @@ pub fn ready_for_query(dst: &mut BytesMut, status: TxStatus) {
     encode(&ReadyForQuery::new(status), dst);
 }
 
+/// Appends a ParseComplete.
+pub fn parse_complete(dst: &mut BytesMut) {
+    put_frame(dst, btag::PARSE_COMPLETE, b"");
+}
+
+/// Appends a BindComplete.
+pub fn bind_complete(dst: &mut BytesMut) {
+    put_frame(dst, btag::BIND_COMPLETE, b"");
+}
+
+/// Appends a CloseComplete.
+pub fn close_complete(dst: &mut BytesMut) {
+    put_frame(dst, btag::CLOSE_COMPLETE, b"");
+}
+
+/// Appends a NoData (a described statement or portal returns no rows).
+pub fn no_data(dst: &mut BytesMut) {
+    put_frame(dst, btag::NO_DATA, b"");
+}
+
+/// Appends a ParameterDescription naming the type OID of each parameter (none for the
+/// statements the proxy answers itself).
+pub fn parameter_description(dst: &mut BytesMut, types: &[u32]) {
+    put_frame_with(dst, btag::PARAMETER_DESCRIPTION, |b| {
+        b.put_i16(count(types.len()));
+        for &oid in types {
+            b.put_u32(oid);
+        }
+    });
+}
+
+/// Appends a RowDescription of text columns in text format, not from any table.
+pub fn row_description(dst: &mut BytesMut, columns: &[&str]) {
+    put_frame_with(dst, btag::ROW_DESCRIPTION, |b| {
+        b.put_i16(count(columns.len()));
+        for name in columns {
+            put_cstr(b, name.as_bytes());
+            // Table OID and column number: 0, not a table column.
+            b.put_i32(0);
+            b.put_i16(0);
+            b.put_u32(TEXT_OID);
+            // Type length (-1: variable), type modifier (-1: none), format (0: text).
+            b.put_i16(-1);
+            b.put_i32(-1);
+            b.put_i16(0);
+        }
+    });
+}
+
+/// Appends a DataRow; `None` is SQL NULL.
+pub fn data_row(dst: &mut BytesMut, values: &[Option<&[u8]>]) {
+    put_frame_with(dst, btag::DATA_ROW, |b| {
+        b.put_i16(count(values.len()));
+        for value in values {
+            match value {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
+/// Appends a CommandComplete with its tag (`SET`, `SHOW`, `SELECT 1`, ...).
+pub fn command_complete(dst: &mut BytesMut, tag: &str) {
+    put_frame_with(dst, btag::COMMAND_COMPLETE, |b| put_cstr(b, tag.as_bytes()));
+}
+
+/// A column or parameter count as the wire's int16. The proxy's own messages have a handful;
+/// PostgreSQL itself never sends more than 1664 columns.
+fn count(n: usize) -> i16 {
+    debug_assert!(n <= i16::MAX as usize, "{n} columns do not fit a message");
+    n as i16
+}
+
 /// Appends a NegotiateProtocolVersion naming minor version 0 and the unsupported options.
 pub fn negotiate_protocol_version(dst: &mut BytesMut, unsupported: Vec<String>) {
     encode(&NegotiateProtocolVersion::new(0, unsupported), dst);
@@ -193,7 +276,7 @@ pub fn sasl_response(dst: &mut BytesMut, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::backend::{error_fields, ready_for_query as read_rfq};
+    use crate::protocol::backend::{data_row_columns, error_fields, ready_for_query as read_rfq};
     use crate::protocol::decode_frame;
 
     #[test]
@@ -230,5 +313,82 @@ mod tests {
             .map(|f| f.tag())
             .collect();
         assert_eq!(tags, b"QSXp");
+    }
+
+    /// Decodes one frame of `bytes` with pgwire's decoder for `M`, which must take all of it.
+    fn pgwire_decode<M: Message>(bytes: &[u8]) -> M {
+        let mut b = BytesMut::from(bytes);
+        let ctx =
+            pgwire::messages::DecodeContext::new(pgwire::messages::ProtocolVersion::PROTOCOL3_0);
+        let m = M::decode(&mut b, &ctx).unwrap().unwrap();
+        assert!(b.is_empty(), "pgwire left {b:?}");
+        m
+    }
+
+    #[test]
+    fn show_answer_is_byte_for_byte_what_postgres_clients_expect() {
+        let mut b = BytesMut::new();
+        row_description(&mut b, &["causeway.min_lsn"]);
+        data_row(&mut b, &[Some(b"0/3000060")]);
+        command_complete(&mut b, "SHOW");
+        // The bytes the session wrote by hand before these builders existed.
+        let mut expected = Vec::new();
+        expected.extend_from_slice(b"T\0\0\0\x29\0\x01causeway.min_lsn\0");
+        expected.extend_from_slice(b"\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0");
+        expected.extend_from_slice(b"D\0\0\0\x13\0\x01\0\0\0\x090/3000060");
+        expected.extend_from_slice(b"C\0\0\0\x09SHOW\0");
+        assert_eq!(&b[..], &expected[..]);
+    }
+
+    #[test]
+    fn result_messages_decode_with_pgwire() {
+        use pgwire::messages::data::{DataRow, RowDescription};
+        use pgwire::messages::response::CommandComplete;
+
+        let mut b = BytesMut::new();
+        row_description(&mut b, &["a", "bc"]);
+        let rd: RowDescription = pgwire_decode(&b);
+        let names: Vec<_> = rd.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a", "bc"]);
+        assert!(rd
+            .fields
+            .iter()
+            .all(|f| f.type_id == TEXT_OID && f.format_code == 0 && f.type_size == -1));
+
+        let mut b = BytesMut::new();
+        data_row(&mut b, &[Some(b"x"), None, Some(b"")]);
+        let dr: DataRow = pgwire_decode(&b);
+        assert_eq!(dr.field_count, 3);
+        let f = decode_frame(&mut b, 100).unwrap().unwrap();
+        let cols: Vec<_> = data_row_columns(f.body()).unwrap().collect();
+        assert_eq!(cols, [Some(&b"x"[..]), None, Some(&b""[..])]);
+
+        let mut b = BytesMut::new();
+        command_complete(&mut b, "SELECT 1");
+        let cc: CommandComplete = pgwire_decode(&b);
+        assert_eq!(cc.tag, "SELECT 1");
+    }
+
+    #[test]
+    fn extended_protocol_acknowledgements() {
+        use pgwire::messages::data::{NoData, ParameterDescription};
+
+        let mut b = BytesMut::new();
+        parse_complete(&mut b);
+        bind_complete(&mut b);
+        close_complete(&mut b);
+        no_data(&mut b);
+        assert_eq!(&b[..], b"1\0\0\0\x042\0\0\0\x043\0\0\0\x04n\0\0\0\x04");
+        let _: NoData = pgwire_decode(&b[15..]);
+
+        let mut b = BytesMut::new();
+        parameter_description(&mut b, &[]);
+        assert_eq!(&b[..], b"t\0\0\0\x06\0\0");
+        let pd: ParameterDescription = pgwire_decode(&b);
+        assert!(pd.types.is_empty());
+        let mut b = BytesMut::new();
+        parameter_description(&mut b, &[23, TEXT_OID]);
+        let pd: ParameterDescription = pgwire_decode(&b);
+        assert_eq!(pd.types, [23, TEXT_OID]);
     }
 }

@@ -14,11 +14,13 @@
 pub mod backend;
 pub mod codec;
 pub mod frontend;
+pub mod lsn;
 pub mod messages;
 pub mod sqlstate;
 pub mod startup;
 
 pub use codec::{decode_frame, peek_header, Frame, Header};
+pub use lsn::Lsn;
 pub use sqlstate::SqlState;
 
 /// Length of a tagged frame header: one tag byte plus the int32 length.

@@ -42,18 +42,54 @@ impl SqlState {
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
     /// `57P01` admin_shutdown.
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
+    /// `57P02` crash_shutdown: the server is restarting after a backend crashed.
+    pub const CRASH_SHUTDOWN: SqlState = SqlState("57P02");
     /// `57P03` cannot_connect_now.
     pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
     /// `57P05` idle_session_timeout.
     pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
     /// `58000` system_error.
     pub const SYSTEM_ERROR: SqlState = SqlState("58000");
+    /// `F0000` config_file_error.
+    pub const CONFIG_FILE_ERROR: SqlState = SqlState("F0000");
     /// `XX000` internal_error.
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
 
     /// The five-character code.
     pub fn code(&self) -> &'static str {
         self.0
+    }
+}
+
+// A server's code arrives as text (`ErrorFields::code`); these let it be compared with a
+// constant directly, without a lookup table of every code PostgreSQL has.
+impl PartialEq<str> for SqlState {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for SqlState {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<SqlState> for str {
+    fn eq(&self, other: &SqlState) -> bool {
+        self == other.0
+    }
+}
+
+impl PartialEq<SqlState> for &str {
+    fn eq(&self, other: &SqlState) -> bool {
+        *self == other.0
+    }
+}
+
+impl PartialEq<SqlState> for String {
+    fn eq(&self, other: &SqlState) -> bool {
+        self == other.0
     }
 }
 
@@ -85,5 +121,20 @@ impl Severity {
             Severity::Notice => "NOTICE",
             Severity::Warning => "WARNING",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compares_with_codes_as_text() {
+        let from_server = String::from("57P01");
+        assert!(from_server == SqlState::ADMIN_SHUTDOWN);
+        assert!(*from_server.as_str() == SqlState::ADMIN_SHUTDOWN);
+        assert!(SqlState::ADMIN_SHUTDOWN == "57P01");
+        assert!("57P03" != SqlState::ADMIN_SHUTDOWN);
+        assert_eq!(SqlState::CRASH_SHUTDOWN.to_string(), "57P02");
     }
 }

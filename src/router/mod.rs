@@ -16,7 +16,8 @@ pub mod lexer;
 use std::time::Duration;
 
 use crate::config::{Fallback, PrimaryReads, ReadOnlyTransactions, Route};
-use crate::topology::{NodeId, Role, Topology};
+use crate::protocol::Lsn;
+use crate::topology::{NodeId, NodeState, Topology};
 
 /// Where a request must run, before resolving to a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +57,7 @@ pub struct Policy {
 
 /// The session's routing state for one request.
 #[derive(Debug, Clone, Default)]
-pub struct RouteContext {
+pub struct RouteContext<'a> {
     /// `auto`, or forced to the primary / to standbys (user or database default, the
     /// read-only database alias, `SET causeway.route`, a `/* causeway:... */` hint).
     pub route: Option<Route>,
@@ -64,7 +65,25 @@ pub struct RouteContext {
     /// `/* causeway:max_lag=... */`); `None` uses the watcher's verdict.
     pub max_lag: Option<Duration>,
     /// Read-your-writes: a standby must have replayed at least this position.
-    pub min_lsn: Option<u64>,
+    pub min_lsn: Option<Lsn>,
+    /// Nodes that could not give a connection for this request (down or refusing before the
+    /// watcher noticed): treated as unable to serve it.
+    pub excluded: &'a [NodeId],
+}
+
+/// Whether `node` may serve a read for this request: the one eligibility rule, used for
+/// routing, for the standbys read-your-writes asks, and for the welcome of a new client.
+/// [`NodeState::serves_reads`] (healthy, in recovery, unfenced, within the lag limit), a read
+/// weight above zero, and not excluded for this request.
+fn may_read(n: &NodeState, ctx: &RouteContext<'_>, policy: &Policy) -> bool {
+    policy.weight(n.id) > 0 && n.serves_reads(ctx.max_lag) && !ctx.excluded.contains(&n.id)
+}
+
+impl Policy {
+    /// Read weight of a node (1 when the node has none configured).
+    fn weight(&self, node: NodeId) -> u32 {
+        self.weights.get(node).copied().unwrap_or(1)
+    }
 }
 
 /// The outcome of routing.
@@ -76,6 +95,17 @@ pub enum Decision {
     Node(NodeId),
     /// The request must run on a standby and none is eligible.
     NoStandby,
+}
+
+impl Decision {
+    /// Where to get a connection; `None` when no node may serve the request.
+    pub fn target(self) -> Option<Target> {
+        match self {
+            Decision::Primary => Some(Target::Primary),
+            Decision::Node(n) => Some(Target::Node(n)),
+            Decision::NoStandby => None,
+        }
+    }
 }
 
 /// Why a decision was made, for metrics.
@@ -99,7 +129,7 @@ pub enum Reason {
 /// number of requests in flight on node `n`.
 pub fn route(
     class: Class,
-    ctx: &RouteContext,
+    ctx: &RouteContext<'_>,
     topology: &Topology,
     policy: &Policy,
     outstanding: &[usize],
@@ -120,18 +150,7 @@ pub fn route(
     };
     let mut candidates: smallvec::SmallVec<[balance::Candidate; 8]> = smallvec::SmallVec::new();
     let mut causal_block = false;
-    for n in &topology.nodes {
-        let weight = policy.weights.get(n.id).copied().unwrap_or(1);
-        if weight == 0 || !n.healthy || n.role != Role::Standby || n.fenced {
-            continue;
-        }
-        let within = match ctx.max_lag {
-            None => n.within_lag,
-            Some(limit) => n.lag.is_some_and(|l| l <= limit),
-        };
-        if !within {
-            continue;
-        }
+    for n in topology.nodes.iter().filter(|n| may_read(n, ctx, policy)) {
         if let Some(min) = ctx.min_lsn {
             if n.lsn.is_none_or(|l| l < min) {
                 causal_block = true;
@@ -140,14 +159,14 @@ pub fn route(
         }
         candidates.push(balance::Candidate {
             node: n.id,
-            weight,
+            weight: policy.weight(n.id),
             outstanding: outstanding.get(n.id).copied().unwrap_or(0),
         });
     }
     let primary_joins = !wants_standby && policy.primary_reads == PrimaryReads::Always;
     if primary_joins {
-        if let Some(p) = topology.primary {
-            let weight = policy.weights.get(p).copied().unwrap_or(1);
+        if let Some(p) = topology.primary.filter(|p| !ctx.excluded.contains(p)) {
+            let weight = policy.weight(p);
             if weight > 0 {
                 candidates.push(balance::Candidate {
                     node: p,
@@ -182,26 +201,42 @@ pub fn route(
     }
 }
 
-/// Standbys a read could go to if the session had no read-your-writes position (healthy, in
-/// recovery, within the lag limits, weight above zero), most replayed first as the snapshot
-/// last saw them. The session asks them for their current replay position.
-pub fn causal_candidates(ctx: &RouteContext, topology: &Topology, policy: &Policy) -> Vec<usize> {
-    let mut c: Vec<(u64, usize)> = topology
+/// Standbys a read could go to if the session had no read-your-writes position (see
+/// [`may_read`]), most replayed first as the snapshot last saw them. The session asks them for
+/// their current replay position.
+pub fn causal_candidates(
+    ctx: &RouteContext<'_>,
+    topology: &Topology,
+    policy: &Policy,
+) -> Vec<NodeId> {
+    let mut c: Vec<(Lsn, NodeId)> = topology
         .nodes
         .iter()
-        .filter(|n| {
-            policy.weights.get(n.id).copied().unwrap_or(1) > 0
-                && n.healthy
-                && n.role == Role::Standby
-                && match ctx.max_lag {
-                    None => n.within_lag,
-                    Some(limit) => n.lag.is_some_and(|l| l <= limit),
-                }
-        })
-        .map(|n| (n.lsn.unwrap_or(0), n.id))
+        .filter(|n| may_read(n, ctx, policy))
+        .map(|n| (n.lsn.unwrap_or(Lsn::ZERO), n.id))
         .collect();
     c.sort_by_key(|&(lsn, _)| std::cmp::Reverse(lsn));
     c.into_iter().map(|(_, id)| id).collect()
+}
+
+/// Whether a read the router sent to the primary only for read-your-writes should first ask
+/// the standbys for their replay position (the snapshot may be a check interval old).
+pub fn asks_standbys_first(decision: Decision, reason: Reason) -> bool {
+    decision == Decision::Primary && reason == Reason::Causal
+}
+
+/// The node that greets a new client (its parameters are applied there and reported back):
+/// the primary; with `standby_ok` (transaction pooling, during a failover) a standby that may
+/// serve reads when no primary is known, so that new clients still get in and can read.
+pub fn welcome_node(topology: &Topology, policy: &Policy, standby_ok: bool) -> Option<NodeId> {
+    let ctx = RouteContext::default();
+    topology.primary.or_else(|| {
+        topology
+            .nodes
+            .iter()
+            .find(|n| standby_ok && may_read(n, &ctx, policy))
+            .map(|n| n.id)
+    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::Balance;
-use crate::topology::NodeState;
+use crate::topology::{NodeState, Role};
 
 fn node(id: NodeId, role: Role, healthy: bool, within_lag: bool, lsn: u64) -> NodeState {
     NodeState {
@@ -12,7 +12,7 @@ fn node(id: NodeId, role: Role, healthy: bool, within_lag: bool, lsn: u64) -> No
         addr: format!("n{id}"),
         role,
         healthy,
-        lsn: Some(lsn),
+        lsn: Some(Lsn::from(lsn)),
         timeline: Some(1),
         lag_bytes: Some(0),
         lag: Some(Duration::from_millis(if within_lag { 10 } else { 5000 })),
@@ -44,7 +44,7 @@ fn policy() -> Policy {
     }
 }
 
-fn decide(class: Class, ctx: &RouteContext, t: &Topology, p: &Policy) -> Decision {
+fn decide(class: Class, ctx: &RouteContext<'_>, t: &Topology, p: &Policy) -> Decision {
     route(class, ctx, t, p, &[0, 0, 0], 0, 0).0
 }
 
@@ -238,7 +238,7 @@ fn per_request_max_lag_overrides_the_watcher() {
 fn min_lsn_excludes_standbys_that_have_not_replayed_it() {
     let t = cluster([true, true]);
     let ctx = RouteContext {
-        min_lsn: Some(950),
+        min_lsn: Some(Lsn::from(950)),
         ..RouteContext::default()
     };
     for tick in 0..4 {
@@ -248,7 +248,7 @@ fn min_lsn_excludes_standbys_that_have_not_replayed_it() {
         );
     }
     let ctx = RouteContext {
-        min_lsn: Some(5000),
+        min_lsn: Some(Lsn::from(5000)),
         ..RouteContext::default()
     };
     assert_eq!(
@@ -277,4 +277,57 @@ fn weight_zero_never_reads() {
             Decision::Node(2)
         );
     }
+}
+
+/// A standby still replaying a fenced former primary's timeline may be far "ahead" in WAL
+/// positions that the new primary never wrote: read-your-writes must never ask it (its replay
+/// position would pass any `min_lsn`, and the read would see a divergent history).
+#[test]
+fn read_your_writes_never_asks_a_fenced_standby() {
+    let mut t = cluster([true, true]);
+    // Node 2 follows the fenced old timeline, and reports a replay position past everything.
+    t.nodes[2].fenced = true;
+    t.nodes[2].lsn = Some(Lsn::from(1_000_000));
+    let asked = causal_candidates(&RouteContext::default(), &t, &policy());
+    assert_eq!(asked, vec![1], "only the unfenced standby is asked");
+}
+
+/// A node that could not give a connection for this request is passed over, and with every
+/// standby passed over the read falls back as when none is eligible.
+#[test]
+fn excluded_nodes_are_passed_over() {
+    let t = cluster([true, true]);
+    let ctx = RouteContext {
+        excluded: &[1],
+        ..RouteContext::default()
+    };
+    for tick in 0..4 {
+        assert_eq!(
+            decide(Class::Read, &ctx, &t, &policy()),
+            Decision::Node(2),
+            "tick {tick}"
+        );
+    }
+    let ctx = RouteContext {
+        excluded: &[1, 2],
+        ..RouteContext::default()
+    };
+    assert_eq!(
+        route(Class::Read, &ctx, &t, &policy(), &[0; 3], 0, 0),
+        (Decision::Primary, Reason::Fallback)
+    );
+}
+
+/// With no primary known, a new client may be welcomed by a standby (transaction pooling),
+/// never by a fenced one.
+#[test]
+fn the_welcome_never_comes_from_a_fenced_standby() {
+    let mut t = cluster([true, true]);
+    t.primary = None;
+    t.nodes[0].healthy = false;
+    t.nodes[1].fenced = true;
+    assert_eq!(welcome_node(&t, &policy(), true), Some(2));
+    assert_eq!(welcome_node(&t, &policy(), false), None);
+    t.nodes[2].fenced = true;
+    assert_eq!(welcome_node(&t, &policy(), true), None);
 }

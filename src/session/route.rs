@@ -10,21 +10,13 @@
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-
 use super::Session;
-use crate::backend::statements::StatementDef;
 use crate::config::{Consistency, Route};
-use crate::protocol::codec::{put_cstr, put_frame, put_frame_with};
-use crate::protocol::frontend::{self, tag as ftag, Target as DescribeTarget};
-use crate::protocol::messages::{self, ProxyError};
-use crate::protocol::{Frame, SqlState};
-use crate::router::classify::{
-    OwnedAnalysis, PinReason, ProxyCommand, ProxyError as CmdError, ProxySetting, RouteClass,
-    StatementKind, TxAccess,
-};
+use crate::protocol::frontend::{self, tag as ftag};
+use crate::protocol::Lsn;
+use crate::router::classify::{OwnedAnalysis, PinReason, RouteClass, StatementKind, TxAccess};
 use crate::router::functions::is_read_only_call;
-use crate::router::{self, Class, Decision, Reason, RouteContext, Target};
+use crate::router::{self, Class, Decision, Reason, RouteContext};
 
 /// The session's routing state, changed by `SET causeway.*`.
 #[derive(Debug, Clone)]
@@ -36,7 +28,7 @@ pub struct RouteState {
     /// `SET causeway.max_lag`.
     pub max_lag: Option<Duration>,
     /// Read-your-writes: reads must see at least this WAL position.
-    pub min_lsn: Option<u64>,
+    pub min_lsn: Option<Lsn>,
     /// Default consistency from the configuration.
     pub default_consistency: Consistency,
     /// `SET causeway.consistency`.
@@ -75,20 +67,6 @@ pub struct BatchClass {
     /// Some statement is `COPY ... FROM` (the server will wait for data: nothing may be sent
     /// behind the request).
     pub copies_in: bool,
-}
-
-/// How the decision came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Plan {
-    /// Send it there.
-    Go {
-        /// Primary or a node.
-        target: Target,
-        /// Why (for metrics).
-        reason: Reason,
-    },
-    /// It must run on a standby and none is eligible.
-    NoStandby,
 }
 
 /// Key of a statement text in the learned-writes set. FxHash: this runs for every request,
@@ -281,298 +259,54 @@ impl Session {
             .is_some_and(|v| matches!(v.as_str(), "on" | "true" | "yes" | "1"))
     }
 
-    /// Decides where a classified batch goes.
-    /// Standbys to ask for their replay position when the session's writes keep a read off
-    /// every standby the snapshot knows of (see [`router::causal_candidates`]).
-    pub(super) fn causal_candidates(&self, batch: &BatchClass) -> Vec<usize> {
-        let ctx = RouteContext {
-            route: batch.hint.or(self.route.route).or(self.route.default_route),
-            max_lag: batch.max_lag.or(self.route.max_lag),
-            min_lsn: None,
-        };
-        let topology = self.app.topology().load();
-        router::causal_candidates(&ctx, &topology, &self.app.settings().policy)
-    }
-
-    pub(super) fn plan(&self, batch: &BatchClass) -> Plan {
-        self.plan_excluding(batch, &[])
-    }
-
-    /// Decides where a classified batch goes, treating the `excluded` nodes as down (they
-    /// could not be reached for this batch).
-    pub(super) fn plan_excluding(&self, batch: &BatchClass, excluded: &[usize]) -> Plan {
-        let class = batch.class.unwrap_or(Class::Write);
-        let settings = self.app.settings();
-        let current = self.app.topology().load();
-        let modified;
-        let topology: &crate::topology::Topology = if excluded.is_empty() {
-            &current
-        } else {
-            let mut t = (**current).clone();
-            for n in t.nodes.iter_mut().filter(|n| excluded.contains(&n.id)) {
-                n.healthy = false;
-            }
-            modified = t;
-            &modified
-        };
-        let ctx = RouteContext {
+    /// The routing context of a classified batch: hints and `causeway.*` settings over the
+    /// configured defaults, and the read-your-writes position when the session keeps one.
+    fn route_context<'a>(&self, batch: &BatchClass, excluded: &'a [usize]) -> RouteContext<'a> {
+        RouteContext {
             route: batch.hint.or(self.route.route).or(self.route.default_route),
             max_lag: batch.max_lag.or(self.route.max_lag),
             min_lsn: match self.route.consistency() {
                 Consistency::Session => self.route.min_lsn,
                 Consistency::Eventual => None,
             },
+            excluded,
+        }
+    }
+
+    /// Standbys to ask for their replay position when the session's writes keep a read off
+    /// every standby the snapshot knows of (see [`router::causal_candidates`]).
+    pub(super) fn causal_candidates(&self, batch: &BatchClass) -> Vec<usize> {
+        let ctx = RouteContext {
+            min_lsn: None,
+            ..self.route_context(batch, &[])
         };
-        let outstanding = self.app.outstanding();
-        let (decision, reason) = router::route(
+        let topology = self.app.topology().load();
+        router::causal_candidates(&ctx, &topology, &self.app.settings().policy)
+    }
+
+    /// Decides where a classified batch goes, without a read-your-writes position when
+    /// `ignore_min_lsn` (to learn which standby the balancer would pick), and treating the
+    /// `excluded` nodes as unable to serve it (they could not be reached for this batch).
+    pub(super) fn plan(
+        &self,
+        batch: &BatchClass,
+        excluded: &[usize],
+        ignore_min_lsn: bool,
+    ) -> (Decision, Reason) {
+        let class = batch.class.unwrap_or(Class::Write);
+        let mut ctx = self.route_context(batch, excluded);
+        if ignore_min_lsn {
+            ctx.min_lsn = None;
+        }
+        router::route(
             class,
             &ctx,
-            topology,
-            &settings.policy,
-            &outstanding,
+            &self.app.topology().load(),
+            &self.app.settings().policy,
+            &self.app.outstanding(),
             self.app.next_tick(),
             rand::random(),
-        );
-        match decision {
-            Decision::Primary => Plan::Go {
-                target: Target::Primary,
-                reason,
-            },
-            Decision::Node(n) => Plan::Go {
-                target: Target::Node(n),
-                reason,
-            },
-            Decision::NoStandby => Plan::NoStandby,
-        }
-    }
-
-    /// Answers a batch made only of `causeway.*` statements (or only of Close and Sync)
-    /// without any server.
-    pub(super) fn answer_proxy_batch(&mut self) {
-        let batch = std::mem::take(&mut self.batch);
-        self.batch_len = 0;
-        // Replies to earlier requests (and the proxy's own read-your-writes probe, whose
-        // position `SHOW causeway.min_lsn` must report) may still be on their way: answer
-        // once they are in, keeping the order.
-        if self.owes_replies() || !self.deferred.is_empty() {
-            self.deferred.push(batch);
-            return;
-        }
-        self.answer_proxy_frames(&batch);
-    }
-
-    /// Whether the server connection still owes replies to earlier requests.
-    fn owes_replies(&self) -> bool {
-        self.server
-            .as_deref()
-            .is_some_and(|s| !s.pending.is_empty() || s.track.unsynced)
-    }
-
-    /// Answers the `causeway.*` batches held back by [`Self::answer_proxy_batch`] once the
-    /// server has answered everything before them.
-    pub(super) fn answer_deferred(&mut self) {
-        while !self.deferred.is_empty() && !self.owes_replies() {
-            let batch = self.deferred.remove(0);
-            self.answer_proxy_frames(&batch);
-        }
-    }
-
-    fn answer_proxy_frames(&mut self, batch: &[Frame]) {
-        let mut out = BytesMut::new();
-        let mut last: Option<std::sync::Arc<OwnedAnalysis>> = None;
-        // After an error, the rest of an extended batch is skipped up to its Sync.
-        let mut skipping = false;
-        for f in batch {
-            if skipping && f.tag() != ftag::SYNC {
-                continue;
-            }
-            let body = f.body();
-            match f.tag() {
-                ftag::QUERY => {
-                    if let Ok(t) = frontend::query_text(body) {
-                        let a = self.app.classifier().analyze(t);
-                        if let Err(e) = self.run_proxy_statements(&a, &mut out, true) {
-                            e.encode(&mut out);
-                        }
-                    }
-                    messages::ready_for_query(&mut out, self.tx_status);
-                }
-                ftag::PARSE => {
-                    if let Ok(p) = frontend::parse(body) {
-                        last = Some(self.app.classifier().analyze(p.query));
-                        if !p.name.is_empty() {
-                            // A named statement the client will Bind later, on its own: it
-                            // must exist for the client (and be answered here again).
-                            let tail = f.raw().slice(5 + p.name.len() + 1..);
-                            self.state
-                                .statements
-                                .insert(Bytes::copy_from_slice(p.name), StatementDef::new(tail));
-                        }
-                    }
-                    put_frame(&mut out, b'1', b"");
-                }
-                ftag::BIND => {
-                    if let Ok(b) = frontend::bind(body) {
-                        if let Some(a) = self.named_analysis(b.statement) {
-                            last = Some(a);
-                        }
-                    }
-                    put_frame(&mut out, b'2', b"")
-                }
-                ftag::DESCRIBE => {
-                    if let Ok(DescribeTarget::Statement(name)) = frontend::describe_or_close(body) {
-                        if let Some(a) = self.named_analysis(name) {
-                            last = Some(a);
-                        }
-                        put_frame(&mut out, b't', &0i16.to_be_bytes());
-                    }
-                    match last.as_deref().and_then(show_of) {
-                        Some(setting) => row_description(&mut out, setting.as_str()),
-                        None => put_frame(&mut out, b'n', b""),
-                    }
-                }
-                ftag::EXECUTE => {
-                    if let Some(a) = last.clone() {
-                        if let Err(e) = self.run_proxy_statements(&a, &mut out, false) {
-                            e.encode(&mut out);
-                            skipping = true;
-                        }
-                    }
-                }
-                ftag::CLOSE => {
-                    // Closing a statement only forgets the client's name (server-side
-                    // statements are shared); a portal does not outlive its transaction.
-                    if let Ok(DescribeTarget::Statement(name)) = frontend::describe_or_close(body) {
-                        if !name.is_empty() {
-                            self.state.statements.remove(name);
-                        }
-                    }
-                    put_frame(&mut out, b'3', b"")
-                }
-                ftag::SYNC => {
-                    skipping = false;
-                    messages::ready_for_query(&mut out, self.tx_status);
-                }
-                _ => {}
-            }
-        }
-        self.client.push(out);
-    }
-
-    /// The analysis of the client's named statement `name` (none for the unnamed one).
-    fn named_analysis(&self, name: &[u8]) -> Option<std::sync::Arc<OwnedAnalysis>> {
-        if name.is_empty() {
-            return None;
-        }
-        let def = self.state.statements.get(name)?;
-        let query = def.body.split(|&c| c == 0).next().unwrap_or(&[]);
-        Some(self.app.classifier().analyze(query))
-    }
-
-    /// Whether the batch only closes statements or portals and syncs: nothing to run, so
-    /// nothing to route (the proxy answers it, see [`Session::answer_proxy_batch`]).
-    pub(super) fn batch_only_closes(&self) -> bool {
-        self.batch.iter().any(|f| f.tag() == ftag::SYNC)
-            && self
-                .batch
-                .iter()
-                .all(|f| matches!(f.tag(), ftag::CLOSE | ftag::SYNC))
-    }
-
-    /// Carries out the `causeway.*` statements of one text, writing their replies.
-    fn run_proxy_statements(
-        &mut self,
-        a: &OwnedAnalysis,
-        out: &mut BytesMut,
-        describe_rows: bool,
-    ) -> Result<(), ProxyError> {
-        for s in a.statements() {
-            let StatementKind::Proxy(cmd) = s.kind else {
-                continue;
-            };
-            match cmd {
-                ProxyCommand::SetRoute(r) => {
-                    self.route.route = Some(r);
-                    command_complete(out, "SET");
-                }
-                ProxyCommand::SetMaxLag(d) => {
-                    self.route.max_lag = Some(d);
-                    command_complete(out, "SET");
-                }
-                ProxyCommand::SetMinLsn(l) => {
-                    self.route.min_lsn = Some(self.route.min_lsn.map_or(l, |m| m.max(l)));
-                    command_complete(out, "SET");
-                }
-                ProxyCommand::SetConsistency(c) => {
-                    self.route.consistency = Some(c);
-                    command_complete(out, "SET");
-                }
-                ProxyCommand::Reset(setting) => {
-                    match setting {
-                        ProxySetting::Route => self.route.route = None,
-                        ProxySetting::MaxLag => self.route.max_lag = None,
-                        ProxySetting::MinLsn => self.route.min_lsn = None,
-                        ProxySetting::Consistency => self.route.consistency = None,
-                    }
-                    command_complete(out, "RESET");
-                }
-                ProxyCommand::Show(setting) => {
-                    if describe_rows {
-                        row_description(out, setting.as_str());
-                    }
-                    let value = self.show_value(setting);
-                    put_frame_with(out, b'D', |b| {
-                        b.put_i16(1);
-                        b.put_i32(value.len() as i32);
-                        b.put_slice(value.as_bytes());
-                    });
-                    command_complete(out, "SHOW");
-                }
-                ProxyCommand::Invalid { name, error } => {
-                    let name = String::from_utf8_lossy(a.text(name)).into_owned();
-                    return Err(match error {
-                        CmdError::UnknownSetting => ProxyError::error(
-                            SqlState::UNDEFINED_OBJECT,
-                            format!("unrecognized configuration parameter \"{name}\""),
-                        ),
-                        CmdError::InvalidValue(s) => ProxyError::error(
-                            SqlState::INVALID_PARAMETER_VALUE,
-                            format!("invalid value for parameter \"{}\"", s.as_str()),
-                        )
-                        .with_hint(valid_values(s)),
-                        CmdError::LocalScope(s) => ProxyError::error(
-                            SqlState::FEATURE_NOT_SUPPORTED,
-                            format!(
-                                "\"{}\" is a session setting; SET LOCAL is not supported",
-                                s.as_str()
-                            ),
-                        ),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn show_value(&self, setting: ProxySetting) -> String {
-        match setting {
-            ProxySetting::Route => self
-                .route
-                .route
-                .or(self.route.default_route)
-                .unwrap_or(Route::Auto)
-                .as_str()
-                .to_owned(),
-            ProxySetting::MaxLag => match self.route.max_lag {
-                Some(d) => format!("{}ms", d.as_millis()),
-                None => match self.app.settings().config.routing.max_lag {
-                    Some(d) => format!("{}ms", d.as_millis()),
-                    None => "0".to_owned(),
-                },
-            },
-            ProxySetting::MinLsn => crate::admin::http::format_lsn(self.route.min_lsn.unwrap_or(0)),
-            ProxySetting::Consistency => self.route.consistency().as_str().to_owned(),
-        }
+        )
     }
 }
 
@@ -582,62 +316,4 @@ fn combine(a: Class, b: Class) -> Class {
         (Class::ReadOnlyBegin, _) | (_, Class::ReadOnlyBegin) => Class::ReadOnlyBegin,
         _ => Class::Read,
     }
-}
-
-fn show_of(a: &OwnedAnalysis) -> Option<ProxySetting> {
-    a.statements().iter().find_map(|s| match s.kind {
-        StatementKind::Proxy(ProxyCommand::Show(p)) => Some(p),
-        _ => None,
-    })
-}
-
-fn valid_values(s: ProxySetting) -> &'static str {
-    match s {
-        ProxySetting::Route => "Valid values are \"primary\", \"standby\" and \"auto\".",
-        ProxySetting::MaxLag => "A duration such as '200ms' or '2s'.",
-        ProxySetting::MinLsn => "A WAL position such as '0/3000060' (from SHOW causeway.min_lsn).",
-        ProxySetting::Consistency => "Valid values are \"session\" and \"eventual\".",
-    }
-}
-
-fn command_complete(out: &mut BytesMut, tag: &str) {
-    put_frame_with(out, b'C', |b| put_cstr(b, tag.as_bytes()));
-}
-
-/// A RowDescription with one text column.
-fn row_description(out: &mut BytesMut, name: &str) {
-    put_frame_with(out, b'T', |b| {
-        b.put_i16(1);
-        put_cstr(b, name.as_bytes());
-        b.put_i32(0);
-        b.put_i16(0);
-        b.put_i32(25);
-        b.put_i16(-1);
-        b.put_i32(-1);
-        b.put_i16(0);
-    });
-}
-
-/// A read sent to a standby, kept until the standby clearly answers it, so that a misroute
-/// refusal can be re-run on the primary without the client seeing it.
-#[derive(Debug)]
-pub struct MisrouteGuard {
-    /// The request's frames, to send again.
-    pub frames: super::Batch,
-    /// The request ended with Sync (extended protocol) rather than being a simple Query.
-    pub term_is_sync: bool,
-    /// Key of its text, learned as a write after a 25006.
-    pub learn_key: u64,
-    /// Replies held back so far (ParseComplete, BindComplete, ...).
-    pub held: smallvec::SmallVec<[bytes::BytesMut; 2]>,
-    /// The standby refused it: swallow the rest of its reply.
-    pub discarding: bool,
-    /// The refusal's SQLSTATE.
-    pub code: String,
-    /// Why the request is guarded: a read sent to a standby (any misroute is retried), or a
-    /// request that binds prepared statements (only a stale cached plan is retried).
-    pub standby: bool,
-    /// The error being discarded (a stale plan), sent to the client after all if the request
-    /// cannot be re-run (the client pipelined more requests behind it).
-    pub error: Option<bytes::BytesMut>,
 }

@@ -14,11 +14,6 @@
 use std::collections::hash_map::RandomState;
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
-use std::sync::Arc;
-
-use bytes::Bytes;
-
-use crate::backend::statements::StatementDef;
 
 /// The client's session state.
 #[derive(Debug, Default)]
@@ -35,7 +30,7 @@ pub struct ClientState {
     /// parameters give equal fingerprints; random per proxy, so they cannot be forged).
     hasher: RandomState,
     /// Named prepared statements by the client's name.
-    pub statements: rustc_hash::FxHashMap<Bytes, Arc<StatementDef>>,
+    pub statements: crate::backend::statements::ClientStatements,
 }
 
 impl ClientState {

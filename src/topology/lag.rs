@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::protocol::Lsn;
+
 /// How many samples of the primary's position are kept.
 const MAX_SAMPLES: usize = 4096;
 
@@ -22,12 +24,12 @@ const MAX_SAMPLES: usize = 4096;
 pub struct LsnHistory {
     /// (when, LSN) with non-decreasing LSNs, oldest first. A sample is only added when the LSN
     /// moved, so an idle primary costs nothing and old positions stay available.
-    samples: VecDeque<(Instant, u64)>,
+    samples: VecDeque<(Instant, Lsn)>,
 }
 
 impl LsnHistory {
     /// Records the primary's position at `at`.
-    pub fn record(&mut self, at: Instant, lsn: u64) {
+    pub fn record(&mut self, at: Instant, lsn: Lsn) {
         match self.samples.back() {
             // Same position: the newest sample already says when the primary got there.
             Some(&(_, last)) if last == lsn => return,
@@ -47,19 +49,19 @@ impl LsnHistory {
     }
 
     /// The primary's latest known position.
-    pub fn latest(&self) -> Option<u64> {
+    pub fn latest(&self) -> Option<Lsn> {
         self.samples.back().map(|&(_, l)| l)
     }
 
     /// Bytes of WAL the standby at `replay` is behind the primary's latest position.
-    pub fn lag_bytes(&self, replay: u64) -> Option<u64> {
-        self.latest().map(|p| p.saturating_sub(replay))
+    pub fn lag_bytes(&self, replay: Lsn) -> Option<u64> {
+        self.latest().map(|p| p.bytes_since(replay))
     }
 
     /// How long ago, as of `now`, the primary was at `replay`. Zero when the standby has
     /// replayed the primary's latest position; when the history does not reach back far enough,
     /// the age of the oldest sample (a lower bound).
-    pub fn lag_time(&self, replay: u64, now: Instant) -> Option<Duration> {
+    pub fn lag_time(&self, replay: Lsn, now: Instant) -> Option<Duration> {
         let &(_, latest) = self.samples.back()?;
         if replay >= latest {
             return Some(Duration::ZERO);
@@ -72,8 +74,8 @@ impl LsnHistory {
             t_after
         } else {
             let (t_before, l_before) = self.samples[idx - 1];
-            let span = (l_after - l_before) as f64;
-            let frac = (replay - l_before) as f64 / span;
+            let span = l_after.bytes_since(l_before) as f64;
+            let frac = replay.bytes_since(l_before) as f64 / span;
             t_before + t_after.duration_since(t_before).mul_f64(frac)
         };
         Some(now.saturating_duration_since(passed_at))
@@ -84,31 +86,36 @@ impl LsnHistory {
 mod tests {
     use super::*;
 
+    /// A position from a plain offset, to keep the numbers readable.
+    fn at(offset: u64) -> Lsn {
+        Lsn::from(offset)
+    }
+
     #[test]
     fn idle_primary_and_caught_up_standby_have_no_lag() {
         let t0 = Instant::now();
         let mut h = LsnHistory::default();
-        h.record(t0, 1000);
-        h.record(t0 + Duration::from_secs(30), 1000);
+        h.record(t0, at(1000));
+        h.record(t0 + Duration::from_secs(30), at(1000));
         let now = t0 + Duration::from_secs(60);
-        assert_eq!(h.lag_time(1000, now), Some(Duration::ZERO));
-        assert_eq!(h.lag_bytes(1000), Some(0));
+        assert_eq!(h.lag_time(at(1000), now), Some(Duration::ZERO));
+        assert_eq!(h.lag_bytes(at(1000)), Some(0));
     }
 
     #[test]
     fn lag_is_interpolated_between_samples() {
         let t0 = Instant::now();
         let mut h = LsnHistory::default();
-        h.record(t0, 0);
-        h.record(t0 + Duration::from_secs(1), 1000);
-        h.record(t0 + Duration::from_secs(2), 2000);
+        h.record(t0, at(0));
+        h.record(t0 + Duration::from_secs(1), at(1000));
+        h.record(t0 + Duration::from_secs(2), at(2000));
         let now = t0 + Duration::from_secs(3);
         // The primary was at 1500 half way between the 1 s and 2 s samples.
-        let lag = h.lag_time(1500, now).unwrap();
+        let lag = h.lag_time(at(1500), now).unwrap();
         assert!((lag.as_millis() as i64 - 1500).abs() <= 1, "{lag:?}");
-        assert_eq!(h.lag_bytes(1500), Some(500));
+        assert_eq!(h.lag_bytes(at(1500)), Some(500));
         // At exactly a sample's position: the moment of that sample (the conservative end).
-        let lag = h.lag_time(1000, now).unwrap();
+        let lag = h.lag_time(at(1000), now).unwrap();
         assert!((lag.as_millis() as i64 - 2000).abs() <= 1, "{lag:?}");
     }
 
@@ -116,19 +123,19 @@ mod tests {
     fn history_too_short_gives_a_lower_bound() {
         let t0 = Instant::now();
         let mut h = LsnHistory::default();
-        h.record(t0, 5000);
+        h.record(t0, at(5000));
         let now = t0 + Duration::from_secs(4);
-        assert_eq!(h.lag_time(100, now), Some(Duration::from_secs(4)));
-        assert_eq!(LsnHistory::default().lag_time(1, now), None);
+        assert_eq!(h.lag_time(at(100), now), Some(Duration::from_secs(4)));
+        assert_eq!(LsnHistory::default().lag_time(at(1), now), None);
     }
 
     #[test]
     fn a_position_going_backwards_starts_over() {
         let t0 = Instant::now();
         let mut h = LsnHistory::default();
-        h.record(t0, 5000);
-        h.record(t0 + Duration::from_secs(1), 10);
-        assert_eq!(h.latest(), Some(10));
+        h.record(t0, at(5000));
+        h.record(t0 + Duration::from_secs(1), at(10));
+        assert_eq!(h.latest(), Some(at(10)));
         assert_eq!(h.samples.len(), 1);
     }
 }

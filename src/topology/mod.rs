@@ -15,6 +15,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::protocol::Lsn;
+
 /// Index of a node in the configuration's node list.
 pub type NodeId = usize;
 
@@ -53,7 +55,7 @@ pub struct NodeState {
     pub healthy: bool,
     /// WAL position: `pg_current_wal_lsn()` on a primary, `pg_last_wal_replay_lsn()` on a
     /// standby; `None` until known.
-    pub lsn: Option<u64>,
+    pub lsn: Option<Lsn>,
     /// Timeline: of the WAL a primary writes, or a standby receives; `None` until known.
     pub timeline: Option<u32>,
     /// Bytes of WAL a standby is behind the primary; `None` for a primary or when unknown.
@@ -74,9 +76,22 @@ pub struct NodeState {
 
 impl NodeState {
     /// Whether the node may serve reads as a standby right now: healthy, in recovery, not
-    /// fenced, within the lag limits.
+    /// fenced, within the lag limits (the watcher's verdict).
     pub fn is_eligible_standby(&self) -> bool {
-        self.healthy && self.role == Role::Standby && !self.fenced && self.within_lag
+        self.serves_reads(None)
+    }
+
+    /// The one rule for "may this node serve reads": healthy, in recovery, not fenced, and
+    /// within the lag limit: `max_lag` when a session or request asks for its own limit, else
+    /// the watcher's verdict on the configured limits (with hysteresis).
+    pub fn serves_reads(&self, max_lag: Option<Duration>) -> bool {
+        self.healthy
+            && self.role == Role::Standby
+            && !self.fenced
+            && match max_lag {
+                None => self.within_lag,
+                Some(limit) => self.lag.is_some_and(|l| l <= limit),
+            }
     }
 }
 

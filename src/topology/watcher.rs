@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::health::Hysteresis;
 use super::lag::LsnHistory;
 use super::{NodeId, NodeState, Role, Topology, TopologyHandle};
+use crate::protocol::Lsn;
 
 /// The probe every check runs, in one round trip: role, WAL position (write position on a
 /// primary, replay position on a standby) and timeline (of the WAL a primary writes, taken from
@@ -60,8 +61,13 @@ pub struct WatcherSettings {
 /// What one successful probe says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Probed {
+    /// `pg_is_in_recovery()`: a standby.
     in_recovery: bool,
-    lsn: Option<u64>,
+    /// Replay position on a standby, write position on a primary; `None` on a standby that
+    /// has replayed nothing yet.
+    lsn: Option<Lsn>,
+    /// Timeline of the WAL written (primary) or received (standby); `None` without a WAL
+    /// receiver.
     timeline: Option<u32>,
 }
 
@@ -162,7 +168,7 @@ impl Probe {
         let timeline: Option<i32> = row.try_get(2).map_err(|e| e.to_string())?;
         Ok(Probed {
             in_recovery,
-            lsn: lsn.map(u64::from),
+            lsn: lsn.map(|l| Lsn::from(u64::from(l))),
             timeline: timeline.map(|t| t as u32),
         })
     }
@@ -483,7 +489,7 @@ mod tests {
             node,
             result: Ok(Probed {
                 in_recovery,
-                lsn: Some(lsn),
+                lsn: Some(Lsn::from(lsn)),
                 timeline: Some(1),
             }),
         }
@@ -560,7 +566,7 @@ mod tests {
             node,
             result: Ok(Probed {
                 in_recovery,
-                lsn: Some(lsn),
+                lsn: Some(Lsn::from(lsn)),
                 timeline: Some(timeline),
             }),
         }
@@ -614,7 +620,7 @@ mod tests {
                 node: 2,
                 result: Ok(Probed {
                     in_recovery: true,
-                    lsn: Some(300),
+                    lsn: Some(Lsn::from(300)),
                     timeline: None,
                 }),
             },

@@ -1,4 +1,6 @@
-//! Turning a client's batch into what one particular server connection must receive.
+//! Turning a client's batch into what one particular server connection must receive, and the
+//! proxy's own requests that keep the connection in line with the client (parameters,
+//! statement deallocation).
 //!
 //! - Named prepared statements are renamed to the connection's own names; a statement the
 //!   client prepared elsewhere is prepared here first, in front of the batch (its ParseComplete
@@ -14,10 +16,11 @@ use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::state::ClientState;
-use crate::backend::connection::{SentParse, ServerParams};
-use crate::backend::statements::StatementDef;
-use crate::backend::ServerConn;
+use super::connection::ServerParams;
+use super::replies::SentParse;
+use super::statements::{ClientStatements, StatementDef};
+use super::{BackendError, ServerConn};
+use crate::protocol::backend::ErrorFields;
 use crate::protocol::codec::{put_cstr, put_frame_with};
 use crate::protocol::frontend::{self, tag as ftag, Target};
 use crate::protocol::{Frame, ProtocolError};
@@ -25,11 +28,93 @@ use crate::protocol::{Frame, ProtocolError};
 /// A statement name that never exists on a server: Close aimed at it is a no-op.
 const NO_SUCH_STATEMENT: &[u8] = b"causeway_no_such_statement";
 
+impl ServerConn {
+    /// Appends the client's `batch` to the write buffer, rewritten for this connection, as the
+    /// next client request (its replies are announced with
+    /// [`ServerConn::expect_client_reply`]). `client` is the client's named statements.
+    pub fn write_batch(
+        &mut self,
+        batch: &[Frame],
+        client: &mut ClientStatements,
+    ) -> Result<(), ProtocolError> {
+        let seq = self.track.next_seq;
+        write_batch(batch, client, self, seq)
+    }
+
+    /// Deallocates the statements evicted from the connection's cache or found stale, with a
+    /// request of the proxy's own; only while nothing else runs on the connection.
+    pub fn queue_pending_closes(&mut self) {
+        if self.status.is_in_transaction() || self.statements.pending_close_len() == 0 {
+            return;
+        }
+        let names = self.statements.take_pending_close();
+        close_statements(&mut self.wbuf, &names);
+        self.pending.push_back(super::replies::ReplyOwner::Proxy);
+    }
+
+    /// Brings the connection's session parameters in line with the client's (`desired`, whose
+    /// fingerprint is `desired_id`) with a query of the proxy's own, written in front of what
+    /// follows; nothing when they already match.
+    pub fn queue_param_sync(&mut self, desired: &BTreeMap<String, String>, desired_id: u64) {
+        if let Some(sql) = param_sync_sql(desired, desired_id, &mut self.params) {
+            self.send_proxy_query(&sql);
+        }
+    }
+
+    /// Applies the client's parameters now and waits for the result (at startup, where a bad
+    /// parameter must fail the connection as PostgreSQL would). `Ok(Err(_))`: the server
+    /// refused a value; the connection is then marked broken.
+    pub async fn sync_params_now(
+        &mut self,
+        desired: &BTreeMap<String, String>,
+        desired_id: u64,
+        timeout: std::time::Duration,
+    ) -> Result<Result<(), ErrorFields>, BackendError> {
+        let Some(sql) = param_sync_sql(desired, desired_id, &mut self.params) else {
+            return Ok(Ok(()));
+        };
+        let r = self.run_internal(&sql, timeout).await?;
+        if r.is_err() {
+            self.broken = true;
+        }
+        Ok(r)
+    }
+
+    /// Reads the session-level settings back from the server after the client changed some
+    /// (`SET`, `RESET`, `DISCARD`): they become the connection's known state, and are returned
+    /// as the client's parameters. A server error marks the connection broken.
+    pub async fn read_back_params(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<Option<BTreeMap<String, String>>, BackendError> {
+        let mut rows = BTreeMap::new();
+        let result = self
+            .query_internal(REFRESH_SQL, timeout, |row| {
+                if let Some((k, v)) = parse_setting_row(row) {
+                    rows.insert(k, v);
+                }
+            })
+            .await?;
+        match result {
+            Ok(()) => {
+                self.params.applied = rows.clone();
+                self.params.synced = 0;
+                Ok(Some(rows))
+            }
+            Err(fields) => {
+                tracing::warn!(error = %fields.message, "could not read session parameters back");
+                self.broken = true;
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// Appends `batch` to the connection's write buffer, rewritten for it. `seq` is the sequence
 /// number of the request the batch belongs to.
-pub fn write_batch(
+fn write_batch(
     batch: &[Frame],
-    client: &mut ClientState,
+    client: &mut ClientStatements,
     server: &mut ServerConn,
     seq: u64,
 ) -> Result<(), ProtocolError> {
@@ -78,7 +163,7 @@ pub fn write_batch(
 #[allow(clippy::too_many_arguments)]
 fn rewrite_frames(
     batch: &[Frame],
-    client: &mut ClientState,
+    client: &mut ClientStatements,
     server: &mut ServerConn,
     seq: u64,
     body: &mut BytesMut,
@@ -104,7 +189,7 @@ fn rewrite_frames(
                 });
                 server.statements.insert(def.clone(), server_name.clone());
                 let client_name = Bytes::copy_from_slice(p.name);
-                client.statements.insert(client_name.clone(), def.clone());
+                client.insert(client_name.clone(), def.clone());
                 batch_parses.push(SentParse {
                     def,
                     server_name,
@@ -120,7 +205,7 @@ fn rewrite_frames(
                     body.extend_from_slice(frame.raw());
                     continue;
                 };
-                if let Some(def) = client.statements.get(v.statement) {
+                if let Some(def) = client.get(v.statement) {
                     server.track.binds.push_back((seq, def.hash));
                 }
                 // portal, statement, then the untouched rest (formats, values, result formats).
@@ -145,7 +230,7 @@ fn rewrite_frames(
             },
             ftag::CLOSE => match frontend::describe_or_close(b)? {
                 Target::Statement(s) if !s.is_empty() => {
-                    client.statements.remove(s);
+                    client.remove(s);
                     put_frame_with(body, ftag::CLOSE, |o| {
                         o.put_u8(b'S');
                         put_cstr(o, NO_SUCH_STATEMENT);
@@ -164,13 +249,13 @@ fn rewrite_frames(
 /// unchanged and the server reports the error with the client's own name).
 fn server_name_for(
     name: &[u8],
-    client: &ClientState,
+    client: &ClientStatements,
     server: &mut ServerConn,
     prelude: &mut BytesMut,
     prelude_parses: &mut Vec<SentParse>,
     seq: u64,
 ) -> Option<std::sync::Arc<str>> {
-    let def = client.statements.get(name)?;
+    let def = client.get(name)?;
     if let Some(n) = server.statements.name_of(def) {
         return Some(n.clone());
     }
@@ -193,7 +278,7 @@ fn server_name_for(
 /// deallocates statements evicted from (or invalidated in) a connection's cache. Closing a
 /// statement that does not exist is not an error, so one that never got prepared costs
 /// nothing. The replies (CloseComplete, ReadyForQuery) are the proxy's.
-pub fn close_statements(out: &mut BytesMut, names: &[std::sync::Arc<str>]) {
+fn close_statements(out: &mut BytesMut, names: &[std::sync::Arc<str>]) {
     for name in names {
         put_frame_with(out, ftag::CLOSE, |o| {
             o.put_u8(b'S');
@@ -211,7 +296,7 @@ pub fn close_statements(out: &mut BytesMut, names: &[std::sync::Arc<str>]) {
 /// as a startup packet would (a `SET x = '...'` would turn a list such as `search_path` into one
 /// quoted name). A parameter never set on the connection is skipped when the server already
 /// reports the wanted value.
-pub fn param_sync_sql(
+fn param_sync_sql(
     desired: &BTreeMap<String, String>,
     desired_id: u64,
     server: &mut ServerParams,
@@ -269,7 +354,7 @@ pub fn param_sync_sql(
 
 /// The query that reads back a connection's session-level settings after the client changed
 /// some: one row per parameter, name and value as `set_config` accepts it.
-pub const REFRESH_SQL: &str =
+const REFRESH_SQL: &str =
     "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'";
 
 /// Quotes a string as an escape-string literal, safe whatever `standard_conforming_strings` is.
@@ -294,46 +379,12 @@ pub fn quote_ident(s: &str) -> String {
 
 /// Extracts (name, setting) from a DataRow of [`REFRESH_SQL`].
 pub fn parse_setting_row(body: &[u8]) -> Option<(String, String)> {
-    let (n, mut rest) = body.split_first_chunk::<2>()?;
-    if i16::from_be_bytes(*n) != 2 {
+    let mut columns = crate::protocol::backend::data_row_columns(body).ok()?;
+    if columns.len() != 2 {
         return None;
     }
-    let mut cols = Vec::with_capacity(2);
-    for _ in 0..2 {
-        let (len, r) = rest.split_first_chunk::<4>()?;
-        let len = i32::from_be_bytes(*len);
-        if len < 0 || r.len() < len as usize {
-            return None;
-        }
-        cols.push(String::from_utf8_lossy(&r[..len as usize]).into_owned());
-        rest = &r[len as usize..];
-    }
-    let value = cols.pop()?;
-    let name = cols.pop()?;
-    Some((name, value))
-}
-
-/// Whether a CommandComplete tag says the session's parameters may have changed.
-pub fn tag_changes_params(tag: &[u8]) -> bool {
-    tag == b"SET\0" || tag == b"RESET\0" || tag.starts_with(b"DISCARD")
-}
-
-/// Whether a CommandComplete tag says every prepared statement of the connection is gone.
-pub fn tag_drops_statements(tag: &[u8]) -> bool {
-    tag == b"DISCARD ALL\0" || tag == b"DEALLOCATE ALL\0"
-}
-
-/// Why a CommandComplete tag pins the client to its server connection, if it does.
-pub fn tag_pins(tag: &[u8]) -> Option<&'static str> {
-    if tag == b"LISTEN\0" {
-        Some("LISTEN")
-    } else if tag == b"PREPARE\0" {
-        Some("SQL PREPARE")
-    } else if tag == b"LOAD\0" {
-        Some("LOAD")
-    } else {
-        None
-    }
+    let mut text = || Some(String::from_utf8_lossy(columns.next()??).into_owned());
+    Some((text()?, text()?))
 }
 
 #[cfg(test)]

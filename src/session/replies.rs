@@ -1,0 +1,269 @@
+//! Server → client: what the server connection reports of its replies ([`Reply`] events,
+//! read by `backend::replies`), applied to the client's session, and what happens when the
+//! connection is lost.
+//!
+//! The connection does its own bookkeeping (status, reply owners, Parses, parameters); this
+//! step decides what the client gets (through the misroute guard, see `guard.rs`) and keeps
+//! the client's state: transaction status, latency, prepared statements, pinning, the
+//! read-your-writes position, and how a server's FATAL error reaches the client.
+
+use bytes::BytesMut;
+
+use super::guard::MisrouteGuard;
+use super::relay::Flow;
+use super::{ServerFatal, Session, SessionError};
+use crate::backend::replies::{Disposition, Reply, ReplySink, Watch};
+use crate::config::PoolMode;
+use crate::protocol::backend::{ErrorFields, TxStatus};
+use crate::protocol::messages::{self, ProxyError};
+use crate::protocol::sqlstate::Severity;
+use crate::protocol::SqlState;
+
+/// Where the connection hands out bytes: the client's go to its write queue, the bytes a guard
+/// holds back to the guard.
+pub(super) struct Sink<'a> {
+    /// The client connection.
+    pub client: &'a mut super::client::ClientConn,
+    /// The misroute guard, if a request is guarded.
+    pub guard: Option<&'a mut MisrouteGuard>,
+}
+
+impl ReplySink for Sink<'_> {
+    #[inline]
+    fn client(&mut self, bytes: BytesMut) {
+        self.client.push(bytes);
+    }
+
+    fn held(&mut self, bytes: BytesMut) {
+        if let Some(g) = self.guard.as_mut() {
+            g.held.push(bytes);
+        }
+    }
+}
+
+/// Borrows the session's server connection and a [`Sink`] over its client and guard at once.
+macro_rules! conn_and_sink {
+    ($s:expr) => {{
+        let Session {
+            server,
+            client,
+            guard,
+            ..
+        } = $s;
+        (
+            server.as_deref_mut(),
+            Sink {
+                client,
+                guard: guard.as_mut(),
+            },
+        )
+    }};
+}
+pub(super) use conn_and_sink;
+
+impl Session {
+    /// Handles every byte the server has sent: the client's replies are queued for it without
+    /// decoding, and what the session must act on is applied on the way.
+    pub(super) fn on_server_bytes(&mut self) -> Result<Flow, SessionError> {
+        loop {
+            let watch = match self.guard.as_ref() {
+                None => Watch::Replies,
+                Some(g) if g.standby => Watch::EveryFrame,
+                Some(_) => Watch::GuardedFrames,
+            };
+            let (Some(conn), mut sink) = conn_and_sink!(self) else {
+                return Ok(Flow::Continue);
+            };
+            let Some(reply) = conn.next_reply(watch, &mut sink)? else {
+                conn.settle(&mut sink);
+                return Ok(Flow::Continue);
+            };
+            let d = self.on_reply(reply)?;
+            if let (Some(conn), mut sink) = conn_and_sink!(self) {
+                conn.dispose(d, &mut sink);
+            }
+        }
+    }
+
+    /// One reply event: the guard decides first for the guarded request's own frames, then the
+    /// client's state follows.
+    fn on_reply(&mut self, reply: Reply) -> Result<Disposition, SessionError> {
+        if let Reply::Ready { .. } = reply {
+            self.forget_rolled_back_statements();
+        }
+        if let Some(d) = self.guard_reply(&reply) {
+            return Ok(d);
+        }
+        Ok(match reply {
+            Reply::Rows | Reply::Other(_) | Reply::Async => Disposition::Forward,
+            Reply::Ready { status, sent } => {
+                self.reply_done(status, sent);
+                Disposition::Forward
+            }
+            Reply::LsnCaptured(lsn) => {
+                self.lsn_captured(lsn);
+                Disposition::Forward
+            }
+            Reply::CommandComplete {
+                changes_params,
+                drops_statements,
+                pins,
+            } => {
+                self.command_complete(changes_params, drops_statements, pins);
+                Disposition::Forward
+            }
+            Reply::ParseComplete { for_proxy: true } => Disposition::Drop,
+            Reply::ParseComplete { for_proxy: false } => Disposition::Forward,
+            Reply::Error { fields, .. } => self.server_error(&fields),
+            Reply::CopyIn => {
+                self.copy_in = true;
+                Disposition::Forward
+            }
+            Reply::CopyBoth => {
+                return Err(SessionError::Fatal(ProxyError::fatal(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    "COPY BOTH (replication protocol) is not supported by causeway",
+                )))
+            }
+        })
+    }
+
+    /// Client statements whose Parse an error skipped do not exist for the client either (if
+    /// its name still means the same statement).
+    fn forget_rolled_back_statements(&mut self) {
+        let Some(conn) = self.server.as_deref_mut() else {
+            return;
+        };
+        for (name, def) in conn.take_rolled_back() {
+            if self.state.statements.get(&name) == Some(&def) {
+                self.state.statements.remove(&name);
+            }
+        }
+    }
+
+    /// A ReadyForQuery that ends a client's request.
+    pub(super) fn reply_done(&mut self, status: TxStatus, sent: tokio::time::Instant) {
+        self.app
+            .metrics()
+            .record_latency(self.server_role, sent.elapsed());
+        self.tx_status = status;
+        self.probe_after_reply(status);
+    }
+
+    /// A CommandComplete of the client's: what its tag means for the session (the connection
+    /// already forgot its own statements after `DISCARD ALL`).
+    fn command_complete(
+        &mut self,
+        changes_params: bool,
+        drops_statements: bool,
+        pins: Option<&'static str>,
+    ) {
+        if changes_params {
+            self.params_dirty = true;
+        }
+        if drops_statements {
+            self.state.statements.clear();
+        }
+        if let Some(why) = pins {
+            self.pin(why);
+        }
+    }
+
+    /// Keeps the client on its server connection until it disconnects.
+    pub(super) fn pin(&mut self, why: &'static str) {
+        if self.pinned.is_none() {
+            tracing::debug!(reason = why, "client pinned to its server connection");
+            self.app.metrics().count_pin(why);
+            self.pinned = Some(why);
+        }
+    }
+
+    /// An ErrorResponse for the client (the connection already marked itself broken if it
+    /// was FATAL). A FATAL error the session outlives (transaction pooling, not pinned) reaches
+    /// the client as an ERROR when the server closes (see [`Self::server_lost`]).
+    fn server_error(&mut self, fields: &ErrorFields) -> Disposition {
+        // An error ends COPY IN on the server side.
+        self.copy_in = false;
+        if fields.is_fatal() {
+            if self.mode == PoolMode::Transaction && self.pinned.is_none() {
+                self.server_fatal =
+                    ServerFatal::Downgraded(ProxyError::from_server(fields, Severity::Error));
+                return Disposition::Drop;
+            }
+            self.server_fatal = ServerFatal::Forwarded;
+        }
+        Disposition::Forward
+    }
+
+    /// The server connection failed (the node died, a FATAL, a reset). The connection is
+    /// dropped. A pinned session cannot go on without it (its LISTEN, temp tables... are gone):
+    /// FATAL. Otherwise the session survives, as with PgBouncer's transaction pooling: a
+    /// request in flight fails with 08006 (and its transaction with it), a transaction that was
+    /// open fails at the client's next request, and later requests get a new connection,
+    /// on the new primary after a failover.
+    pub(super) fn server_lost(&mut self, why: &str) -> Result<Flow, SessionError> {
+        let Some(mut lease) = self.server.take() else {
+            return Ok(Flow::Continue);
+        };
+        self.in_flight = None;
+        lease.mark_broken();
+        self.cancel.slot().set(None);
+        if let Some(g) = self.guard.take() {
+            // Nothing of the guarded read reached the client yet (the guard holds its replies
+            // until the server answers): whether the standby refused it and went away (57P01
+            // at its shutdown) or the connection just dropped, re-run it.
+            self.retry_now = Some(Box::new(g));
+            return Ok(Flow::Continue);
+        }
+        let downgraded = match std::mem::take(&mut self.server_fatal) {
+            ServerFatal::Forwarded => return Ok(Flow::End),
+            ServerFatal::Downgraded(e) => Some(e),
+            ServerFatal::None => None,
+        };
+        let addr = lease.addr().to_owned();
+        tracing::warn!(server = %addr, "server connection lost: {why}");
+        let message = format!("server connection to {addr} was lost: {why}");
+        let in_flight = lease.owes_client_reply() || self.copy_in;
+        let was_in_transaction = self.tx_status.is_in_transaction();
+        drop(lease);
+        if self.pinned.is_some() || self.mode == PoolMode::Session {
+            // The session's state (temp tables, LISTEN, everything in session pooling) lived
+            // on that connection.
+            return Err(SessionError::Fatal(ProxyError::fatal(
+                SqlState::CONNECTION_FAILURE,
+                message,
+            )));
+        }
+        // The server's own reason (say 57P01 at a shutdown) when it gave one.
+        let e =
+            downgraded.unwrap_or_else(|| ProxyError::error(SqlState::CONNECTION_FAILURE, message));
+        self.copy_in = false;
+        if in_flight {
+            self.client.push_error(&e);
+            self.tx_status = TxStatus::Idle;
+            let mut b = BytesMut::with_capacity(6);
+            messages::ready_for_query(&mut b, self.tx_status);
+            self.client.push(b);
+        } else if was_in_transaction {
+            // The client believes a transaction is open; the next request must fail, not run
+            // outside it.
+            self.lost_transaction = Some(e);
+        }
+        self.answer_deferred();
+        Ok(Flow::Continue)
+    }
+
+    /// Whether the held server connection is on a node that was fenced or whose role changed
+    /// after the connection was made.
+    pub(super) fn server_node_stale(&self) -> bool {
+        let Some(server) = self.server.as_deref() else {
+            return false;
+        };
+        self.app
+            .topology()
+            .load()
+            .nodes
+            .get(server.node())
+            .is_some_and(|n| n.fenced || n.role_epoch > server.role_epoch())
+    }
+}

@@ -1,0 +1,192 @@
+//! The settings builder: the one place where the validated [`Config`] becomes what the running
+//! proxy uses (parsed user secrets, the router's policy, pool, watcher and catalog settings,
+//! connect targets).
+//!
+//! `config` only parses and validates (it is the operators' contract and depends on nothing);
+//! this module knows the runtime types on the other side. A key that needs more than being
+//! read where it is used gets its derivation here, so every key has one visible consumer (the
+//! `consumers` test in `config` fails for a key read nowhere). See "Adding a key" in
+//! `docs/CONFIG.md`.
+
+use std::collections::HashMap;
+
+use crate::auth::{self, StoredSecret};
+use crate::backend::connection::ConnectTarget;
+use crate::backend::pool::PoolSettings;
+use crate::catalog::CatalogSettings;
+use crate::config::{AuthMethod, Config, UserConfig};
+use crate::router::functions::FunctionOverrides;
+use crate::router::Policy;
+use crate::topology::watcher::WatcherSettings;
+
+/// Why a configuration cannot be turned into settings (what validation cannot see).
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A user's password in the configuration is not usable.
+    #[error("user {user:?}: {source}")]
+    Secret {
+        /// The user.
+        user: String,
+        /// Why.
+        source: auth::AuthError,
+    },
+}
+
+/// A configured user, with its secret parsed once at load time.
+#[derive(Debug)]
+pub struct UserEntry {
+    /// The user's configuration.
+    pub config: UserConfig,
+    /// The client-facing secret; `None` for trust.
+    pub secret: Option<StoredSecret>,
+    /// How the client must authenticate.
+    pub method: auth::Method,
+}
+
+/// Configuration plus what is derived from it; replaced as a whole on reload.
+#[derive(Debug)]
+pub struct Settings {
+    /// The validated configuration.
+    pub config: Config,
+    /// Users by name.
+    pub users: HashMap<String, UserEntry>,
+    /// Routing settings in the router's terms.
+    pub policy: Policy,
+    /// Function-name overrides (`write_functions` / `read_functions`).
+    pub function_overrides: FunctionOverrides,
+}
+
+impl Settings {
+    /// Derives the settings from a configuration (parses and prepares every user's secret).
+    pub fn new(config: Config) -> Result<Settings, SettingsError> {
+        let mut users = HashMap::new();
+        for user in &config.users {
+            users.insert(user.name.clone(), user_entry(user)?);
+        }
+        let policy = Policy {
+            primary_reads: config.routing.primary_reads,
+            fallback: config.routing.fallback,
+            read_only_transactions: config.routing.read_only_transactions,
+            balance: config.routing.balance,
+            weights: config.nodes.iter().map(|node| node.weight).collect(),
+        };
+        let lower = |v: &Vec<String>| v.iter().map(|f| f.to_ascii_lowercase()).collect();
+        let function_overrides = FunctionOverrides {
+            writes: lower(&config.routing.write_functions),
+            reads: lower(&config.routing.read_functions),
+        };
+        Ok(Settings {
+            config,
+            users,
+            policy,
+            function_overrides,
+        })
+    }
+
+    /// Every node's `host:port`, in configuration order (the topology's node names).
+    pub fn node_addresses(&self) -> Vec<String> {
+        self.config
+            .nodes
+            .iter()
+            .map(|node| node.address())
+            .collect()
+    }
+
+    /// What each pool is built with.
+    pub fn pool_settings(&self) -> PoolSettings {
+        let pool = &self.config.pool;
+        PoolSettings {
+            pool_size: pool.pool_size,
+            pool_timeout: pool.pool_timeout,
+            connect_timeout: pool.server_connect_timeout,
+            idle_timeout: pool.server_idle_timeout,
+            lifetime: pool.server_lifetime,
+            reset_query: pool.server_reset_query.clone(),
+            internal_timeout: pool.server_connect_timeout,
+            min_idle: pool.min_idle,
+        }
+    }
+
+    /// What the topology watcher is started with.
+    pub fn watcher_settings(&self) -> WatcherSettings {
+        let cfg = &self.config;
+        WatcherSettings {
+            nodes: self.node_hosts(),
+            user: cfg.monitor.user.clone(),
+            password: cfg.monitor.password.as_ref().map(|p| p.expose().to_owned()),
+            database: cfg.monitor.database.clone(),
+            check_interval: cfg.routing.check_interval,
+            connect_timeout: cfg.monitor.connect_timeout,
+            query_timeout: cfg.monitor.query_timeout,
+            health_threshold: cfg.routing.health_threshold,
+            max_lag_bytes: cfg.routing.max_lag_bytes,
+            max_lag: cfg.routing.max_lag,
+        }
+    }
+
+    /// What the function catalogs are loaded with (the monitor's account).
+    pub fn catalog_settings(&self) -> CatalogSettings {
+        let cfg = &self.config;
+        CatalogSettings {
+            nodes: self.node_hosts(),
+            user: cfg.monitor.user.clone(),
+            password: cfg.monitor.password.as_ref().map(|p| p.expose().to_owned()),
+            timeout: cfg
+                .monitor
+                .connect_timeout
+                .max(std::time::Duration::from_secs(1)),
+            refresh: cfg.routing.volatility_refresh,
+        }
+    }
+
+    /// Where a pool for `user` on `database` at node `node` connects.
+    pub fn connect_target(&self, node: usize, database: &str, user: &str) -> ConnectTarget {
+        let n = &self.config.nodes[node];
+        let password = self
+            .users
+            .get(user)
+            .and_then(|u| u.config.server_password.as_ref())
+            .map(|p| p.expose().to_owned());
+        ConnectTarget {
+            node,
+            host: n.host.clone(),
+            port: n.port,
+            user: user.to_owned(),
+            database: database.to_owned(),
+            password,
+            nodelay: self.config.proxy.tcp_nodelay,
+        }
+    }
+
+    /// `(host, port)` of every node, in configuration order.
+    fn node_hosts(&self) -> Vec<(String, u16)> {
+        let nodes = &self.config.nodes;
+        nodes.iter().map(|n| (n.host.clone(), n.port)).collect()
+    }
+}
+
+/// One user's entry: its authentication method and its secret, parsed (and for SCRAM, its
+/// verifier built) now rather than on the first login.
+fn user_entry(user: &UserConfig) -> Result<UserEntry, SettingsError> {
+    let method = match user.auth {
+        AuthMethod::ScramSha256 => auth::Method::ScramSha256,
+        AuthMethod::Md5 => auth::Method::Md5,
+        AuthMethod::Trust => auth::Method::Trust,
+    };
+    let secret = match (&user.password, method) {
+        (_, auth::Method::Trust) | (None, _) => None,
+        (Some(p), _) => {
+            let s = StoredSecret::parse(p.expose()).map_err(|source| SettingsError::Secret {
+                user: user.name.clone(),
+                source,
+            })?;
+            s.prepare();
+            Some(s)
+        }
+    };
+    Ok(UserEntry {
+        config: user.clone(),
+        secret,
+        method,
+    })
+}

@@ -1,24 +1,18 @@
-//! The `App` handle: everything a task needs (settings, topology, pools, cancel registry,
-//! shutdown), cheap to clone and passed down explicitly. There are no global statics, so several
-//! proxies can run in one process (the integration tests do).
+//! The `App` handle: builds the proxy, starts its tasks (watcher, pool maintenance, HTTP
+//! endpoints, listener) and stops them. Each task is handed the few handles it needs: sessions a
+//! [`SessionCtx`], the HTTP endpoints their own `Handles`. There are no global statics, so
+//! several proxies can run in one process (the integration tests do).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::backend::connection::ConnectTarget;
-use crate::backend::Pools;
 use crate::config::Config;
-use crate::session::cancel::{CancelRegistry, Stop};
+use crate::session::cancel::Stop;
+pub use crate::session::context::{SessionCtx, UserSlot};
 pub use crate::settings::{Settings, SettingsError, UserEntry};
-use crate::topology::{watcher, Topology, TopologyHandle};
+use crate::topology::watcher;
 
 /// Errors while building or starting the proxy.
 #[derive(Debug, thiserror::Error)]
@@ -42,25 +36,23 @@ const KILL_WAIT: Duration = Duration::from_secs(3);
 
 /// Keeps the pools in shape until shutdown: idle connections past `server_idle_timeout` or
 /// `server_lifetime` are closed, and `min_idle` connections are kept open.
-async fn maintain_pools(app: App) {
-    let every = app.inner.pools.maintenance_interval();
-    let shutdown = app.inner.shutdown.clone();
+async fn maintain_pools(ctx: SessionCtx) {
+    let every = ctx.pools().maintenance_interval();
+    let shutdown = ctx.shutdown_token().clone();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let nodes: Vec<(u64, bool)> = app
-            .inner
-            .topology
+        let nodes: Vec<(u64, bool)> = ctx
+            .topology()
             .load()
             .nodes
             .iter()
             .map(|n| (n.role_epoch, n.healthy))
             .collect();
-        let pass = app
-            .inner
-            .pools
+        let pass = ctx
+            .pools()
             .maintain(|node| nodes.get(node).copied().unwrap_or((0, false)));
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -69,123 +61,33 @@ async fn maintain_pools(app: App) {
     }
 }
 
-/// Shared state behind [`App`].
-struct Inner {
-    settings: ArcSwap<Settings>,
-    topology: Arc<TopologyHandle>,
-    pools: Pools,
-    cancels: CancelRegistry,
-    metrics: Arc<crate::metrics::Metrics>,
-    shutdown: CancellationToken,
-    /// Fires when the shutdown grace period is over: sessions still running end at once.
-    kill: CancellationToken,
-    tasks: TaskTracker,
-    /// Random bytes that make mock SCRAM exchanges for unknown users look real.
-    mock_secret: [u8; 32],
-    /// Next process id handed to a client in BackendKeyData.
-    next_pid: AtomicI32,
-    /// Lexical analyses of recent statement texts.
-    classifier: crate::router::classify::ClassifierCache,
-    /// Function volatility per database.
-    catalogs: Arc<crate::catalog::Catalogs>,
-    /// Statements a standby refused as writes (misroute self-healing), by text hash: they go
-    /// straight to the primary from then on.
-    learned_writes: parking_lot::Mutex<std::collections::HashSet<u64>>,
-    /// Whether `learned_writes` holds anything: the common case (nothing learned) then costs
-    /// every request one relaxed load instead of a shared lock.
-    any_learned: std::sync::atomic::AtomicBool,
-    /// Requests in flight per node, for least-outstanding balancing.
-    outstanding: Vec<std::sync::atomic::AtomicUsize>,
-    /// Advances on every routing decision (round robin, tie-breaking).
-    tick: std::sync::atomic::AtomicUsize,
-    /// Keyed hasher for fingerprints of clients' session parameters (random per proxy, so a
-    /// client cannot make its parameters look like another's).
-    params_hasher: std::collections::hash_map::RandomState,
-    /// Client connections per user, for each user's `max_connections`.
-    user_sessions: parking_lot::Mutex<HashMap<String, usize>>,
-}
-
-/// A client counted against its user's `max_connections`, until dropped.
-pub struct UserSlot {
-    app: App,
-    user: String,
-}
-
-impl Drop for UserSlot {
-    fn drop(&mut self) {
-        let mut m = self.app.inner.user_sessions.lock();
-        if let Some(n) = m.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.user);
-            }
-        }
-    }
-}
-
-/// Most statements remembered as writes; beyond it the set starts over (they are learned
-/// again by the next misroute).
-const MAX_LEARNED_WRITES: usize = 10_000;
-
-/// Counts a request in flight on a node until dropped.
-pub struct InFlight {
-    app: App,
-    node: usize,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.app.inner.outstanding[self.node].fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Cheap-to-clone handle to the running proxy.
+/// Cheap-to-clone handle to the running proxy: how it starts and stops. What sessions share
+/// is its [`SessionCtx`], which the listener hands to every session (and `App` derefs to, for
+/// tests and tools that look inside a running proxy).
 #[derive(Clone)]
 pub struct App {
-    inner: Arc<Inner>,
+    ctx: SessionCtx,
+}
+
+impl std::ops::Deref for App {
+    type Target = SessionCtx;
+
+    fn deref(&self) -> &SessionCtx {
+        &self.ctx
+    }
 }
 
 impl App {
     /// Builds the proxy from a configuration without starting anything.
     pub fn new(config: Config) -> Result<App, AppError> {
-        let settings = Settings::new(config)?;
-        let cfg = &settings.config;
-        let addrs = settings.node_addresses();
-        let pools = Pools::new(
-            settings.pool_settings(),
-            cfg.nodes.len(),
-            cfg.pool.max_server_connections,
-        );
-        let catalogs = Arc::new(crate::catalog::Catalogs::new(settings.catalog_settings()));
-        let outstanding = cfg
-            .nodes
-            .iter()
-            .map(|_| std::sync::atomic::AtomicUsize::new(0))
-            .collect();
-        let mut mock_secret = [0u8; 32];
-        rand::fill(&mut mock_secret);
         Ok(App {
-            inner: Arc::new(Inner {
-                topology: Arc::new(TopologyHandle::new(Topology::initial(&addrs))),
-                settings: ArcSwap::from_pointee(settings),
-                pools,
-                cancels: CancelRegistry::default(),
-                metrics: Arc::new(crate::metrics::Metrics::new()),
-                shutdown: CancellationToken::new(),
-                kill: CancellationToken::new(),
-                tasks: TaskTracker::new(),
-                mock_secret,
-                next_pid: AtomicI32::new(rand::random::<i32>().rem_euclid(1 << 20) + 1),
-                classifier: crate::router::classify::ClassifierCache::default(),
-                catalogs,
-                learned_writes: parking_lot::Mutex::new(std::collections::HashSet::new()),
-                any_learned: std::sync::atomic::AtomicBool::new(false),
-                user_sessions: parking_lot::Mutex::new(HashMap::new()),
-                outstanding,
-                tick: std::sync::atomic::AtomicUsize::new(0),
-                params_hasher: std::collections::hash_map::RandomState::new(),
-            }),
+            ctx: SessionCtx::new(Settings::new(config)?),
         })
+    }
+
+    /// What sessions share.
+    pub fn ctx(&self) -> &SessionCtx {
+        &self.ctx
     }
 
     /// Starts the topology watcher and the listener; returns the address actually bound (the
@@ -205,25 +107,28 @@ impl App {
         })?;
         watcher::spawn(
             settings.watcher_settings(),
-            self.inner.topology.clone(),
-            &self.inner.tasks,
-            self.inner.shutdown.clone(),
+            self.topology().clone(),
+            self.tasks(),
+            self.shutdown_token().clone(),
         );
         if let Some(http) = cfg.proxy.http_listen {
             let l = TcpListener::bind(http)
                 .await
                 .map_err(|source| AppError::Listen { addr: http, source })?;
             tracing::info!(addr = %http, "HTTP endpoints listening");
-            self.inner
-                .tasks
-                .spawn(crate::admin::http::run(self.clone(), l));
+            self.tasks().spawn(crate::admin::http::run(
+                crate::admin::http::Handles {
+                    topology: self.topology().clone(),
+                    metrics: self.metrics().clone(),
+                    shutdown: self.shutdown_token().clone(),
+                    tasks: self.tasks().clone(),
+                },
+                l,
+            ));
         }
-        let app = self.clone();
-        self.inner.tasks.spawn(maintain_pools(app));
-        let app = self.clone();
-        self.inner
-            .tasks
-            .spawn(crate::net::listener::run(app, listener));
+        self.tasks().spawn(maintain_pools(self.ctx.clone()));
+        self.tasks()
+            .spawn(crate::net::listener::run(self.ctx.clone(), listener));
         tracing::info!(%local, "causeway listening");
         Ok(local)
     }
@@ -233,171 +138,24 @@ impl App {
     /// or the open transaction rolled back on the server, as when a client leaves), and waited
     /// for a little longer.
     pub async fn shutdown(&self, grace: Duration) {
-        self.inner.shutdown.cancel();
-        self.inner.cancels.signal_all(Stop::Drain);
-        self.inner.tasks.close();
-        if tokio::time::timeout(grace, self.inner.tasks.wait())
+        self.shutdown_token().cancel();
+        self.cancels().signal_all(Stop::Drain);
+        self.tasks().close();
+        if tokio::time::timeout(grace, self.tasks().wait())
             .await
             .is_err()
         {
             tracing::warn!("shutdown grace period over; closing remaining connections");
-            self.inner.kill.cancel();
-            self.inner.cancels.signal_all(Stop::Kill);
-            if tokio::time::timeout(KILL_WAIT, self.inner.tasks.wait())
+            self.kill_token().cancel();
+            self.cancels().signal_all(Stop::Kill);
+            if tokio::time::timeout(KILL_WAIT, self.tasks().wait())
                 .await
                 .is_err()
             {
                 tracing::warn!("some connections did not close within {KILL_WAIT:?}");
             }
         }
-        self.inner.pools.close_idle().await;
-    }
-
-    // === accessors ===
-
-    /// The current settings: a cheap guard (no reference count is touched), to be dropped
-    /// before an `.await`.
-    pub fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
-        self.inner.settings.load()
-    }
-
-    /// The current settings as an `Arc`, to keep across an `.await`.
-    pub fn settings_full(&self) -> Arc<Settings> {
-        self.inner.settings.load_full()
-    }
-
-    /// The topology handle.
-    pub fn topology(&self) -> &Arc<TopologyHandle> {
-        &self.inner.topology
-    }
-
-    /// The pools.
-    pub fn pools(&self) -> &Pools {
-        &self.inner.pools
-    }
-
-    /// The classifier cache.
-    pub fn classifier(&self) -> &crate::router::classify::ClassifierCache {
-        &self.inner.classifier
-    }
-
-    /// The function catalog of `database` (loading starts on first use).
-    pub fn functions(
-        &self,
-        database: &str,
-    ) -> Arc<arc_swap::ArcSwap<crate::router::functions::FunctionCatalog>> {
-        self.inner.catalogs.get(
-            database,
-            &self.inner.topology,
-            &self.inner.tasks,
-            &self.inner.shutdown,
-        )
-    }
-
-    /// Whether a statement text was learned to be a write.
-    pub fn is_learned_write(&self, key: u64) -> bool {
-        self.inner.any_learned.load(Ordering::Relaxed)
-            && self.inner.learned_writes.lock().contains(&key)
-    }
-
-    /// Counts an authenticated client against its user's `max_connections`; `None` when the
-    /// user already has that many.
-    pub fn user_slot(&self, user: &str) -> Option<UserSlot> {
-        let limit = self
-            .settings()
-            .users
-            .get(user)
-            .and_then(|u| u.config.max_connections);
-        let mut m = self.inner.user_sessions.lock();
-        let n = m.entry(user.to_owned()).or_insert(0);
-        // Limits are at least 1, so a refused user never leaves a zero entry behind.
-        if limit.is_some_and(|l| *n >= l) {
-            return None;
-        }
-        *n += 1;
-        Some(UserSlot {
-            app: self.clone(),
-            user: user.to_owned(),
-        })
-    }
-
-    /// Remembers a statement text as a write.
-    pub fn learn_write(&self, key: u64) {
-        let mut set = self.inner.learned_writes.lock();
-        if set.len() >= MAX_LEARNED_WRITES {
-            set.clear();
-        }
-        set.insert(key);
-        self.inner.any_learned.store(true, Ordering::Relaxed);
-    }
-
-    /// Requests in flight per node.
-    pub fn outstanding(&self) -> smallvec::SmallVec<[usize; 8]> {
-        self.inner
-            .outstanding
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .collect()
-    }
-
-    /// Counts a request in flight on `node` until the guard is dropped.
-    pub fn in_flight(&self, node: usize) -> InFlight {
-        self.inner.outstanding[node].fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            app: self.clone(),
-            node,
-        }
-    }
-
-    /// The keyed hasher of clients' session-parameter fingerprints (see `ClientState`).
-    pub fn params_hasher(&self) -> &std::collections::hash_map::RandomState {
-        &self.inner.params_hasher
-    }
-
-    /// The next routing tick.
-    pub fn next_tick(&self) -> usize {
-        self.inner.tick.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// The metrics.
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
-        &self.inner.metrics
-    }
-
-    /// The cancel registry.
-    pub fn cancels(&self) -> &CancelRegistry {
-        &self.inner.cancels
-    }
-
-    /// Fires when the proxy shuts down.
-    pub fn shutdown_token(&self) -> &CancellationToken {
-        &self.inner.shutdown
-    }
-
-    /// Fires when the shutdown grace period is over.
-    pub fn kill_token(&self) -> &CancellationToken {
-        &self.inner.kill
-    }
-
-    /// Tracks every task the proxy spawns, for shutdown.
-    pub fn tasks(&self) -> &TaskTracker {
-        &self.inner.tasks
-    }
-
-    /// Secret for mock authentication of unknown users.
-    pub fn mock_secret(&self) -> &[u8; 32] {
-        &self.inner.mock_secret
-    }
-
-    /// A fresh process id for a client's BackendKeyData.
-    pub fn next_client_pid(&self) -> i32 {
-        // Wraps around after 2^31 sessions; keep it positive like a real pid.
-        self.inner.next_pid.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff
-    }
-
-    /// Where a pool for `user` on `database` at node `node` connects.
-    pub fn connect_target(&self, node: usize, database: &str, user: &str) -> ConnectTarget {
-        self.settings().connect_target(node, database, user)
+        self.pools().close_idle().await;
     }
 }
 

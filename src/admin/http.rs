@@ -13,15 +13,33 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::app::App;
-use crate::topology::Topology;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+use crate::topology::{Topology, TopologyHandle};
+
+/// What the endpoints are handed.
+#[derive(Clone)]
+pub struct Handles {
+    /// The topology snapshot (`/ready`, `/topology`, the node gauges of `/metrics`).
+    pub topology: Arc<TopologyHandle>,
+    /// The metrics (`/metrics`).
+    pub metrics: Arc<Metrics>,
+    /// Fires when the proxy shuts down.
+    pub shutdown: CancellationToken,
+    /// Where each connection's task is tracked.
+    pub tasks: TaskTracker,
+}
 
 /// Largest request head read.
 const MAX_REQUEST: usize = 8 * 1024;
 
 /// Serves until shutdown.
-pub async fn run(app: App, listener: TcpListener) {
-    let shutdown = app.shutdown_token().clone();
+pub async fn run(app: Handles, listener: TcpListener) {
+    let shutdown = app.shutdown.clone();
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -35,13 +53,13 @@ pub async fn run(app: App, listener: TcpListener) {
             },
         };
         let app = app.clone();
-        app.tasks().clone().spawn(async move {
+        app.tasks.clone().spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), serve(app, stream)).await;
         });
     }
 }
 
-async fn serve(app: App, mut stream: TcpStream) -> std::io::Result<()> {
+async fn serve(app: Handles, mut stream: TcpStream) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -63,7 +81,7 @@ async fn serve(app: App, mut stream: TcpStream) -> std::io::Result<()> {
         )
     } else {
         // An `Arc`, not a guard: the response is written while it is alive.
-        let topology = app.topology().load_full();
+        let topology = app.topology.load_full();
         match path {
             b"/live" => ("200 OK", "text/plain", "live\n".to_owned()),
             b"/ready" => {
@@ -80,7 +98,7 @@ async fn serve(app: App, mut stream: TcpStream) -> std::io::Result<()> {
             b"/metrics" => (
                 "200 OK",
                 "text/plain; version=0.0.4",
-                app.metrics().render(&topology),
+                app.metrics.render(&topology),
             ),
             b"/topology" => ("200 OK", "application/json", topology_json(&topology)),
             _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),

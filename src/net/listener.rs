@@ -12,13 +12,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::stream::{ClientStream, LINGER};
-use crate::app::App;
 use crate::protocol::messages::ProxyError;
 use crate::protocol::SqlState;
 use crate::session;
+use crate::session::context::SessionCtx;
 
 /// Accepts clients until shutdown.
-pub async fn run(app: App, listener: TcpListener) {
+pub async fn run(app: SessionCtx, listener: TcpListener) {
     let settings = app.settings();
     let limit = Arc::new(Semaphore::new(settings.config.proxy.max_client_connections));
     let nodelay = settings.config.proxy.tcp_nodelay;

@@ -10,6 +10,7 @@
 
 pub mod balance;
 pub mod classify;
+pub mod feedback;
 pub mod functions;
 pub mod lexer;
 

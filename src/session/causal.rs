@@ -76,7 +76,7 @@ impl Session {
             return;
         }
         self.causal.wrote = false;
-        self.app.metrics().lsn_captures.inc();
+        self.ctx.metrics().lsn_captures.inc();
         self.route.min_lsn = Some(self.route.min_lsn.map_or(lsn, |m| m.max(lsn)));
     }
 
@@ -104,7 +104,7 @@ impl Session {
             }
         }
         order.truncate(2);
-        let settings = self.app.settings();
+        let settings = self.ctx.settings();
         let timeout = settings.config.monitor.query_timeout;
         let causal_wait = settings.config.routing.causal_wait;
         drop(settings);
@@ -112,7 +112,7 @@ impl Session {
         // The most replayed standby asked so far, kept for polling while `causal_wait` lasts.
         let mut best: Option<(Lsn, usize, Lease)> = None;
         for n in order {
-            self.app.metrics().causal_asks.inc();
+            self.ctx.metrics().causal_asks.inc();
             let Ok(mut lease) = self.acquire(Target::Node(n), false).await else {
                 continue;
             };
@@ -121,7 +121,7 @@ impl Session {
                     if let Some((_, _, other)) = best.take() {
                         other.pool().clone().checkin(other);
                     }
-                    self.app.metrics().causal_ask_hits.inc();
+                    self.ctx.metrics().causal_ask_hits.inc();
                     return Some((n, lease));
                 }
                 Some(r) if best.as_ref().is_none_or(|b| r > b.0) => {
@@ -161,7 +161,7 @@ impl Session {
         deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Option<(usize, Lease)> {
-        self.app.metrics().causal_waits.inc();
+        self.ctx.metrics().causal_waits.inc();
         let mut found = false;
         while tokio::time::Instant::now() < deadline {
             let left = deadline - tokio::time::Instant::now();
@@ -175,7 +175,7 @@ impl Session {
                 None => break,
             }
         }
-        self.app
+        self.ctx
             .metrics()
             .causal_wait_micros
             .inc_by(started.elapsed().as_micros() as u64);
@@ -183,9 +183,9 @@ impl Session {
             lease.pool().clone().checkin(lease);
             return None;
         }
-        self.app.metrics().causal_ask_hits.inc();
+        self.ctx.metrics().causal_ask_hits.inc();
         // `acquire` of another candidate may have moved the in-flight count.
-        self.in_flight = Some(self.app.in_flight(n));
+        self.in_flight = Some(self.ctx.in_flight(n));
         self.server_role = Role::Standby;
         self.cancel.slot().set(Some(lease.cancel_target()));
         Some((n, lease))

@@ -59,7 +59,7 @@ impl Session {
             match f.tag() {
                 ftag::QUERY => {
                     if let Ok(t) = frontend::query_text(body) {
-                        let a = self.app.classifier().analyze(t);
+                        let a = self.ctx.classifier().analyze(t);
                         if let Err(e) = self.run_proxy_statements(&a, &mut out, true) {
                             e.encode(&mut out);
                         }
@@ -68,7 +68,7 @@ impl Session {
                 }
                 ftag::PARSE => {
                     if let Ok(p) = frontend::parse(body) {
-                        last = Some(self.app.classifier().analyze(p.query));
+                        last = Some(self.ctx.classifier().analyze(p.query));
                         if !p.name.is_empty() {
                             // A named statement the client will Bind later, on its own: it
                             // must exist for the client (and be answered here again).
@@ -135,7 +135,7 @@ impl Session {
         }
         let def = self.state.statements.get(name)?;
         let query = def.body.split(|&c| c == 0).next().unwrap_or(&[]);
-        Some(self.app.classifier().analyze(query))
+        Some(self.ctx.classifier().analyze(query))
     }
 
     /// Whether the batch only closes statements or portals and syncs: nothing to run, so
@@ -231,7 +231,7 @@ impl Session {
                 .to_owned(),
             ProxySetting::MaxLag => match self.route.max_lag {
                 Some(d) => format!("{}ms", d.as_millis()),
-                None => match self.app.settings().config.routing.max_lag {
+                None => match self.ctx.settings().config.routing.max_lag {
                     Some(d) => format!("{}ms", d.as_millis()),
                     None => "0".to_owned(),
                 },

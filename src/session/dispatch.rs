@@ -96,7 +96,7 @@ impl Session {
                 Some((lease, node)) => {
                     let role = self.server_role;
                     if let Some(reason) = routed.reason {
-                        self.app.metrics().count_request(role, reason);
+                        self.ctx.metrics().count_request(role, reason);
                     }
                     routed.guard_target =
                         (routed.guardable && role == Role::Standby).then_some(node);
@@ -124,7 +124,7 @@ impl Session {
     /// cannot be guarded).
     fn standby_of(&self, t: Target, guardable: bool) -> Option<usize> {
         match t {
-            Target::Node(n) if guardable && self.app.topology().load().primary != Some(n) => {
+            Target::Node(n) if guardable && self.ctx.topology().load().primary != Some(n) => {
                 Some(n)
             }
             _ => None,
@@ -213,7 +213,7 @@ impl Session {
     /// Checks out a connection for `target` if its pool has one idle right now; with its
     /// node (`server_role` tells whether that is the primary).
     fn try_acquire_now(&mut self, target: Target) -> Option<(crate::backend::Lease, usize)> {
-        let topology = self.app.topology().load();
+        let topology = self.ctx.topology().load();
         let node = match target {
             Target::Primary => topology.primary?,
             Target::Node(n) => n,
@@ -224,7 +224,7 @@ impl Session {
         let now = self.clock();
         let pool = self.pools.get(node)?.as_ref()?;
         let lease = pool.try_checkout(role_epoch, now)?;
-        self.in_flight = Some(self.app.in_flight(node));
+        self.in_flight = Some(self.ctx.in_flight(node));
         self.server_role = if on_primary {
             Role::Primary
         } else {
@@ -294,7 +294,7 @@ impl Session {
             }
             Err(SessionError::Backend(e)) if e.server_fields().is_none() => {
                 if matches!(e, crate::backend::BackendError::PoolTimeout { .. }) {
-                    self.app.metrics().pool_timeouts.inc();
+                    self.ctx.metrics().pool_timeouts.inc();
                 }
                 self.fail_request(&ProxyError::error(e.sqlstate(), e.to_string()), term);
                 Ok(false)

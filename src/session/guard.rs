@@ -198,10 +198,10 @@ impl Session {
         if stale {
             tracing::debug!("prepared statement's result type changed; re-running the request");
         } else {
-            self.app.metrics().misroute_retries.inc();
+            self.ctx.metrics().misroute_retries.inc();
         }
         if g.code == SqlState::READ_ONLY_SQL_TRANSACTION {
-            self.app.learn_write(g.learn_key);
+            self.ctx.learn_write(g.learn_key);
         }
         // The standby's connection is done with this request.
         self.maybe_release();

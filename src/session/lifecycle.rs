@@ -37,7 +37,7 @@ impl Session {
             other => other,
         })?;
         let from_standby = self
-            .app
+            .ctx
             .topology()
             .load()
             .nodes
@@ -78,7 +78,7 @@ impl Session {
         target: Target,
         welcome: bool,
     ) -> Result<Lease, SessionError> {
-        let settings = self.app.settings();
+        let settings = self.ctx.settings();
         let wait = settings.config.routing.primary_wait;
         let retry = settings.config.routing.check_interval;
         drop(settings);
@@ -94,12 +94,12 @@ impl Session {
             let mut seen_primary = None;
             let node = match target {
                 Target::Primary => {
-                    let topology = self.app.topology().clone();
+                    let topology = self.ctx.topology().clone();
                     let current = topology.load();
                     seen_primary = current.primary;
                     // The welcome may come from a standby (see `begin`).
                     let now_known =
-                        crate::router::welcome_node(&current, &self.app.settings().policy, welcome);
+                        crate::router::welcome_node(&current, &self.ctx.settings().policy, welcome);
                     // A snapshot guard is not kept across the wait below.
                     drop(current);
                     match now_known {
@@ -125,7 +125,7 @@ impl Session {
                     tracing::debug!(error = %e, "primary unreachable; waiting for the topology to change");
                     // Until the snapshot changes its mind about the primary or about this node
                     // (never a busy loop: at most a check interval per attempt).
-                    let topology = self.app.topology().clone();
+                    let topology = self.ctx.topology().clone();
                     topology
                         .wait_until(retry.min(left), |t| {
                             t.primary != seen_primary
@@ -140,8 +140,8 @@ impl Session {
 
     /// [`acquire`](Self::acquire) on a known node.
     async fn acquire_on(&mut self, node: usize) -> Result<Lease, SessionError> {
-        self.in_flight = Some(self.app.in_flight(node));
-        self.server_role = if self.app.topology().load().primary == Some(node) {
+        self.in_flight = Some(self.ctx.in_flight(node));
+        self.server_role = if self.ctx.topology().load().primary == Some(node) {
             crate::topology::Role::Primary
         } else {
             crate::topology::Role::Standby
@@ -150,15 +150,15 @@ impl Session {
             Some(p) => p.clone(),
             None => {
                 let target =
-                    self.app
+                    self.ctx
                         .connect_target(node, &self.accepted.database, &self.accepted.user);
-                let p = self.app.pools().get(&target);
+                let p = self.ctx.pools().get(&target);
                 self.pools[node] = Some(p.clone());
                 p
             }
         };
         let role_epoch = self
-            .app
+            .ctx
             .topology()
             .load()
             .nodes
@@ -204,18 +204,18 @@ impl Session {
 
     /// Counts a routing decision.
     pub(super) fn count_route(&self, target: Target, reason: crate::router::Reason) {
-        let primary = self.app.topology().load().primary;
+        let primary = self.ctx.topology().load().primary;
         let kind = match target {
             Target::Node(n) if Some(n) != primary => crate::topology::Role::Standby,
             _ => crate::topology::Role::Primary,
         };
-        self.app.metrics().count_request(kind, reason);
+        self.ctx.metrics().count_request(kind, reason);
     }
 
     /// Applies the client's parameters to a connection now, waiting for the result (used at
     /// startup, where a bad parameter must fail the connection like PostgreSQL would).
     async fn sync_params_now(&self, lease: &mut Lease) -> Result<(), SessionError> {
-        let timeout = self.app.settings().config.pool.server_connect_timeout;
+        let timeout = self.ctx.settings().config.pool.server_connect_timeout;
         match lease
             .sync_params_now(&self.state.params, self.state.params_id(), timeout)
             .await?
@@ -243,7 +243,7 @@ impl Session {
         }
         self.params_dirty = false;
         self.client.flush().await?;
-        let timeout = self.app.settings().config.pool.server_connect_timeout;
+        let timeout = self.ctx.settings().config.pool.server_connect_timeout;
         if let Some(rows) = server.read_back_params(timeout).await? {
             self.state.refresh_params(rows);
         }
@@ -287,7 +287,7 @@ impl Session {
         if let Some(lease) = self.server.take() {
             // Session pooling and pinned sessions leave state the proxy does not track: reset.
             let reset = self.mode == PoolMode::Session || self.pinned.is_some();
-            let timeout = self.app.settings().config.pool.server_connect_timeout;
+            let timeout = self.ctx.settings().config.pool.server_connect_timeout;
             lease.release(reset, timeout).await;
         }
         // After the server connection is back: closing gracefully may take a moment.

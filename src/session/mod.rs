@@ -14,6 +14,7 @@ pub mod cancel;
 mod causal;
 pub mod client;
 mod commands;
+pub mod context;
 mod dispatch;
 mod guard;
 mod idle;
@@ -28,7 +29,6 @@ use std::net::SocketAddr;
 
 use std::sync::Arc;
 
-use crate::app::App;
 use crate::backend::{BackendError, Lease, Pool};
 use crate::config::PoolMode;
 use crate::net::stream::ClientStream;
@@ -40,6 +40,7 @@ use crate::protocol::{Frame, ProtocolError, SqlState};
 use crate::topology::Role;
 use cancel::Registration;
 use client::ClientConn;
+use context::SessionCtx;
 use dispatch::Terminator;
 use startup::{Accepted, Outcome};
 use state::ClientState;
@@ -112,11 +113,11 @@ impl SessionError {
 }
 
 /// Serves one client connection from accept to close.
-pub async fn run(app: App, stream: ClientStream, peer: SocketAddr) {
+pub async fn run(ctx: SessionCtx, stream: ClientStream, peer: SocketAddr) {
     let mut client = ClientConn::new(stream, peer);
-    let limit = app.settings().config.proxy.startup_timeout;
+    let limit = ctx.settings().config.proxy.startup_timeout;
     let outcome =
-        match tokio::time::timeout(limit, Box::pin(startup::handshake(&app, &mut client))).await {
+        match tokio::time::timeout(limit, Box::pin(startup::handshake(&ctx, &mut client))).await {
             Ok(r) => r,
             Err(_) => Err(SessionError::Fatal(ProxyError::fatal(
                 SqlState::CONNECTION_FAILURE,
@@ -129,14 +130,14 @@ pub async fn run(app: App, stream: ClientStream, peer: SocketAddr) {
         Err(e) => return Box::pin(report_and_close(&mut client, e)).await,
     };
     // As PostgreSQL does for a role's CONNECTION LIMIT: after authentication.
-    let Some(_slot) = app.user_slot(&accepted.user) else {
+    let Some(_slot) = ctx.user_slot(&accepted.user) else {
         let e = SessionError::Fatal(ProxyError::fatal(
             SqlState::TOO_MANY_CONNECTIONS,
             format!("too many connections for role \"{}\"", accepted.user),
         ));
         return Box::pin(report_and_close(&mut client, e)).await;
     };
-    let mut session = Session::new(app, client, accepted);
+    let mut session = Session::new(ctx, client, accepted);
     // The phases are boxed so that a session waiting in `relay` (most of its life, often
     // idle) does not carry the space of the others' futures.
     let result = match Box::pin(session.begin()).await {
@@ -168,8 +169,8 @@ pub(super) async fn report(client: &mut ClientConn, e: &SessionError) -> bool {
 
 /// A client's session after authentication.
 pub struct Session {
-    /// The proxy.
-    app: App,
+    /// What sessions share: settings, topology, pools, metrics, routing feedback.
+    ctx: SessionCtx,
     /// The client connection.
     client: ClientConn,
     /// Who the client is and the parameters it asked for at startup.
@@ -189,7 +190,7 @@ pub struct Session {
     /// The role of the held server connection's node when it was checked out.
     server_role: Role,
     /// Counts the held server connection's node as busy (least-outstanding balancing).
-    in_flight: Option<crate::app::InFlight>,
+    in_flight: Option<crate::router::feedback::InFlight>,
     /// Function volatility of the client's database.
     catalog: Arc<arc_swap::ArcSwap<crate::router::functions::FunctionCatalog>>,
     /// Routing state (`causeway.*` settings and configured defaults).
@@ -247,20 +248,20 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(app: App, client: ClientConn, accepted: Accepted) -> Session {
+    fn new(ctx: SessionCtx, client: ClientConn, accepted: Accepted) -> Session {
         let key = CancelKey {
-            pid: app.next_client_pid(),
+            pid: ctx.next_client_pid(),
             secret: rand::random(),
         };
-        let cancel = app.cancels().register(key);
+        let cancel = ctx.cancels().register(key);
         // Shutdown signals every registered session after cancelling its tokens: a session
         // registered too late for that sees the tokens.
-        if app.kill_token().is_cancelled() {
+        if ctx.kill_token().is_cancelled() {
             cancel.slot().signal(cancel::Stop::Kill);
-        } else if app.shutdown_token().is_cancelled() {
+        } else if ctx.shutdown_token().is_cancelled() {
             cancel.slot().signal(cancel::Stop::Drain);
         }
-        let settings = app.settings();
+        let settings = ctx.settings();
         let max_message = settings.config.proxy.max_message_size;
         let idle_timer = idle::IdleTimer::new(settings.config.proxy.client_idle_timeout);
         let mode = settings
@@ -302,10 +303,10 @@ impl Session {
             consistency: None,
         };
         drop(settings);
-        let catalog = app.functions(&accepted.database);
-        let state = ClientState::new(&accepted.params, app.params_hasher().clone());
+        let catalog = ctx.functions(&accepted.database);
+        let state = ClientState::new(&accepted.params, ctx.params_hasher().clone());
         Session {
-            app,
+            ctx,
             client,
             state,
             accepted,

@@ -143,7 +143,7 @@ impl Session {
 
     /// A ReadyForQuery that ends a client's request.
     pub(super) fn reply_done(&mut self, status: TxStatus, sent: tokio::time::Instant) {
-        self.app
+        self.ctx
             .metrics()
             .record_latency(self.server_role, sent.elapsed());
         self.tx_status = status;
@@ -173,7 +173,7 @@ impl Session {
     pub(super) fn pin(&mut self, why: &'static str) {
         if self.pinned.is_none() {
             tracing::debug!(reason = why, "client pinned to its server connection");
-            self.app.metrics().count_pin(why);
+            self.ctx.metrics().count_pin(why);
             self.pinned = Some(why);
         }
     }
@@ -259,7 +259,7 @@ impl Session {
         let Some(server) = self.server.as_deref() else {
             return false;
         };
-        self.app
+        self.ctx
             .topology()
             .load()
             .nodes

@@ -92,7 +92,7 @@ fn pin_name(p: PinReason) -> &'static str {
 impl Session {
     /// Classifies the current batch.
     pub(super) fn classify_batch(&self) -> BatchClass {
-        let settings = self.app.settings();
+        let settings = self.ctx.settings();
         let catalog = self.catalog.load();
         let mut out = BatchClass {
             all_proxy: true,
@@ -150,7 +150,7 @@ impl Session {
             match f.tag() {
                 ftag::QUERY => match frontend::query_text(body) {
                     Ok(t) => {
-                        let a = self.app.classifier().analyze(t);
+                        let a = self.ctx.classifier().analyze(t);
                         consider(&a, text_key(t), &mut out, &mut class)
                     }
                     Err(_) => class = Class::Write,
@@ -158,7 +158,7 @@ impl Session {
                 ftag::PARSE => match frontend::parse(body) {
                     Ok(p) => {
                         parsed_unnamed |= p.name.is_empty();
-                        let a = self.app.classifier().analyze(p.query);
+                        let a = self.ctx.classifier().analyze(p.query);
                         consider(&a, text_key(p.query), &mut out, &mut class)
                     }
                     Err(_) => class = Class::Write,
@@ -182,7 +182,7 @@ impl Session {
                                     let (a, key) = def.route_info.get_or_init(|| {
                                         let query =
                                             def.body.split(|&c| c == 0).next().unwrap_or(&[]);
-                                        (self.app.classifier().analyze(query), text_key(query))
+                                        (self.ctx.classifier().analyze(query), text_key(query))
                                     });
                                     consider(a, *key, &mut out, &mut class)
                                 }
@@ -214,7 +214,7 @@ impl Session {
         &self,
         a: &OwnedAnalysis,
         key: u64,
-        settings: &crate::app::Settings,
+        settings: &crate::settings::Settings,
         catalog: &crate::router::functions::FunctionCatalog,
     ) -> Class {
         if a.route().needs_primary() {
@@ -236,7 +236,7 @@ impl Session {
             }
             return Class::Write;
         }
-        if self.app.is_learned_write(key) {
+        if self.ctx.is_learned_write(key) {
             return Class::Write;
         }
         for f in a.functions() {
@@ -280,8 +280,8 @@ impl Session {
             min_lsn: None,
             ..self.route_context(batch, &[])
         };
-        let topology = self.app.topology().load();
-        router::causal_candidates(&ctx, &topology, &self.app.settings().policy)
+        let topology = self.ctx.topology().load();
+        router::causal_candidates(&ctx, &topology, &self.ctx.settings().policy)
     }
 
     /// Decides where a classified batch goes, without a read-your-writes position when
@@ -301,10 +301,10 @@ impl Session {
         router::route(
             class,
             &ctx,
-            &self.app.topology().load(),
-            &self.app.settings().policy,
-            &self.app.outstanding(),
-            self.app.next_tick(),
+            &self.ctx.topology().load(),
+            &self.ctx.settings().policy,
+            &self.ctx.outstanding(),
+            self.ctx.next_tick(),
             rand::random(),
         )
     }

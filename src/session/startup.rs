@@ -12,8 +12,8 @@
 use bytes::{Bytes, BytesMut};
 
 use super::client::ClientConn;
+use super::context::SessionCtx;
 use super::SessionError;
-use crate::app::App;
 use crate::auth::{self, AuthExchange};
 use crate::protocol::frontend::tag as ftag;
 use crate::protocol::messages::{self, ProxyError};
@@ -41,7 +41,7 @@ pub enum Outcome {
 }
 
 /// Runs the startup phase.
-pub async fn handshake(app: &App, client: &mut ClientConn) -> Result<Outcome, SessionError> {
+pub async fn handshake(ctx: &SessionCtx, client: &mut ClientConn) -> Result<Outcome, SessionError> {
     let startup = loop {
         let packet = loop {
             if let Some(p) = decode_startup(&mut client.rbuf)? {
@@ -55,8 +55,8 @@ pub async fn handshake(app: &App, client: &mut ClientConn) -> Result<Outcome, Se
             StartupPacket::SslRequest => answer_encryption(client, Encryption::Tls).await?,
             StartupPacket::GssEncRequest => answer_encryption(client, Encryption::Gss).await?,
             StartupPacket::Cancel(key) => {
-                if let Some(target) = app.cancels().lookup(key) {
-                    let timeout = app.settings().config.pool.server_connect_timeout;
+                if let Some(target) = ctx.cancels().lookup(key) {
+                    let timeout = ctx.settings().config.pool.server_connect_timeout;
                     super::cancel::send_cancel(&target, timeout).await;
                 }
                 return Ok(Outcome::Done);
@@ -65,7 +65,7 @@ pub async fn handshake(app: &App, client: &mut ClientConn) -> Result<Outcome, Se
         }
     };
     let accepted = accept_startup(client, &startup)?;
-    authenticate(app, client, &accepted.user).await?;
+    authenticate(ctx, client, &accepted.user).await?;
     Ok(Outcome::Session(accepted))
 }
 
@@ -192,9 +192,13 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, SessionErro
 }
 
 /// Runs the authentication exchange for `user`.
-async fn authenticate(app: &App, client: &mut ClientConn, user: &str) -> Result<(), SessionError> {
+async fn authenticate(
+    ctx: &SessionCtx,
+    client: &mut ClientConn,
+    user: &str,
+) -> Result<(), SessionError> {
     // Kept across the exchange's awaits: an `Arc`, not a guard.
-    let settings = app.settings_full();
+    let settings = ctx.settings_full();
     let Some(entry) = settings.users.get(user) else {
         return Err(SessionError::Fatal(ProxyError::fatal(
             SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
@@ -211,7 +215,7 @@ async fn authenticate(app: &App, client: &mut ClientConn, user: &str) -> Result<
         }
         // Configuration validation requires a password unless the user is trust; should a
         // user still come without one, no password can match.
-        (None, method) => AuthExchange::new_unknown_user(method, user, app.mock_secret()),
+        (None, method) => AuthExchange::new_unknown_user(method, user, ctx.mock_secret()),
     };
     loop {
         let mut b = BytesMut::new();

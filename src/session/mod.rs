@@ -271,37 +271,7 @@ impl Session {
             .unwrap_or(settings.config.proxy.pool_mode);
         let nodes = settings.config.nodes.len();
         let mut accepted = accepted;
-        let user_cfg = settings.users.get(&accepted.user).map(|u| &u.config);
-        // `<db>_ro`: the client's database is `<db>`, and it reads from standbys only.
-        let readonly_alias = match &settings.config.routing.readonly_database_suffix {
-            Some(sfx)
-                if accepted.database.len() > sfx.len()
-                    && accepted.database.ends_with(sfx.as_str()) =>
-            {
-                let base = accepted.database[..accepted.database.len() - sfx.len()].to_owned();
-                accepted.database = base;
-                true
-            }
-            _ => false,
-        };
-        let db_cfg = settings.config.database(&accepted.database);
-        let route = route::RouteState {
-            default_route: if readonly_alias {
-                Some(crate::config::Route::Standby)
-            } else {
-                user_cfg
-                    .and_then(|u| u.default_route)
-                    .or(db_cfg.and_then(|d| d.default_route))
-            },
-            default_consistency: user_cfg
-                .and_then(|u| u.consistency)
-                .or(db_cfg.and_then(|d| d.consistency))
-                .unwrap_or(settings.config.routing.consistency),
-            route: None,
-            max_lag: None,
-            min_lsn: None,
-            consistency: None,
-        };
+        let route = route::RouteState::for_client(&settings, &mut accepted);
         drop(settings);
         let catalog = ctx.functions(&accepted.database);
         let state = ClientState::new(&accepted.params, ctx.params_hasher().clone());

@@ -36,6 +36,45 @@ pub struct RouteState {
 }
 
 impl RouteState {
+    /// The routing state a client starts with: its user's and database's defaults, or the
+    /// read-only alias. A client of `<db>_ro` (the configured suffix) is a client of `<db>`
+    /// that reads from standbys only: its database name is rewritten here.
+    pub fn for_client(
+        settings: &crate::settings::Settings,
+        accepted: &mut super::startup::Accepted,
+    ) -> RouteState {
+        let user_cfg = settings.users.get(&accepted.user).map(|u| &u.config);
+        let readonly_alias = match &settings.config.routing.readonly_database_suffix {
+            Some(sfx)
+                if accepted.database.len() > sfx.len()
+                    && accepted.database.ends_with(sfx.as_str()) =>
+            {
+                let base = accepted.database[..accepted.database.len() - sfx.len()].to_owned();
+                accepted.database = base;
+                true
+            }
+            _ => false,
+        };
+        let db_cfg = settings.config.database(&accepted.database);
+        RouteState {
+            default_route: if readonly_alias {
+                Some(Route::Standby)
+            } else {
+                user_cfg
+                    .and_then(|u| u.default_route)
+                    .or(db_cfg.and_then(|d| d.default_route))
+            },
+            default_consistency: user_cfg
+                .and_then(|u| u.consistency)
+                .or(db_cfg.and_then(|d| d.consistency))
+                .unwrap_or(settings.config.routing.consistency),
+            route: None,
+            max_lag: None,
+            min_lsn: None,
+            consistency: None,
+        }
+    }
+
     /// The consistency in force.
     pub fn consistency(&self) -> Consistency {
         self.consistency.unwrap_or(self.default_consistency)
@@ -67,6 +106,49 @@ pub struct BatchClass {
     /// Some statement is `COPY ... FROM` (the server will wait for data: nothing may be sent
     /// behind the request).
     pub copies_in: bool,
+}
+
+impl BatchClass {
+    /// Folds one analysed text of the batch in: what its statements are, a pin, hints. A SQL
+    /// PREPARE makes `class` a write.
+    fn add(&mut self, a: &OwnedAnalysis, class: &mut Class) {
+        for s in a.statements() {
+            match s.kind {
+                StatementKind::Proxy(_) => self.any_proxy = true,
+                StatementKind::Commit { .. } => {
+                    self.commits = true;
+                    self.all_proxy = false;
+                }
+                StatementKind::CopyFrom => {
+                    self.copies_in = true;
+                    self.all_proxy = false;
+                }
+                StatementKind::Prepare { .. } => {
+                    // SQL PREPARE pins the client to the connection it runs on (its
+                    // statement cannot be replayed elsewhere): that must be the primary's.
+                    *class = Class::Write;
+                    self.all_proxy = false;
+                }
+                _ => self.all_proxy = false,
+            }
+        }
+        match a.pin() {
+            Some(PinReason::SetConfig) => self.params_may_change = true,
+            Some(p) => {
+                self.pin.get_or_insert(pin_name(p));
+            }
+            None => {}
+        }
+        if let Some(h) = a.hint() {
+            self.hint = Some(match (self.hint, h) {
+                (Some(Route::Primary), _) | (_, Route::Primary) => Route::Primary,
+                _ => h,
+            });
+        }
+        if let Some(l) = a.max_lag() {
+            self.max_lag = Some(self.max_lag.map_or(l, |o: Duration| o.min(l)));
+        }
+    }
 }
 
 /// Key of a statement text in the learned-writes set. FxHash: this runs for every request,
@@ -108,42 +190,7 @@ impl Session {
                 statements += a.statements().len();
                 let this = self.class_of(a, key, &settings, &catalog);
                 *class = combine(*class, this);
-                for s in a.statements() {
-                    match s.kind {
-                        StatementKind::Proxy(_) => out.any_proxy = true,
-                        StatementKind::Commit { .. } => {
-                            out.commits = true;
-                            out.all_proxy = false;
-                        }
-                        StatementKind::CopyFrom => {
-                            out.copies_in = true;
-                            out.all_proxy = false;
-                        }
-                        StatementKind::Prepare { .. } => {
-                            // SQL PREPARE pins the client to the connection it runs on (its
-                            // statement cannot be replayed elsewhere): that must be the primary's.
-                            *class = Class::Write;
-                            out.all_proxy = false;
-                        }
-                        _ => out.all_proxy = false,
-                    }
-                }
-                match a.pin() {
-                    Some(PinReason::SetConfig) => out.params_may_change = true,
-                    Some(p) => {
-                        out.pin.get_or_insert(pin_name(p));
-                    }
-                    None => {}
-                }
-                if let Some(h) = a.hint() {
-                    out.hint = Some(match (out.hint, h) {
-                        (Some(Route::Primary), _) | (_, Route::Primary) => Route::Primary,
-                        _ => h,
-                    });
-                }
-                if let Some(l) = a.max_lag() {
-                    out.max_lag = Some(out.max_lag.map_or(l, |o: Duration| o.min(l)));
-                }
+                out.add(a, class);
             };
         for f in &self.batch {
             let body = f.body();

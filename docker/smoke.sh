@@ -253,8 +253,9 @@ check_failover() {
   topo="$(http_get "http://127.0.0.1:$HTTP_PORT/topology")"
   echo "$topo" | grep -q '"primary":"standby1:5432"' || fail "/topology does not name standby1 the primary: $topo"
   say "failover: /topology names standby1:5432 the primary"
-  # standby2 still follows the stopped primary and will never replay a write made after the
-  # promotion: read-your-writes must send this read where the write is.
+  # standby2 still follows the stopped primary and never replays a write made after the
+  # promotion (it drops out of the read pool once over max_lag): read-your-writes must send
+  # this read where the write is.
   local read
   read="$(cw_psql <<'SQL'
 INSERT INTO smoke DEFAULT VALUES RETURNING id AS last \gset

@@ -79,6 +79,22 @@ struct Scan<'a> {
 }
 
 impl<'a> Scan<'a> {
+    /// The state at the start of a scan: nothing open, an expression may start.
+    fn new(mode: ScanMode) -> Self {
+        Scan {
+            depth: 0,
+            expr_groups: 0,
+            cte_lists: 0,
+            group_by: 0,
+            pending_expr_group: false,
+            pending_grouping_group: false,
+            prev: Prev::Open,
+            prev2: Prev::Open,
+            route: RouteClass::Read,
+            mode,
+        }
+    }
+    /// The bit of `depth` in the per-depth sets (depths past [`MAX_DEPTH`] share one).
     fn bit(depth: u32) -> u128 {
         1u128 << depth.min(MAX_DEPTH)
     }
@@ -112,6 +128,14 @@ impl<'a> Scan<'a> {
     }
     fn raise(&mut self, route: RouteClass) {
         self.route = self.route.combine(route);
+    }
+    /// After the `)` of a group at a depth above 0: an expression starts after a
+    /// `DISTINCT ON (…)` or `OPERATOR(…)` group, an operand ended after any other.
+    fn close_group(&mut self) {
+        let expr = self.expr_groups & Self::bit(self.depth) != 0;
+        self.clear(self.depth);
+        self.depth -= 1;
+        self.set_prev(if expr { Prev::Open } else { Prev::Close });
     }
 }
 
@@ -189,18 +213,7 @@ impl<'a> Analyzer<'a> {
     /// Scans a query-like statement to its end (or, with `until_close`, to the `)` that
     /// closes the group it is in, which is consumed), collecting calls and read/write signs.
     pub(super) fn scan(&mut self, mode: ScanMode, until_close: bool) -> RouteClass {
-        let mut st = Scan {
-            depth: 0,
-            expr_groups: 0,
-            cte_lists: 0,
-            group_by: 0,
-            pending_expr_group: false,
-            pending_grouping_group: false,
-            prev: Prev::Open,
-            prev2: Prev::Open,
-            route: RouteClass::Read,
-            mode,
-        };
+        let mut st = Scan::new(mode);
         while let Some(t) = self.peek() {
             match t.kind {
                 TokenKind::Semicolon => {
@@ -210,28 +223,9 @@ impl<'a> Analyzer<'a> {
                     break;
                 }
                 TokenKind::LParen => {
-                    self.bump();
-                    if st.depth >= MAX_DEPTH {
-                        st.raise(RouteClass::Unknown);
-                        self.skip_rest();
+                    if !self.open_group(&mut st) {
                         break;
                     }
-                    if st.in_cte_list() && st.prev == Prev::Close {
-                        // `WITH a AS (…) (SELECT …)`: the main query, not another CTE.
-                        st.cte_lists &= !Scan::bit(st.depth);
-                    }
-                    st.depth += 1;
-                    st.clear(st.depth);
-                    if std::mem::take(&mut st.pending_expr_group) {
-                        st.expr_groups |= Scan::bit(st.depth);
-                    }
-                    if std::mem::take(&mut st.pending_grouping_group) {
-                        st.group_by |= Scan::bit(st.depth);
-                    }
-                    if self.data_modification_follows() {
-                        st.raise(RouteClass::Primary);
-                    }
-                    st.set_prev(Prev::Paren);
                 }
                 TokenKind::RParen => {
                     if st.depth == 0 {
@@ -244,10 +238,7 @@ impl<'a> Analyzer<'a> {
                         continue;
                     }
                     self.bump();
-                    let expr = st.expr_groups & Scan::bit(st.depth) != 0;
-                    st.clear(st.depth);
-                    st.depth -= 1;
-                    st.set_prev(if expr { Prev::Open } else { Prev::Close });
+                    st.close_group();
                 }
                 TokenKind::Word | TokenKind::QuotedIdent => self.scan_name(&mut st, mode),
                 TokenKind::Cast => {
@@ -286,96 +277,40 @@ impl<'a> Analyzer<'a> {
         st.route
     }
 
+    /// At a `(` inside a scan: consumes it and opens a group. False when the nesting is too
+    /// deep to track: the rest of the statement is then skipped and the scan is unknown.
+    fn open_group(&mut self, st: &mut Scan<'a>) -> bool {
+        self.bump();
+        if st.depth >= MAX_DEPTH {
+            st.raise(RouteClass::Unknown);
+            self.skip_rest();
+            return false;
+        }
+        if st.in_cte_list() && st.prev == Prev::Close {
+            // `WITH a AS (…) (SELECT …)`: the main query, not another CTE.
+            st.cte_lists &= !Scan::bit(st.depth);
+        }
+        st.depth += 1;
+        st.clear(st.depth);
+        if std::mem::take(&mut st.pending_expr_group) {
+            st.expr_groups |= Scan::bit(st.depth);
+        }
+        if std::mem::take(&mut st.pending_grouping_group) {
+            st.group_by |= Scan::bit(st.depth);
+        }
+        if self.data_modification_follows() {
+            st.raise(RouteClass::Primary);
+        }
+        st.set_prev(Prev::Paren);
+        true
+    }
+
     /// Handles a word or quoted identifier inside a scan: keywords that matter, names, calls.
     fn scan_name(&mut self, st: &mut Scan<'a>, mode: ScanMode) {
         let Some(first) = self.bump() else { return };
-        if first.kind == TokenKind::Word {
-            match Kw::of(first.text) {
-                Kw::For if mode == ScanMode::Query => {
-                    st.group_by &= !Scan::bit(st.depth);
-                    if self.locking_clause_follows() {
-                        st.raise(RouteClass::Primary);
-                    }
-                    st.set_prev(Prev::Word(first.text));
-                    return;
-                }
-                Kw::Into if mode == ScanMode::Query => {
-                    // `SELECT … INTO t` creates a table.
-                    st.raise(RouteClass::Primary);
-                    if self.temp_target_follows() {
-                        self.pin(PinReason::TempObject);
-                    }
-                    st.set_prev(Prev::Word(first.text));
-                    return;
-                }
-                Kw::With => {
-                    if self.cte_follows() {
-                        st.cte_lists |= Scan::bit(st.depth);
-                    }
-                    st.set_prev(Prev::Word(first.text));
-                    return;
-                }
-                Kw::Select | Kw::Values | Kw::Table => {
-                    // The main query of a WITH list at this depth starts here.
-                    st.cte_lists &= !Scan::bit(st.depth);
-                    st.set_prev(Prev::Word(first.text));
-                    return;
-                }
-                w @ (Kw::Insert | Kw::Update | Kw::Delete | Kw::Merge)
-                    if st.in_cte_list() && self.data_modification_shape(w) =>
-                {
-                    // `WITH … DELETE FROM …`: the main statement modifies data.
-                    st.cte_lists &= !Scan::bit(st.depth);
-                    st.raise(RouteClass::Primary);
-                    st.set_prev(Prev::Word(first.text));
-                    return;
-                }
-                Kw::On => {
-                    if matches!(st.prev, Prev::Word(p) if p.eq_ignore_ascii_case(b"distinct"))
-                        && self.peek_kind() == Some(TokenKind::LParen)
-                    {
-                        st.pending_expr_group = true;
-                    }
-                    st.set_prev(Prev::Word(first.text));
-                    return;
-                }
-                Kw::By if matches!(st.prev, Prev::Word(p) if p.eq_ignore_ascii_case(b"group")) => {
-                    st.group_by |= Scan::bit(st.depth);
-                    st.set_prev(Prev::Word(first.text));
-                    return;
-                }
-                Kw::Having
-                | Kw::Window
-                | Kw::Order
-                | Kw::Limit
-                | Kw::Offset
-                | Kw::Fetch
-                | Kw::For
-                | Kw::Union
-                | Kw::Intersect
-                | Kw::Except
-                | Kw::Returning => {
-                    // The next clause: whatever was open at this depth has ended.
-                    st.group_by &= !Scan::bit(st.depth);
-                    st.set_prev(Prev::Word(first.text));
-                    return;
-                }
-                Kw::Sets
-                    if matches!(st.prev, Prev::Word(p) if p.eq_ignore_ascii_case(b"grouping"))
-                        && self.peek_kind() == Some(TokenKind::LParen) =>
-                {
-                    st.pending_grouping_group = true;
-                    st.set_prev(Prev::Word(first.text));
-                    return;
-                }
-                Kw::Operator if self.peek_kind() == Some(TokenKind::LParen) => {
-                    // `a OPERATOR(pg_catalog.+) b`: not a call; an operand follows the group.
-                    st.pending_expr_group = true;
-                    st.set_prev(Prev::Word(first.text));
-                    return;
-                }
-                _ => {}
-            }
+        if first.kind == TokenKind::Word && self.scan_keyword(st, first.text, mode) {
+            st.set_prev(Prev::Word(first.text));
+            return;
         }
         // A name, possibly qualified: `f`, `s.f`, `db.s.f`, `"F"`, `t.col`, `t.*`.
         let mut last = first;
@@ -399,6 +334,79 @@ impl<'a> Analyzer<'a> {
         } else {
             Prev::Name
         });
+    }
+
+    /// A word inside a scan (just consumed): if it is a keyword the scan reacts to here,
+    /// updates the scan for it and returns true; the caller then records it as the previous
+    /// word. False for any other word, which is read as a name.
+    fn scan_keyword(&mut self, st: &mut Scan<'a>, word: &[u8], mode: ScanMode) -> bool {
+        match Kw::of(word) {
+            Kw::For if mode == ScanMode::Query => {
+                st.group_by &= !Scan::bit(st.depth);
+                if self.locking_clause_follows() {
+                    st.raise(RouteClass::Primary);
+                }
+            }
+            Kw::Into if mode == ScanMode::Query => {
+                // `SELECT … INTO t` creates a table.
+                st.raise(RouteClass::Primary);
+                if self.temp_target_follows() {
+                    self.pin(PinReason::TempObject);
+                }
+            }
+            Kw::With => {
+                if self.cte_follows() {
+                    st.cte_lists |= Scan::bit(st.depth);
+                }
+            }
+            Kw::Select | Kw::Values | Kw::Table => {
+                // The main query of a WITH list at this depth starts here.
+                st.cte_lists &= !Scan::bit(st.depth);
+            }
+            w @ (Kw::Insert | Kw::Update | Kw::Delete | Kw::Merge)
+                if st.in_cte_list() && self.data_modification_shape(w) =>
+            {
+                // `WITH … DELETE FROM …`: the main statement modifies data.
+                st.cte_lists &= !Scan::bit(st.depth);
+                st.raise(RouteClass::Primary);
+            }
+            Kw::On => {
+                if matches!(st.prev, Prev::Word(p) if p.eq_ignore_ascii_case(b"distinct"))
+                    && self.peek_kind() == Some(TokenKind::LParen)
+                {
+                    st.pending_expr_group = true;
+                }
+            }
+            Kw::By if matches!(st.prev, Prev::Word(p) if p.eq_ignore_ascii_case(b"group")) => {
+                st.group_by |= Scan::bit(st.depth);
+            }
+            Kw::Having
+            | Kw::Window
+            | Kw::Order
+            | Kw::Limit
+            | Kw::Offset
+            | Kw::Fetch
+            | Kw::For
+            | Kw::Union
+            | Kw::Intersect
+            | Kw::Except
+            | Kw::Returning => {
+                // The next clause: whatever was open at this depth has ended.
+                st.group_by &= !Scan::bit(st.depth);
+            }
+            Kw::Sets
+                if matches!(st.prev, Prev::Word(p) if p.eq_ignore_ascii_case(b"grouping"))
+                    && self.peek_kind() == Some(TokenKind::LParen) =>
+            {
+                st.pending_grouping_group = true;
+            }
+            Kw::Operator if self.peek_kind() == Some(TokenKind::LParen) => {
+                // `a OPERATOR(pg_catalog.+) b`: not a call; an operand follows the group.
+                st.pending_expr_group = true;
+            }
+            _ => return false,
+        }
+        true
     }
 
     /// Whether `name(` (name's last part `last`, `parts` parts) is a function call, given

@@ -13,7 +13,7 @@ use crate::router::classify::{
     DefaultReadOnly, DiscardTarget, ParamName, PinReason, RouteClass, SetScope, StatementKind,
     TxAccess,
 };
-use crate::router::lexer::TokenKind;
+use crate::router::lexer::{Token, TokenKind};
 
 impl Analyzer<'_> {
     /// `SHOW name | ALL | TIME ZONE | TRANSACTION ISOLATION LEVEL | SESSION AUTHORIZATION`.
@@ -94,24 +94,12 @@ impl Analyzer<'_> {
 
     /// `SET …` in all its forms.
     pub(super) fn set(&mut self) -> (StatementKind, RouteClass) {
-        use StatementKind as K;
         self.bump(); // SET
         let next = self.peek_at(1);
         if self.peek_is_word("session") && next.is_some_and(|t| t.is_word("characteristics")) {
             self.bump();
             self.bump();
-            if !(self.eat_word("as") && self.eat_word("transaction")) {
-                return (K::Unknown, RouteClass::Unknown);
-            }
-            let Some((access, _)) = self.transaction_modes() else {
-                return (K::Unknown, RouteClass::Unknown);
-            };
-            match access {
-                TxAccess::ReadOnly => self.default_read_only = Some(DefaultReadOnly::On),
-                TxAccess::ReadWrite => self.default_read_only = Some(DefaultReadOnly::Off),
-                TxAccess::Default => {}
-            }
-            return (K::SetSessionCharacteristics, RouteClass::Read);
+            return self.set_session_characteristics();
         }
         let scope = if self.peek_is_word("local") {
             self.bump();
@@ -122,52 +110,84 @@ impl Analyzer<'_> {
             }
             SetScope::Session
         };
+        match self.set_special(scope) {
+            Some(statement) => statement,
+            None => self.set_written(scope),
+        }
+    }
+
+    /// After `SET SESSION CHARACTERISTICS`: `AS TRANSACTION modes`, a change of the session's
+    /// defaults.
+    fn set_session_characteristics(&mut self) -> (StatementKind, RouteClass) {
+        use StatementKind as K;
+        if !(self.eat_word("as") && self.eat_word("transaction")) {
+            return (K::Unknown, RouteClass::Unknown);
+        }
+        let Some((access, _)) = self.transaction_modes() else {
+            return (K::Unknown, RouteClass::Unknown);
+        };
+        match access {
+            TxAccess::ReadOnly => self.default_read_only = Some(DefaultReadOnly::On),
+            TxAccess::ReadWrite => self.default_read_only = Some(DefaultReadOnly::Off),
+            TxAccess::Default => {}
+        }
+        (K::SetSessionCharacteristics, RouteClass::Read)
+    }
+
+    /// After `SET [LOCAL | SESSION]`: the forms that are not `name = value`
+    /// (`TRANSACTION …`, `CONSTRAINTS …`) or that imply the parameter's name (`TIME ZONE`,
+    /// `SESSION AUTHORIZATION`, `XML OPTION`, `SCHEMA`, `NAMES`, `ROLE`). `None`, having
+    /// consumed nothing, for a written name.
+    fn set_special(&mut self, scope: SetScope) -> Option<(StatementKind, RouteClass)> {
+        use StatementKind as K;
         let next = self.peek_at(1);
         let mut buf = [0u8; 24];
-        let special = match lower(self.peek(), &mut buf) {
+        let name = match lower(self.peek(), &mut buf) {
             b"transaction" => {
                 self.bump();
                 if self.eat_word("snapshot") {
                     self.skip_rest();
                 } else if self.transaction_modes().is_none() {
-                    return (K::Unknown, RouteClass::Unknown);
+                    return Some((K::Unknown, RouteClass::Unknown));
                 }
-                return (K::SetTransaction, RouteClass::Read);
+                return Some((K::SetTransaction, RouteClass::Read));
             }
             b"constraints" => {
                 self.skip_rest();
-                return (K::SetConstraints, RouteClass::Read);
+                return Some((K::SetConstraints, RouteClass::Read));
             }
             b"time" if next.is_some_and(|t| t.is_word("zone")) => {
                 self.bump();
-                Some("timezone")
+                "timezone"
             }
             b"session" if next.is_some_and(|t| t.is_word("authorization")) => {
                 self.bump();
-                Some("session_authorization")
+                "session_authorization"
             }
             b"xml" if next.is_some_and(|t| t.is_word("option")) => {
                 self.bump();
-                Some("xmloption")
+                "xmloption"
             }
-            b"schema" => Some("search_path"),
-            b"names" => Some("client_encoding"),
-            b"role" if !next.is_some_and(|t| t.is_word("to") || t.text == b"=") => Some("role"),
-            _ => None,
+            b"schema" => "search_path",
+            b"names" => "client_encoding",
+            b"role" if !next.is_some_and(|t| t.is_word("to") || t.text == b"=") => "role",
+            _ => return None,
         };
-        if let Some(name) = special {
-            self.bump();
-            let value = self.skip_rest();
-            if value.is_empty() && name != "client_encoding" {
-                return (K::Unknown, RouteClass::Unknown);
-            }
-            if scope == SetScope::Session && matches!(name, "role" | "session_authorization") {
-                self.pin(PinReason::Role);
-            }
-            let name = ParamName::Builtin(name);
-            return (K::Set { scope, name, value }, RouteClass::Read);
+        self.bump();
+        let value = self.skip_rest();
+        if value.is_empty() && name != "client_encoding" {
+            return Some((K::Unknown, RouteClass::Unknown));
         }
+        if scope == SetScope::Session && matches!(name, "role" | "session_authorization") {
+            self.pin(PinReason::Role);
+        }
+        let name = ParamName::Builtin(name);
+        Some((K::Set { scope, name, value }, RouteClass::Read))
+    }
 
+    /// `SET [LOCAL | SESSION] name {= | TO} value`, including `causeway.*` settings.
+    fn set_written(&mut self, scope: SetScope) -> (StatementKind, RouteClass) {
+        use StatementKind as K;
         let Some((span, parts, n)) = self.eat_dotted_name() else {
             return (K::Unknown, RouteClass::Unknown);
         };
@@ -197,23 +217,30 @@ impl Analyzer<'_> {
         }
         if n == 1 && scope == SetScope::Session {
             if let Some(p) = parts[0] {
-                if ident_is(&p, "default_transaction_read_only") {
-                    self.default_read_only = if value_text.eq_ignore_ascii_case(b"default") {
-                        Some(DefaultReadOnly::Reset)
-                    } else {
-                        match simple_value(value_text).and_then(parse_bool) {
-                            Some(true) => Some(DefaultReadOnly::On),
-                            Some(false) => Some(DefaultReadOnly::Off),
-                            None => self.default_read_only, // the server will refuse it
-                        }
-                    };
-                } else if ident_is(&p, "role") || ident_is(&p, "session_authorization") {
-                    self.pin(PinReason::Role);
-                }
+                self.session_setting(p, value_text);
             }
         }
         let name = ParamName::Written(span);
         (K::Set { scope, name, value }, RouteClass::Read)
+    }
+
+    /// A session-level `SET name = value` of a setting the classifier reports on:
+    /// `default_transaction_read_only` (a read-only change) and `role` /
+    /// `session_authorization` (a pin).
+    fn session_setting(&mut self, name: Token<'_>, value_text: &[u8]) {
+        if ident_is(&name, "default_transaction_read_only") {
+            self.default_read_only = if value_text.eq_ignore_ascii_case(b"default") {
+                Some(DefaultReadOnly::Reset)
+            } else {
+                match simple_value(value_text).and_then(parse_bool) {
+                    Some(true) => Some(DefaultReadOnly::On),
+                    Some(false) => Some(DefaultReadOnly::Off),
+                    None => self.default_read_only, // the server will refuse it
+                }
+            };
+        } else if ident_is(&name, "role") || ident_is(&name, "session_authorization") {
+            self.pin(PinReason::Role);
+        }
     }
 
     /// `DISCARD ALL | PLANS | SEQUENCES | TEMP | TEMPORARY`.

@@ -78,43 +78,21 @@ impl Analyzer<'_> {
     pub(super) fn explain(&mut self) -> (StatementKind, RouteClass) {
         use StatementKind as K;
         self.bump(); // EXPLAIN
-        let mut analyze = false;
         let options_list = self.peek_kind() == Some(TokenKind::LParen) && {
             let mut buf = [0u8; 24];
             let w = lower(self.peek_at(1), &mut buf);
             !w.is_empty() && !matches!(w, b"select" | b"values" | b"table" | b"with")
         };
-        if options_list {
-            self.bump(); // (
-            loop {
-                let Some(option) = self.bump().filter(|t| t.kind == TokenKind::Word) else {
-                    return (K::Unknown, RouteClass::Unknown);
-                };
-                let is_analyze = option.is_word("analyze") || option.is_word("analyse");
-                let mut value = true;
-                if !matches!(self.peek_kind(), Some(TokenKind::Comma | TokenKind::RParen)) {
-                    let Some(v) = self.bump() else {
-                        return (K::Unknown, RouteClass::Unknown);
-                    };
-                    let off = v.is_word("false") || v.is_word("off") || v.text == b"0";
-                    value =
-                        !(off || matches!(simple_value(v.text).and_then(parse_bool), Some(false)));
-                }
-                if is_analyze {
-                    analyze = value;
-                }
-                match self.bump().map(|t| t.kind) {
-                    Some(TokenKind::Comma) => continue,
-                    Some(TokenKind::RParen) => break,
-                    _ => return (K::Unknown, RouteClass::Unknown),
-                }
-            }
+        let analyze = if options_list {
+            let Some(analyze) = self.explain_options() else {
+                return (K::Unknown, RouteClass::Unknown);
+            };
+            analyze
         } else {
-            if self.eat_word("analyze") || self.eat_word("analyse") {
-                analyze = true;
-            }
+            let analyze = self.eat_word("analyze") || self.eat_word("analyse");
             self.eat_word("verbose");
-        }
+            analyze
+        };
         if self.peek_is_word("execute") {
             // Whether or not it runs, the prepared statement must exist where this goes.
             return self.execute();
@@ -154,6 +132,32 @@ impl Analyzer<'_> {
             | K::DeclareCursor { .. }
             | K::Write => (K::Explain { analyze }, route),
             _ => (K::Unknown, RouteClass::Unknown),
+        }
+    }
+
+    /// The `(option [value], …)` list after `EXPLAIN`, from its `(`: whether the statement
+    /// is executed (`ANALYZE` with no value or a true one; the last mention wins). `None` if
+    /// the list does not read as one.
+    fn explain_options(&mut self) -> Option<bool> {
+        self.bump(); // (
+        let mut analyze = false;
+        loop {
+            let option = self.bump().filter(|t| t.kind == TokenKind::Word)?;
+            let is_analyze = option.is_word("analyze") || option.is_word("analyse");
+            let mut value = true;
+            if !matches!(self.peek_kind(), Some(TokenKind::Comma | TokenKind::RParen)) {
+                let v = self.bump()?;
+                let off = v.is_word("false") || v.is_word("off") || v.text == b"0";
+                value = !(off || matches!(simple_value(v.text).and_then(parse_bool), Some(false)));
+            }
+            if is_analyze {
+                analyze = value;
+            }
+            match self.bump().map(|t| t.kind) {
+                Some(TokenKind::Comma) => continue,
+                Some(TokenKind::RParen) => return Some(analyze),
+                _ => return None,
+            }
         }
     }
 

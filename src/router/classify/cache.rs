@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 
 use super::{analyze, Analysis, OwnedAnalysis};
 
@@ -246,8 +247,17 @@ impl<S: AsRef<[u8]>> Analysis<S> {
     fn footprint(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.sql().len()
-            + self.statements.heap_bytes()
-            + self.functions.heap_bytes()
+            + heap_bytes(&self.statements)
+            + heap_bytes(&self.functions)
+    }
+}
+
+/// The heap bytes of an inline list: none until it outgrows its inline part.
+fn heap_bytes<A: smallvec::Array>(list: &SmallVec<A>) -> usize {
+    if list.spilled() {
+        list.capacity() * std::mem::size_of::<A::Item>()
+    } else {
+        0
     }
 }
 

@@ -17,9 +17,11 @@ mod settings;
 mod statements;
 mod transactions;
 
+use smallvec::SmallVec;
+
 use super::{
-    DefaultReadOnly, FunctionRef, FunctionRefs, InlineVec, PinReason, RouteClass, Span, Statement,
-    StatementKind, Statements,
+    push_doubling, DefaultReadOnly, FunctionRef, FunctionRefs, PinReason, RouteClass, Span,
+    Statement, StatementKind, Statements,
 };
 use crate::router::lexer::{LexOptions, Lexer, Token, TokenKind};
 use scan::ScanMode;
@@ -79,8 +81,8 @@ impl<'a> Analyzer<'a> {
             last_end: 0,
             lex_failed: false,
             route: RouteClass::Read,
-            statements: InlineVec::new(),
-            functions: InlineVec::new(),
+            statements: SmallVec::new(),
+            functions: SmallVec::new(),
             pin: None,
             default_read_only: None,
         }
@@ -227,11 +229,14 @@ impl<'a> Analyzer<'a> {
                 route = RouteClass::Unknown;
             }
             self.route = self.route.combine(route);
-            self.statements.push(Statement {
-                kind,
-                route,
-                span: Span::new(first.offset, self.last_end),
-            });
+            push_doubling(
+                &mut self.statements,
+                Statement {
+                    kind,
+                    route,
+                    span: Span::new(first.offset, self.last_end),
+                },
+            );
         }
         if self.lex_failed {
             self.route = RouteClass::Unknown;

@@ -13,7 +13,7 @@ use crate::router::classify::builtins::{
     BUILTIN_WRITE_FUNCTIONS, KNOWN_READ_ONLY_FUNCTIONS, SESSION_ADVISORY_LOCKS,
 };
 use crate::router::classify::names::{ident_is, simple_ident, sorted_contains};
-use crate::router::classify::{FunctionRef, PinReason, RouteClass, Span};
+use crate::router::classify::{push_doubling, FunctionRef, PinReason, RouteClass, Span};
 use crate::router::lexer::{keyword_category, KeywordCategory, Token, TokenKind};
 
 // === Scan state ===
@@ -508,10 +508,13 @@ impl<'a> Analyzer<'a> {
                 }
         });
         if !duplicate {
-            self.functions.push(FunctionRef {
-                schema,
-                name: Span::of(&name),
-            });
+            push_doubling(
+                &mut self.functions,
+                FunctionRef {
+                    schema,
+                    name: Span::of(&name),
+                },
+            );
         }
     }
 

@@ -12,7 +12,10 @@ use crate::router::lexer::{is_space, leading_comments};
 
 /// Reads `causeway:primary`, `causeway:standby` and `causeway:max_lag=<duration>` items
 /// (case-insensitive, separated by spaces or commas) from the comments before the first
-/// token. Unknown items are ignored: a comment is not a place to fail a query.
+/// token. Unknown items are ignored: a comment is not a place to fail a query. `#[inline]`:
+/// it runs for every request, from [`analyze`](super::analyze), which may be in another
+/// codegen unit.
+#[inline]
 pub(super) fn parse_hints(sql: &[u8], hint: &mut Option<Route>, max_lag: &mut Option<Duration>) {
     const PREFIX: &[u8] = b"causeway:";
     for comment in leading_comments(sql) {

@@ -570,21 +570,21 @@ impl<S: AsRef<[u8]>> Analysis<S> {
 /// than 6 distinct functions. Texts that are not valid UTF-8, contain a NUL byte, or are longer
 /// than 4 GiB are [`RouteClass::Unknown`] with no statements.
 pub fn analyze(sql: &[u8]) -> Analysis<&[u8]> {
-    let mut analysis = Analysis {
-        sql,
-        route: RouteClass::Read,
-        statements: SmallVec::new(),
-        functions: SmallVec::new(),
-        pin: None,
-        hint: None,
-        max_lag: None,
-        default_read_only: None,
-    };
+    let mut hint = None;
+    let mut max_lag = None;
     if u32::try_from(sql.len()).is_err() || sql.contains(&0) || std::str::from_utf8(sql).is_err() {
-        analysis.route = RouteClass::Unknown;
-        return analysis;
+        return Analysis {
+            sql,
+            route: RouteClass::Unknown,
+            statements: SmallVec::new(),
+            functions: SmallVec::new(),
+            pin: None,
+            hint,
+            max_lag,
+            default_read_only: None,
+        };
     }
-    parse_hints(sql, &mut analysis.hint, &mut analysis.max_lag);
+    parse_hints(sql, &mut hint, &mut max_lag);
 
     let mut analyzer = Analyzer::new(sql, LexOptions::default());
     analyzer.run();
@@ -593,10 +593,16 @@ pub fn analyze(sql: &[u8]) -> Analysis<&[u8]> {
             .route
             .combine(analyzer::reread_with_backslash_escapes(&analyzer));
     }
-    analysis.route = analyzer.route;
-    analysis.statements = analyzer.statements;
-    analysis.functions = analyzer.functions;
-    analysis.pin = analyzer.pin;
-    analysis.default_read_only = analyzer.default_read_only;
-    analysis
+    // One struct expression: each inline list is copied once, straight into the result, and
+    // no empty list is built only to be dropped (field-by-field assignment did both).
+    Analysis {
+        sql,
+        route: analyzer.route,
+        statements: analyzer.statements,
+        functions: analyzer.functions,
+        pin: analyzer.pin,
+        hint,
+        max_lag,
+        default_read_only: analyzer.default_read_only,
+    }
 }

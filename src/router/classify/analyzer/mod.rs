@@ -70,7 +70,10 @@ fn lower<'b>(token: Option<Token<'_>>, buf: &'b mut [u8; 24]) -> &'b [u8] {
 }
 
 impl<'a> Analyzer<'a> {
-    /// An analyzer at the start of `sql`, lexing it with `options`.
+    /// An analyzer at the start of `sql`, lexing it with `options`. `#[inline]`: called for
+    /// every request from [`analyze`](super::analyze), which may be in another codegen unit;
+    /// inlined there, the analyzer is built in place rather than copied.
+    #[inline]
     pub(super) fn new(sql: &'a [u8], options: LexOptions) -> Self {
         Analyzer {
             sql,

@@ -3,8 +3,13 @@
 //! reports, the lexer's traps, hints, proxy commands, pins, the cache, and a no-panic sweep
 //! over prefixes, mutations and random bytes.
 
+use std::sync::Arc;
+
+use super::cache::{hash_text, SHARDS};
+use super::command::parse_bool;
 use super::*;
-use crate::router::lexer::{Lexer, TokenKind};
+use crate::config::Consistency;
+use crate::router::lexer::{KeywordCategory, Lexer, TokenKind};
 
 include!("corpus.rs");
 

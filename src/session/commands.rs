@@ -169,7 +169,6 @@ impl Session {
                     command_complete(out, "SET");
                 }
                 ProxyCommand::SetMinLsn(l) => {
-                    let l = Lsn::from(l);
                     self.route.min_lsn = Some(self.route.min_lsn.map_or(l, |m| m.max(l)));
                     command_complete(out, "SET");
                 }

@@ -4,6 +4,7 @@
 //! WAL positions, PostgreSQL booleans). A bad value becomes [`ProxyCommand::Invalid`] here,
 //! so the session can answer with an error instead of a server seeing the statement.
 
+use crate::protocol::Lsn;
 use std::time::Duration;
 
 use super::names::{ident_is, trim_ascii};
@@ -66,7 +67,7 @@ pub enum ProxyCommand {
     /// `SET causeway.max_lag = '200ms'` (`us`, `ms`, `s`, `min`; a bare number is ms).
     SetMaxLag(Duration),
     /// `SET causeway.min_lsn = '0/3000060'`, as the 64-bit WAL position.
-    SetMinLsn(u64),
+    SetMinLsn(Lsn),
     /// `SET causeway.consistency = 'session' | 'eventual'`.
     SetConsistency(Consistency),
     /// `SHOW causeway.<setting>`.
@@ -171,15 +172,8 @@ pub fn parse_duration(text: &[u8]) -> Option<Duration> {
 }
 
 /// Parses a WAL position as PostgreSQL prints it: `HI/LO`, both hexadecimal, up to 8 digits.
-pub fn parse_lsn(text: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(trim_ascii(text)).ok()?;
-    let (hi, lo) = text.split_once('/')?;
-    let part = |s: &str| {
-        (!s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| u32::from_str_radix(s, 16).ok())
-            .flatten()
-    };
-    Some((u64::from(part(hi)?) << 32) | u64::from(part(lo)?))
+pub fn parse_lsn(text: &[u8]) -> Option<Lsn> {
+    Lsn::parse(trim_ascii(text)).ok()
 }
 
 /// Parses a boolean setting value as PostgreSQL's `parse_bool` does: `true`/`false`,

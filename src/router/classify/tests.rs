@@ -3,6 +3,7 @@
 //! reports, the lexer's traps, hints, proxy commands, pins, the cache, and a no-panic sweep
 //! over prefixes, mutations and random bytes.
 
+use crate::protocol::Lsn;
 use std::sync::Arc;
 
 use super::cache::{hash_text, SHARDS};
@@ -804,11 +805,11 @@ fn proxy_commands() {
     );
     assert_eq!(
         proxy("SET causeway.min_lsn = '0/3000060'"),
-        ProxyCommand::SetMinLsn(0x0300_0060)
+        ProxyCommand::SetMinLsn(Lsn::from(0x0300_0060))
     );
     assert_eq!(
         proxy("SET causeway.min_lsn TO '16/B374D848'"),
-        ProxyCommand::SetMinLsn(0x16_B374_D848)
+        ProxyCommand::SetMinLsn(Lsn::from(0x16_B374_D848))
     );
     assert_eq!(
         proxy("SET causeway.consistency = 'eventual'"),
@@ -910,8 +911,8 @@ fn value_parsers() {
     ] {
         assert_eq!(parse_duration(bad), None, "{bad:?}");
     }
-    assert_eq!(parse_lsn(b"0/0"), Some(0));
-    assert_eq!(parse_lsn(b"FFFFFFFF/FFFFFFFF"), Some(u64::MAX));
+    assert_eq!(parse_lsn(b"0/0"), Some(Lsn::ZERO));
+    assert_eq!(parse_lsn(b"FFFFFFFF/FFFFFFFF"), Some(Lsn::from(u64::MAX)));
     for bad in [
         &b""[..],
         b"1",

@@ -107,8 +107,11 @@ impl RequestTrack {
 pub enum Watch {
     /// Nothing more: replies stream through.
     Replies,
-    /// A read sent to a standby is guarded: every frame of its reply is reported, until the
-    /// guard ends.
+    /// A read sent to a standby is guarded and the standby has not answered yet: the frames
+    /// that say nothing yet about whether it can run there ([`held_until_answered`]) are held
+    /// back here, counted in place; every other frame of the reply is reported.
+    HoldUntilAnswered,
+    /// Every frame of the reply is reported (a refused standby read being discarded).
     EveryFrame,
     /// A request that binds prepared statements is guarded against a stale cached plan: the
     /// frames such a guard holds back are reported, and so is the first run of rows.
@@ -206,6 +209,7 @@ impl ServerConn {
     /// of the client's replies are counted for it; the proxy's own replies are consumed here.
     /// `None`: nothing more until more bytes arrive. The session must answer a `Some` with
     /// [`Self::dispose`] before calling again.
+    #[inline]
     pub fn next_reply(
         &mut self,
         watch: Watch,
@@ -227,7 +231,7 @@ impl ServerConn {
             let step = self
                 .scanner
                 .step(&self.rbuf[start..], max_inspect, |t| {
-                    watch == Watch::EveryFrame
+                    matches!(watch, Watch::EveryFrame | Watch::HoldUntilAnswered)
                         || (watch == Watch::GuardedFrames
                             && matches!(
                                 t,
@@ -269,6 +273,13 @@ impl ServerConn {
                         // The frame is gone already: nothing to dispose of.
                         return Ok(Some(reply));
                     }
+                }
+                Step::Inspect(h)
+                    if watch == Watch::HoldUntilAnswered
+                        && owner.is_some()
+                        && held_until_answered(h.tag) =>
+                {
+                    self.hold_unanswered(h, sink)?;
                 }
                 Step::Inspect(h) => {
                     if let Some(reply) = self.client_frame(h, owner)? {
@@ -394,6 +405,7 @@ impl ServerConn {
 
     /// The connection's own bookkeeping for a frame of the client's reply (or an asynchronous
     /// one); what the session must hear of it, if anything (else it is forwarded).
+    #[inline]
     fn client_frame(
         &mut self,
         h: Header,
@@ -484,6 +496,27 @@ impl ServerConn {
             t => Reply::Other(t),
         };
         Ok(Some(reply))
+    }
+
+    /// A frame of a guarded standby read that says nothing yet about whether the standby can
+    /// run it: held back in place (a ParseComplete answering the proxy's own Parse is dropped,
+    /// a ParameterStatus recorded first).
+    #[inline]
+    fn hold_unanswered(
+        &mut self,
+        h: Header,
+        sink: &mut impl ReplySink,
+    ) -> Result<(), BackendError> {
+        match h.tag {
+            btag::PARSE_COMPLETE if self.track.parse_completed_for_proxy() => {
+                self.swallow(h.frame_len, sink);
+                return Ok(());
+            }
+            btag::PARAMETER_STATUS => self.record_parameter_at(h)?,
+            _ => {}
+        }
+        self.cursor.held += h.frame_len;
+        Ok(())
     }
 
     /// Records the ParameterStatus frame `h` at the cursor.
@@ -628,6 +661,22 @@ impl ServerConn {
     pub fn copy_in_done(&mut self) {
         self.track.copy_in = None;
     }
+}
+
+/// Replies a misroute guard holds back until it knows the server will answer the request: they
+/// say nothing yet about whether it can run there.
+pub fn held_until_answered(tag: u8) -> bool {
+    matches!(
+        tag,
+        btag::BIND_COMPLETE
+            | btag::ROW_DESCRIPTION
+            | btag::CLOSE_COMPLETE
+            | btag::PARAMETER_DESCRIPTION
+            | btag::NO_DATA
+            | btag::NOTICE_RESPONSE
+            | btag::PARAMETER_STATUS
+            | btag::PARSE_COMPLETE
+    )
 }
 
 /// Whether a CommandComplete tag says the session's parameters may have changed.

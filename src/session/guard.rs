@@ -17,8 +17,8 @@ use bytes::BytesMut;
 
 use super::replies::{conn_and_sink, Sink};
 use super::{Rerun, Session, SessionError, Terminator};
-use crate::backend::replies::{Disposition, Reply};
-use crate::protocol::backend::{tag as btag, ErrorFields};
+use crate::backend::replies::{held_until_answered, Disposition, Reply};
+use crate::protocol::backend::ErrorFields;
 use crate::protocol::messages::ProxyError;
 use crate::protocol::{Frame, SqlState};
 
@@ -45,21 +45,6 @@ pub struct MisrouteGuard {
     pub error: Option<BytesMut>,
 }
 
-/// Replies a misroute guard holds back until it knows the server will answer the request:
-/// they say nothing yet about whether it can run there.
-fn guard_holds(tag: u8) -> bool {
-    matches!(
-        tag,
-        btag::BIND_COMPLETE
-            | btag::ROW_DESCRIPTION
-            | btag::CLOSE_COMPLETE
-            | btag::PARAMETER_DESCRIPTION
-            | btag::NO_DATA
-            | btag::NOTICE_RESPONSE
-            | btag::PARAMETER_STATUS
-    )
-}
-
 /// Whether a standby's error means "this should not have come here" and the request may be
 /// re-run elsewhere: a write refused by a read-only server (25006), a recovery conflict
 /// (40001 with that wording), or the standby going away (57P01, 57P03).
@@ -78,6 +63,7 @@ impl Session {
     /// request's, or the server answers and the guard released what it held and ended).
     /// Frames that belong to no request (notices and notifications the server sends on its
     /// own, the proxy's replies) are not the guard's.
+    #[inline]
     pub(super) fn guard_reply(&mut self, reply: &Reply) -> Option<Disposition> {
         let g = self.guard.as_mut()?;
         if let Reply::Async
@@ -100,7 +86,7 @@ impl Session {
         match reply {
             Reply::ParseComplete { for_proxy: true } => Some(Disposition::Drop),
             Reply::ParseComplete { for_proxy: false } => Some(Disposition::Hold),
-            Reply::Other(t) if guard_holds(*t) => Some(Disposition::Hold),
+            Reply::Other(t) if held_until_answered(*t) => Some(Disposition::Hold),
             Reply::Error {
                 fields, stale_plan, ..
             } if (g.standby && is_misroute(fields)) || *stale_plan => {

@@ -68,6 +68,7 @@ impl Session {
         loop {
             let watch = match self.guard.as_ref() {
                 None => Watch::Replies,
+                Some(g) if g.standby && !g.discarding => Watch::HoldUntilAnswered,
                 Some(g) if g.standby => Watch::EveryFrame,
                 Some(_) => Watch::GuardedFrames,
             };
@@ -87,6 +88,7 @@ impl Session {
 
     /// One reply event: the guard decides first for the guarded request's own frames, then the
     /// client's state follows.
+    #[inline]
     fn on_reply(&mut self, reply: Reply) -> Result<Disposition, SessionError> {
         if let Reply::Ready { .. } = reply {
             self.forget_rolled_back_statements();

@@ -191,6 +191,10 @@ pub trait ReplySink {
     fn client(&mut self, bytes: BytesMut);
     /// Bytes a guard holds back, in order.
     fn held(&mut self, bytes: BytesMut);
+    /// The server answers the request a guard held back (under [`Watch::HoldUntilAnswered`]):
+    /// what the guard held from earlier reads goes to the client, and the guard ends. The
+    /// bytes held in the buffer follow as the client's.
+    fn answered(&mut self);
 }
 
 /// The connection's reply-reading state.
@@ -212,7 +216,7 @@ impl ServerConn {
     #[inline]
     pub fn next_reply(
         &mut self,
-        watch: Watch,
+        mut watch: Watch,
         sink: &mut impl ReplySink,
     ) -> Result<Option<Reply>, BackendError> {
         // `max_message_size` limits what clients send. Messages the proxy reads whole from a
@@ -280,6 +284,32 @@ impl ServerConn {
                         && held_until_answered(h.tag) =>
                 {
                     self.hold_unanswered(h, sink)?;
+                }
+                Step::Inspect(h)
+                    if watch == Watch::HoldUntilAnswered
+                        && owner.is_some()
+                        && matches!(
+                            h.tag,
+                            btag::DATA_ROW | btag::COMMAND_COMPLETE | btag::READY_FOR_QUERY
+                        ) =>
+                {
+                    // The standby answers: the guard releases what it held, in order, and the
+                    // rest of the reply streams as any other.
+                    let c = &mut self.cursor;
+                    if c.fwd > 0 {
+                        sink.client(self.rbuf.split_to(std::mem::take(&mut c.fwd)));
+                    }
+                    sink.answered();
+                    c.fwd = std::mem::take(&mut c.held);
+                    watch = Watch::Replies;
+                    if h.tag == btag::DATA_ROW {
+                        self.cursor.fwd += h.frame_len;
+                    } else if let Some(reply) = self.client_frame(h, owner)? {
+                        self.cursor.at = h.frame_len;
+                        return Ok(Some(reply));
+                    } else {
+                        self.forward(h.frame_len, sink);
+                    }
                 }
                 Step::Inspect(h) => {
                     if let Some(reply) = self.client_frame(h, owner)? {

@@ -105,13 +105,13 @@ impl Session {
                 if standby {
                     // What was held (in the buffer too) is part of the refused reply.
                     conn.settle(&mut sink);
-                    if let Some(g) = sink.guard {
+                    if let Some(g) = sink.guard.as_mut() {
                         g.held.clear();
                     }
                     Some(Disposition::Drop)
                 } else {
                     let frame = conn.take_frame(&mut sink);
-                    if let Some(g) = sink.guard {
+                    if let Some(g) = sink.guard.as_mut() {
                         g.error = Some(frame);
                     }
                     // Taken already: dropping it drops nothing more.
@@ -132,12 +132,14 @@ impl Session {
         let Some(mut g) = self.guard.take() else {
             return;
         };
-        let Session { server, client, .. } = self;
+        let Session {
+            server,
+            client,
+            guard,
+            ..
+        } = self;
         if let Some(conn) = server.as_deref_mut() {
-            let mut sink = Sink {
-                client,
-                guard: None,
-            };
+            let mut sink = Sink { client, guard };
             conn.release_held(&mut sink, g.held.drain(..));
         }
     }
@@ -158,12 +160,14 @@ impl Session {
         // Give up the re-run: the client gets the reply as it was.
         if let Some(mut g) = self.guard.take() {
             let error = g.error.take();
-            let Session { server, client, .. } = self;
+            let Session {
+                server,
+                client,
+                guard,
+                ..
+            } = self;
             if let Some(conn) = server.as_deref_mut() {
-                let mut sink = Sink {
-                    client,
-                    guard: None,
-                };
+                let mut sink = Sink { client, guard };
                 conn.release_held(&mut sink, g.held.drain(..).chain(error));
             }
         }

@@ -25,7 +25,7 @@ pub(super) struct Sink<'a> {
     /// The client connection.
     pub client: &'a mut super::client::ClientConn,
     /// The misroute guard, if a request is guarded.
-    pub guard: Option<&'a mut MisrouteGuard>,
+    pub guard: &'a mut Option<MisrouteGuard>,
 }
 
 impl ReplySink for Sink<'_> {
@@ -39,6 +39,16 @@ impl ReplySink for Sink<'_> {
             g.held.push(bytes);
         }
     }
+
+    fn answered(&mut self) {
+        // The standby answers the guarded read: what the guard held from earlier reads goes
+        // out, and the guard ends.
+        if let Some(g) = self.guard.take() {
+            for b in g.held {
+                self.client.push(b);
+            }
+        }
+    }
 }
 
 /// Borrows the session's server connection and a [`Sink`] over its client and guard at once.
@@ -50,13 +60,7 @@ macro_rules! conn_and_sink {
             guard,
             ..
         } = $s;
-        (
-            server.as_deref_mut(),
-            Sink {
-                client,
-                guard: guard.as_mut(),
-            },
-        )
+        (server.as_deref_mut(), Sink { client, guard })
     }};
 }
 pub(super) use conn_and_sink;

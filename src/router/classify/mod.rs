@@ -31,7 +31,7 @@
 //!   (`transactions.rs`); every other statement form (`statements.rs`);
 //! - `hints.rs`: the `/* causeway:… */` comments before the first token;
 //! - `command.rs`: `SET`/`SHOW`/`RESET causeway.*` and the setting-value parsers;
-//! - `builtins.rs`: the built-in functions the classifier and the router know by name;
+//! - `builtins.rs`: the built-in functions the classifier knows by name;
 //! - `names.rs`: identifiers, normalised as PostgreSQL does;
 //! - `cache.rs`: [`ClassifierCache`];
 //! - `corpus.rs` (the statement corpus, shared with the oracle test) and `tests.rs`.

@@ -129,9 +129,16 @@ impl Session {
     /// The server answers the guarded request: what the guard held goes out first, and the
     /// guard ends.
     fn release_guard(&mut self) {
+        self.end_guard(false);
+    }
+
+    /// Ends the guard: the client's bytes so far go out, then what the guard held (and, with
+    /// `with_error`, the stale-plan error it kept back), then the rest of the reply.
+    fn end_guard(&mut self, with_error: bool) {
         let Some(mut g) = self.guard.take() else {
             return;
         };
+        let error = if with_error { g.error.take() } else { None };
         let Session {
             server,
             client,
@@ -140,7 +147,7 @@ impl Session {
         } = self;
         if let Some(conn) = server.as_deref_mut() {
             let mut sink = Sink { client, guard };
-            conn.release_held(&mut sink, g.held.drain(..));
+            conn.release_held(&mut sink, g.held.drain(..).chain(error));
         }
     }
 
@@ -158,19 +165,7 @@ impl Session {
             return Some(Disposition::Drop);
         }
         // Give up the re-run: the client gets the reply as it was.
-        if let Some(mut g) = self.guard.take() {
-            let error = g.error.take();
-            let Session {
-                server,
-                client,
-                guard,
-                ..
-            } = self;
-            if let Some(conn) = server.as_deref_mut() {
-                let mut sink = Sink { client, guard };
-                conn.release_held(&mut sink, g.held.drain(..).chain(error));
-            }
-        }
+        self.end_guard(true);
         None
     }
 

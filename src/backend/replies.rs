@@ -304,7 +304,9 @@ impl ServerConn {
                     watch = Watch::Replies;
                     if h.tag == btag::DATA_ROW {
                         self.cursor.fwd += h.frame_len;
-                    } else if let Some(reply) = self.client_frame(h, owner)? {
+                    } else if let Some(reply) =
+                        self.client_frame(h, owner, watch == Watch::Replies)?
+                    {
                         self.cursor.at = h.frame_len;
                         return Ok(Some(reply));
                     } else {
@@ -312,7 +314,7 @@ impl ServerConn {
                     }
                 }
                 Step::Inspect(h) => {
-                    if let Some(reply) = self.client_frame(h, owner)? {
+                    if let Some(reply) = self.client_frame(h, owner, watch == Watch::Replies)? {
                         self.cursor.at = h.frame_len;
                         return Ok(Some(reply));
                     }
@@ -436,10 +438,15 @@ impl ServerConn {
     /// The connection's own bookkeeping for a frame of the client's reply (or an asynchronous
     /// one); what the session must hear of it, if anything (else it is forwarded).
     #[inline]
+    ///
+    /// `quiet`: no guard watches the reply, so frames that change nothing for the session (a
+    /// CommandComplete whose tag means nothing to it, a ParseComplete of the client's own
+    /// Parse) are forwarded without a [`Reply`].
     fn client_frame(
         &mut self,
         h: Header,
         owner: Option<ReplyOwner>,
+        quiet: bool,
     ) -> Result<Option<Reply>, BackendError> {
         let seq = match owner {
             Some(ReplyOwner::Client { seq, .. }) => Some(seq),
@@ -462,10 +469,18 @@ impl ServerConn {
             }
             btag::COMMAND_COMPLETE => {
                 let tag = self.body_at(h);
+                let (changes_params, drops_statements, pins) = (
+                    tag_changes_params(tag),
+                    tag_drops_statements(tag),
+                    tag_pins(tag),
+                );
+                if quiet && !changes_params && !drops_statements && pins.is_none() {
+                    return Ok(None);
+                }
                 let reply = Reply::CommandComplete {
-                    changes_params: tag_changes_params(tag),
-                    drops_statements: tag_drops_statements(tag),
-                    pins: tag_pins(tag),
+                    changes_params,
+                    drops_statements,
+                    pins,
                 };
                 if matches!(
                     reply,
@@ -479,9 +494,13 @@ impl ServerConn {
                 }
                 reply
             }
-            btag::PARSE_COMPLETE => Reply::ParseComplete {
-                for_proxy: self.track.parse_completed_for_proxy(),
-            },
+            btag::PARSE_COMPLETE => {
+                let for_proxy = self.track.parse_completed_for_proxy();
+                if quiet && !for_proxy {
+                    return Ok(None);
+                }
+                Reply::ParseComplete { for_proxy }
+            }
             btag::PARAMETER_STATUS => {
                 self.record_parameter_at(h)?;
                 if owner.is_none() {

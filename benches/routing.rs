@@ -18,7 +18,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use causeway::config::{Balance, Fallback, PrimaryReads, ReadOnlyTransactions};
 use causeway::protocol::Lsn;
 use causeway::router::classify::ClassifierCache;
-use causeway::router::{route, Class, Policy, RouteContext};
+use causeway::router::{route, Class, FixedLoad, Policy, RouteContext};
 use causeway::topology::{NodeState, Role, Topology, TopologyHandle};
 
 /// A healthy primary and two healthy standbys within the lag limits.
@@ -80,22 +80,32 @@ fn bench_route(c: &mut Criterion) {
                 &plain,
                 &t,
                 &policy,
-                &outstanding,
-                tick,
-                0,
+                &FixedLoad::new(&outstanding, tick, 0),
             ))
         })
     });
     g.bench_function("write", |b| {
         b.iter(|| {
             let t = handle.load();
-            black_box(route(Class::Write, &plain, &t, &policy, &outstanding, 0, 0))
+            black_box(route(
+                Class::Write,
+                &plain,
+                &t,
+                &policy,
+                &FixedLoad::new(&outstanding, 0, 0),
+            ))
         })
     });
     g.bench_function("read_with_min_lsn", |b| {
         b.iter(|| {
             let t = handle.load();
-            black_box(route(Class::Read, &causal, &t, &policy, &outstanding, 0, 0))
+            black_box(route(
+                Class::Read,
+                &causal,
+                &t,
+                &policy,
+                &FixedLoad::new(&outstanding, 0, 0),
+            ))
         })
     });
     let cache = ClassifierCache::default();
@@ -110,7 +120,13 @@ fn bench_route(c: &mut Criterion) {
                 Class::Read
             };
             let t = handle.load();
-            black_box(route(class, &plain, &t, &policy, &outstanding, 0, 0))
+            black_box(route(
+                class,
+                &plain,
+                &t,
+                &policy,
+                &FixedLoad::new(&outstanding, 0, 0),
+            ))
         })
     });
     g.finish();

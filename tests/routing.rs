@@ -917,7 +917,7 @@ async fn standby_refusing_connections_at_checkout_is_routed_around() {
         .expect("forwarded node in the topology");
     drop(topo);
     assert_eq!(
-        lone.app.outstanding()[fwd_node],
+        causeway::router::Load::outstanding(&**lone.app.feedback(), fwd_node),
         0,
         "in-flight count of the refusing node"
     );

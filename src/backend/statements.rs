@@ -93,7 +93,9 @@ impl ServerStatements {
     pub fn name_of(&mut self, def: &StatementDef) -> Option<&Arc<str>> {
         self.clock += 1;
         match self.by_hash.get_mut(&def.hash) {
-            Some(e) if e.def.body == def.body => {
+            // The same definition is usually the very same `Arc` (the client's): a pointer
+            // comparison spares comparing the query text on every Bind.
+            Some(e) if std::ptr::eq(&*e.def, def) || e.def.body == def.body => {
                 e.used = self.clock;
                 Some(&e.name)
             }

@@ -4,6 +4,8 @@
 use crate::config::Balance;
 use crate::topology::NodeId;
 
+use super::Load;
+
 /// An eligible node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
@@ -18,12 +20,7 @@ pub struct Candidate {
 /// Picks a node. `tick` advances on every call (round robin); `random` is a fresh random
 /// number (random balancing, and tie-breaking for least outstanding so equal nodes share the
 /// load).
-pub fn choose(
-    candidates: &[Candidate],
-    strategy: Balance,
-    tick: usize,
-    random: u64,
-) -> Option<NodeId> {
+pub fn choose(candidates: &[Candidate], strategy: Balance, load: &impl Load) -> Option<NodeId> {
     if candidates.is_empty() {
         return None;
     }
@@ -37,7 +34,7 @@ pub fn choose(
             // up with a client's own pattern (a write then a read advances it by two), which
             // would send all of that client's reads to the same node.
             let n = candidates.len();
-            let start = (random % n as u64) as usize;
+            let start = (load.random() % n as u64) as usize;
             let mut best = candidates[start];
             for i in 1..n {
                 let c = candidates[(start + i) % n];
@@ -49,8 +46,8 @@ pub fn choose(
             }
             Some(best.node)
         }
-        Balance::RoundRobin => pick_weighted(candidates, tick as u64),
-        Balance::Random => pick_weighted(candidates, random),
+        Balance::RoundRobin => pick_weighted(candidates, load.tick() as u64),
+        Balance::Random => pick_weighted(candidates, load.random()),
     }
 }
 
@@ -73,6 +70,7 @@ fn pick_weighted(candidates: &[Candidate], x: u64) -> Option<NodeId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::FixedLoad;
 
     fn c(node: NodeId, weight: u32, outstanding: usize) -> Candidate {
         Candidate {
@@ -86,11 +84,25 @@ mod tests {
     fn least_outstanding_prefers_the_idle_node_and_breaks_ties_at_random() {
         let cs = [c(1, 1, 3), c(2, 1, 0)];
         for tick in 0..4 {
-            assert_eq!(choose(&cs, Balance::LeastOutstanding, tick, 0), Some(2));
+            assert_eq!(
+                choose(
+                    &cs,
+                    Balance::LeastOutstanding,
+                    &FixedLoad::new(&[], tick, 0)
+                ),
+                Some(2)
+            );
         }
         let tied = [c(1, 1, 0), c(2, 1, 0)];
         let picks: Vec<_> = (0..4)
-            .map(|t| choose(&tied, Balance::LeastOutstanding, 0, t as u64).unwrap())
+            .map(|t| {
+                choose(
+                    &tied,
+                    Balance::LeastOutstanding,
+                    &FixedLoad::new(&[], 0, t as u64),
+                )
+                .unwrap()
+            })
             .collect();
         assert!(picks.contains(&1) && picks.contains(&2), "{picks:?}");
     }
@@ -99,7 +111,10 @@ mod tests {
     fn least_outstanding_respects_weight() {
         // Load per unit of weight: node 1 (1+1)/1 = 2, node 2 (2+1)/2 = 1.5.
         let cs = [c(1, 1, 1), c(2, 2, 2)];
-        assert_eq!(choose(&cs, Balance::LeastOutstanding, 0, 0), Some(2));
+        assert_eq!(
+            choose(&cs, Balance::LeastOutstanding, &FixedLoad::new(&[], 0, 0)),
+            Some(2)
+        );
     }
 
     #[test]
@@ -107,7 +122,7 @@ mod tests {
         let cs = [c(1, 1, 0), c(2, 3, 0)];
         let mut counts = [0usize; 3];
         for tick in 0..400 {
-            counts[choose(&cs, Balance::RoundRobin, tick, 0).unwrap()] += 1;
+            counts[choose(&cs, Balance::RoundRobin, &FixedLoad::new(&[], tick, 0)).unwrap()] += 1;
         }
         assert_eq!((counts[1], counts[2]), (100, 300));
         let mut counts = [0usize; 3];
@@ -116,9 +131,12 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            counts[choose(&cs, Balance::Random, 0, x).unwrap()] += 1;
+            counts[choose(&cs, Balance::Random, &FixedLoad::new(&[], 0, x)).unwrap()] += 1;
         }
         assert!(counts[2] > 2 * counts[1], "{counts:?}");
-        assert_eq!(choose(&[], Balance::Random, 0, 1), None);
+        assert_eq!(
+            choose(&[], Balance::Random, &FixedLoad::new(&[], 0, 1)),
+            None
+        );
     }
 }

@@ -68,14 +68,6 @@ impl Feedback {
         self.any_learned.store(true, Ordering::Relaxed);
     }
 
-    /// Requests in flight per node.
-    pub fn outstanding(&self) -> smallvec::SmallVec<[usize; 8]> {
-        self.outstanding
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .collect()
-    }
-
     /// Counts a request in flight on `node` until the guard is dropped.
     pub fn in_flight(self: &Arc<Self>, node: usize) -> InFlight {
         self.outstanding[node].fetch_add(1, Ordering::Relaxed);
@@ -84,9 +76,20 @@ impl Feedback {
             node,
         }
     }
+}
 
-    /// The next routing tick.
-    pub fn next_tick(&self) -> usize {
+impl super::Load for Feedback {
+    fn outstanding(&self, node: usize) -> usize {
+        self.outstanding
+            .get(node)
+            .map_or(0, |a| a.load(Ordering::Relaxed))
+    }
+
+    fn tick(&self) -> usize {
         self.tick.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn random(&self) -> u64 {
+        rand::random()
     }
 }

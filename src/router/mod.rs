@@ -87,6 +87,52 @@ impl Policy {
     }
 }
 
+/// What the balancer reads of the proxy's own load, asked for only what the configured
+/// strategy uses: the shared round-robin tick is an atomic every worker thread writes, and a
+/// random draw is a step of the thread's RNG.
+pub trait Load {
+    /// Requests in flight on `node`.
+    fn outstanding(&self, node: NodeId) -> usize;
+    /// The next round-robin tick.
+    fn tick(&self) -> usize;
+    /// A random number (tie-breaking, random balancing).
+    fn random(&self) -> u64;
+}
+
+/// Load figures given up front (tests, benchmarks).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FixedLoad<'a> {
+    /// Requests in flight per node id.
+    pub outstanding: &'a [usize],
+    /// The round-robin tick.
+    pub tick: usize,
+    /// The random number.
+    pub random: u64,
+}
+
+impl<'a> FixedLoad<'a> {
+    /// Fixed figures.
+    pub fn new(outstanding: &'a [usize], tick: usize, random: u64) -> Self {
+        FixedLoad {
+            outstanding,
+            tick,
+            random,
+        }
+    }
+}
+
+impl Load for FixedLoad<'_> {
+    fn outstanding(&self, node: NodeId) -> usize {
+        self.outstanding.get(node).copied().unwrap_or(0)
+    }
+    fn tick(&self) -> usize {
+        self.tick
+    }
+    fn random(&self) -> u64 {
+        self.random
+    }
+}
+
 /// The outcome of routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -133,9 +179,7 @@ pub fn route(
     ctx: &RouteContext<'_>,
     topology: &Topology,
     policy: &Policy,
-    outstanding: &[usize],
-    tick: usize,
-    random: u64,
+    load: &impl Load,
 ) -> (Decision, Reason) {
     let wants_standby = match (class, ctx.route) {
         (_, Some(Route::Primary)) => return (Decision::Primary, Reason::Forced),
@@ -161,7 +205,7 @@ pub fn route(
         candidates.push(balance::Candidate {
             node: n.id,
             weight: policy.weight(n.id),
-            outstanding: outstanding.get(n.id).copied().unwrap_or(0),
+            outstanding: load.outstanding(n.id),
         });
     }
     let primary_joins = !wants_standby && policy.primary_reads == PrimaryReads::Always;
@@ -172,12 +216,12 @@ pub fn route(
                 candidates.push(balance::Candidate {
                     node: p,
                     weight,
-                    outstanding: outstanding.get(p).copied().unwrap_or(0),
+                    outstanding: load.outstanding(p),
                 });
             }
         }
     }
-    if let Some(node) = balance::choose(&candidates, policy.balance, tick, random) {
+    if let Some(node) = balance::choose(&candidates, policy.balance, load) {
         if Some(node) == topology.primary {
             return (Decision::Primary, Reason::Read);
         }

@@ -45,7 +45,7 @@ fn policy() -> Policy {
 }
 
 fn decide(class: Class, ctx: &RouteContext<'_>, t: &Topology, p: &Policy) -> Decision {
-    route(class, ctx, t, p, &[0, 0, 0], 0, 0).0
+    route(class, ctx, t, p, &FixedLoad::new(&[0, 0, 0], 0, 0)).0
 }
 
 #[test]
@@ -68,9 +68,7 @@ fn reads_spread_over_eligible_standbys() {
                 &RouteContext::default(),
                 &t,
                 &p,
-                &[0, 0, 0],
-                tick,
-                0,
+                &FixedLoad::new(&[0, 0, 0], tick, 0),
             )
             .0
         })
@@ -90,9 +88,7 @@ fn lagging_or_unhealthy_standbys_get_no_reads() {
                 &RouteContext::default(),
                 &t,
                 &policy(),
-                &[0; 3],
-                tick,
-                0
+                &FixedLoad::new(&[0; 3], tick, 0)
             )
             .0,
             Decision::Node(2)
@@ -107,9 +103,7 @@ fn lagging_or_unhealthy_standbys_get_no_reads() {
             &RouteContext::default(),
             &t,
             &policy(),
-            &[0; 3],
-            0,
-            0
+            &FixedLoad::new(&[0; 3], 0, 0)
         ),
         (Decision::Primary, Reason::Fallback)
     );
@@ -148,9 +142,7 @@ fn primary_reads_always_joins_the_balance() {
                 &RouteContext::default(),
                 &t,
                 &p,
-                &[0; 3],
-                tick,
-                0,
+                &FixedLoad::new(&[0; 3], tick, 0),
             )
             .0
         })
@@ -243,7 +235,14 @@ fn min_lsn_excludes_standbys_that_have_not_replayed_it() {
     };
     for tick in 0..4 {
         assert_eq!(
-            route(Class::Read, &ctx, &t, &policy(), &[0; 3], tick, 0).0,
+            route(
+                Class::Read,
+                &ctx,
+                &t,
+                &policy(),
+                &FixedLoad::new(&[0; 3], tick, 0)
+            )
+            .0,
             Decision::Node(1)
         );
     }
@@ -252,7 +251,13 @@ fn min_lsn_excludes_standbys_that_have_not_replayed_it() {
         ..RouteContext::default()
     };
     assert_eq!(
-        route(Class::Read, &ctx, &t, &policy(), &[0; 3], 0, 0),
+        route(
+            Class::Read,
+            &ctx,
+            &t,
+            &policy(),
+            &FixedLoad::new(&[0; 3], 0, 0)
+        ),
         (Decision::Primary, Reason::Causal)
     );
 }
@@ -269,9 +274,7 @@ fn weight_zero_never_reads() {
                 &RouteContext::default(),
                 &t,
                 &p,
-                &[0; 3],
-                tick,
-                0
+                &FixedLoad::new(&[0; 3], tick, 0)
             )
             .0,
             Decision::Node(2)
@@ -313,7 +316,13 @@ fn excluded_nodes_are_passed_over() {
         ..RouteContext::default()
     };
     assert_eq!(
-        route(Class::Read, &ctx, &t, &policy(), &[0; 3], 0, 0),
+        route(
+            Class::Read,
+            &ctx,
+            &t,
+            &policy(),
+            &FixedLoad::new(&[0; 3], 0, 0)
+        ),
         (Decision::Primary, Reason::Fallback)
     );
 }

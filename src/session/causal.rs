@@ -95,7 +95,7 @@ impl Session {
         let min = self.route.min_lsn?;
         // The standby the balancer would pick without the position first, then the others,
         // most replayed first; at most two are asked.
-        let (plan, _) = self.plan(batch_class, &[], true);
+        let (plan, _) = self.plan(batch_class, &[], true, &self.ctx.settings());
         let mut order = self.causal_candidates(batch_class);
         if let crate::router::Decision::Node(n) = plan {
             if let Some(i) = order.iter().position(|&c| c == n) {

@@ -164,19 +164,9 @@ impl SessionCtx {
         self.shared.feedback.learn_write(key);
     }
 
-    /// Requests in flight per node.
-    pub fn outstanding(&self) -> smallvec::SmallVec<[usize; 8]> {
-        self.shared.feedback.outstanding()
-    }
-
     /// Counts a request in flight on `node` until the guard is dropped.
     pub fn in_flight(&self, node: usize) -> InFlight {
         self.shared.feedback.in_flight(node)
-    }
-
-    /// The next routing tick.
-    pub fn next_tick(&self) -> usize {
-        self.shared.feedback.next_tick()
     }
 
     /// Counts an authenticated client against its user's `max_connections`; `None` when the

@@ -146,7 +146,9 @@ impl Session {
             self.fail_request(&e, term);
             return Ok(None);
         }
-        let batch_class = self.classify_batch();
+        // One settings snapshot for the whole decision.
+        let settings = self.ctx.settings();
+        let batch_class = self.classify_batch(&settings);
         if batch_class.any_proxy {
             // `causeway.*` statements are the proxy's own, never a server's.
             if batch_class.all_proxy && matches!(term, Terminator::Query | Terminator::Sync) {
@@ -199,7 +201,7 @@ impl Session {
             routed.target = Some(Target::Primary);
             return Ok(Some(routed));
         }
-        let (decision, reason) = self.plan(&routed.batch_class, &[], false);
+        let (decision, reason) = self.plan(&routed.batch_class, &[], false, &settings);
         let Some(target) = decision.target() else {
             self.fail_request(&no_standby(), term);
             return Ok(None);
@@ -270,7 +272,12 @@ impl Session {
                     {
                         tracing::debug!(node = n, error = %e, "standby unavailable at checkout; routing the read elsewhere");
                         unreachable.push(n);
-                        let (decision, _) = self.plan(&routed.batch_class, &unreachable, false);
+                        let (decision, _) = self.plan(
+                            &routed.batch_class,
+                            &unreachable,
+                            false,
+                            &self.ctx.settings(),
+                        );
                         let Some(t) = decision.target() else {
                             self.fail_request(&no_standby(), term);
                             return Ok(false);

@@ -17,6 +17,7 @@ use crate::protocol::Lsn;
 use crate::router::classify::{OwnedAnalysis, PinReason, RouteClass, StatementKind, TxAccess};
 use crate::router::functions::is_read_only_call;
 use crate::router::{self, Class, Decision, Reason, RouteContext};
+use crate::settings::Settings;
 
 /// The session's routing state, changed by `SET causeway.*`.
 #[derive(Debug, Clone)]
@@ -173,8 +174,7 @@ fn pin_name(p: PinReason) -> &'static str {
 
 impl Session {
     /// Classifies the current batch.
-    pub(super) fn classify_batch(&self) -> BatchClass {
-        let settings = self.ctx.settings();
+    pub(super) fn classify_batch(&self, settings: &Settings) -> BatchClass {
         let catalog = self.catalog.load();
         let mut out = BatchClass {
             all_proxy: true,
@@ -188,7 +188,7 @@ impl Session {
             |a: &OwnedAnalysis, key: u64, out: &mut BatchClass, class: &mut Class| {
                 first_key.get_or_insert(key);
                 statements += a.statements().len();
-                let this = self.class_of(a, key, &settings, &catalog);
+                let this = self.class_of(a, key, settings, &catalog);
                 *class = combine(*class, this);
                 out.add(a, class);
             };
@@ -339,6 +339,7 @@ impl Session {
         batch: &BatchClass,
         excluded: &[usize],
         ignore_min_lsn: bool,
+        settings: &Settings,
     ) -> (Decision, Reason) {
         let class = batch.class.unwrap_or(Class::Write);
         let mut ctx = self.route_context(batch, excluded);
@@ -349,10 +350,8 @@ impl Session {
             class,
             &ctx,
             &self.ctx.topology().load(),
-            &self.ctx.settings().policy,
-            &self.ctx.outstanding(),
-            self.ctx.next_tick(),
-            rand::random(),
+            &settings.policy,
+            &**self.ctx.feedback(),
         )
     }
 }

@@ -1,0 +1,159 @@
+//! Protocol fidelity, round two (issue 19), against a real primary + 2 standbys: what a client
+//! sees through the proxy must be what PostgreSQL itself would send, in both pool modes. A
+//! pipeline that waits for an error without Sync, the unnamed prepared statement across a
+//! Sync, reads a standby refuses during recovery, and the real backend pid in session mode.
+//! Raw protocol where a driver cannot express the case.
+mod common;
+
+use std::time::Duration;
+
+use common::raw::{self, Msg, RawConn};
+use common::{connect_direct, Proxy};
+
+/// Extended-protocol messages built by hand.
+mod ext {
+    use super::raw::frame;
+
+    fn cstr(b: &mut Vec<u8>, s: &str) {
+        b.extend_from_slice(s.as_bytes());
+        b.push(0);
+    }
+
+    /// Parse with parameter type OIDs (0: let the server infer).
+    pub fn parse(name: &str, sql: &str, types: &[u32]) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, name);
+        cstr(&mut b, sql);
+        b.extend_from_slice(&(types.len() as i16).to_be_bytes());
+        for t in types {
+            b.extend_from_slice(&t.to_be_bytes());
+        }
+        frame(b'P', &b)
+    }
+
+    /// Bind of the unnamed portal with text parameters, text results.
+    pub fn bind(stmt: &str, params: &[&str]) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, "");
+        cstr(&mut b, stmt);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for p in params {
+            b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+            b.extend_from_slice(p.as_bytes());
+        }
+        b.extend_from_slice(&0i16.to_be_bytes());
+        frame(b'B', &b)
+    }
+
+    pub fn execute() -> Vec<u8> {
+        frame(b'E', b"\0\0\0\0\0")
+    }
+
+    pub fn flush() -> Vec<u8> {
+        frame(b'H', b"")
+    }
+
+    pub fn sync() -> Vec<u8> {
+        frame(b'S', b"")
+    }
+}
+
+/// The two pool modes, as `[proxy]` lines.
+const MODES: [&str; 2] = ["pool_mode = \"transaction\"", "pool_mode = \"session\""];
+
+fn tags(msgs: &[Msg]) -> String {
+    msgs.iter().map(|m| m.tag as char).collect()
+}
+
+async fn login(proxy: &Proxy) -> RawConn {
+    raw::login_trust(proxy.addr, causeway::cluster::APP_TRUST_USER, "postgres")
+        .await
+        .0
+}
+
+/// Every message up to and including the first with tag `tag`, failing (with what came) if
+/// it does not come within a few seconds.
+async fn recv_until_within(conn: &mut RawConn, tag: u8, mode: &str) -> Vec<Msg> {
+    let mut got = Vec::new();
+    loop {
+        match conn.recv_within(Duration::from_secs(5)).await {
+            Ok(m) => {
+                let done = m.tag == tag;
+                got.push(m);
+                if done {
+                    return got;
+                }
+            }
+            Err(e) => panic!(
+                "{mode}: waited for {:?}, got {e:?} after {:?}",
+                tag as char,
+                tags(&got)
+            ),
+        }
+    }
+}
+
+// === 1. a pipeline without Sync that waits for an error ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_in_a_pipeline_without_sync_reaches_the_client() {
+    connect_direct(0)
+        .await
+        .batch_execute(&format!(
+            "create table pipe_err_t (id int primary key); insert into pipe_err_t values (1); \
+             grant select, insert on pipe_err_t to {}",
+            causeway::cluster::APP_TRUST_USER
+        ))
+        .await
+        .unwrap();
+    for mode in MODES {
+        let proxy = common::start_proxy_with(mode, "").await;
+        let mut conn = login(&proxy).await;
+
+        // A good INSERT, then one that violates the key, and no Sync: PostgreSQL flushes at the
+        // error, so the results before it and the error arrive without one.
+        let mut b = ext::parse("", "insert into pipe_err_t values (2)", &[]);
+        b.extend(ext::bind("", &[]));
+        b.extend(ext::execute());
+        b.extend(ext::parse("", "insert into pipe_err_t values (1)", &[]));
+        b.extend(ext::bind("", &[]));
+        b.extend(ext::execute());
+        conn.send(&b).await;
+        let got = recv_until_within(&mut conn, b'E', mode).await;
+        assert_eq!(tags(&got), "12C12E", "{mode}: {got:?}");
+        assert_eq!(got[5].sqlstate().as_deref(), Some("23505"), "{mode}");
+        // The server skips to the Sync, which the client sends now.
+        conn.send(&ext::sync()).await;
+        let z = conn.recv().await;
+        assert_eq!((z.tag, &z.body[..]), (b'Z', &b"I"[..]), "{mode}");
+
+        // A notice is flushed as well.
+        let mut b = ext::parse("", "do $$ begin raise notice 'pipelined'; end $$", &[]);
+        b.extend(ext::bind("", &[]));
+        b.extend(ext::execute());
+        conn.send(&b).await;
+        let got = recv_until_within(&mut conn, b'N', mode).await;
+        assert_eq!(tags(&got), "12N", "{mode}");
+        assert_eq!(got[2].error().message, "pipelined", "{mode}");
+        conn.send(&ext::sync()).await;
+        assert_eq!(tags(&conn.recv_until(b'Z').await), "CZ", "{mode}");
+
+        // A Flush gets the replies so far, the Sync later the ReadyForQuery.
+        let mut b = ext::parse("", "select 7", &[]);
+        b.extend(ext::bind("", &[]));
+        b.extend(ext::execute());
+        b.extend(ext::flush());
+        conn.send(&b).await;
+        let got = recv_until_within(&mut conn, b'C', mode).await;
+        assert_eq!(tags(&got), "12DC", "{mode}");
+        conn.send(&ext::sync()).await;
+        assert_eq!(tags(&conn.recv_until(b'Z').await), "Z", "{mode}");
+
+        // The session goes on, and the good INSERT was kept (autocommit per Sync... the error
+        // rolled back the implicit transaction of the whole pipeline, as directly).
+        let msgs = conn.simple_query("select count(*) from pipe_err_t").await;
+        let row = msgs.iter().find(|m| m.tag == b'D').expect("a row");
+        assert_eq!(row.data_row(), vec![Some("1".to_owned())], "{mode}");
+    }
+}

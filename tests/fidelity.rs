@@ -46,6 +46,12 @@ mod ext {
         frame(b'B', &b)
     }
 
+    pub fn describe_statement(name: &str) -> Vec<u8> {
+        let mut b = vec![b'S'];
+        cstr(&mut b, name);
+        frame(b'D', &b)
+    }
+
     pub fn execute() -> Vec<u8> {
         frame(b'E', b"\0\0\0\0\0")
     }
@@ -156,4 +162,96 @@ async fn an_error_in_a_pipeline_without_sync_reaches_the_client() {
         let row = msgs.iter().find(|m| m.tag == b'D').expect("a row");
         assert_eq!(row.data_row(), vec![Some("1".to_owned())], "{mode}");
     }
+}
+
+// === 3. the unnamed prepared statement across a Sync ===
+
+/// Sends `msgs` followed by Sync and returns the reply up to ReadyForQuery.
+async fn request(conn: &mut RawConn, msgs: &[Vec<u8>]) -> Vec<Msg> {
+    let mut b: Vec<u8> = msgs.concat();
+    b.extend(ext::sync());
+    conn.send(&b).await;
+    conn.recv_until(b'Z').await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unnamed_statement_outlives_its_request() {
+    connect_direct(0)
+        .await
+        .batch_execute(&format!(
+            "create table unnamed_t (v int); grant select, insert on unnamed_t to {}",
+            causeway::cluster::APP_TRUST_USER
+        ))
+        .await
+        .unwrap();
+    for mode in MODES {
+        let proxy = common::start_proxy_with(mode, "").await;
+        let mut conn = login(&proxy).await;
+        let mut other = login(&proxy).await;
+
+        // PQsendPrepare with an empty name: Parse, Sync.
+        let got = request(&mut conn, &[ext::parse("", "select $1::int * 2", &[23])]).await;
+        assert_eq!(tags(&got), "1Z", "{mode}: {got:?}");
+        // Another client takes the connection that answered (the pool hands out the last one
+        // back first) and keeps it in a transaction, so in transaction pooling the next
+        // request runs elsewhere.
+        assert_eq!(tags(&other.simple_query("begin").await), "CZ", "{mode}");
+
+        // PQsendQueryPrepared with an empty name: Bind, Execute, Sync.
+        let got = request(&mut conn, &[ext::bind("", &["21"]), ext::execute()]).await;
+        assert_eq!(tags(&got), "2DCZ", "{mode}: {got:?}");
+        assert_eq!(got[1].data_row(), vec![Some("42".to_owned())], "{mode}");
+        // PQsendDescribePrepared with an empty name.
+        let got = request(&mut conn, &[ext::describe_statement("")]).await;
+        assert_eq!(tags(&got), "tTZ", "{mode}: {got:?}");
+        assert_eq!(tags(&other.simple_query("rollback").await), "CZ", "{mode}");
+
+        // A write, executed twice after its Parse: whatever the proxy runs on the connection
+        // between the requests (its own simple queries drop the unnamed statement) is unseen.
+        let got = request(
+            &mut conn,
+            &[ext::parse("", "insert into unnamed_t values ($1)", &[])],
+        )
+        .await;
+        assert_eq!(tags(&got), "1Z", "{mode}: {got:?}");
+        for v in ["1", "2"] {
+            let got = request(&mut conn, &[ext::bind("", &[v]), ext::execute()]).await;
+            assert_eq!(tags(&got), "2CZ", "{mode}: {got:?}");
+        }
+
+        // A simple Query drops the unnamed statement, as it does directly.
+        conn.simple_query("select 1").await;
+        let got = request(&mut conn, &[ext::bind("", &["3"]), ext::execute()]).await;
+        assert_eq!(tags(&got), "EZ", "{mode}: {got:?}");
+        assert_eq!(got[0].sqlstate().as_deref(), Some("26000"), "{mode}");
+    }
+    let n: i64 = connect_direct(0)
+        .await
+        .query_one("select count(*) from unnamed_t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_of_the_unnamed_statement_is_routed_by_its_text() {
+    let proxy = common::start_routing_proxy("", "").await;
+    let mut conn = login(&proxy).await;
+    let got = request(
+        &mut conn,
+        &[ext::parse("", "select inet_server_port()::text", &[])],
+    )
+    .await;
+    assert_eq!(tags(&got), "1Z", "{got:?}");
+    // A read, sent to a standby and prepared there.
+    let got = request(&mut conn, &[ext::bind("", &[]), ext::execute()]).await;
+    assert_eq!(tags(&got), "2DCZ", "{got:?}");
+    let port = got[1].data_row()[0].clone().unwrap();
+    let c = common::cluster();
+    let standbys = [
+        c.port(1).unwrap().to_string(),
+        c.port(2).unwrap().to_string(),
+    ];
+    assert!(standbys.contains(&port), "ran on port {port}");
 }

@@ -255,3 +255,58 @@ async fn a_bind_of_the_unnamed_statement_is_routed_by_its_text() {
     ];
     assert!(standbys.contains(&port), "ran on port {port}");
 }
+
+// === 2. reads a standby refuses during recovery ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_a_standby_cannot_serve_is_rerun_on_the_primary_and_learned() {
+    let c = common::cluster();
+    connect_direct(0)
+        .await
+        .batch_execute(&format!(
+            "create unlogged table unlogged_t (v int); insert into unlogged_t values (1), (2); \
+             grant select on unlogged_t to {}",
+            causeway::cluster::APP_USER
+        ))
+        .await
+        .unwrap();
+    c.wait_caught_up(Duration::from_secs(10)).unwrap();
+    let proxy = common::start_routing_proxy("consistency = \"eventual\"", "").await;
+    let client = proxy.connect().await;
+    let primary = c.port(0).unwrap().to_string();
+    let retries = || proxy.app.metrics().misroute_retries.get();
+
+    // Plain reads still go to a standby.
+    let row = client
+        .query_one("select inet_server_port()::text", &[])
+        .await
+        .unwrap();
+    assert_ne!(row.get::<_, String>(0), primary);
+
+    // A standby refuses (0A000, "cannot access temporary or unlogged relations during
+    // recovery"): the read runs on the primary unseen, and the text is learned.
+    let sql = "select count(*)::text, inet_server_port()::text from unlogged_t";
+    for i in 0..2 {
+        let msgs = client.simple_query(sql).await.unwrap();
+        let row = msgs
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .expect("a row");
+        assert_eq!(
+            (row.get(0), row.get(1)),
+            (Some("2"), Some(primary.as_str())),
+            "run {i}"
+        );
+        assert_eq!(retries(), 1, "after run {i}");
+    }
+    // The extended protocol, with a parameter.
+    let n: i64 = client
+        .query_one("select count(*) from unlogged_t where v > $1", &[&0i32])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}

@@ -352,6 +352,7 @@ impl Session {
                 held: smallvec::SmallVec::new(),
                 discarding: false,
                 code: String::new(),
+                learn: false,
                 standby: guard_target.is_some(),
                 error: None,
             });

@@ -310,3 +310,101 @@ async fn a_read_a_standby_cannot_serve_is_rerun_on_the_primary_and_learned() {
         .get(0);
     assert_eq!(n, 2);
 }
+
+// === 4. session mode: the real backend pid ===
+
+/// The first DataRow's first column among `msgs`.
+fn first_value(msgs: &[Msg]) -> String {
+    let row = msgs
+        .iter()
+        .find(|m| m.tag == b'D')
+        .unwrap_or_else(|| panic!("no row in {msgs:?}"));
+    row.data_row()[0].clone().expect("not NULL")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_tells_the_client_its_real_backend_pid() {
+    let proxy = common::start_proxy_with(MODES[1], "").await;
+    let (mut conn, key) =
+        raw::login_trust(proxy.addr, causeway::cluster::APP_TRUST_USER, "postgres").await;
+    let pid = key.pid.to_string();
+    assert_eq!(
+        first_value(&conn.simple_query("select pg_backend_pid()").await),
+        pid
+    );
+    let direct = connect_direct(0).await;
+    let user: String = direct
+        .query_one(
+            "select usename::text from pg_stat_activity where pid = $1",
+            &[&key.pid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(user, causeway::cluster::APP_TRUST_USER);
+
+    // A notification carries the same pid.
+    conn.simple_query("listen fidelity_chan").await;
+    let msgs = conn.simple_query("notify fidelity_chan, 'hi'").await;
+    let a = msgs
+        .iter()
+        .find(|m| m.tag == b'A')
+        .unwrap_or_else(|| panic!("no notification in {msgs:?}"));
+    assert_eq!(&a.body[..4], &key.pid.to_be_bytes());
+
+    // A cancel with the key still works (the secret is the proxy's own).
+    conn.send(&raw::query("select pg_sleep(30)")).await;
+    assert!(
+        common::wait_backend(
+            &direct,
+            key.pid,
+            "state = 'active'",
+            Duration::from_secs(10)
+        )
+        .await
+    );
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(&raw::cancel_request(key.pid, key.secret)).await;
+    let msgs = conn.recv_until(b'Z').await;
+    assert_eq!(
+        raw::first_error(&msgs).map(|e| e.code).as_deref(),
+        Some("57014")
+    );
+    // A wrong secret does nothing.
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(&raw::cancel_request(key.pid, key.secret.wrapping_add(1)))
+        .await;
+    assert_eq!(first_value(&conn.simple_query("select 1").await), "1");
+
+    // The server connection dies: the client gets the server's error and is disconnected, as
+    // it would be directly.
+    direct
+        .execute("select pg_terminate_backend($1)", &[&key.pid])
+        .await
+        .unwrap();
+    let msgs = conn
+        .recv_until_closed(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|m| panic!("still open after {m:?}"));
+    let e = raw::first_error(&msgs).unwrap_or_else(|| panic!("no error in {msgs:?}"));
+    assert_eq!((e.severity.as_str(), e.code.as_str()), ("FATAL", "57P01"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_keeps_the_proxy_pid_and_outlives_its_server_connection() {
+    let proxy = common::start_proxy_with(MODES[0], "").await;
+    let (mut conn, key) =
+        raw::login_trust(proxy.addr, causeway::cluster::APP_TRUST_USER, "postgres").await;
+    let backend: i32 = first_value(&conn.simple_query("select pg_backend_pid()").await)
+        .parse()
+        .unwrap();
+    assert_ne!(backend, key.pid);
+    let direct = connect_direct(0).await;
+    direct
+        .execute("select pg_terminate_backend($1)", &[&backend])
+        .await
+        .unwrap();
+    assert!(common::wait_backend_not(&direct, backend, "true", Duration::from_secs(10)).await);
+    // The next request gets another server connection.
+    assert_eq!(first_value(&conn.simple_query("select 1").await), "1");
+}

@@ -541,6 +541,7 @@ impl ServerConn {
         mut on_row: impl FnMut(&[u8]),
     ) -> Result<Result<(), be::ErrorFields>, BackendError> {
         debug_assert!(self.pending.is_empty() && self.scanner.at_boundary());
+        self.statements.unnamed = None;
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         messages::query(&mut out, sql);
         let addr = self.addr.clone();

@@ -7,6 +7,10 @@
 //!   is swallowed on the way back). Close of a named statement only forgets the client's name:
 //!   the server-side statement may serve other clients, so the Close sent on is aimed at a name
 //!   that never exists, which PostgreSQL answers with a plain CloseComplete.
+//! - The unnamed statement keeps its name; a Bind or Describe of it in a later request than its
+//!   Parse finds the connection's unnamed statement different from the client's (another
+//!   connection, or a simple Query of the proxy's dropped it) and prepares the client's in
+//!   front of the batch, as for a named one.
 //! - Session parameters are brought in line with the client's (`RESET` / `set_config`) by a
 //!   query the proxy adds in front, whose reply is swallowed.
 //!
@@ -18,7 +22,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::connection::ServerParams;
 use super::replies::SentParse;
-use super::statements::{ClientStatements, StatementDef};
+use super::statements::{ClientStatements, StatementDef, UnnamedStatement};
 use super::{BackendError, ServerConn};
 use crate::protocol::backend::ErrorFields;
 use crate::protocol::codec::{put_cstr, put_frame_with};
@@ -31,14 +35,17 @@ const NO_SUCH_STATEMENT: &[u8] = b"causeway_no_such_statement";
 impl ServerConn {
     /// Appends the client's `batch` to the write buffer, rewritten for this connection, as the
     /// next client request (its replies are announced with
-    /// [`ServerConn::expect_client_reply`]). `client` is the client's named statements.
+    /// [`ServerConn::expect_client_reply`]). `client` is the client's named statements,
+    /// `unnamed` its unnamed one.
     pub fn write_batch(
         &mut self,
         batch: &[Frame],
         client: &mut ClientStatements,
+        unnamed: &mut UnnamedStatement,
     ) -> Result<(), ProtocolError> {
         let seq = self.track.next_seq;
-        write_batch(batch, client, self, seq)
+        let mut clients = ClientSide { client, unnamed };
+        write_batch(batch, &mut clients, self, seq)
     }
 
     /// Deallocates the statements evicted from the connection's cache or found stale, with a
@@ -110,11 +117,19 @@ impl ServerConn {
     }
 }
 
+/// The client's prepared statements, as a batch is rewritten.
+struct ClientSide<'a> {
+    /// Named, by the client's name.
+    client: &'a mut ClientStatements,
+    /// The unnamed one.
+    unnamed: &'a mut UnnamedStatement,
+}
+
 /// Appends `batch` to the connection's write buffer, rewritten for it. `seq` is the sequence
 /// number of the request the batch belongs to.
 fn write_batch(
     batch: &[Frame],
-    client: &mut ClientStatements,
+    client: &mut ClientSide<'_>,
     server: &mut ServerConn,
     seq: u64,
 ) -> Result<(), ProtocolError> {
@@ -163,7 +178,7 @@ fn write_batch(
 #[allow(clippy::too_many_arguments)]
 fn rewrite_frames(
     batch: &[Frame],
-    client: &mut ClientStatements,
+    side: &mut ClientSide<'_>,
     server: &mut ServerConn,
     seq: u64,
     body: &mut BytesMut,
@@ -171,12 +186,21 @@ fn rewrite_frames(
     prelude_parses: &mut Vec<SentParse>,
     batch_parses: &mut Vec<SentParse>,
 ) -> Result<(), ProtocolError> {
+    let client = &mut *side.client;
+    // Whether the batch itself parsed the unnamed statement (or dropped it) before the frame
+    // at hand: its later Binds need nothing prepared.
+    let mut unnamed_here = false;
     for frame in batch {
         let b = frame.body();
         match frame.tag() {
             ftag::PARSE => {
                 let p = frontend::parse(b)?;
                 if p.name.is_empty() {
+                    // Tag, length and the name's NUL: the rest is the definition.
+                    let tail = frame.raw().slice(6..);
+                    *side.unnamed = Some(tail.clone());
+                    server.statements.unnamed = Some(tail);
+                    unnamed_here = true;
                     body.extend_from_slice(frame.raw());
                     continue;
                 }
@@ -199,6 +223,14 @@ fn rewrite_frames(
             }
             ftag::BIND => {
                 let v = frontend::bind(b)?;
+                if v.statement.is_empty() {
+                    if !unnamed_here {
+                        prepare_unnamed(side.unnamed, server, prelude, prelude_parses, seq);
+                        unnamed_here = true;
+                    }
+                    body.extend_from_slice(frame.raw());
+                    continue;
+                }
                 let Some(name) =
                     server_name_for(v.statement, client, server, prelude, prelude_parses, seq)
                 else {
@@ -226,6 +258,13 @@ fn rewrite_frames(
                         None => body.extend_from_slice(frame.raw()),
                     }
                 }
+                Target::Statement(_) => {
+                    if !unnamed_here {
+                        prepare_unnamed(side.unnamed, server, prelude, prelude_parses, seq);
+                        unnamed_here = true;
+                    }
+                    body.extend_from_slice(frame.raw());
+                }
                 _ => body.extend_from_slice(frame.raw()),
             },
             ftag::CLOSE => match frontend::describe_or_close(b)? {
@@ -236,8 +275,21 @@ fn rewrite_frames(
                         put_cstr(o, NO_SUCH_STATEMENT);
                     });
                 }
+                Target::Statement(_) => {
+                    // Closes the server's unnamed statement, whatever it was.
+                    *side.unnamed = None;
+                    server.statements.unnamed = None;
+                    unnamed_here = true;
+                    body.extend_from_slice(frame.raw());
+                }
                 _ => body.extend_from_slice(frame.raw()),
             },
+            ftag::QUERY => {
+                // A simple Query drops the unnamed statement, the client's and the server's.
+                *side.unnamed = None;
+                server.statements.unnamed = None;
+                body.extend_from_slice(frame.raw());
+            }
             _ => body.extend_from_slice(frame.raw()),
         }
     }
@@ -272,6 +324,35 @@ fn server_name_for(
         seq,
     });
     Some(server_name)
+}
+
+/// Prepares the client's unnamed statement (`unnamed`) in `prelude` when the connection's is
+/// not the same: it was parsed in an earlier request, which may have run elsewhere. Nothing
+/// when the client has none (the server reports the error, or finds its own).
+fn prepare_unnamed(
+    unnamed: &UnnamedStatement,
+    server: &mut ServerConn,
+    prelude: &mut BytesMut,
+    prelude_parses: &mut Vec<SentParse>,
+    seq: u64,
+) {
+    let Some(tail) = unnamed else {
+        return;
+    };
+    if server.statements.unnamed.as_ref() == Some(tail) {
+        return;
+    }
+    put_frame_with(prelude, ftag::PARSE, |o| {
+        put_cstr(o, b"");
+        o.put_slice(tail);
+    });
+    server.statements.unnamed = Some(tail.clone());
+    prelude_parses.push(SentParse {
+        def: StatementDef::new(tail.clone()),
+        server_name: std::sync::Arc::from(""),
+        client_name: None,
+        seq,
+    });
 }
 
 /// Appends Close for each server-side statement name, then Sync: the proxy's own request that

@@ -593,6 +593,10 @@ impl ServerConn {
         }
         while self.track.parses.front().is_some_and(|p| p.seq <= seq) {
             if let Some(p) = self.track.parses.pop_front() {
+                if p.server_name.is_empty() {
+                    // The unnamed statement the proxy prepared again was not.
+                    self.statements.unnamed = None;
+                }
                 self.statements.remove(&p.def, &p.server_name);
                 if let Some(name) = p.client_name {
                     self.track.rolled_back.push((name, p.def));
@@ -649,12 +653,15 @@ impl ServerConn {
 
     /// Writes one of the proxy's own simple queries; its reply is swallowed.
     pub fn send_proxy_query(&mut self, sql: &str) {
+        // A simple Query drops the server's unnamed statement.
+        self.statements.unnamed = None;
         messages::query(&mut self.wbuf, sql);
         self.pending.push_back(ReplyOwner::Proxy);
     }
 
     /// Writes the read-your-writes probe: the primary's WAL position, captured from its reply.
     pub fn send_lsn_probe(&mut self) {
+        self.statements.unnamed = None;
         messages::query(&mut self.wbuf, LSN_SQL);
         self.pending.push_back(ReplyOwner::Lsn);
         self.track.captured_lsn = None;

@@ -4,6 +4,14 @@
 //! the statements it has prepared itself (`cw_1`, `cw_2`, ...), keyed by the statement's
 //! definition (query text and parameter types). The session rewrites Bind/Describe/Close to the
 //! server's names and prepares a missing statement in front of the request that needs it.
+//!
+//! The unnamed statement keeps its name on the server (PostgreSQL replaces it at each unnamed
+//! Parse and drops it at each simple Query), but a client may Parse it in one request and Bind
+//! it in a later one (libpq's `PQsendPrepare` with an empty name, then
+//! `PQsendQueryPrepared`), which may run on another connection: the client's last unnamed
+//! Parse and each connection's current unnamed statement are both kept as their Parse body
+//! tail ([`UnnamedStatement`]), and a Bind or Describe that finds them different prepares the
+//! client's in front of the request.
 
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
@@ -49,6 +57,12 @@ impl StatementDef {
     }
 }
 
+/// The unnamed statement as a Parse body tail (query, NUL, parameter type count and OIDs): a
+/// client's (its last unnamed Parse, until a simple Query or a Close drops it) or a
+/// connection's (what the server holds as its unnamed statement, if the proxy knows it).
+/// `None` is "none" for a client and "unknown or none" for a connection.
+pub type UnnamedStatement = Option<Bytes>;
+
 /// Statements prepared on one server connection, by definition: a bounded cache. Beyond
 /// [`MAX_SERVER_STATEMENTS`] the least recently used statement is evicted; evicted and
 /// invalidated statements are deallocated on the server by the next request that finds the
@@ -70,6 +84,9 @@ pub struct ServerStatements {
     pub(crate) newly_stale: Vec<u64>,
     /// The pool's invalidation generation this connection has applied.
     pub(crate) seen_generation: u64,
+    /// The server's unnamed statement as last parsed on this connection, forgotten at every
+    /// simple Query written to it (the client's or the proxy's own) and at a failed Parse.
+    pub(crate) unnamed: UnnamedStatement,
 }
 
 #[derive(Debug)]

@@ -4,6 +4,11 @@
 //! pointed at the server process currently running its requests; a CancelRequest carrying the
 //! client's key is forwarded to exactly that server process, on whichever node it is.
 //!
+//! In session mode the pid is the real one of the client's server process (see
+//! `Session::begin`), so pids of different nodes, and the proxy's own, may be equal: clients
+//! are registered by their whole key, pid and secret (the secret is always the proxy's random
+//! one).
+//!
 //! The slot is updated by its own session only, so its lock is uncontended except while a cancel
 //! is being looked up.
 
@@ -90,16 +95,16 @@ impl CancelSlot {
     }
 }
 
-/// Registered clients by the pid causeway gave them.
+/// Registered clients by the key causeway gave them.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    slots: Arc<Mutex<HashMap<i32, Arc<CancelSlot>>>>,
+    slots: Arc<Mutex<HashMap<CancelKey, Arc<CancelSlot>>>>,
 }
 
 /// Removes a client's slot from the registry when the session ends.
 pub struct Registration {
-    slots: Arc<Mutex<HashMap<i32, Arc<CancelSlot>>>>,
-    pid: i32,
+    slots: Arc<Mutex<HashMap<CancelKey, Arc<CancelSlot>>>>,
+    key: CancelKey,
     slot: Arc<CancelSlot>,
 }
 
@@ -108,11 +113,24 @@ impl Registration {
     pub fn slot(&self) -> &Arc<CancelSlot> {
         &self.slot
     }
+
+    /// Registers the same slot under another pid (the client's real server pid, in session
+    /// mode), before the client is told its key; the secret stays.
+    pub fn set_pid(&mut self, pid: i32) {
+        let key = CancelKey {
+            pid,
+            secret: self.key.secret,
+        };
+        let mut slots = self.slots.lock();
+        slots.remove(&self.key);
+        slots.insert(key, self.slot.clone());
+        self.key = key;
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.slots.lock().remove(&self.pid);
+        self.slots.lock().remove(&self.key);
     }
 }
 
@@ -126,10 +144,10 @@ impl CancelRegistry {
             waker: AtomicWaker::new(),
             registered: AtomicBool::new(false),
         });
-        self.slots.lock().insert(key.pid, slot.clone());
+        self.slots.lock().insert(key, slot.clone());
         Registration {
             slots: self.slots.clone(),
-            pid: key.pid,
+            key,
             slot,
         }
     }
@@ -145,7 +163,7 @@ impl CancelRegistry {
 
     /// The server process a client key currently maps to, if the key is valid.
     pub fn lookup(&self, key: CancelKey) -> Option<Arc<CancelTarget>> {
-        let slot = self.slots.lock().get(&key.pid).cloned()?;
+        let slot = self.slots.lock().get(&key).cloned()?;
         if slot.secret != key.secret {
             return None;
         }
@@ -175,5 +193,36 @@ mod tests {
             assert_eq!(reg.lookup(CancelKey { pid: 7, secret: 41 }), None);
         }
         assert_eq!(reg.lookup(key), None);
+    }
+
+    #[test]
+    fn a_slot_moves_to_its_real_pid_and_equal_pids_do_not_collide() {
+        let reg = CancelRegistry::default();
+        let target = |pid| CancelTarget {
+            host: "h".into(),
+            port: 1,
+            key: CancelKey { pid, secret: 1 },
+        };
+        let mut a = reg.register(CancelKey { pid: 7, secret: 42 });
+        a.slot().set(Some(Arc::new(target(1))));
+        a.set_pid(500);
+        assert_eq!(reg.lookup(CancelKey { pid: 7, secret: 42 }), None);
+        let moved = reg.lookup(CancelKey {
+            pid: 500,
+            secret: 42,
+        });
+        assert_eq!(moved.as_deref(), Some(&target(1)));
+        // Another node's server process with the same pid, another client.
+        let b = reg.register(CancelKey {
+            pid: 500,
+            secret: 43,
+        });
+        b.slot().set(Some(Arc::new(target(2))));
+        drop(b);
+        let still = reg.lookup(CancelKey {
+            pid: 500,
+            secret: 42,
+        });
+        assert_eq!(still.as_deref(), Some(&target(1)));
     }
 }

@@ -345,7 +345,11 @@ impl Session {
             conn.queue_pending_closes();
             conn.queue_param_sync(&self.state.params, self.state.params_id());
         }
-        conn.write_batch(&self.batch, &mut self.state.statements)?;
+        conn.write_batch(
+            &self.batch,
+            &mut self.state.statements,
+            &mut self.state.unnamed,
+        )?;
         if guard_target.is_some() || stale_guard {
             // The guard keeps the frames for a re-run (they are sent; the batch starts over).
             self.guard = Some(super::guard::MisrouteGuard {
@@ -355,6 +359,7 @@ impl Session {
                 held: smallvec::SmallVec::new(),
                 discarding: false,
                 code: String::new(),
+                learn: false,
                 standby: guard_target.is_some(),
                 error: None,
             });

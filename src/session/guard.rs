@@ -3,8 +3,10 @@
 //!
 //! Two kinds of request are guarded:
 //! - a read sent to a standby: a refusal that means "this should not have come here" (25006
-//!   read-only, a recovery conflict, the standby shutting down or starting up) or a dropped
-//!   connection re-runs it on the primary, and a 25006 teaches the router that the text writes;
+//!   read-only; 0A000, such as "cannot access temporary or unlogged relations during
+//!   recovery"; a recovery conflict; the standby shutting down or starting up) or a dropped
+//!   connection re-runs it on the primary, and a 25006 or 0A000 teaches the router that the
+//!   text must run on the primary;
 //! - a request that binds prepared statements, alone on its connection outside a transaction:
 //!   "cached plan must not change result type" (after DDL) prepares the statements again and
 //!   re-runs it once.
@@ -37,6 +39,9 @@ pub struct MisrouteGuard {
     pub discarding: bool,
     /// The refusal's SQLSTATE.
     pub code: String,
+    /// The refusal says the text must always run on the primary (a write refused as read-only,
+    /// a relation only the primary can read): the router learns it.
+    pub learn: bool,
     /// Why the request is guarded: a read sent to a standby (any misroute is retried), or a
     /// request that binds prepared statements (only a stale cached plan is retried).
     pub standby: bool,
@@ -46,11 +51,16 @@ pub struct MisrouteGuard {
 }
 
 /// Whether a standby's error means "this should not have come here" and the request may be
-/// re-run elsewhere: a write refused by a read-only server (25006), a recovery conflict
-/// (40001 with that wording), or the standby going away (57P01, 57P03).
+/// re-run elsewhere: a write refused by a read-only server (25006), what PostgreSQL does not
+/// do during recovery (0A000: "cannot access temporary or unlogged relations during
+/// recovery", and the like), a recovery conflict (40001 with that wording), or the standby
+/// going away (57P01, 57P03). 0A000 is matched by code alone (the message may be translated):
+/// the guarded request is a read, so running it on the primary is always safe, and another
+/// 0A000 costs one needless trip there.
 fn is_misroute(e: &ErrorFields) -> bool {
     e.has_code(&[
         SqlState::READ_ONLY_SQL_TRANSACTION,
+        SqlState::FEATURE_NOT_SUPPORTED,
         SqlState::ADMIN_SHUTDOWN,
         SqlState::CANNOT_CONNECT_NOW,
     ]) || (e.code == SqlState::SERIALIZATION_FAILURE
@@ -99,6 +109,13 @@ impl Session {
                 }
                 g.discarding = true;
                 g.code = fields.code.clone();
+                // A stale plan is the statement's, not the text's: it is not learned.
+                g.learn = g.standby
+                    && !*stale_plan
+                    && fields.has_code(&[
+                        SqlState::READ_ONLY_SQL_TRANSACTION,
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                    ]);
                 let standby = g.standby;
                 let (conn, mut sink) = conn_and_sink!(self);
                 let conn = conn?;
@@ -171,8 +188,9 @@ impl Session {
 
     /// Re-runs a request a standby refused, on the primary, or one whose prepared statement's
     /// plan went stale. After a read-only refusal (the classifier took a write for a read, say
-    /// a function created after the catalog was loaded) the text is remembered, so it goes to
-    /// the primary directly from then on.
+    /// a function created after the catalog was loaded), or a read the standby cannot serve (an
+    /// unlogged table), the text is remembered, so it goes to the primary directly from then
+    /// on.
     pub(super) async fn retry_on_primary(&mut self, g: MisrouteGuard) -> Result<(), SessionError> {
         let stale = !g.standby;
         let term = if g.term_is_sync {
@@ -185,7 +203,7 @@ impl Session {
         } else {
             self.ctx.metrics().misroute_retries.inc();
         }
-        if g.code == SqlState::READ_ONLY_SQL_TRANSACTION {
+        if g.learn {
             self.ctx.learn_write(g.learn_key);
         }
         // The standby's connection is done with this request.

@@ -56,6 +56,14 @@ impl Session {
             };
             messages::parameter_status(&mut b, name, value);
         }
+        if self.mode == PoolMode::Session {
+            // The client keeps this one server connection: it is told its real pid, so that
+            // pg_backend_pid(), pg_stat_activity, pg_terminate_backend and notifications agree
+            // with its key, as without a proxy. The secret stays the proxy's own, so a cancel
+            // still comes here (and reaches that process).
+            self.key.pid = lease.cancel_target().key.pid;
+            self.cancel.set_pid(self.key.pid);
+        }
         messages::backend_key_data(&mut b, self.key);
         messages::ready_for_query(&mut b, TxStatus::Idle);
         self.client.push(b);

@@ -221,6 +221,9 @@ pub struct Session {
     batch: Batch,
     /// Bytes in `batch`.
     batch_len: usize,
+    /// When an unfinished `batch` goes to the server if the client sends nothing more
+    /// (meaningful only while `batch` is not empty; see `relay::UNFINISHED_BATCH_WAIT`).
+    batch_deadline: Option<tokio::time::Instant>,
     /// Transaction status as last reported to the client.
     tx_status: TxStatus,
     /// The server is in COPY IN: client CopyData/CopyDone/CopyFail go straight through.
@@ -299,6 +302,7 @@ impl Session {
             server: None,
             batch: Batch::new(),
             batch_len: 0,
+            batch_deadline: None,
             tx_status: TxStatus::Idle,
             copy_in: false,
             skip_until_sync: false,

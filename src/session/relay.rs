@@ -31,6 +31,13 @@ const CLIENT_OUT_HIGH: usize = 256 * 1024;
 const SERVER_OUT_HIGH: usize = 256 * 1024;
 /// Forward an unfinished extended-protocol batch once it is this large.
 const BATCH_FORWARD: usize = 64 * 1024;
+/// Forward an unfinished extended-protocol batch (frames without Sync or Flush yet) once the
+/// client has sent nothing more for this long. PostgreSQL runs each message as it arrives and
+/// flushes its output when it reports an error or a notice, so a client may pipeline without
+/// Sync and wait for exactly that. Not at once: a batch whose bytes arrive in several reads
+/// (a large write, libpq's pipeline mode flushing every 8 KiB) is routed as a whole when it
+/// is complete, where an unfinished one must go to the primary.
+const UNFINISHED_BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// What ended one wait of the loop.
 enum Event {
@@ -43,6 +50,8 @@ enum Event {
     Kill,
     /// The client stayed idle for `proxy.client_idle_timeout`.
     IdleTimeout,
+    /// The client sent nothing more of an unfinished batch for [`UNFINISHED_BATCH_WAIT`].
+    BatchWait,
 }
 
 /// Whether the relay goes on.
@@ -108,6 +117,14 @@ impl Session {
                 )))
             }
             Event::IdleTimeout => return Err(SessionError::Fatal(idle::timeout_error())),
+            Event::BatchWait => {
+                // What the client sent runs, as it would directly; the rest of the batch
+                // follows on the same connection.
+                if !self.batch.is_empty() && self.held.is_none() && self.violation.is_none() {
+                    Box::pin(self.dispatch(Terminator::Partial)).await?;
+                }
+                Flow::Continue
+            }
         })
     }
 
@@ -201,6 +218,12 @@ impl Session {
             && self.is_idle()
             && self.held.is_none()
             && !self.tx_status.is_in_transaction();
+        let batch_wait = if self.batch.is_empty() || stalled || self.held.is_some() {
+            None
+        } else {
+            self.batch_deadline.map(tokio::time::sleep_until)
+        };
+        let mut batch_wait = std::pin::pin!(batch_wait);
         let Session {
             client,
             server,
@@ -259,6 +282,11 @@ impl Session {
             if read_client {
                 if let Poll::Ready(r) = client.poll_read_into_buf(cx) {
                     return Poll::Ready(Event::ClientRead(r));
+                }
+            }
+            if let Some(sleep) = batch_wait.as_mut().as_pin_mut() {
+                if std::future::Future::poll(sleep, cx).is_ready() {
+                    return Poll::Ready(Event::BatchWait);
                 }
             }
             // Last: a request that arrives as the time runs out is served.
@@ -382,6 +410,10 @@ impl Session {
                     .into())
                 }
             }
+        }
+        if !self.batch.is_empty() {
+            // An unfinished batch: sent on if the client sends nothing more for a while.
+            self.batch_deadline = Some(tokio::time::Instant::now() + UNFINISHED_BATCH_WAIT);
         }
         Ok(Flow::Continue)
     }

@@ -214,8 +214,14 @@ impl Session {
                     Ok(b) if b.statement.is_empty() => {
                         if !parsed_unnamed {
                             // The unnamed statement was parsed in an earlier request: its
-                            // text is unknown here.
-                            class = Class::Write;
+                            // text is the client's last unnamed Parse (unknown: a write).
+                            match unnamed_query(&self.state.unnamed) {
+                                Some(q) => {
+                                    let a = self.ctx.classifier().analyze(q);
+                                    consider(&a, text_key(q), &mut out, &mut class)
+                                }
+                                None => class = Class::Write,
+                            }
                         }
                     }
                     Ok(b) => {
@@ -362,4 +368,10 @@ fn combine(a: Class, b: Class) -> Class {
         (Class::ReadOnlyBegin, _) | (_, Class::ReadOnlyBegin) => Class::ReadOnlyBegin,
         _ => Class::Read,
     }
+}
+
+/// The query text of the client's unnamed statement, if it has one.
+fn unnamed_query(unnamed: &crate::backend::statements::UnnamedStatement) -> Option<&[u8]> {
+    let tail = unnamed.as_ref()?;
+    tail.split(|&c| c == 0).next()
 }

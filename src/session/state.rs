@@ -31,6 +31,9 @@ pub struct ClientState {
     hasher: RandomState,
     /// Named prepared statements by the client's name.
     pub statements: crate::backend::statements::ClientStatements,
+    /// The client's unnamed statement, from its last unnamed Parse until a simple Query or a
+    /// Close of it: prepared again where a later Bind of it lands.
+    pub unnamed: crate::backend::statements::UnnamedStatement,
 }
 
 impl ClientState {
@@ -47,6 +50,7 @@ impl ClientState {
             params_id: 0,
             hasher,
             statements: Default::default(),
+            unnamed: None,
         };
         state.params_id = state.fingerprint();
         state

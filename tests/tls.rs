@@ -164,6 +164,51 @@ async fn psql_connects_with_sslmode_require_and_verify_full() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_with_channel_binding_require_logs_in_with_scram_plus() {
+    let certs = make_certs();
+    let proxy = start_tls_proxy(&certs, "allow").await;
+    let got = psql_query(
+        &libpq(
+            &proxy,
+            "localhost",
+            "sslmode=require channel_binding=require",
+        ),
+        "select current_user",
+    )
+    .await;
+    assert_eq!(got.as_deref(), Ok(APP_USER), "SCRAM-SHA-256-PLUS over TLS");
+    // Without TLS there is nothing to bind to: libpq refuses to go on.
+    let err = psql_query(
+        &libpq(
+            &proxy,
+            "localhost",
+            "sslmode=disable channel_binding=require",
+        ),
+        "select 1",
+    )
+    .await
+    .expect_err("channel_binding=require without TLS");
+    assert!(err.contains("channel binding"), "{err}");
+    // A wrong password is still 28P01 through the PLUS exchange.
+    let err = tokio::process::Command::new(psql())
+        .arg(libpq(
+            &proxy,
+            "localhost",
+            "sslmode=require channel_binding=require",
+        ))
+        .args(["-XAtqc", "select 1"])
+        .env("PGPASSWORD", "not-the-password")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_clients_are_refused_under_require_and_served_under_allow() {
     let certs = make_certs();
     let proxy = start_tls_proxy(&certs, "require").await;
@@ -208,7 +253,7 @@ async fn tokio_postgres_over_rustls_gets_large_replies_intact() {
     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_config(&certs, None));
     let conninfo = format!(
         "host=localhost port={} user={APP_USER} password={APP_PASSWORD} dbname=postgres \
-         sslmode=require",
+         sslmode=require channel_binding=require",
         proxy.addr.port()
     );
     let (client, conn) = tokio_postgres::connect(&conninfo, tls).await.unwrap();

@@ -61,8 +61,9 @@ pub struct ClientTls {
     /// The handshake configuration (certificate, key, client verifier, ALPN).
     pub config: Arc<ServerConfig>,
     /// `tls-server-end-point` channel binding data (RFC 5929): the hash of the leaf
-    /// certificate, for SCRAM-SHA-256-PLUS.
-    pub end_point: Vec<u8>,
+    /// certificate, for SCRAM-SHA-256-PLUS; `None` for a certificate signed with EdDSA, which
+    /// has no hash to use (clients cannot bind to it either, so PLUS is not offered).
+    pub end_point: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for ClientTls {
@@ -142,14 +143,15 @@ fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stat
 }
 
 /// RFC 5929 `tls-server-end-point`: the certificate hashed with its signature's hash function,
-/// SHA-256 when that is MD5 or SHA-1 (and for anything this does not recognize, as the
-/// certificates in use are signed with SHA-256 or use no separate hash, like Ed25519).
-pub fn end_point_hash(cert: &[u8]) -> Vec<u8> {
-    match signature_hash(cert) {
+/// SHA-256 when that is MD5 or SHA-1 (and for anything this does not recognize: the
+/// certificates in use are signed with SHA-256); `None` for EdDSA, which has no such hash.
+pub fn end_point_hash(cert: &[u8]) -> Option<Vec<u8>> {
+    Some(match signature_hash(cert) {
         Some(SigHash::Sha384) => sha2::Sha384::digest(cert).to_vec(),
         Some(SigHash::Sha512) => sha2::Sha512::digest(cert).to_vec(),
+        Some(SigHash::None) => return None,
         None => sha2::Sha256::digest(cert).to_vec(),
-    }
+    })
 }
 
 /// A signature hash that is not SHA-256.
@@ -157,10 +159,13 @@ pub fn end_point_hash(cert: &[u8]) -> Vec<u8> {
 enum SigHash {
     Sha384,
     Sha512,
+    /// Ed25519 or Ed448: the signature hashes internally, there is no hash to name.
+    None,
 }
 
-/// The hash of an X.509 certificate's `signatureAlgorithm` when it is SHA-384 or SHA-512 (RSA
-/// or ECDSA). Reads just enough DER: Certificate ::= SEQUENCE { tbs, AlgorithmIdentifier, .. }.
+/// The hash of an X.509 certificate's `signatureAlgorithm` when it is not SHA-256 (or one
+/// hashed with SHA-256 for binding). Reads just enough DER: Certificate ::= SEQUENCE { tbs,
+/// AlgorithmIdentifier, .. }.
 fn signature_hash(cert: &[u8]) -> Option<SigHash> {
     let (_, body, _) = der_item(cert)?;
     let (_, _, rest) = der_item(body)?; // tbsCertificate
@@ -173,7 +178,10 @@ fn signature_hash(cert: &[u8]) -> Option<SigHash> {
     // ecdsa-with-SHA{384,512} (1.2.840.10045.4.3.3/4).
     const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
     const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    // id-Ed25519 (1.3.101.112) and id-Ed448 (1.3.101.113).
+    const EDDSA: &[u8] = &[0x2b, 0x65];
     match oid.split_last()? {
+        (0x70 | 0x71, p) if p == EDDSA => Some(SigHash::None),
         (12, p) if p == RSA => Some(SigHash::Sha384),
         (13, p) if p == RSA => Some(SigHash::Sha512),
         (3, p) if p == ECDSA => Some(SigHash::Sha384),
@@ -387,7 +395,10 @@ mod tests {
         let mut cert = vec![0x30, body.len() as u8];
         cert.extend(&body);
         assert_eq!(signature_hash(&cert), Some(SigHash::Sha384));
-        assert_eq!(end_point_hash(&cert).len(), 48);
-        assert_eq!(end_point_hash(b"not a certificate").len(), 32);
+        assert_eq!(end_point_hash(&cert).map(|h| h.len()), Some(48));
+        assert_eq!(
+            end_point_hash(b"not a certificate").map(|h| h.len()),
+            Some(32)
+        );
     }
 }

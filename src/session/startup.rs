@@ -278,7 +278,7 @@ async fn authenticate(
             format!("no such user: role \"{user}\" is not configured in causeway"),
         )));
     };
-    let (mut exchange, mut step) = match (&entry.secret, entry.method) {
+    let (exchange, step) = match (&entry.secret, entry.method) {
         (Some(secret), method) => AuthExchange::new(method, user, secret),
         (None, auth::Method::Trust) => {
             let mut b = BytesMut::new();
@@ -289,6 +289,12 @@ async fn authenticate(
         // Configuration validation requires a password unless the user is trust; should a
         // user still come without one, no password can match.
         (None, method) => AuthExchange::new_unknown_user(method, user, ctx.mock_secret()),
+    };
+    // On TLS, SCRAM-SHA-256-PLUS too, bound to the certificate this session was made with.
+    let tls = settings.client_tls.as_ref().filter(|_| client.is_tls());
+    let (mut exchange, mut step) = match tls.and_then(|t| t.end_point.as_deref()) {
+        Some(end_point) => exchange.with_channel_binding(step, end_point),
+        None => (exchange, step),
     };
     loop {
         let mut b = BytesMut::new();

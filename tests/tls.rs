@@ -29,6 +29,10 @@ struct Certs {
     cert: PathBuf,
     /// Its key.
     key: PathBuf,
+    /// A client certificate for `app`, signed by the same CA.
+    client_cert: PathBuf,
+    /// Its key (mode 0600, as libpq demands).
+    client_key: PathBuf,
 }
 
 impl Drop for Certs {
@@ -58,15 +62,27 @@ fn make_certs() -> Certs {
         .distinguished_name
         .push(DnType::CommonName, "localhost");
     let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, APP_USER);
+    let client = client_params.signed_by(&client_key, &ca).unwrap();
     let certs = Certs {
         ca: dir.join("ca.crt"),
         cert: dir.join("server.crt"),
         key: dir.join("server.key"),
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
         dir,
     };
     std::fs::write(&certs.ca, ca.pem()).unwrap();
     std::fs::write(&certs.cert, leaf.pem()).unwrap();
     std::fs::write(&certs.key, leaf_key.serialize_pem()).unwrap();
+    std::fs::write(&certs.client_cert, client.pem()).unwrap();
+    std::fs::write(&certs.client_key, client_key.serialize_pem()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&certs.client_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     certs
 }
 
@@ -206,6 +222,73 @@ async fn psql_with_channel_binding_require_logs_in_with_scram_plus() {
         stderr.contains("password authentication failed"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_client_tls_ca_a_client_certificate_is_required() {
+    let certs = make_certs();
+    let tls = format!(
+        "\n[client_tls]\nmode = \"require\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+        certs.cert.display(),
+        certs.key.display(),
+        certs.ca.display()
+    );
+    let proxy = common::start_proxy_with("", &tls).await;
+    let with_cert = format!(
+        "sslmode=require sslcert={} sslkey={}",
+        certs.client_cert.display(),
+        certs.client_key.display()
+    );
+    let got = psql_query(&libpq(&proxy, "localhost", &with_cert), "select 1").await;
+    assert_eq!(got.as_deref(), Ok("1"), "a client certificate from the CA");
+    // No certificate (sslcert pointing nowhere, so ~/.postgresql is not used either).
+    let none = "sslmode=require sslcert=/nonexistent sslkey=/nonexistent";
+    let err = psql_query(&libpq(&proxy, "localhost", none), "select 1")
+        .await
+        .expect_err("no client certificate");
+    assert!(err.contains("certificate"), "{err}");
+    // A certificate from another CA.
+    let other = make_certs();
+    let foreign = format!(
+        "sslmode=require sslcert={} sslkey={}",
+        other.client_cert.display(),
+        other.client_key.display()
+    );
+    psql_query(&libpq(&proxy, "localhost", &foreign), "select 1")
+        .await
+        .expect_err("a client certificate from another CA");
+}
+
+#[test]
+fn an_unreadable_certificate_file_stops_the_start_naming_the_file() {
+    let certs = make_certs();
+    let missing = certs.dir.join("missing.crt");
+    let tls = format!(
+        "\n[client_tls]\nmode = \"require\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        missing.display(),
+        certs.key.display()
+    );
+    let toml = common::config_toml("", &tls);
+    let loaded = causeway::config::Config::from_toml(&toml, "test", &|_| None).unwrap();
+    let err = causeway::app::Settings::new(loaded.config).expect_err("missing certificate");
+    let text = err.to_string();
+    assert!(
+        text.contains("client_tls.cert") && text.contains("missing.crt"),
+        "{text}"
+    );
+    // A key that is not a key.
+    let tls = format!(
+        "\n[client_tls]\nmode = \"allow\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        certs.cert.display(),
+        certs.cert.display()
+    );
+    let loaded =
+        causeway::config::Config::from_toml(&common::config_toml("", &tls), "test", &|_| None)
+            .unwrap();
+    let text = causeway::app::Settings::new(loaded.config)
+        .expect_err("no key")
+        .to_string();
+    assert!(text.contains("client_tls.key"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

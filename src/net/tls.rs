@@ -365,6 +365,98 @@ impl AsyncWrite for TlsClientStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::stream::ClientStream;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server and a client configuration over a fresh CA and a `localhost` leaf.
+    fn configs() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// What the relay relies on: bytes `try_write` reports written reach the client with no
+    /// further call on the stream, even when the socket fills up and rustls still holds
+    /// records; the bytes it took but could not send are reported by the next write of the
+    /// same queue, once they are out.
+    #[tokio::test]
+    async fn reported_writes_need_no_flush_and_held_records_are_reported_later() {
+        let (server_config, client_config) = configs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap());
+        let (tcp, accepted) = tokio::join!(tcp, listener.accept());
+        let mut stream = ClientStream::from(accepted.unwrap().0);
+        let connector = tokio_rustls::TlsConnector::from(client_config);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let (client, started) = tokio::join!(
+            connector.connect(name, tcp.unwrap()),
+            stream.start_tls(server_config)
+        );
+        started.unwrap();
+        let mut client = client.unwrap();
+        assert!(stream.is_tls());
+
+        // Fill the socket: the client is not reading.
+        let chunk = vec![7u8; 16 * 1024];
+        let mut reported = 0usize;
+        loop {
+            match stream.try_write(&chunk) {
+                Ok(n) => reported += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(reported > 0);
+        // Everything reported arrives while the proxy's side does nothing at all.
+        let mut got = vec![0u8; reported];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_exact(&mut got),
+        )
+        .await
+        .expect("reported bytes arrive without a flush")
+        .unwrap();
+        // The same queue again (the caller's queue did not move): whatever the last call took
+        // in is reported now, and follows.
+        let more = tokio::time::timeout(std::time::Duration::from_secs(5), stream.write(&chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(more > 0 && more <= chunk.len());
+        let mut got = vec![0u8; more];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(got.iter().all(|&b| b == 7));
+        // And the other way.
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        stream.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+    }
 
     #[test]
     fn der_items_are_read_with_short_and_long_lengths() {

@@ -15,6 +15,7 @@ use crate::backend::connection::ConnectTarget;
 use crate::backend::pool::PoolSettings;
 use crate::catalog::CatalogSettings;
 use crate::config::{AuthMethod, Config, UserConfig};
+use crate::net::tls::{ClientTls, TlsError};
 use crate::router::functions::FunctionOverrides;
 use crate::router::Policy;
 use crate::topology::watcher::WatcherSettings;
@@ -30,6 +31,9 @@ pub enum SettingsError {
         /// Why.
         source: auth::AuthError,
     },
+    /// `[client_tls]` names a file that cannot be used.
+    #[error(transparent)]
+    ClientTls(#[from] TlsError),
 }
 
 /// A configured user, with its secret parsed once at load time.
@@ -54,6 +58,9 @@ pub struct Settings {
     pub policy: Policy,
     /// Function-name overrides (`write_functions` / `read_functions`).
     pub function_overrides: FunctionOverrides,
+    /// TLS towards clients, its certificate and key read from their files; `None` when
+    /// `client_tls.mode` is `disable`.
+    pub client_tls: Option<ClientTls>,
 }
 
 impl Settings {
@@ -75,11 +82,13 @@ impl Settings {
             writes: lower(&config.routing.write_functions),
             reads: lower(&config.routing.read_functions),
         };
+        let client_tls = client_tls(&config)?;
         Ok(Settings {
             config,
             users,
             policy,
             function_overrides,
+            client_tls,
         })
     }
 
@@ -163,6 +172,11 @@ impl Settings {
         let nodes = &self.config.nodes;
         nodes.iter().map(|n| (n.host.clone(), n.port)).collect()
     }
+}
+
+/// `[client_tls]` with its files read (the one place that reads them, at load and reload).
+fn client_tls(config: &Config) -> Result<Option<ClientTls>, TlsError> {
+    ClientTls::load(&config.client_tls)
 }
 
 /// One user's entry: its authentication method and its secret, parsed (and for SCRAM, its

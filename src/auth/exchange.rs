@@ -16,7 +16,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::crypto::ct_eq;
 use super::md5::{expected_response, md5_salt};
-use super::scram::{ScramServer, SASL_MECHANISMS, SCRAM_SHA_256, SERVER_NONCE_LEN};
+use super::scram::{ScramServer, SERVER_NONCE_LEN};
 use super::secret::StoredSecret;
 use super::AuthError;
 
@@ -81,7 +81,8 @@ pub enum AuthRequest {
     },
     /// `AuthenticationSASL` (code 10) listing the mechanisms offered.
     Sasl {
-        /// Mechanism names, normally [`SASL_MECHANISMS`].
+        /// Mechanism names: [`super::SASL_MECHANISMS`], or [`super::SASL_MECHANISMS_PLUS`] on
+        /// TLS.
         mechanisms: &'static [&'static str],
     },
     /// `AuthenticationSASLContinue` (code 11) with the next server message.
@@ -179,8 +180,8 @@ enum State {
     /// `AuthenticationSASL` sent; waiting for `SASLInitialResponse`.
     SaslInitial(ScramServer),
     /// The initial response carried no data, an empty `AuthenticationSASLContinue` was sent;
-    /// waiting for a `SASLResponse` with the client-first-message.
-    SaslClientFirst(ScramServer),
+    /// waiting for a `SASLResponse` with the client-first-message for the mechanism chosen.
+    SaslClientFirst(ScramServer, &'static str),
     /// Server-first sent; waiting for a `SASLResponse` with the client-final-message.
     SaslClientFinal(ScramServer),
     /// `AuthenticationMD5Password` sent; waiting for `PasswordMessage`.
@@ -282,9 +283,24 @@ impl AuthExchange {
                 state: State::SaslInitial(server),
             },
             Step::Send(AuthRequest::Sasl {
-                mechanisms: SASL_MECHANISMS,
+                mechanisms: super::SASL_MECHANISMS,
             }),
         )
+    }
+
+    /// Offers SCRAM-SHA-256-PLUS besides SCRAM-SHA-256, binding to `end_point` (the
+    /// `tls-server-end-point` hash of the certificate of the client's TLS session). Called on a
+    /// fresh exchange, with its first step, before that step is sent; md5 and trust exchanges
+    /// are returned as they are. Mock exchanges offer it too, so an unknown user looks the same.
+    pub fn with_channel_binding(mut self, step: Step, end_point: &[u8]) -> (Self, Step) {
+        match &mut self.state {
+            State::SaslInitial(server) => {
+                server.offer_channel_binding(end_point.to_vec());
+                let mechanisms = server.mechanisms();
+                (self, Step::Send(AuthRequest::Sasl { mechanisms }))
+            }
+            _ => (self, step),
+        }
     }
 
     /// True once the client is authenticated.
@@ -315,18 +331,14 @@ impl AuthExchange {
                     None => {
                         // No initial response: as in PostgreSQL, send an empty challenge; the
                         // client answers with its client-first-message in a SASLResponse.
-                        if mechanism != SCRAM_SHA_256 {
-                            return Err(AuthError::Protocol(
-                                "client selected an invalid SASL authentication mechanism",
-                            ));
-                        }
-                        self.state = State::SaslClientFirst(server);
+                        let mechanism = server.mechanism(mechanism)?;
+                        self.state = State::SaslClientFirst(server, mechanism);
                         Ok(Step::Send(AuthRequest::SaslContinue(Vec::new())))
                     }
                 }
             }
-            State::SaslClientFirst(mut server) => {
-                let reply = server.client_first(SCRAM_SHA_256, body)?;
+            State::SaslClientFirst(mut server, mechanism) => {
+                let reply = server.client_first(mechanism, body)?;
                 self.state = State::SaslClientFinal(server);
                 Ok(Step::Send(AuthRequest::SaslContinue(reply)))
             }
@@ -400,6 +412,7 @@ fn random_nonce() -> [u8; SERVER_NONCE_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::SASL_MECHANISMS;
 
     #[test]
     fn method_names() {

@@ -27,7 +27,10 @@ mod tests;
 
 pub use exchange::{AuthExchange, AuthRequest, Method, Step, MAX_AUTH_MESSAGE_LEN};
 pub use md5::{md5_salt, verify_md5};
-pub use scram::{ScramServer, SASL_MECHANISMS, SCRAM_SHA_256, SERVER_NONCE_LEN};
+pub use scram::{
+    ScramServer, SASL_MECHANISMS, SASL_MECHANISMS_PLUS, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+    SERVER_NONCE_LEN,
+};
 pub use secret::{ScramVerifier, StoredSecret, MAX_SCRAM_ITERATIONS, MAX_SCRAM_SALT_LEN};
 
 use crate::protocol::SqlState;

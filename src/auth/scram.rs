@@ -10,45 +10,50 @@
 //! - the user name in the client-first-message is ignored: the user is the one from the startup
 //!   packet, and libpq sends `n=` empty;
 //! - no authorization identity (`a=`) and no mandatory extensions (`m=`);
-//! - channel binding is not offered (no TLS yet, so no `SCRAM-SHA-256-PLUS`): a `p=` gs2 header
-//!   is refused, `n` and `y` are accepted.
+//! - channel binding: on a TLS connection the session offers `SCRAM-SHA-256-PLUS` with
+//!   `tls-server-end-point` (the hash of the proxy's certificate, RFC 5929) besides
+//!   `SCRAM-SHA-256`; the client's `c=` must then carry that hash, which a man in the middle
+//!   holding another certificate cannot match. With PLUS offered, a `y` flag ("I could bind but
+//!   think you cannot") means someone stripped PLUS from the list on the way: refused, as RFC
+//!   5802 section 6 says. Without TLS a `p=` flag is refused and `n` and `y` are accepted.
 
 use std::str;
 
-use super::crypto::{b64_decode_32, b64_encode, ct_eq, hmac_sha256, sha256};
+use super::crypto::{b64_decode, b64_decode_32, b64_encode, ct_eq, hmac_sha256, sha256};
 use super::secret::ScramVerifier;
 use super::AuthError;
 
 /// The SASL mechanism name for SCRAM-SHA-256.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 
-/// The SASL mechanisms the proxy offers, in `AuthenticationSASL`. Only `SCRAM-SHA-256`: the
-/// channel-binding variant needs TLS.
+/// The SASL mechanism name for SCRAM-SHA-256 with channel binding.
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// The SASL mechanisms the proxy offers on a plain connection, in `AuthenticationSASL`.
 pub const SASL_MECHANISMS: &[&str] = &[SCRAM_SHA_256];
+
+/// The SASL mechanisms offered on a TLS connection, PLUS first as PostgreSQL lists them.
+pub const SASL_MECHANISMS_PLUS: &[&str] = &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256];
+
+/// The only channel-binding type offered (the one libpq and PostgreSQL implement).
+const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
+
+/// Longest `c=` value accepted: base64 of a gs2 header and a SHA-512 hash, with room to spare.
+const MAX_CBIND_B64_LEN: usize = 256;
 
 /// Number of random bytes in the server's nonce (PostgreSQL uses 18, i.e. 24 base64 chars).
 pub const SERVER_NONCE_LEN: usize = 18;
 
 /// The gs2 channel-binding flag the client sent in its client-first-message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Gs2Flag {
+enum Gs2Flag<'a> {
     /// `n`: the client does not support channel binding.
     No,
-    /// `y`: the client supports channel binding but thinks the server does not. Fine for us: we
-    /// really do not offer it. (Once `SCRAM-SHA-256-PLUS` is offered, `y` would signal a
-    /// downgrade attack and must then be refused.)
+    /// `y`: the client supports channel binding but thinks the server does not: fine when the
+    /// server really does not offer it, a downgrade attack when it does.
     ClientCapable,
-}
-
-impl Gs2Flag {
-    /// The `c=` value the client must echo in client-final: base64 of the gs2 header (`n,,` or
-    /// `y,,`; no authzid, no channel-binding data).
-    fn expected_channel_binding(self) -> &'static str {
-        match self {
-            Gs2Flag::No => "biws",
-            Gs2Flag::ClientCapable => "eSws",
-        }
-    }
+    /// `p=type`: the client binds to the channel with this type.
+    Binding(&'a str),
 }
 
 /// Where the exchange stands.
@@ -57,8 +62,9 @@ enum State {
     ClientFirst,
     /// Server-first sent; waiting for the client-final-message.
     ClientFinal {
-        /// The client's gs2 flag, to check the `c=` echo.
-        gs2: Gs2Flag,
+        /// What the client's `c=` must decode to: its gs2 header, then the channel-binding
+        /// data when it binds.
+        cbind_input: Vec<u8>,
         /// client-first-message-bare, part of the AuthMessage.
         client_first_bare: String,
         /// server-first-message as sent, part of the AuthMessage.
@@ -88,6 +94,8 @@ pub struct ScramServer {
     /// Set for mock exchanges (unknown user, unusable secret): the proof is still computed and
     /// compared, so timing matches a real exchange, but the result is always failure.
     doomed: bool,
+    /// `tls-server-end-point` data when the connection is TLS and PLUS is offered.
+    end_point: Option<Vec<u8>>,
     /// Progress.
     state: State,
 }
@@ -100,6 +108,7 @@ impl ScramServer {
             verifier,
             server_nonce: b64_encode(&server_nonce),
             doomed: false,
+            end_point: None,
             state: State::ClientFirst,
         }
     }
@@ -127,6 +136,7 @@ impl ScramServer {
             verifier,
             server_nonce: server_nonce.to_owned(),
             doomed: false,
+            end_point: None,
             state: State::ClientFirst,
         })
     }
@@ -139,6 +149,66 @@ impl ScramServer {
         let mut server = ScramServer::new(ScramVerifier::mock(user, mock_secret), server_nonce);
         server.doomed = true;
         server
+    }
+
+    /// Offers SCRAM-SHA-256-PLUS, binding to `end_point` (the `tls-server-end-point` hash of
+    /// the certificate the client's TLS session was made with).
+    pub fn offer_channel_binding(&mut self, end_point: Vec<u8>) {
+        self.end_point = Some(end_point);
+    }
+
+    /// The mechanisms to list in `AuthenticationSASL`.
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        if self.end_point.is_some() {
+            SASL_MECHANISMS_PLUS
+        } else {
+            SASL_MECHANISMS
+        }
+    }
+
+    /// The offered mechanism `name` the client selected, or a protocol violation.
+    pub fn mechanism(&self, name: &str) -> Result<&'static str, AuthError> {
+        self.mechanisms()
+            .iter()
+            .find(|m| **m == name)
+            .copied()
+            .ok_or(AuthError::Protocol(
+                "client selected an invalid SASL authentication mechanism",
+            ))
+    }
+
+    /// What the client's `c=` must carry for `gs2` under `mechanism`, or why the combination
+    /// is refused (PostgreSQL's checks in `read_client_first_message`).
+    fn cbind_input(&self, mechanism: &str, gs2: Gs2Flag<'_>) -> Result<Vec<u8>, AuthError> {
+        let plus = mechanism == SCRAM_SHA_256_PLUS;
+        match (gs2, plus, &self.end_point) {
+            (Gs2Flag::Binding(TLS_SERVER_END_POINT), true, Some(end_point)) => {
+                let mut input = format!("p={TLS_SERVER_END_POINT},,").into_bytes();
+                input.extend_from_slice(end_point);
+                Ok(input)
+            }
+            (Gs2Flag::Binding(_), true, _) => Err(AuthError::Protocol(
+                "unsupported SCRAM channel-binding type (only tls-server-end-point)",
+            )),
+            (_, true, _) => Err(AuthError::Protocol(
+                "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include \
+                 channel binding data",
+            )),
+            (Gs2Flag::Binding(_), false, Some(_)) => Err(AuthError::Protocol(
+                "the client selected SCRAM-SHA-256 without channel binding, but the SCRAM \
+                 message includes channel binding data",
+            )),
+            (Gs2Flag::Binding(_), false, None) => Err(AuthError::Protocol(
+                "client requires SCRAM channel binding, but the proxy does not offer \
+                 SCRAM-SHA-256-PLUS (no TLS)",
+            )),
+            (Gs2Flag::ClientCapable, false, Some(_)) => Err(AuthError::Protocol(
+                "SCRAM channel binding negotiation error: the client supports SCRAM channel \
+                 binding but thinks the server does not; this server does",
+            )),
+            (Gs2Flag::ClientCapable, false, None) => Ok(b"y,,".to_vec()),
+            (Gs2Flag::No, false, _) => Ok(b"n,,".to_vec()),
+        }
     }
 
     /// True once the client's proof has been verified.
@@ -155,12 +225,9 @@ impl ScramServer {
         }
         // Whatever happens below, this exchange does not accept a second client-first.
         self.state = State::Failed;
-        if mechanism != SCRAM_SHA_256 {
-            return Err(AuthError::Protocol(
-                "client selected an invalid SASL authentication mechanism",
-            ));
-        }
+        let mechanism = self.mechanism(mechanism)?;
         let first = parse_client_first(data)?;
+        let cbind_input = self.cbind_input(mechanism, first.gs2)?;
         let nonce = format!("{}{}", first.client_nonce, self.server_nonce);
         let server_first = format!(
             "r={nonce},s={},i={}",
@@ -169,7 +236,7 @@ impl ScramServer {
         );
         let reply = server_first.clone().into_bytes();
         self.state = State::ClientFinal {
-            gs2: first.gs2,
+            cbind_input,
             client_first_bare: first.bare.to_owned(),
             server_first,
             nonce,
@@ -185,7 +252,7 @@ impl ScramServer {
     /// [`AuthError::Protocol`].
     pub fn client_final(&mut self, data: &[u8]) -> Result<Vec<u8>, AuthError> {
         let State::ClientFinal {
-            gs2,
+            cbind_input,
             client_first_bare,
             server_first,
             nonce,
@@ -196,7 +263,8 @@ impl ScramServer {
         let msg = str::from_utf8(data)
             .map_err(|_| AuthError::Protocol("SCRAM client-final-message is not valid UTF-8"))?;
         let parsed = parse_client_final(msg)?;
-        if parsed.channel_binding != gs2.expected_channel_binding() {
+        let echoed = b64_decode(parsed.channel_binding, MAX_CBIND_B64_LEN);
+        if !echoed.is_some_and(|c| ct_eq(&c, &cbind_input)) {
             return Err(AuthError::Protocol(
                 "unexpected SCRAM channel-binding attribute in client-final-message",
             ));
@@ -238,7 +306,7 @@ impl ScramServer {
 /// The parts of a client-first-message the server needs.
 struct ClientFirst<'a> {
     /// The channel-binding flag.
-    gs2: Gs2Flag,
+    gs2: Gs2Flag<'a>,
     /// client-first-message-bare: everything after the gs2 header.
     bare: &'a str,
     /// The client's nonce.
@@ -263,12 +331,7 @@ fn parse_client_first(data: &[u8]) -> Result<ClientFirst<'_>, AuthError> {
     let gs2 = match cbind {
         "n" => Gs2Flag::No,
         "y" => Gs2Flag::ClientCapable,
-        _ if cbind.starts_with("p=") => {
-            return Err(AuthError::Protocol(
-                "client requires SCRAM channel binding, but the proxy does not offer \
-                 SCRAM-SHA-256-PLUS (no TLS)",
-            ))
-        }
+        _ if cbind.starts_with("p=") => Gs2Flag::Binding(&cbind[2..]),
         _ => {
             return Err(AuthError::Protocol(
                 "malformed SCRAM client-first-message: unexpected channel-binding flag",

@@ -505,3 +505,60 @@ fn error_classification() {
     assert_eq!(AuthError::Config("x").sqlstate(), "F0000");
     assert_eq!(SASL_MECHANISMS, &["SCRAM-SHA-256"]);
 }
+
+/// Runs SCRAM with channel binding offered (`end_point`) and the client choosing `mechanism`
+/// with `cb`; the exchange's error, if any.
+fn scram_login_plus(
+    mechanism: &str,
+    cb: ChannelBinding,
+    end_point: &[u8],
+) -> Result<(), AuthError> {
+    let secret = StoredSecret::parse("correct horse").unwrap();
+    let (ex, first) = AuthExchange::new(Method::ScramSha256, "u", &secret);
+    let (mut ex, first) = ex.with_channel_binding(first, end_point);
+    let (code, payload) = sent(&first);
+    assert_eq!(code, 10);
+    assert_eq!(payload, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+    let mut client = ScramSha256::new(b"correct horse", cb);
+    let step = ex.receive(&sasl_initial(mechanism, Some(client.message())))?;
+    client
+        .update(&sent(&step).1)
+        .expect("client accepts server-first");
+    let step = ex.receive(client.message())?;
+    let Step::Done {
+        sasl_final: Some(server_final),
+    } = &step
+    else {
+        panic!("expected Done, got {step:?}");
+    };
+    client.finish(server_final).expect("server signature");
+    Ok(())
+}
+
+#[test]
+fn scram_plus_binds_to_the_certificate_hash_and_refuses_a_downgrade() {
+    let hash = [7u8; 32];
+    let bound = |h: &[u8]| ChannelBinding::tls_server_end_point(h.to_vec());
+    scram_login_plus(SCRAM_SHA_256_PLUS, bound(&hash), &hash).expect("PLUS with the right hash");
+    // A man in the middle terminates TLS with its own certificate: the client binds to that.
+    let err = scram_login_plus(SCRAM_SHA_256_PLUS, bound(&[8u8; 32]), &hash).unwrap_err();
+    assert!(err.is_protocol_violation(), "{err}");
+    // 'y': the client could bind but was told the server cannot; PLUS was offered, so someone
+    // removed it on the way.
+    let err = scram_login_plus(SCRAM_SHA_256, ChannelBinding::unrequested(), &hash).unwrap_err();
+    assert!(err.is_protocol_violation(), "{err}");
+    assert!(err.to_string().contains("negotiation error"), "{err}");
+    // 'n': a client without channel binding still logs in with plain SCRAM.
+    scram_login_plus(SCRAM_SHA_256, ChannelBinding::unsupported(), &hash).expect("plain SCRAM");
+    // Binding data under the plain mechanism, and PLUS without binding data, are refused.
+    assert!(scram_login_plus(SCRAM_SHA_256, bound(&hash), &hash).is_err());
+    assert!(scram_login_plus(SCRAM_SHA_256_PLUS, ChannelBinding::unsupported(), &hash).is_err());
+}
+
+#[test]
+fn md5_exchanges_ignore_channel_binding() {
+    let secret = StoredSecret::parse("pw").unwrap();
+    let (ex, first) = AuthExchange::new(Method::Md5, "bob", &secret);
+    let (_, first) = ex.with_channel_binding(first, &[1; 32]);
+    assert_eq!(sent(&first).0, 5);
+}

@@ -255,6 +255,15 @@ impl ServerConn {
             let request = be::auth_request(frame.body()).map_err(|e| self.proto(e))?;
             let mut out = BytesMut::new();
             match request {
+                // A SCRAM exchange that was started must have ended with the server's
+                // signature: a server (or whoever answers in its place) that does not know the
+                // password could otherwise just say Ok.
+                AuthRequest::Ok if scram.is_some() => {
+                    return Err(self.sasl_error(std::io::Error::other(
+                        "the server skipped its final signature: it did not prove that it \
+                         knows the password",
+                    )))
+                }
                 AuthRequest::Ok => return Ok(()),
                 AuthRequest::Cleartext => {
                     messages::password(&mut out, self.password(target)?.as_bytes());
@@ -293,6 +302,7 @@ impl ServerConn {
                 }
                 AuthRequest::SaslContinue(data) => {
                     let mut client = scram.take().ok_or_else(|| self.unexpected_sasl())?;
+                    check_iterations(data).map_err(|e| self.sasl_error(e))?;
                     // This step runs PBKDF2 (4096 rounds by default, about a millisecond):
                     // off the async workers, so a burst of new server connections does not
                     // stall every session.
@@ -306,7 +316,7 @@ impl ServerConn {
                     scram = Some(client);
                 }
                 AuthRequest::SaslFinal(data) => {
-                    let client = scram.as_mut().ok_or_else(|| self.unexpected_sasl())?;
+                    let mut client = scram.take().ok_or_else(|| self.unexpected_sasl())?;
                     client.finish(data).map_err(|e| self.sasl_error(e))?;
                     continue;
                 }
@@ -708,9 +718,97 @@ impl ServerConn {
     }
 }
 
+/// Refuses a server-first-message whose PBKDF2 iteration count is above what causeway accepts
+/// in a verifier: the count is the server's choice, and each iteration is CPU time here.
+fn check_iterations(server_first: &[u8]) -> std::io::Result<()> {
+    let iterations = std::str::from_utf8(server_first)
+        .ok()
+        .and_then(|m| m.split(',').find_map(|a| a.strip_prefix("i=")))
+        .and_then(|i| i.parse::<u64>().ok());
+    match iterations {
+        Some(n) if n > u64::from(crate::auth::MAX_SCRAM_ITERATIONS) => {
+            Err(std::io::Error::other(format!(
+                "the server asks for {n} PBKDF2 iterations, more than {}",
+                crate::auth::MAX_SCRAM_ITERATIONS
+            )))
+        }
+        // Anything malformed is the SCRAM client's to refuse.
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fake server that starts SCRAM, answers the client-first with `server_first_tail`
+    /// appended to the nonce, and then says AuthenticationOk without a server signature.
+    async fn lying_server(server_first_tail: &'static str) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let len = s.read_i32().await.unwrap();
+            let mut startup = vec![0u8; len as usize - 4];
+            s.read_exact(&mut startup).await.unwrap();
+            let r = |code: i32, payload: &[u8]| {
+                let mut m = vec![b'R'];
+                m.extend((8 + payload.len() as i32).to_be_bytes());
+                m.extend(code.to_be_bytes());
+                m.extend(payload);
+                m
+            };
+            s.write_all(&r(10, b"SCRAM-SHA-256\0\0")).await.unwrap();
+            let mut body = Vec::new();
+            assert_eq!(s.read_u8().await.unwrap(), b'p');
+            let len = s.read_i32().await.unwrap();
+            body.resize(len as usize - 4, 0);
+            s.read_exact(&mut body).await.unwrap();
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let nonce = text.split("r=").nth(1).unwrap().to_owned();
+            let first = format!("r={nonce}srv{server_first_tail}");
+            s.write_all(&r(11, first.as_bytes())).await.unwrap();
+            if s.read_u8().await.is_ok() {
+                let len = s.read_i32().await.unwrap();
+                body.resize(len as usize - 4, 0);
+                s.read_exact(&mut body).await.unwrap();
+                s.write_all(&r(0, b"")).await.unwrap();
+            }
+            let _ = s.read_u8().await;
+        });
+        port
+    }
+
+    fn target(port: u16) -> ConnectTarget {
+        ConnectTarget {
+            node: 0,
+            host: "127.0.0.1".to_owned(),
+            port,
+            user: "u".to_owned(),
+            database: "d".to_owned(),
+            password: Some("pw".to_owned()),
+            nodelay: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_skips_its_scram_signature_is_refused() {
+        let port = lying_server(",s=c2FsdA==,i=4096").await;
+        let Err(err) = ServerConn::connect(&target(port), Duration::from_secs(5)).await else {
+            panic!("AuthenticationOk without a server signature must be refused");
+        };
+        assert!(err.to_string().contains("final signature"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_server_asking_for_too_many_iterations_is_refused() {
+        let port = lying_server(",s=c2FsdA==,i=2000000000").await;
+        let Err(err) = ServerConn::connect(&target(port), Duration::from_secs(5)).await else {
+            panic!("an iteration count above the bound must be refused");
+        };
+        assert!(err.to_string().contains("PBKDF2 iterations"), "{err}");
+    }
 
     #[tokio::test]
     async fn tcp_nodelay_reaches_the_server_socket() {

@@ -27,7 +27,7 @@ mod tests;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A password or password verifier. `Debug` and `Display` print `***`, so a `Secret` can sit in
@@ -180,6 +180,18 @@ keyword_enum! {
 }
 
 keyword_enum! {
+    /// Whether clients may, or must, encrypt their connection to the proxy.
+    pub enum ClientTlsMode {
+        /// No TLS: an SSLRequest is answered 'N' (the default).
+        Disable = "disable",
+        /// TLS for clients that ask for it; plaintext clients are served too.
+        Allow = "allow",
+        /// TLS only: a plaintext StartupMessage gets FATAL 28000.
+        Require = "require",
+    }
+}
+
+keyword_enum! {
     /// Where a user's or database's statements go by default.
     pub enum Route {
         /// Decide per statement: writes and transactions to the primary, reads to standbys.
@@ -212,6 +224,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// `[monitor]`: the topology watcher's account.
     pub monitor: MonitorConfig,
+    /// `[client_tls]`: TLS between applications and the proxy.
+    pub client_tls: ClientTlsConfig,
     /// `[[nodes]]`: the PostgreSQL servers; never empty.
     pub nodes: Vec<NodeConfig>,
     /// `[[users]]`: who may connect; names are unique.
@@ -402,6 +416,21 @@ pub struct DatabaseConfig {
     pub default_route: Option<Route>,
     /// Overrides `routing.consistency` for this database.
     pub consistency: Option<Consistency>,
+}
+
+/// `[client_tls]`: the proxy's TLS towards its clients. Paths are as written (relative ones
+/// are relative to the proxy's working directory); the files are read when settings are built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTlsConfig {
+    /// `disable`, `allow` or `require`.
+    pub mode: ClientTlsMode,
+    /// PEM certificate chain, leaf first (required unless the mode is `disable`).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the leaf certificate.
+    pub key: Option<PathBuf>,
+    /// PEM CA certificates that client certificates must chain to; when set, every TLS client
+    /// must present one.
+    pub ca: Option<PathBuf>,
 }
 
 /// A key that is accepted but belongs to a feature that is not built yet.

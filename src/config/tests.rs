@@ -1086,3 +1086,25 @@ fn worker_threads_from_the_environment_is_checked_like_the_file() {
         Some("12345")
     );
 }
+
+#[test]
+fn client_tls_defaults_to_disable_and_needs_cert_and_key_when_on() {
+    let c = ok(MINIMAL);
+    assert_eq!(c.client_tls.mode, ClientTlsMode::Disable);
+    let c = ok(&with_minimal(
+        "[client_tls]\nmode = \"require\"\ncert = \"s.crt\"\nkey = \"s.key\"\nca = \"c.crt\"\n",
+    ));
+    assert_eq!(c.client_tls.mode, ClientTlsMode::Require);
+    assert_eq!(c.client_tls.cert.as_deref(), Some(Path::new("s.crt")));
+    assert_eq!(c.client_tls.ca.as_deref(), Some(Path::new("c.crt")));
+    let p = problems(&with_minimal(
+        "[client_tls]\nmode = \"allow\"\ncert = \"s.crt\"\n",
+    ));
+    assert!(problem_for(&p, "client_tls.key")
+        .message
+        .contains("private key"));
+    let p = problems(&with_minimal("[client_tls]\nmode = \"prefer\"\n"));
+    assert!(problem_for(&p, "client_tls.mode")
+        .message
+        .contains("\"disable\", \"allow\", \"require\""));
+}

@@ -6,6 +6,7 @@
 //! the caller discards the result when there is any problem.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{At, Entry, Lines, Raw};
@@ -14,9 +15,10 @@ use super::values::{
     PasswordKind,
 };
 use super::{
-    AuthMethod, Balance, Config, Consistency, DatabaseConfig, Fallback, Keyword, MonitorConfig,
-    NodeConfig, Notice, PoolConfig, PoolMode, PrimaryReads, Problem, ProxyConfig,
-    ReadOnlyTransactions, RoutingConfig, Secret, UserConfig, NOT_YET_IMPLEMENTED,
+    AuthMethod, Balance, ClientTlsConfig, ClientTlsMode, Config, Consistency, DatabaseConfig,
+    Fallback, Keyword, MonitorConfig, NodeConfig, Notice, PoolConfig, PoolMode, PrimaryReads,
+    Problem, ProxyConfig, ReadOnlyTransactions, RoutingConfig, Secret, UserConfig,
+    NOT_YET_IMPLEMENTED,
 };
 
 /// Every table and the keys it accepts: the one schema both the walk and the "did you mean"
@@ -81,6 +83,7 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
             "query_timeout",
         ],
     ),
+    ("client_tls", &["mode", "cert", "key", "ca"]),
     ("nodes", &["address", "weight", "role", "name"]),
     (
         "users",
@@ -103,6 +106,7 @@ const TOP_LEVEL: &[&str] = &[
     "pool",
     "routing",
     "monitor",
+    "client_tls",
     "nodes",
     "users",
     "databases",
@@ -518,6 +522,10 @@ impl<'l> Walker<'l> {
         let monitor = self.monitor(&mut section);
         self.finish(section);
 
+        let mut section = self.table(&mut root, "client_tls");
+        let client_tls = self.client_tls(&mut section);
+        self.finish(section);
+
         let mut nodes: Vec<NodeConfig> = Vec::new();
         for mut section in self.tables(&mut root, "nodes") {
             if let Some(node) = self.node(&mut section) {
@@ -564,6 +572,7 @@ impl<'l> Walker<'l> {
             pool,
             routing,
             monitor,
+            client_tls,
             nodes,
             users,
             databases,
@@ -698,6 +707,40 @@ impl<'l> Walker<'l> {
                 .duration(s, "query_timeout", Zero::Rejected)
                 .unwrap_or(Duration::from_secs(1)),
         }
+    }
+
+    /// `[client_tls]`: a mode other than `disable` needs a certificate and its key.
+    fn client_tls(&mut self, s: &mut Section) -> ClientTlsConfig {
+        let mode = self.choice(s, "mode").unwrap_or(ClientTlsMode::Disable);
+        let path = |w: &mut Self, s: &mut Section, key| w.name(s, key).map(PathBuf::from);
+        let tls = ClientTlsConfig {
+            mode,
+            cert: path(self, s, "cert"),
+            key: path(self, s, "key"),
+            ca: path(self, s, "ca"),
+        };
+        if mode != ClientTlsMode::Disable {
+            for (key, value) in [("cert", &tls.cert), ("key", &tls.key)] {
+                let full = format!("client_tls.{key}");
+                if value.is_none() && !self.has_problem(&full) {
+                    let at = s.at.clone();
+                    self.problem(
+                        &at,
+                        &full,
+                        format!(
+                            "missing: client_tls.mode = \"{}\" needs a PEM {}",
+                            mode.as_str(),
+                            if key == "cert" {
+                                "certificate chain"
+                            } else {
+                                "private key"
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+        tls
     }
 
     fn node(&mut self, s: &mut Section) -> Option<NodeConfig> {

@@ -1,36 +1,40 @@
 //! The client's byte stream: the one type a session reads and writes its client through.
 //!
-//! A client is a plain TCP socket today. TLS (rustls through tokio-rustls) will be one more
-//! variant of [`ClientStream`] and one more arm in each method here; the session, which only
-//! knows this type, does not change. This is the seam pingora keeps in
-//! `protocols/l4/stream.rs`, put in before the feature rather than during it.
+//! A client is a plain TCP socket or a TLS session over one (rustls through tokio-rustls,
+//! [`super::tls`]); the session, which only knows this type, does not change. This is the seam
+//! pingora keeps in `protocols/l4/stream.rs`.
 //!
 //! Dispatch is a `match` per call, not a `Box<dyn>`: every request and every reply goes
-//! through here, so there is no allocation and no indirect call, and with one variant the match
-//! compiles away.
+//! through here, so there is no allocation and no indirect call; a plain client pays one
+//! predictable branch on the variant and runs the same code as before TLS existed.
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::tls::TlsClientStream;
+
 /// How long a closing connection keeps draining what the client still sends (see
 /// [`ClientStream::linger`]).
 pub const LINGER: Duration = Duration::from_secs(1);
 
 /// A connected client's stream.
-///
-/// `Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>)` goes beside `Tcp`: boxed, because a
-/// TLS session takes kilobytes and an enum is as large as its largest variant, which every
-/// plain (often idle) client would otherwise carry.
 #[derive(Debug)]
 pub enum ClientStream {
     /// A plain TCP connection (an SSLRequest, if the client sent one, was answered 'N').
     Tcp(TcpStream),
+    /// A TLS session. Boxed: a TLS session takes kilobytes and an enum is as large as its
+    /// largest variant, which every plain (often idle) client would otherwise carry.
+    Tls(Box<TlsClientStream>),
+    /// No stream any more: a TLS handshake failed and took the socket with it. Every call
+    /// fails with `NotConnected`.
+    Gone,
 }
 
 impl From<TcpStream> for ClientStream {
@@ -44,6 +48,8 @@ impl ClientStream {
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         match self {
             ClientStream::Tcp(s) => s.peer_addr(),
+            ClientStream::Tls(s) => s.socket().peer_addr(),
+            ClientStream::Gone => Err(gone()),
         }
     }
 
@@ -52,6 +58,8 @@ impl ClientStream {
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
         match self {
             ClientStream::Tcp(s) => s.set_nodelay(nodelay),
+            ClientStream::Tls(s) => s.socket().set_nodelay(nodelay),
+            ClientStream::Gone => Err(gone()),
         }
     }
 
@@ -67,6 +75,8 @@ impl ClientStream {
     pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             ClientStream::Tcp(s) => s.try_write(buf),
+            ClientStream::Tls(s) => s.try_write_with(|w| w.write(buf)),
+            ClientStream::Gone => Err(gone()),
         }
     }
 
@@ -75,7 +85,47 @@ impl ClientStream {
     pub fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             ClientStream::Tcp(s) => s.try_write_vectored(bufs),
+            ClientStream::Tls(s) => s.try_write_with(|w| w.write_vectored(bufs)),
+            ClientStream::Gone => Err(gone()),
         }
+    }
+
+    /// Whether the client's connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientStream::Tls(_))
+    }
+
+    /// The ALPN protocol the TLS handshake agreed on, if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match self {
+            ClientStream::Tls(s) => s.alpn_protocol(),
+            _ => None,
+        }
+    }
+
+    /// The first byte the client sends, left unread (`None` at EOF): tells a TLS ClientHello
+    /// (direct TLS) from a startup packet without consuming either.
+    pub async fn peek_first_byte(&mut self) -> io::Result<Option<u8>> {
+        let ClientStream::Tcp(s) = self else {
+            return Ok(None);
+        };
+        let mut b = [0u8; 1];
+        Ok((s.peek(&mut b).await? == 1).then_some(b[0]))
+    }
+
+    /// Runs a TLS handshake over the plain socket and becomes the TLS variant. The caller has
+    /// checked that nothing the client sent is left unread in clear text. A failed handshake
+    /// leaves [`ClientStream::Gone`].
+    pub async fn start_tls(&mut self, config: Arc<rustls::ServerConfig>) -> io::Result<()> {
+        let ClientStream::Tcp(tcp) = std::mem::replace(self, ClientStream::Gone) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "TLS was already negotiated",
+            ));
+        };
+        let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
+        *self = ClientStream::Tls(Box::new(TlsClientStream::new(tls)));
+        Ok(())
     }
 
     /// Closes the sending side (FIN) and reads and discards whatever the client still sends
@@ -102,6 +152,11 @@ impl ClientStream {
     }
 }
 
+/// The error of a stream whose TLS handshake failed.
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the TLS handshake failed")
+}
+
 // === impl AsyncRead, AsyncWrite ===
 //
 // Every method forwards to the variant's own, vectored writes included: the default
@@ -116,6 +171,8 @@ impl AsyncRead for ClientStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            ClientStream::Gone => Poll::Ready(Err(gone())),
         }
     }
 }
@@ -129,6 +186,8 @@ impl AsyncWrite for ClientStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            ClientStream::Gone => Poll::Ready(Err(gone())),
         }
     }
 
@@ -140,6 +199,8 @@ impl AsyncWrite for ClientStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            ClientStream::Gone => Poll::Ready(Err(gone())),
         }
     }
 
@@ -147,16 +208,20 @@ impl AsyncWrite for ClientStream {
     fn is_write_vectored(&self) -> bool {
         match self {
             ClientStream::Tcp(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
+            ClientStream::Gone => false,
         }
     }
 
-    /// A TCP socket has nothing to flush, and the relay never calls this between writes: a
-    /// TLS variant that can keep records buffered after a write it reported as done must make
-    /// the session flush it (see [`ClientStream::try_write`]).
+    /// A TCP socket has nothing to flush, and the relay never calls this between writes: the
+    /// TLS variant reports no write as done while its records are still buffered (see
+    /// [`super::tls`]), so nothing waits for a flush that never comes.
     #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            ClientStream::Gone => Poll::Ready(Err(gone())),
         }
     }
 
@@ -164,6 +229,8 @@ impl AsyncWrite for ClientStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            ClientStream::Gone => Poll::Ready(Err(gone())),
         }
     }
 }

@@ -54,6 +54,29 @@ impl ClientConn {
         self.peer
     }
 
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    /// The client stream (TLS details for the startup phase).
+    pub fn stream(&self) -> &ClientStream {
+        &self.stream
+    }
+
+    /// See [`ClientStream::peek_first_byte`].
+    pub async fn peek_first_byte(&mut self) -> std::io::Result<Option<u8>> {
+        self.stream.peek_first_byte().await
+    }
+
+    /// See [`ClientStream::start_tls`].
+    pub async fn start_tls(
+        &mut self,
+        config: std::sync::Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<()> {
+        self.stream.start_tls(config).await
+    }
+
     /// Queues bytes for the client. A chunk that continues the last one queued in the same
     /// buffer (the next frames of a server's reply, split off one by one) is merged into it:
     /// fewer chunks to track, and usually a plain `send` instead of a vectored write.

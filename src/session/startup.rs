@@ -1,5 +1,5 @@
-//! Session start: untagged packets (SSL/GSS refusal, decided in `answer_encryption` only;
-//! cancel), the StartupMessage, protocol version negotiation, and client authentication against
+//! Session start: TLS (an SSLRequest, or PostgreSQL 17's direct TLS), the other untagged
+//! packets (GSSENCRequest refused; cancel), the StartupMessage, protocol version negotiation, and client authentication against
 //! the proxy's own user list.
 //!
 //! Everything here happens before any server is involved; the whole phase runs under
@@ -15,6 +15,8 @@ use super::client::ClientConn;
 use super::context::SessionCtx;
 use super::SessionError;
 use crate::auth::{self, AuthExchange};
+use crate::config::ClientTlsMode;
+use crate::net::tls::{self, ClientTls};
 use crate::protocol::frontend::tag as ftag;
 use crate::protocol::messages::{self, ProxyError};
 use crate::protocol::startup::{decode_startup, StartupMessage, StartupPacket};
@@ -42,6 +44,17 @@ pub enum Outcome {
 
 /// Runs the startup phase.
 pub async fn handshake(ctx: &SessionCtx, client: &mut ClientConn) -> Result<Outcome, SessionError> {
+    let settings = ctx.settings_full();
+    let tls = settings.client_tls.as_ref();
+    if let Some(tls) = tls {
+        // Only when TLS is on: one peek per connection, before anything is read.
+        if client.rbuf.is_empty()
+            && client.peek_first_byte().await? == Some(tls::TLS_HANDSHAKE_RECORD)
+        {
+            start_direct_tls(client, tls).await?;
+        }
+    }
+    let mut asked = Asked::default();
     let startup = loop {
         let packet = loop {
             if let Some(p) = decode_startup(&mut client.rbuf)? {
@@ -52,8 +65,12 @@ pub async fn handshake(ctx: &SessionCtx, client: &mut ClientConn) -> Result<Outc
             }
         };
         match packet {
-            StartupPacket::SslRequest => answer_encryption(client, Encryption::Tls).await?,
-            StartupPacket::GssEncRequest => answer_encryption(client, Encryption::Gss).await?,
+            StartupPacket::SslRequest => {
+                answer_encryption(client, Encryption::Tls, tls, &mut asked).await?
+            }
+            StartupPacket::GssEncRequest => {
+                answer_encryption(client, Encryption::Gss, tls, &mut asked).await?
+            }
             StartupPacket::Cancel(key) => {
                 if let Some(target) = ctx.cancels().lookup(key) {
                     let timeout = ctx.settings().config.pool.server_connect_timeout;
@@ -64,6 +81,13 @@ pub async fn handshake(ctx: &SessionCtx, client: &mut ClientConn) -> Result<Outc
             StartupPacket::Startup(m) => break m,
         }
     };
+    if !client.is_tls() && tls.is_some_and(|t| t.mode == ClientTlsMode::Require) {
+        return Err(SessionError::Fatal(ProxyError::fatal(
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            "connection without TLS refused: causeway requires TLS (client_tls.mode = \"require\"); \
+             connect with sslmode=require or stronger",
+        )));
+    }
     let accepted = accept_startup(client, &startup)?;
     authenticate(ctx, client, &accepted.user).await?;
     Ok(Outcome::Session(accepted))
@@ -78,20 +102,69 @@ enum Encryption {
     Gss,
 }
 
+/// The encryption requests a client has made (PostgreSQL takes each at most once).
+#[derive(Debug, Default)]
+struct Asked {
+    /// An SSLRequest came.
+    tls: bool,
+    /// A GSSENCRequest came.
+    gss: bool,
+}
+
 /// Answers an SSLRequest or GSSENCRequest: the one place that decides whether a client's
-/// connection gets encrypted. The client then sends its StartupMessage (or another request).
+/// connection gets encrypted. The client then sends its StartupMessage (or another request),
+/// through TLS if the answer was 'S'.
 ///
-/// Neither is supported yet: 'N', and the client goes on in clear text or gives up, as its
-/// sslmode says. TLS changes this function and [`crate::net::stream::ClientStream`], not the
-/// relay: answer 'S', check that the client sent nothing after its SSLRequest (bytes read in
-/// clear text must not pass for encrypted ones, CVE-2021-23222), run the handshake and put the
-/// TLS variant in the `ClientConn` in place of the TCP one.
-async fn answer_encryption(client: &mut ClientConn, asked: Encryption) -> Result<(), SessionError> {
-    let answer: &'static [u8] = match asked {
-        Encryption::Tls | Encryption::Gss => b"N",
+/// GSS encryption is not supported ('N'); TLS is, when `[client_tls]` is on. Bytes the client
+/// sent behind its SSLRequest were read in clear text and must not pass for encrypted ones
+/// (CVE-2021-23214 in PostgreSQL, CVE-2021-23222 in libpq): such a client is refused before
+/// the 'S'. Each request is taken once, and none inside TLS.
+async fn answer_encryption(
+    client: &mut ClientConn,
+    request: Encryption,
+    tls: Option<&ClientTls>,
+    asked: &mut Asked,
+) -> Result<(), SessionError> {
+    let (seen, name) = match request {
+        Encryption::Tls => (&mut asked.tls, "SSLRequest"),
+        Encryption::Gss => (&mut asked.gss, "GSSENCRequest"),
     };
-    client.push_bytes(Bytes::from_static(answer));
+    if std::mem::replace(seen, true) || client.is_tls() {
+        return Err(SessionError::Fatal(ProxyError::fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            format!("unexpected {name}: encryption was already negotiated on this connection"),
+        )));
+    }
+    let tls = match (request, tls) {
+        (Encryption::Tls, Some(tls)) => tls,
+        _ => {
+            client.push_bytes(Bytes::from_static(b"N"));
+            client.flush().await?;
+            return Ok(());
+        }
+    };
+    if !client.rbuf.is_empty() {
+        return Err(SessionError::Fatal(ProxyError::fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            "received unencrypted data after SSL request",
+        )));
+    }
+    client.push_bytes(Bytes::from_static(b"S"));
     client.flush().await?;
+    client.start_tls(tls.config.clone()).await?;
+    Ok(())
+}
+
+/// PostgreSQL 17's direct TLS: the connection opens with a ClientHello, which must ask for the
+/// ALPN protocol `postgresql` (so that no other protocol's client lands here by mistake).
+async fn start_direct_tls(client: &mut ClientConn, tls: &ClientTls) -> Result<(), SessionError> {
+    client.start_tls(tls.config.clone()).await?;
+    if client.stream().alpn_protocol() != Some(tls::ALPN_POSTGRESQL) {
+        return Err(SessionError::Fatal(ProxyError::fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            "received direct SSL connection request without ALPN protocol negotiation extension",
+        )));
+    }
     Ok(())
 }
 
@@ -205,7 +278,7 @@ async fn authenticate(
             format!("no such user: role \"{user}\" is not configured in causeway"),
         )));
     };
-    let (mut exchange, mut step) = match (&entry.secret, entry.method) {
+    let (exchange, step) = match (&entry.secret, entry.method) {
         (Some(secret), method) => AuthExchange::new(method, user, secret),
         (None, auth::Method::Trust) => {
             let mut b = BytesMut::new();
@@ -216,6 +289,12 @@ async fn authenticate(
         // Configuration validation requires a password unless the user is trust; should a
         // user still come without one, no password can match.
         (None, method) => AuthExchange::new_unknown_user(method, user, ctx.mock_secret()),
+    };
+    // On TLS, SCRAM-SHA-256-PLUS too, bound to the certificate this session was made with.
+    let tls = settings.client_tls.as_ref().filter(|_| client.is_tls());
+    let (mut exchange, mut step) = match tls.and_then(|t| t.end_point.as_deref()) {
+        Some(end_point) => exchange.with_channel_binding(step, end_point),
+        None => (exchange, step),
     };
     loop {
         let mut b = BytesMut::new();

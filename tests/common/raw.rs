@@ -183,6 +183,16 @@ impl RawConn {
     }
 }
 
+impl<S> RawConn<S> {
+    /// Wraps any connected stream (a TLS client session, say).
+    pub fn wrap(stream: S) -> RawConn<S> {
+        RawConn {
+            stream,
+            buf: BytesMut::with_capacity(8192),
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> RawConn<S> {
     /// Writes all of `bytes`.
     pub async fn send(&mut self, bytes: &[u8]) {

@@ -90,7 +90,8 @@ fn check(path: &PathBuf) -> ExitCode {
     }
 }
 
-/// `causeway --config proxy.toml`: run until SIGTERM (graceful) or SIGINT (fast).
+/// `causeway --config proxy.toml`: run until SIGTERM or the console's SHUTDOWN (graceful) or
+/// SIGINT (fast); SIGHUP reloads the file.
 fn run(path: &PathBuf) -> ExitCode {
     let loaded = match Config::load(path) {
         Ok(l) => l,
@@ -109,7 +110,6 @@ fn run(path: &PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let grace = loaded.config.proxy.shutdown_timeout;
     runtime.block_on(async move {
         let app = match App::new(loaded.config) {
             Ok(a) => a,
@@ -118,11 +118,14 @@ fn run(path: &PathBuf) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        app.set_config_path(path.clone());
         if let Err(e) = app.start().await {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
-        let fast = causeway::app::wait_for_stop_signal().await;
+        let fast = causeway::app::wait_for_stop_signal(app.ctx()).await;
+        // As the last reload left it.
+        let grace = app.settings().config.proxy.shutdown_timeout;
         app.shutdown(if fast {
             std::time::Duration::ZERO
         } else {

@@ -10,7 +10,7 @@
 //! push or a pop only, never across an `.await`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ pub struct PoolKey {
 }
 
 /// Limits and timeouts of a pool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
     /// Most connections of this pool in use at once.
     pub pool_size: usize,
@@ -132,6 +132,17 @@ impl Lease {
     }
 }
 
+/// An idle connection as the admin console shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleServer {
+    /// The server process id.
+    pub pid: i32,
+    /// Since the connection was made.
+    pub age: Duration,
+    /// Since it was last used.
+    pub idle: Duration,
+}
+
 /// An idle connection with the node permit it keeps.
 struct Idle {
     conn: Box<ServerConn>,
@@ -156,6 +167,9 @@ pub struct Pool {
     stale: Mutex<std::collections::VecDeque<(u64, u64)>>,
     /// Generation of the newest entry of `stale` (0: none yet).
     stale_generation: AtomicU64,
+    /// A reload changed the pool settings: this pool is no longer handed out, and its
+    /// connections are closed as they come back instead of kept.
+    retired: AtomicBool,
 }
 
 /// Most stale-statement entries a pool remembers; a connection further behind forgets all of
@@ -187,6 +201,42 @@ impl Pool {
     /// Number of idle connections.
     pub fn idle_count(&self) -> usize {
         self.idle.lock().len()
+    }
+
+    /// Connections of this pool checked out now.
+    pub fn in_use(&self) -> usize {
+        self.settings
+            .pool_size
+            .saturating_sub(self.active.available_permits())
+    }
+
+    /// The pool's `pool_size`.
+    pub fn pool_size(&self) -> usize {
+        self.settings.pool_size
+    }
+
+    /// The password the pool's connections log in with.
+    pub fn server_password(&self) -> Option<&str> {
+        self.target.password.as_deref()
+    }
+
+    /// `host:port` of the pool's node.
+    pub fn addr(&self) -> String {
+        self.target.addr()
+    }
+
+    /// Each idle connection's server process id and how long ago it was made and last used
+    /// (for the admin console's `SHOW SERVERS`).
+    pub fn idle_servers(&self, now: Instant) -> Vec<IdleServer> {
+        self.idle
+            .lock()
+            .iter()
+            .map(|i| IdleServer {
+                pid: i.conn.cancel_key().pid,
+                age: now.saturating_duration_since(i.conn.created()),
+                idle: now.saturating_duration_since(i.conn.last_used),
+            })
+            .collect()
     }
 
     /// Parameters a fresh connection of this pool reports, once one has been made.
@@ -390,8 +440,14 @@ impl Pool {
         self.push_idle(lease, now);
     }
 
+    /// Whether a reload replaced this pool (sessions that kept it look the pool up again).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
     fn is_reusable(&self, conn: &ServerConn, now: Instant) -> bool {
-        conn.is_idle()
+        !self.is_retired()
+            && conn.is_idle()
             && !self.is_expired_at(conn, now)
             && conn.statements.pending_close_len() <= super::statements::MAX_PENDING_CLOSE
     }
@@ -487,7 +543,8 @@ impl Pool {
 
 /// All pools, created on first use.
 pub struct Pools {
-    settings: PoolSettings,
+    /// What new pools are made with; replaced by a reload.
+    settings: Mutex<PoolSettings>,
     /// One semaphore per node, shared by that node's pools.
     node_permits: Vec<Arc<Semaphore>>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
@@ -497,7 +554,7 @@ impl Pools {
     /// Creates the pool registry for `nodes` nodes.
     pub fn new(settings: PoolSettings, nodes: usize, max_server_connections: usize) -> Pools {
         Pools {
-            settings,
+            settings: Mutex::new(settings),
             node_permits: (0..nodes)
                 .map(|_| Arc::new(Semaphore::new(max_server_connections)))
                 .collect(),
@@ -512,6 +569,7 @@ impl Pools {
             database: target.database.clone(),
             user: target.user.clone(),
         };
+        let settings = self.settings.lock().clone();
         let mut pools = self.pools.lock();
         pools
             .entry(key.clone())
@@ -519,13 +577,14 @@ impl Pools {
                 Arc::new(Pool {
                     key,
                     target: target.clone(),
-                    settings: self.settings.clone(),
-                    active: Arc::new(Semaphore::new(self.settings.pool_size)),
+                    active: Arc::new(Semaphore::new(settings.pool_size)),
+                    settings,
                     node_permits: self.node_permits[target.node].clone(),
                     idle: Mutex::new(Vec::new()),
                     defaults: Mutex::new(None),
                     stale: Mutex::new(std::collections::VecDeque::new()),
                     stale_generation: AtomicU64::new(0),
+                    retired: AtomicBool::new(false),
                 })
             })
             .clone()
@@ -540,10 +599,37 @@ impl Pools {
         }
     }
 
+    /// Puts new pool settings in force (a reload): pools made with other settings are
+    /// retired (no longer handed out; their idle connections closed now, those in use when
+    /// they come back), and the next checkout for their database and user makes a new pool.
+    /// Connections in use are never cut. Pools `keep` refuses (a user removed, a server
+    /// password changed) are retired too. Returns how many pools were retired.
+    pub fn reconfigure(&self, settings: PoolSettings, keep: impl Fn(&Pool) -> bool) -> usize {
+        *self.settings.lock() = settings.clone();
+        let retired: Vec<Arc<Pool>> = {
+            let mut pools = self.pools.lock();
+            let old: Vec<PoolKey> = pools
+                .iter()
+                .filter(|(_, p)| p.settings != settings || !keep(p))
+                .map(|(k, _)| k.clone())
+                .collect();
+            old.iter().filter_map(|k| pools.remove(k)).collect()
+        };
+        for pool in &retired {
+            pool.retired.store(true, Ordering::Release);
+            let idle: Vec<Idle> = std::mem::take(&mut *pool.idle.lock());
+            for c in idle {
+                tokio::spawn(c.conn.close());
+            }
+        }
+        retired.len()
+    }
+
     /// How often [`Pools::maintain`] should run for these settings.
     pub fn maintenance_interval(&self) -> Duration {
+        let settings = self.settings.lock().clone();
         let mut every = Duration::from_secs(1);
-        for t in [self.settings.idle_timeout, self.settings.lifetime]
+        for t in [settings.idle_timeout, settings.lifetime]
             .into_iter()
             .flatten()
         {

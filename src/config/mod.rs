@@ -420,11 +420,6 @@ pub struct Unimplemented {
 /// fails for a key that is neither on it nor read outside this module.
 pub const NOT_YET_IMPLEMENTED: &[Unimplemented] = &[
     Unimplemented {
-        key: "proxy.admin_users",
-        value: None,
-        note: "the admin console is not implemented",
-    },
-    Unimplemented {
         key: "nodes.role",
         value: None,
         note: "roles come only from what each server reports",

@@ -998,18 +998,19 @@ fn notices_for_unimplemented_keys_set_explicitly() {
 
     let loud = with_minimal(
         "[routing]\nconsistency = \"session\"\n[proxy]\nadmin_users = [\"u\"]\n\
-         [pool]\nmin_idle = 1\n[[users]]\nname = \"u\"\npassword = \"p\"\ndefault_route = \"auto\"\n",
+         [pool]\nmin_idle = 1\n[[users]]\nname = \"u\"\npassword = \"p\"\ndefault_route = \"auto\"\n\
+         [[nodes]]\naddress = \"db2:5432\"\nname = \"n2\"\n",
     );
     let notices = load(&loud).unwrap().notices;
     let shown: Vec<String> = notices.iter().map(ToString::to_string).collect();
     assert_eq!(
         shown,
         [
-            "`proxy.admin_users` is accepted but has no effect yet: the admin console is not \
-             implemented",
+            "`nodes.name` is accepted but has no effect yet: logs, metrics and /topology name \
+             nodes by address",
         ]
     );
-    assert_eq!(notices[0].line, Some(11));
+    assert_eq!(notices[0].line, Some(20));
 
     // Set by the environment: a notice without a line.
     let env_set = load_env(

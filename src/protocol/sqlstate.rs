@@ -8,6 +8,8 @@
 pub struct SqlState(&'static str);
 
 impl SqlState {
+    /// `00000` successful_completion: the code of the proxy's own notices.
+    pub const SUCCESSFUL_COMPLETION: SqlState = SqlState("00000");
     /// `08000` connection_exception.
     pub const CONNECTION_EXCEPTION: SqlState = SqlState("08000");
     /// `08001` sqlclient_unable_to_establish_sqlconnection: a server could not be reached.

@@ -367,3 +367,58 @@ async fn psql_renders_the_console() {
     assert!(stdout.contains("p99_9_us"), "{stdout}");
     assert!(!stderr.contains("WARNING"), "{stderr}");
 }
+
+#[tokio::test]
+async fn pause_waits_for_transactions_and_holds_new_ones_until_resume() {
+    let p = proxy().await;
+    let a = p.connect().await;
+    let b = p.connect().await;
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let c = console(&p).await;
+    let mut pause = tokio::spawn(async move { c.simple_query("PAUSE").await.map(|_| c) });
+    let paused = eventually(Duration::from_secs(5), || async {
+        p.app.pools().is_paused("postgres")
+    })
+    .await;
+    assert!(paused, "PAUSE is in force at once");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut pause)
+            .await
+            .is_err(),
+        "PAUSE waits while a transaction runs"
+    );
+    a.batch_execute("SELECT 2; COMMIT")
+        .await
+        .expect("the running transaction finishes");
+    let c = tokio::time::timeout(Duration::from_secs(10), pause)
+        .await
+        .expect("PAUSE answers once the transaction ended")
+        .unwrap()
+        .unwrap();
+    let e = c.simple_query("PAUSE").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("55000"), "already paused");
+
+    let mut held = tokio::spawn(async move { b.simple_query("SELECT 1").await.map(|_| ()) });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut held)
+            .await
+            .is_err(),
+        "a new transaction is held"
+    );
+    let dbs = show(&c, "SHOW DATABASES").await;
+    let row = dbs
+        .maps()
+        .into_iter()
+        .find(|r| r["name"] == Some("postgres"))
+        .unwrap()
+        .clone();
+    assert_eq!(row["paused"], Some("1"));
+    c.simple_query("RESUME").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held transaction runs after RESUME")
+        .unwrap()
+        .unwrap();
+    let e = c.simple_query("RESUME").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("55000"), "not paused");
+}

@@ -548,13 +548,96 @@ pub struct Pools {
     /// One semaphore per node, shared by that node's pools.
     node_permits: Vec<Arc<Semaphore>>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    /// The admin console's `PAUSE`, while in force.
+    pause: Mutex<Option<Pause>>,
+}
+
+/// A `PAUSE` in force: every permit of each paused pool is held, so no checkout proceeds
+/// (checkouts wait, as for a full pool, up to `pool_timeout`) and no connection is in use once
+/// the pause is complete. The hot path pays nothing: a paused pool just has no free permit.
+struct Pause {
+    /// The database paused; `None`: all.
+    database: Option<String>,
+    /// The permits held.
+    held: Vec<OwnedSemaphorePermit>,
+}
+
+impl Pause {
+    fn covers(&self, database: &str) -> bool {
+        self.database.as_deref().is_none_or(|d| d == database)
+    }
+}
+
+/// Why a `PAUSE` or `RESUME` cannot be done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PauseError {
+    /// A pause is already in force.
+    #[error("already paused{}", .0.as_ref().map(|d| format!(" (database {d})")).unwrap_or_default())]
+    AlreadyPaused(Option<String>),
+    /// Nothing is paused (or not that database).
+    #[error("not paused")]
+    NotPaused,
 }
 
 impl Pools {
+    /// Holds new transactions (of `database`, or all) and waits until the ones running end:
+    /// every permit of each matching pool is taken, so checkouts wait and, once this returns,
+    /// no server connection of those pools is in use. Pools made later are paused at birth.
+    pub async fn pause(&self, database: Option<&str>) -> Result<(), PauseError> {
+        {
+            let mut pause = self.pause.lock();
+            if let Some(p) = &*pause {
+                return Err(PauseError::AlreadyPaused(p.database.clone()));
+            }
+            *pause = Some(Pause {
+                database: database.map(str::to_owned),
+                held: Vec::new(),
+            });
+        }
+        let pools: Vec<Arc<Pool>> = self
+            .all()
+            .into_iter()
+            .filter(|p| database.is_none_or(|d| p.key.database == d))
+            .collect();
+        for pool in pools {
+            let n = u32::try_from(pool.settings.pool_size).unwrap_or(u32::MAX);
+            // The semaphore is fair: from now on, releases go to this waiter first.
+            let Ok(permit) = pool.active.clone().acquire_many_owned(n).await else {
+                continue;
+            };
+            match &mut *self.pause.lock() {
+                Some(p) => p.held.push(permit),
+                // RESUME came while waiting.
+                None => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a `PAUSE` (of `database` if named): held checkouts proceed.
+    pub fn resume(&self, database: Option<&str>) -> Result<(), PauseError> {
+        let mut pause = self.pause.lock();
+        match &*pause {
+            Some(p) if database.is_none() || p.database.as_deref() == database => {
+                *pause = None;
+                Ok(())
+            }
+            _ => Err(PauseError::NotPaused),
+        }
+    }
+
+    /// Whether `database` is paused.
+    pub fn is_paused(&self, database: &str) -> bool {
+        self.pause
+            .lock()
+            .as_ref()
+            .is_some_and(|p| p.covers(database))
+    }
     /// Creates the pool registry for `nodes` nodes.
     pub fn new(settings: PoolSettings, nodes: usize, max_server_connections: usize) -> Pools {
         Pools {
             settings: Mutex::new(settings),
+            pause: Mutex::new(None),
             node_permits: (0..nodes)
                 .map(|_| Arc::new(Semaphore::new(max_server_connections)))
                 .collect(),
@@ -574,7 +657,7 @@ impl Pools {
         pools
             .entry(key.clone())
             .or_insert_with(|| {
-                Arc::new(Pool {
+                let pool = Arc::new(Pool {
                     key,
                     target: target.clone(),
                     active: Arc::new(Semaphore::new(settings.pool_size)),
@@ -585,7 +668,17 @@ impl Pools {
                     stale: Mutex::new(std::collections::VecDeque::new()),
                     stale_generation: AtomicU64::new(0),
                     retired: AtomicBool::new(false),
-                })
+                });
+                if let Some(pause) = &mut *self.pause.lock() {
+                    if pause.covers(&pool.key.database) {
+                        let n = u32::try_from(pool.settings.pool_size).unwrap_or(u32::MAX);
+                        // A new pool has every permit free.
+                        if let Ok(p) = pool.active.clone().try_acquire_many_owned(n) {
+                            pause.held.push(p);
+                        }
+                    }
+                }
+                pool
             })
             .clone()
     }

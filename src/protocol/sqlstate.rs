@@ -40,6 +40,9 @@ impl SqlState {
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
     /// `54000` program_limit_exceeded.
     pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
+    /// `55000` object_not_in_prerequisite_state: the admin console's PAUSE / RESUME out of
+    /// turn.
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: SqlState = SqlState("55000");
     /// `57014` query_canceled.
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
     /// `57P01` admin_shutdown.

@@ -42,6 +42,10 @@ pub enum Command {
     Reload,
     /// `SHUTDOWN`: stop as SIGTERM does (running transactions finish).
     Shutdown,
+    /// `PAUSE [db]`: hold new transactions, wait for running ones to end.
+    Pause(Option<String>),
+    /// `RESUME [db]`: let held transactions go.
+    Resume(Option<String>),
 }
 
 /// Parses one statement (no `;`).
@@ -75,12 +79,26 @@ pub fn parse(statement: &str) -> Result<Command, ProxyError> {
             )
         }),
         ["RELOAD"] => Ok(Command::Reload),
+        ["PAUSE"] => Ok(Command::Pause(None)),
+        ["RESUME"] => Ok(Command::Resume(None)),
+        // Database names keep their case (the words were upper-cased for matching).
+        ["PAUSE", _] => Ok(Command::Pause(
+            statement.split_whitespace().nth(1).map(unquote),
+        )),
+        ["RESUME", _] => Ok(Command::Resume(
+            statement.split_whitespace().nth(1).map(unquote),
+        )),
         ["SHUTDOWN"] => Ok(Command::Shutdown),
         _ => Err(ProxyError::error(
             SqlState::SYNTAX_ERROR,
             format!("unknown admin console command {statement:?}: see SHOW HELP"),
         )),
     }
+}
+
+/// A database name as written, without double quotes.
+fn unquote(name: &str) -> String {
+    name.trim_matches('"').to_owned()
 }
 
 #[cfg(test)]
@@ -93,6 +111,12 @@ mod tests {
         assert_eq!(parse("SHOW  Stats"), Ok(Command::Show(Show::Stats)));
         assert_eq!(parse("kill 42"), Ok(Command::Kill(42)));
         assert_eq!(parse("reload"), Ok(Command::Reload));
+        assert_eq!(parse("pause"), Ok(Command::Pause(None)));
+        assert_eq!(parse("PAUSE MyDb"), Ok(Command::Pause(Some("MyDb".into()))));
+        assert_eq!(
+            parse("resume \"MyDb\""),
+            Ok(Command::Resume(Some("MyDb".into())))
+        );
         assert_eq!(parse("SHOW nothing").unwrap_err().code, "42704");
         assert_eq!(parse("KILL x").unwrap_err().code, "22023");
         assert_eq!(parse("SELECT 1").unwrap_err().code, "42601");

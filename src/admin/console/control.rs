@@ -1,5 +1,5 @@
-//! Console commands that change something: `RELOAD` (as SIGHUP) and `SHUTDOWN` (as
-//! SIGTERM).
+//! Console commands that change something: `RELOAD` (as SIGHUP), `PAUSE` / `RESUME`, and
+//! `SHUTDOWN` (as SIGTERM).
 
 use bytes::BytesMut;
 
@@ -40,5 +40,34 @@ pub fn shutdown(ctx: &SessionCtx, b: &mut BytesMut) -> Result<(), ProxyError> {
     tracing::info!("admin console: SHUTDOWN");
     ctx.request_stop();
     messages::command_complete(b, "SHUTDOWN");
+    Ok(())
+}
+
+/// `PAUSE [db]`: holds new transactions (of `db`, or all) and answers once the running ones
+/// have ended, as PgBouncer does. Held clients wait as for a full pool, up to `pool_timeout`.
+pub async fn pause(
+    ctx: &SessionCtx,
+    database: Option<&str>,
+    b: &mut BytesMut,
+) -> Result<(), ProxyError> {
+    tracing::info!(database = ?database, "admin console: PAUSE");
+    ctx.pools().pause(database).await.map_err(|e| {
+        ProxyError::error(SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, e.to_string())
+    })?;
+    messages::command_complete(b, "PAUSE");
+    Ok(())
+}
+
+/// `RESUME [db]`: lets held transactions go.
+pub fn resume(
+    ctx: &SessionCtx,
+    database: Option<&str>,
+    b: &mut BytesMut,
+) -> Result<(), ProxyError> {
+    tracing::info!(database = ?database, "admin console: RESUME");
+    ctx.pools().resume(database).map_err(|e| {
+        ProxyError::error(SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, e.to_string())
+    })?;
+    messages::command_complete(b, "RESUME");
     Ok(())
 }

@@ -204,6 +204,8 @@ async fn execute(
         Command::Kill(pid) => return clients::kill(ctx, pid, own_pid, b),
         Command::Reload => return control::reload(ctx, b),
         Command::Shutdown => return control::shutdown(ctx, b),
+        Command::Pause(db) => return control::pause(ctx, db.as_deref(), b).await,
+        Command::Resume(db) => return control::resume(ctx, db.as_deref(), b),
     };
     table.encode(b, "SHOW");
     Ok(())

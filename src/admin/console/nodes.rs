@@ -53,7 +53,7 @@ pub fn show_nodes(ctx: &SessionCtx) -> Table {
 
 /// `SHOW DATABASES`: one row per database that is configured (`[[databases]]`) or in use,
 /// with PgBouncer's columns. `host` and `port` are the primary's (where writes go); causeway
-/// has no reserve pool, per-database connection limit or pause, so those are 0.
+/// has no reserve pool or per-database connection limit, so those are 0.
 pub fn show_databases(ctx: &SessionCtx) -> Table {
     let settings = ctx.settings_full();
     let cfg = &settings.config;
@@ -103,7 +103,7 @@ pub fn show_databases(ctx: &SessionCtx) -> Table {
             cell(cfg.proxy.pool_mode.as_str()),
             cell(0),
             cell(current),
-            cell(0),
+            cell(u8::from(ctx.pools().is_paused(&name))),
             cell(0),
         ]);
     }

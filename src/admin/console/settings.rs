@@ -67,6 +67,11 @@ pub fn show_help() -> Table {
         ("SHOW CONFIG", "the configuration in force"),
         ("SHOW VERSION", "causeway's version"),
         ("RELOAD", "re-read the configuration file (as SIGHUP)"),
+        (
+            "PAUSE [db]",
+            "hold new transactions, answer once running ones ended",
+        ),
+        ("RESUME [db]", "let held transactions go"),
         ("KILL <id>", "end one client's session (FATAL 57P01)"),
         (
             "SHUTDOWN",

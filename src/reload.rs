@@ -11,7 +11,8 @@
 //!   given back, none cut) and the next checkout makes a new pool;
 //! - routing and lag settings: at the next request; the watcher's check interval, timeouts
 //!   and lag limits at its next check;
-//! - per-user and per-database defaults, timeouts: for new sessions.
+//! - per-user and per-database defaults, timeouts: for new sessions;
+//! - `proxy.log_level`: at once (unless `RUST_LOG` is set).
 //!
 //! Keys in [`RESTART_ONLY`] (the listen addresses, the node list, ...) are read once at
 //! start: a file that changes one is refused as a whole, with a message naming the key.
@@ -31,6 +32,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "proxy.worker_threads",
     "proxy.max_client_connections",
     "proxy.tcp_nodelay",
+    "proxy.log_format",
     "pool.max_server_connections",
     "routing.health_threshold",
     "routing.volatility_refresh",
@@ -150,6 +152,12 @@ pub fn apply(ctx: &SessionCtx, config: Config) -> Result<Reloaded, ReloadError> 
         );
     }
     ctx.publish_watcher_settings(new.watcher_settings());
+    if old.config.proxy.log_level != new.config.proxy.log_level {
+        // Checked by `Settings::new`: this fails only if logging itself is gone.
+        if let Err(e) = ctx.set_log_level(&new.config.proxy.log_level) {
+            tracing::warn!(error = %e, "reload: the new log level could not be applied");
+        }
+    }
     end_sessions_of_removed_users(ctx, &new);
     Ok(Reloaded { changed })
 }
@@ -215,6 +223,8 @@ pub fn key_values(c: &Config) -> Vec<(&'static str, String)> {
         ("proxy.admin_users", p.admin_users.join(",")),
         ("proxy.tcp_nodelay", p.tcp_nodelay.to_string()),
         ("proxy.worker_threads", p.worker_threads.to_string()),
+        ("proxy.log_level", p.log_level.clone()),
+        ("proxy.log_format", p.log_format.to_string()),
         (
             "pool.max_server_connections",
             pool.max_server_connections.to_string(),

@@ -415,3 +415,104 @@ async fn sighup_reloads_the_binary_instead_of_ending_it() {
     }
     let _ = std::fs::remove_file(&path);
 }
+
+/// Starts the binary on `port` with the configuration in `path`, its stderr going to `log`
+/// (a file, as a supervisor would have it), and waits until it serves.
+async fn start_binary(path: &Path, port: u16, log: &Path) -> Child {
+    let stderr = std::fs::File::create(log).unwrap();
+    let child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_causeway"))
+            .args(["--config", path.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start causeway"),
+    );
+    let up = eventually(Duration::from_secs(15), || async {
+        let info = format!(
+            "host=127.0.0.1 port={port} user={APP_USER} password={APP_PASSWORD} dbname=postgres"
+        );
+        tokio_postgres::connect(&info, tokio_postgres::NoTls)
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(up, "causeway serves");
+    child
+}
+
+/// The `[proxy]` lines for a binary on `port` with these log settings.
+fn logging_config(port: u16, level: &str, format: &str) -> String {
+    config_toml(
+        &format!("log_level = \"{level}\"\nlog_format = \"{format}\""),
+        "",
+    )
+    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+}
+
+#[tokio::test]
+async fn log_level_reloads_and_a_log_file_gets_no_colour() {
+    let port = free_port();
+    let path = config_file("loglevel", &logging_config(port, "warn", "text"));
+    let log = path.with_extension("log");
+    let child = start_binary(&path, port, &log).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("causeway listening"),
+        "no info lines at warn: {text}"
+    );
+
+    std::fs::write(&path, logging_config(port, "info", "text")).unwrap();
+    send_signal(child.0.id(), "HUP");
+    let logged = eventually(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("reload: configuration applied")
+    })
+    .await;
+    assert!(logged, "the reload applied the info level");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("INFO"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "no ANSI escape codes in a file: {text:?}"
+    );
+    drop(child);
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&log);
+}
+
+#[tokio::test]
+async fn json_log_format_writes_one_object_per_line_without_passwords() {
+    let port = free_port();
+    let path = config_file("logjson", &logging_config(port, "info", "json"));
+    let log = path.with_extension("log");
+    let child = start_binary(&path, port, &log).await;
+    let listening = eventually(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("causeway listening")
+    })
+    .await;
+    assert!(listening, "the start is logged");
+    drop(child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
+        lines += 1;
+    }
+    assert!(lines > 0);
+    assert!(
+        !text.contains(cluster().superuser_password()),
+        "a password in the log"
+    );
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&log);
+}

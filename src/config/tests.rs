@@ -195,6 +195,8 @@ fn defaults() {
     assert!(p.admin_users.is_empty());
     assert!(p.tcp_nodelay);
     assert_eq!(p.worker_threads, 0);
+    assert_eq!(p.log_level, "info");
+    assert_eq!(p.log_format, super::LogFormat::Text);
 
     let pool = &c.pool;
     assert_eq!(pool.max_server_connections, 100);
@@ -298,6 +300,7 @@ fn every_keyword_is_accepted() {
         r#"
 [proxy]
 pool_mode = "session"
+log_format = "json"
 [routing]
 consistency = "eventual"
 read_only_transactions = "primary"
@@ -318,6 +321,7 @@ consistency = "session"
 "#,
     ));
     assert_eq!(c.proxy.pool_mode, PoolMode::Session);
+    assert_eq!(c.proxy.log_format, super::LogFormat::Json);
     assert_eq!(c.routing.consistency, Consistency::Eventual);
     assert_eq!(
         c.routing.read_only_transactions,

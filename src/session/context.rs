@@ -66,7 +66,13 @@ struct Shared {
     /// Fires when the admin console asks the proxy to stop (`SHUTDOWN`); whoever runs the
     /// proxy then stops it as for SIGTERM.
     stop_requested: CancellationToken,
+    /// Installs a new `proxy.log_level` (set by whoever installed the log subscriber: the
+    /// binary; a proxy inside tests has none).
+    log_level: Mutex<Option<LogLevelHook>>,
 }
+
+/// Puts a `proxy.log_level` value in force.
+pub type LogLevelHook = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// Cheap-to-clone handle to what sessions share.
 #[derive(Clone)]
@@ -126,6 +132,7 @@ impl SessionCtx {
                 watcher_settings,
                 config_path: Mutex::new(None),
                 stop_requested: CancellationToken::new(),
+                log_level: Mutex::new(None),
                 params_hasher: std::collections::hash_map::RandomState::new(),
             }),
         }
@@ -161,6 +168,20 @@ impl SessionCtx {
     /// Names the configuration file a reload reads.
     pub fn set_config_path(&self, path: PathBuf) {
         *self.shared.config_path.lock() = Some(path);
+    }
+
+    /// Names how a reload puts a new `proxy.log_level` in force.
+    pub fn set_log_level_hook(&self, hook: LogLevelHook) {
+        *self.shared.log_level.lock() = Some(hook);
+    }
+
+    /// Puts a new `proxy.log_level` in force, if logging can change (see
+    /// [`SessionCtx::set_log_level_hook`]).
+    pub fn set_log_level(&self, level: &str) -> Result<(), String> {
+        match &*self.shared.log_level.lock() {
+            Some(hook) => hook(level),
+            None => Ok(()),
+        }
     }
 
     /// Asks whoever runs the proxy to stop it gracefully (the console's `SHUTDOWN`).

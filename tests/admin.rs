@@ -405,6 +405,15 @@ async fn pause_waits_for_transactions_and_holds_new_ones_until_resume() {
             .is_err(),
         "a new transaction is held"
     );
+    let waiting = eventually(Duration::from_secs(5), || async {
+        show(&c, "SHOW POOLS").await.maps().iter().any(|r| {
+            r["user"] == Some(APP_USER)
+                && r["database"] == Some("postgres")
+                && r["cl_waiting"] == Some("1")
+        })
+    })
+    .await;
+    assert!(waiting, "SHOW POOLS counts the held client in cl_waiting");
     let dbs = show(&c, "SHOW DATABASES").await;
     let row = dbs
         .maps()

@@ -10,7 +10,7 @@
 //! push or a pop only, never across an `.await`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,6 +170,21 @@ pub struct Pool {
     /// A reload changed the pool settings: this pool is no longer handed out, and its
     /// connections are closed as they come back instead of kept.
     retired: AtomicBool,
+    /// Checkouts waiting for a free connection now (a full or paused pool).
+    waiting: AtomicUsize,
+}
+
+/// Runs `f` when dropped: undoes a count however the future holding it ends.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// Most stale-statement entries a pool remembers; a connection further behind forgets all of
@@ -208,6 +223,11 @@ impl Pool {
         self.settings
             .pool_size
             .saturating_sub(self.active.available_permits())
+    }
+
+    /// Checkouts waiting for a free connection of this pool now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// The pool's `pool_size`.
@@ -249,7 +269,17 @@ impl Pool {
     /// (`role_epoch`) are closed instead of reused.
     pub async fn checkout(self: &Arc<Self>, role_epoch: u64) -> Result<Lease, BackendError> {
         let started = Instant::now();
-        let active = self.acquire(&self.active, started).await?;
+        let active = match self.active.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Counted while it waits (`SHOW POOLS`' cl_waiting), also if cancelled.
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let _waiting = scopeguard(|| {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                });
+                self.acquire(&self.active, started).await?
+            }
+        };
         while let Some(mut idle) = self.pop_idle() {
             if !self.usable(&mut idle.conn, role_epoch, Instant::now()) {
                 tokio::spawn(idle.conn.close());
@@ -668,6 +698,7 @@ impl Pools {
                     stale: Mutex::new(std::collections::VecDeque::new()),
                     stale_generation: AtomicU64::new(0),
                     retired: AtomicBool::new(false),
+                    waiting: AtomicUsize::new(0),
                 });
                 if let Some(pause) = &mut *self.pause.lock() {
                     if pause.covers(&pool.key.database) {

@@ -21,6 +21,8 @@ struct PoolRow {
     active: usize,
     /// Server connections idle in the pool.
     idle: usize,
+    /// Checkouts waiting for a server connection.
+    waiting: usize,
 }
 
 /// `SHOW POOLS`.
@@ -34,6 +36,7 @@ pub fn show_pools(ctx: &SessionCtx) -> Table {
             .or_default();
         row.active += pool.in_use();
         row.idle += pool.idle_count();
+        row.waiting += pool.waiting();
     }
     for (_, slot) in ctx.cancels().clients() {
         let info = slot.info();
@@ -70,8 +73,8 @@ pub fn show_pools(ctx: &SessionCtx) -> Table {
         t.push(vec![
             cell(database),
             cell(user),
-            cell(row.clients),
-            zero(),
+            cell(row.clients.saturating_sub(row.waiting)),
+            cell(row.waiting),
             zero(),
             zero(),
             cell(row.active),

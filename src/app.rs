@@ -106,7 +106,7 @@ impl App {
             source,
         })?;
         watcher::spawn(
-            settings.watcher_settings(),
+            self.watcher_settings(),
             self.topology().clone(),
             self.tasks(),
             self.shutdown_token().clone(),
@@ -159,8 +159,11 @@ impl App {
     }
 }
 
-/// Waits for SIGTERM or SIGINT (Ctrl-C); returns true for SIGINT, which asks for a fast stop.
-pub async fn wait_for_stop_signal() -> bool {
+/// Waits until the proxy is asked to stop: SIGTERM or the admin console's `SHUTDOWN`
+/// (graceful: returns false), SIGINT / Ctrl-C (fast: returns true). Meanwhile each SIGHUP
+/// reloads the configuration file (see [`crate::reload`]) instead of ending the process, which
+/// is the signal's default action.
+pub async fn wait_for_stop_signal(ctx: &SessionCtx) -> bool {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -170,14 +173,38 @@ pub async fn wait_for_stop_signal() -> bool {
             return true;
         }
     };
-    tokio::select! {
-        _ = term.recv() => {
-            tracing::info!("SIGTERM: stopping after running transactions finish");
-            false
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with the admin console");
+            None
         }
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("SIGINT: stopping now");
-            true
+    };
+    loop {
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping after running transactions finish");
+                return false;
+            }
+            _ = ctx.stop_requested().cancelled() => {
+                tracing::info!("SHUTDOWN: stopping after running transactions finish");
+                return false;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT: stopping now");
+                return true;
+            }
+            _ = hangup => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                // Logged by `reload` either way; the proxy goes on.
+                let _ = crate::reload::reload(ctx);
+            }
         }
     }
 }

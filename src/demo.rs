@@ -89,7 +89,7 @@ pub fn run(listen: SocketAddr, standbys: usize) -> Result<(), DemoError> {
         println!("Load: PGPASSWORD={pw} pgbench -i -h {ip} -p {port} -U {su} postgres && PGPASSWORD={pw} pgbench -c 8 -T 10 -h {ip} -p {port} -U {su} postgres",
             pw = cluster.superuser_password(), ip = addr.ip(), port = addr.port(), su = cluster::SUPERUSER);
         println!("Press Ctrl-C to stop and remove everything.");
-        let fast = crate::app::wait_for_stop_signal().await;
+        let fast = crate::app::wait_for_stop_signal(app.ctx()).await;
         let _ = fast;
         app.shutdown(std::time::Duration::from_secs(2)).await;
         Ok::<(), DemoError>(())

@@ -33,7 +33,9 @@
 //!   binaries; powers `causeway demo` and the integration tests.
 //! - [`demo`]: `causeway demo`, the cluster harness plus the proxy.
 //! - [`metrics`]: counters and latency histograms, Prometheus text format.
-//! - [`admin`]: HTTP endpoints (`/metrics`, `/live`, `/ready`, `/topology`).
+//! - [`admin`]: HTTP endpoints (`/metrics`, `/live`, `/ready`, `/topology`) and the admin
+//!   console (`psql ... causeway`).
+//! - [`reload`]: SIGHUP and the console's `RELOAD`: read, validate, build, one swap.
 //! - [`app`]: the `App` handle that owns config, topology, pools and shutdown, passed down to
 //!   every task (there are no global statics).
 #![forbid(unsafe_code)]
@@ -51,6 +53,7 @@ pub mod demo;
 pub mod metrics;
 pub mod net;
 pub mod protocol;
+pub mod reload;
 pub mod router;
 pub mod session;
 pub mod settings;

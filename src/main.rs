@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use causeway::app::App;
-use causeway::config::Config;
+use causeway::config::{Config, LogFormat};
+use causeway::session::context::LogLevelHook;
+use causeway::settings::log_filter;
 
 /// A replication-aware PostgreSQL proxy.
 #[derive(Parser)]
@@ -45,24 +47,62 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check => check(&cli.config),
+        Command::Check => {
+            init_logging("info", LogFormat::Text);
+            check(&cli.config)
+        }
         Command::Run => run(&cli.config),
-        Command::Demo { listen, standbys } => match causeway::demo::run(listen, standbys) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("causeway demo: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Demo { listen, standbys } => demo(listen, standbys),
     }
+}
+
+/// `causeway demo`: a throwaway cluster and the proxy in front of it.
+fn demo(listen: std::net::SocketAddr, standbys: usize) -> ExitCode {
+    init_logging("info", LogFormat::Text);
+    match causeway::demo::run(listen, standbys) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("causeway demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs the log subscriber on stderr: the `level` filter (`RUST_LOG` wins when set), text
+/// lines (coloured only when stderr is a terminal, so files and pipes get no escape codes) or
+/// JSON lines. Returns how a reload changes the level, unless `RUST_LOG` decides it.
+fn init_logging(level: &str, format: LogFormat) -> Option<LogLevelHook> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, EnvFilter};
+
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_decides = from_env.is_some();
+    // The level was checked with the configuration; "info" only if that check was skipped.
+    let filter =
+        from_env.unwrap_or_else(|| log_filter(level).unwrap_or_else(|_| EnvFilter::new("info")));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .init(),
+    }
+    if env_decides {
+        return None;
+    }
+    Some(Box::new(move |level: &str| {
+        let filter = log_filter(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }))
 }
 
 /// `causeway check`: every problem, one per line; exit status 0 only for a usable file.
@@ -90,7 +130,8 @@ fn check(path: &PathBuf) -> ExitCode {
     }
 }
 
-/// `causeway --config proxy.toml`: run until SIGTERM (graceful) or SIGINT (fast).
+/// `causeway --config proxy.toml`: run until SIGTERM or the console's SHUTDOWN (graceful) or
+/// SIGINT (fast); SIGHUP reloads the file.
 fn run(path: &PathBuf) -> ExitCode {
     let loaded = match Config::load(path) {
         Ok(l) => l,
@@ -99,6 +140,10 @@ fn run(path: &PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let log_hook = init_logging(
+        &loaded.config.proxy.log_level,
+        loaded.config.proxy.log_format,
+    );
     for n in &loaded.notices {
         tracing::warn!("{n}");
     }
@@ -109,7 +154,6 @@ fn run(path: &PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let grace = loaded.config.proxy.shutdown_timeout;
     runtime.block_on(async move {
         let app = match App::new(loaded.config) {
             Ok(a) => a,
@@ -118,11 +162,17 @@ fn run(path: &PathBuf) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        app.set_config_path(path.clone());
+        if let Some(hook) = log_hook {
+            app.set_log_level_hook(hook);
+        }
         if let Err(e) = app.start().await {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
-        let fast = causeway::app::wait_for_stop_signal().await;
+        let fast = causeway::app::wait_for_stop_signal(app.ctx()).await;
+        // As the last reload left it.
+        let grace = app.settings().config.proxy.shutdown_timeout;
         app.shutdown(if fast {
             std::time::Duration::ZERO
         } else {

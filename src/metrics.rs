@@ -233,6 +233,22 @@ impl Metrics {
         let _ = h.lock().record(micros);
     }
 
+    /// Requests routed to a role since start, all reasons together.
+    pub fn requests_on(&self, route: Role) -> u64 {
+        self.request_counters[target_index(route)]
+            .iter()
+            .map(Counter::get)
+            .sum()
+    }
+
+    /// Mean request latency on a route since start, in microseconds (0 before the first).
+    pub fn latency_mean(&self, route: Role) -> f64 {
+        match target_index(route) {
+            0 => self.latency_primary.lock().mean(),
+            _ => self.latency_standby.lock().mean(),
+        }
+    }
+
     /// (count, p50, p90, p99, p99.9) in microseconds for a route.
     pub fn latency_summary(&self, route: Role) -> (u64, u64, u64, u64, u64) {
         let h = match target_index(route) {

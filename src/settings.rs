@@ -34,6 +34,14 @@ pub enum SettingsError {
     /// `[client_tls]` names a file that cannot be used.
     #[error(transparent)]
     ClientTls(#[from] TlsError),
+    /// `proxy.log_level` is not a valid `tracing` filter.
+    #[error("proxy.log_level {level:?}: {message}")]
+    LogLevel {
+        /// The value.
+        level: String,
+        /// Why it does not parse.
+        message: String,
+    },
 }
 
 /// A configured user, with its secret parsed once at load time.
@@ -66,6 +74,7 @@ pub struct Settings {
 impl Settings {
     /// Derives the settings from a configuration (parses and prepares every user's secret).
     pub fn new(config: Config) -> Result<Settings, SettingsError> {
+        log_filter(&config.proxy.log_level)?;
         let mut users = HashMap::new();
         for user in &config.users {
             users.insert(user.name.clone(), user_entry(user)?);
@@ -177,6 +186,15 @@ impl Settings {
 /// `[client_tls]` with its files read (the one place that reads them, at load and reload).
 fn client_tls(config: &Config) -> Result<Option<ClientTls>, TlsError> {
     ClientTls::load(&config.client_tls)
+}
+
+/// The `tracing` filter a `proxy.log_level` value stands for (what `main` installs and a
+/// reload swaps in).
+pub fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, SettingsError> {
+    tracing_subscriber::EnvFilter::try_new(level).map_err(|e| SettingsError::LogLevel {
+        level: level.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 /// One user's entry: its authentication method and its secret, parsed (and for SCRAM, its

@@ -346,7 +346,7 @@ fn serve_proxy(path: &Path) -> ExitCode {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
-        causeway::app::wait_for_stop_signal().await;
+        causeway::app::wait_for_stop_signal(app.ctx()).await;
         app.shutdown(Duration::ZERO).await;
         ExitCode::SUCCESS
     })

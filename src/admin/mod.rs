@@ -1,4 +1,5 @@
 //! Operating the proxy: the HTTP endpoints (`/metrics`, `/live`, `/ready`, `/topology`) on their
-//! own port.
+//! own port, and the admin console (`psql ... causeway`) on the proxy's own.
 
+pub mod console;
 pub mod http;

@@ -10,7 +10,7 @@
 //! push or a pop only, never across an `.await`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ pub struct PoolKey {
 }
 
 /// Limits and timeouts of a pool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
     /// Most connections of this pool in use at once.
     pub pool_size: usize,
@@ -132,6 +132,17 @@ impl Lease {
     }
 }
 
+/// An idle connection as the admin console shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleServer {
+    /// The server process id.
+    pub pid: i32,
+    /// Since the connection was made.
+    pub age: Duration,
+    /// Since it was last used.
+    pub idle: Duration,
+}
+
 /// An idle connection with the node permit it keeps.
 struct Idle {
     conn: Box<ServerConn>,
@@ -156,6 +167,24 @@ pub struct Pool {
     stale: Mutex<std::collections::VecDeque<(u64, u64)>>,
     /// Generation of the newest entry of `stale` (0: none yet).
     stale_generation: AtomicU64,
+    /// A reload changed the pool settings: this pool is no longer handed out, and its
+    /// connections are closed as they come back instead of kept.
+    retired: AtomicBool,
+    /// Checkouts waiting for a free connection now (a full or paused pool).
+    waiting: AtomicUsize,
+}
+
+/// Runs `f` when dropped: undoes a count however the future holding it ends.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// Most stale-statement entries a pool remembers; a connection further behind forgets all of
@@ -189,6 +218,47 @@ impl Pool {
         self.idle.lock().len()
     }
 
+    /// Connections of this pool checked out now.
+    pub fn in_use(&self) -> usize {
+        self.settings
+            .pool_size
+            .saturating_sub(self.active.available_permits())
+    }
+
+    /// Checkouts waiting for a free connection of this pool now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// The pool's `pool_size`.
+    pub fn pool_size(&self) -> usize {
+        self.settings.pool_size
+    }
+
+    /// The password the pool's connections log in with.
+    pub fn server_password(&self) -> Option<&str> {
+        self.target.password.as_deref()
+    }
+
+    /// `host:port` of the pool's node.
+    pub fn addr(&self) -> String {
+        self.target.addr()
+    }
+
+    /// Each idle connection's server process id and how long ago it was made and last used
+    /// (for the admin console's `SHOW SERVERS`).
+    pub fn idle_servers(&self, now: Instant) -> Vec<IdleServer> {
+        self.idle
+            .lock()
+            .iter()
+            .map(|i| IdleServer {
+                pid: i.conn.cancel_key().pid,
+                age: now.saturating_duration_since(i.conn.created()),
+                idle: now.saturating_duration_since(i.conn.last_used),
+            })
+            .collect()
+    }
+
     /// Parameters a fresh connection of this pool reports, once one has been made.
     pub fn server_defaults(&self) -> Option<Arc<HashMap<String, String>>> {
         self.defaults.lock().clone()
@@ -199,7 +269,17 @@ impl Pool {
     /// (`role_epoch`) are closed instead of reused.
     pub async fn checkout(self: &Arc<Self>, role_epoch: u64) -> Result<Lease, BackendError> {
         let started = Instant::now();
-        let active = self.acquire(&self.active, started).await?;
+        let active = match self.active.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Counted while it waits (`SHOW POOLS`' cl_waiting), also if cancelled.
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let _waiting = scopeguard(|| {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                });
+                self.acquire(&self.active, started).await?
+            }
+        };
         while let Some(mut idle) = self.pop_idle() {
             if !self.usable(&mut idle.conn, role_epoch, Instant::now()) {
                 tokio::spawn(idle.conn.close());
@@ -390,8 +470,14 @@ impl Pool {
         self.push_idle(lease, now);
     }
 
+    /// Whether a reload replaced this pool (sessions that kept it look the pool up again).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
     fn is_reusable(&self, conn: &ServerConn, now: Instant) -> bool {
-        conn.is_idle()
+        !self.is_retired()
+            && conn.is_idle()
             && !self.is_expired_at(conn, now)
             && conn.statements.pending_close_len() <= super::statements::MAX_PENDING_CLOSE
     }
@@ -487,17 +573,101 @@ impl Pool {
 
 /// All pools, created on first use.
 pub struct Pools {
-    settings: PoolSettings,
+    /// What new pools are made with; replaced by a reload.
+    settings: Mutex<PoolSettings>,
     /// One semaphore per node, shared by that node's pools.
     node_permits: Vec<Arc<Semaphore>>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    /// The admin console's `PAUSE`, while in force.
+    pause: Mutex<Option<Pause>>,
+}
+
+/// A `PAUSE` in force: every permit of each paused pool is held, so no checkout proceeds
+/// (checkouts wait, as for a full pool, up to `pool_timeout`) and no connection is in use once
+/// the pause is complete. The hot path pays nothing: a paused pool just has no free permit.
+struct Pause {
+    /// The database paused; `None`: all.
+    database: Option<String>,
+    /// The permits held.
+    held: Vec<OwnedSemaphorePermit>,
+}
+
+impl Pause {
+    fn covers(&self, database: &str) -> bool {
+        self.database.as_deref().is_none_or(|d| d == database)
+    }
+}
+
+/// Why a `PAUSE` or `RESUME` cannot be done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PauseError {
+    /// A pause is already in force.
+    #[error("already paused{}", .0.as_ref().map(|d| format!(" (database {d})")).unwrap_or_default())]
+    AlreadyPaused(Option<String>),
+    /// Nothing is paused (or not that database).
+    #[error("not paused")]
+    NotPaused,
 }
 
 impl Pools {
+    /// Holds new transactions (of `database`, or all) and waits until the ones running end:
+    /// every permit of each matching pool is taken, so checkouts wait and, once this returns,
+    /// no server connection of those pools is in use. Pools made later are paused at birth.
+    pub async fn pause(&self, database: Option<&str>) -> Result<(), PauseError> {
+        {
+            let mut pause = self.pause.lock();
+            if let Some(p) = &*pause {
+                return Err(PauseError::AlreadyPaused(p.database.clone()));
+            }
+            *pause = Some(Pause {
+                database: database.map(str::to_owned),
+                held: Vec::new(),
+            });
+        }
+        let pools: Vec<Arc<Pool>> = self
+            .all()
+            .into_iter()
+            .filter(|p| database.is_none_or(|d| p.key.database == d))
+            .collect();
+        for pool in pools {
+            let n = u32::try_from(pool.settings.pool_size).unwrap_or(u32::MAX);
+            // The semaphore is fair: from now on, releases go to this waiter first.
+            let Ok(permit) = pool.active.clone().acquire_many_owned(n).await else {
+                continue;
+            };
+            match &mut *self.pause.lock() {
+                Some(p) => p.held.push(permit),
+                // RESUME came while waiting.
+                None => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a `PAUSE` (of `database` if named): held checkouts proceed.
+    pub fn resume(&self, database: Option<&str>) -> Result<(), PauseError> {
+        let mut pause = self.pause.lock();
+        match &*pause {
+            Some(p) if database.is_none() || p.database.as_deref() == database => {
+                *pause = None;
+                Ok(())
+            }
+            _ => Err(PauseError::NotPaused),
+        }
+    }
+
+    /// Whether `database` is paused.
+    pub fn is_paused(&self, database: &str) -> bool {
+        self.pause
+            .lock()
+            .as_ref()
+            .is_some_and(|p| p.covers(database))
+    }
     /// Creates the pool registry for `nodes` nodes.
     pub fn new(settings: PoolSettings, nodes: usize, max_server_connections: usize) -> Pools {
         Pools {
-            settings,
+            settings: Mutex::new(settings),
+            pause: Mutex::new(None),
             node_permits: (0..nodes)
                 .map(|_| Arc::new(Semaphore::new(max_server_connections)))
                 .collect(),
@@ -512,21 +682,34 @@ impl Pools {
             database: target.database.clone(),
             user: target.user.clone(),
         };
+        let settings = self.settings.lock().clone();
         let mut pools = self.pools.lock();
         pools
             .entry(key.clone())
             .or_insert_with(|| {
-                Arc::new(Pool {
+                let pool = Arc::new(Pool {
                     key,
                     target: target.clone(),
-                    settings: self.settings.clone(),
-                    active: Arc::new(Semaphore::new(self.settings.pool_size)),
+                    active: Arc::new(Semaphore::new(settings.pool_size)),
+                    settings,
                     node_permits: self.node_permits[target.node].clone(),
                     idle: Mutex::new(Vec::new()),
                     defaults: Mutex::new(None),
                     stale: Mutex::new(std::collections::VecDeque::new()),
                     stale_generation: AtomicU64::new(0),
-                })
+                    retired: AtomicBool::new(false),
+                    waiting: AtomicUsize::new(0),
+                });
+                if let Some(pause) = &mut *self.pause.lock() {
+                    if pause.covers(&pool.key.database) {
+                        let n = u32::try_from(pool.settings.pool_size).unwrap_or(u32::MAX);
+                        // A new pool has every permit free.
+                        if let Ok(p) = pool.active.clone().try_acquire_many_owned(n) {
+                            pause.held.push(p);
+                        }
+                    }
+                }
+                pool
             })
             .clone()
     }
@@ -540,10 +723,37 @@ impl Pools {
         }
     }
 
+    /// Puts new pool settings in force (a reload): pools made with other settings are
+    /// retired (no longer handed out; their idle connections closed now, those in use when
+    /// they come back), and the next checkout for their database and user makes a new pool.
+    /// Connections in use are never cut. Pools `keep` refuses (a user removed, a server
+    /// password changed) are retired too. Returns how many pools were retired.
+    pub fn reconfigure(&self, settings: PoolSettings, keep: impl Fn(&Pool) -> bool) -> usize {
+        *self.settings.lock() = settings.clone();
+        let retired: Vec<Arc<Pool>> = {
+            let mut pools = self.pools.lock();
+            let old: Vec<PoolKey> = pools
+                .iter()
+                .filter(|(_, p)| p.settings != settings || !keep(p))
+                .map(|(k, _)| k.clone())
+                .collect();
+            old.iter().filter_map(|k| pools.remove(k)).collect()
+        };
+        for pool in &retired {
+            pool.retired.store(true, Ordering::Release);
+            let idle: Vec<Idle> = std::mem::take(&mut *pool.idle.lock());
+            for c in idle {
+                tokio::spawn(c.conn.close());
+            }
+        }
+        retired.len()
+    }
+
     /// How often [`Pools::maintain`] should run for these settings.
     pub fn maintenance_interval(&self) -> Duration {
+        let settings = self.settings.lock().clone();
         let mut every = Duration::from_secs(1);
-        for t in [self.settings.idle_timeout, self.settings.lifetime]
+        for t in [settings.idle_timeout, settings.lifetime]
             .into_iter()
             .flatten()
         {

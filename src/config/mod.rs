@@ -112,6 +112,16 @@ keyword_enum! {
 }
 
 keyword_enum! {
+    /// How log lines are written to stderr.
+    pub enum LogFormat {
+        /// One human-readable line per event (colour only when stderr is a terminal).
+        Text = "text",
+        /// One JSON object per line, for log shippers.
+        Json = "json",
+    }
+}
+
+keyword_enum! {
     /// What a client may observe after its own writes.
     pub enum Consistency {
         /// Read-your-writes: after a write, the session's reads go to the primary or to a
@@ -262,6 +272,11 @@ pub struct ProxyConfig {
     pub admin_users: Vec<String>,
     /// Set `TCP_NODELAY` on client and server sockets (`tcp_nodelay`, default true).
     pub tcp_nodelay: bool,
+    /// What is logged (`log_level`, default `info`): a `tracing` filter such as `info` or
+    /// `warn,causeway::topology=debug`; `RUST_LOG`, when set, wins.
+    pub log_level: String,
+    /// How log lines are written (`log_format`, default text).
+    pub log_format: LogFormat,
     /// Threads that run sessions (`worker_threads`): 0 (the default) is one per CPU core; 1 is
     /// a single-threaded event loop.
     pub worker_threads: usize,
@@ -448,11 +463,6 @@ pub struct Unimplemented {
 /// Keys that load but do nothing yet. Shrink this list as features land; the `consumers` test
 /// fails for a key that is neither on it nor read outside this module.
 pub const NOT_YET_IMPLEMENTED: &[Unimplemented] = &[
-    Unimplemented {
-        key: "proxy.admin_users",
-        value: None,
-        note: "the admin console is not implemented",
-    },
     Unimplemented {
         key: "nodes.role",
         value: None,

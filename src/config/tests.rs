@@ -195,6 +195,8 @@ fn defaults() {
     assert!(p.admin_users.is_empty());
     assert!(p.tcp_nodelay);
     assert_eq!(p.worker_threads, 0);
+    assert_eq!(p.log_level, "info");
+    assert_eq!(p.log_format, super::LogFormat::Text);
 
     let pool = &c.pool;
     assert_eq!(pool.max_server_connections, 100);
@@ -298,6 +300,7 @@ fn every_keyword_is_accepted() {
         r#"
 [proxy]
 pool_mode = "session"
+log_format = "json"
 [routing]
 consistency = "eventual"
 read_only_transactions = "primary"
@@ -318,6 +321,7 @@ consistency = "session"
 "#,
     ));
     assert_eq!(c.proxy.pool_mode, PoolMode::Session);
+    assert_eq!(c.proxy.log_format, super::LogFormat::Json);
     assert_eq!(c.routing.consistency, Consistency::Eventual);
     assert_eq!(
         c.routing.read_only_transactions,
@@ -998,18 +1002,19 @@ fn notices_for_unimplemented_keys_set_explicitly() {
 
     let loud = with_minimal(
         "[routing]\nconsistency = \"session\"\n[proxy]\nadmin_users = [\"u\"]\n\
-         [pool]\nmin_idle = 1\n[[users]]\nname = \"u\"\npassword = \"p\"\ndefault_route = \"auto\"\n",
+         [pool]\nmin_idle = 1\n[[users]]\nname = \"u\"\npassword = \"p\"\ndefault_route = \"auto\"\n\
+         [[nodes]]\naddress = \"db2:5432\"\nname = \"n2\"\n",
     );
     let notices = load(&loud).unwrap().notices;
     let shown: Vec<String> = notices.iter().map(ToString::to_string).collect();
     assert_eq!(
         shown,
         [
-            "`proxy.admin_users` is accepted but has no effect yet: the admin console is not \
-             implemented",
+            "`nodes.name` is accepted but has no effect yet: logs, metrics and /topology name \
+             nodes by address",
         ]
     );
-    assert_eq!(notices[0].line, Some(11));
+    assert_eq!(notices[0].line, Some(20));
 
     // Set by the environment: a notice without a line.
     let env_set = load_env(

@@ -16,8 +16,8 @@ use super::values::{
 };
 use super::{
     AuthMethod, Balance, ClientTlsConfig, ClientTlsMode, Config, Consistency, DatabaseConfig,
-    Fallback, Keyword, MonitorConfig, NodeConfig, Notice, PoolConfig, PoolMode, PrimaryReads,
-    Problem, ProxyConfig, ReadOnlyTransactions, RoutingConfig, Secret, UserConfig,
+    Fallback, Keyword, LogFormat, MonitorConfig, NodeConfig, Notice, PoolConfig, PoolMode,
+    PrimaryReads, Problem, ProxyConfig, ReadOnlyTransactions, RoutingConfig, Secret, UserConfig,
     NOT_YET_IMPLEMENTED,
 };
 
@@ -38,6 +38,8 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
             "admin_users",
             "tcp_nodelay",
             "worker_threads",
+            "log_level",
+            "log_format",
         ],
     ),
     (
@@ -603,6 +605,10 @@ impl<'l> Walker<'l> {
             admin_users: self.string_list(s, "admin_users").unwrap_or_default(),
             tcp_nodelay: self.boolean(s, "tcp_nodelay").unwrap_or(true),
             worker_threads: self.int(s, "worker_threads", 0, 1024).unwrap_or(0),
+            log_level: self
+                .name(s, "log_level")
+                .unwrap_or_else(|| "info".to_owned()),
+            log_format: self.choice(s, "log_format").unwrap_or(LogFormat::Text),
         }
     }
 

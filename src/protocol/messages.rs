@@ -227,6 +227,32 @@ pub fn command_complete(dst: &mut BytesMut, tag: &str) {
     put_frame_with(dst, btag::COMMAND_COMPLETE, |b| put_cstr(b, tag.as_bytes()));
 }
 
+/// Type OID of `int8`, for the admin console's counters (psql aligns them as numbers).
+pub const INT8_OID: u32 = 20;
+
+/// Appends a RowDescription of columns in text format with the given type OIDs (the text of
+/// each value must be valid input for its type); [`row_description`] is the all-text case.
+pub fn row_description_typed(dst: &mut BytesMut, columns: &[(&str, u32)]) {
+    put_frame_with(dst, btag::ROW_DESCRIPTION, |b| {
+        b.put_i16(count(columns.len()));
+        for (name, oid) in columns {
+            put_cstr(b, name.as_bytes());
+            b.put_i32(0);
+            b.put_i16(0);
+            b.put_u32(*oid);
+            // Type length: 8 for int8, -1 (variable) otherwise; no modifier; text format.
+            b.put_i16(if *oid == INT8_OID { 8 } else { -1 });
+            b.put_i32(-1);
+            b.put_i16(0);
+        }
+    });
+}
+
+/// Appends an EmptyQueryResponse (the answer to a query string with no statement).
+pub fn empty_query_response(dst: &mut BytesMut) {
+    put_frame(dst, btag::EMPTY_QUERY_RESPONSE, b"");
+}
+
 /// A column or parameter count as the wire's int16. The proxy's own messages have a handful;
 /// PostgreSQL itself never sends more than 1664 columns.
 fn count(n: usize) -> i16 {

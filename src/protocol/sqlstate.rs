@@ -8,6 +8,8 @@
 pub struct SqlState(&'static str);
 
 impl SqlState {
+    /// `00000` successful_completion: the code of the proxy's own notices.
+    pub const SUCCESSFUL_COMPLETION: SqlState = SqlState("00000");
     /// `08000` connection_exception.
     pub const CONNECTION_EXCEPTION: SqlState = SqlState("08000");
     /// `08001` sqlclient_unable_to_establish_sqlconnection: a server could not be reached.
@@ -38,6 +40,9 @@ impl SqlState {
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
     /// `54000` program_limit_exceeded.
     pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
+    /// `55000` object_not_in_prerequisite_state: the admin console's PAUSE / RESUME out of
+    /// turn.
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: SqlState = SqlState("55000");
     /// `57014` query_canceled.
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
     /// `57P01` admin_shutdown.

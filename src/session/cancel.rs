@@ -23,11 +23,31 @@ use parking_lot::Mutex;
 pub use crate::backend::cancel::{send_cancel, CancelTarget};
 use crate::protocol::startup::CancelKey;
 
+/// Who a registered client is: what the admin console shows (`SHOW CLIENTS`) and selects by
+/// (`KILL`, a user removed by a reload). Set once when the session registers.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Role name.
+    pub user: String,
+    /// Database name as the client asked for it.
+    pub database: String,
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// The `application_name` the client sent at startup, if any.
+    pub application_name: Option<String>,
+    /// When the session registered.
+    pub connected: std::time::SystemTime,
+    /// An admin console session (not a proxied client).
+    pub console: bool,
+}
+
 /// One client's cancel routing.
 #[derive(Debug)]
 pub struct CancelSlot {
     /// The secret the client must present.
     secret: i32,
+    /// Who the client is.
+    info: ClientInfo,
     /// The server process running the client's requests, when there is one.
     target: Mutex<Option<Arc<CancelTarget>>>,
     /// How far the proxy's shutdown has gone, as seen by this session.
@@ -52,6 +72,16 @@ pub enum Stop {
 }
 
 impl CancelSlot {
+    /// Who the client is.
+    pub fn info(&self) -> &ClientInfo {
+        &self.info
+    }
+
+    /// The server process running the client's requests now, if any.
+    pub fn target(&self) -> Option<Arc<CancelTarget>> {
+        self.target.lock().clone()
+    }
+
     /// Points cancels at a server process (or at nothing).
     pub fn set(&self, target: Option<Arc<CancelTarget>>) {
         *self.target.lock() = target;
@@ -136,9 +166,10 @@ impl Drop for Registration {
 
 impl CancelRegistry {
     /// Registers a client key.
-    pub fn register(&self, key: CancelKey) -> Registration {
+    pub fn register(&self, key: CancelKey, info: ClientInfo) -> Registration {
         let slot = Arc::new(CancelSlot {
             secret: key.secret,
+            info,
             target: Mutex::new(None),
             stop: AtomicU8::new(Stop::None as u8),
             waker: AtomicWaker::new(),
@@ -161,6 +192,29 @@ impl CancelRegistry {
         }
     }
 
+    /// Every registered client by the pid it was given, in pid order (for the admin console).
+    pub fn clients(&self) -> Vec<(i32, Arc<CancelSlot>)> {
+        let mut v: Vec<_> = self
+            .slots
+            .lock()
+            .iter()
+            .map(|(key, s)| (key.pid, s.clone()))
+            .collect();
+        v.sort_by_key(|(pid, _)| *pid);
+        v
+    }
+
+    /// Raises the stop level of the client given `pid`; false if there is none.
+    pub fn signal_pid(&self, pid: i32, level: Stop) -> bool {
+        let slot = self
+            .slots
+            .lock()
+            .iter()
+            .find(|(key, _)| key.pid == pid)
+            .map(|(_, s)| s.clone());
+        slot.map(|s| s.signal(level)).is_some()
+    }
+
     /// The server process a client key currently maps to, if the key is valid.
     pub fn lookup(&self, key: CancelKey) -> Option<Arc<CancelTarget>> {
         let slot = self.slots.lock().get(&key).cloned()?;
@@ -176,6 +230,17 @@ impl CancelRegistry {
 mod tests {
     use super::*;
 
+    fn info() -> ClientInfo {
+        ClientInfo {
+            user: "u".into(),
+            database: "d".into(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            application_name: None,
+            connected: std::time::SystemTime::now(),
+            console: false,
+        }
+    }
+
     #[test]
     fn lookup_needs_the_right_secret_and_ends_with_the_session() {
         let reg = CancelRegistry::default();
@@ -186,7 +251,15 @@ mod tests {
             key: CancelKey { pid: 99, secret: 1 },
         };
         {
-            let r = reg.register(key);
+            let info = ClientInfo {
+                user: "u".into(),
+                database: "d".into(),
+                peer: "127.0.0.1:1".parse().unwrap(),
+                application_name: None,
+                connected: std::time::SystemTime::now(),
+                console: false,
+            };
+            let r = reg.register(key, info);
             assert_eq!(reg.lookup(key), None, "no server yet");
             r.slot().set(Some(Arc::new(target.clone())));
             assert_eq!(reg.lookup(key).as_deref(), Some(&target));
@@ -203,7 +276,7 @@ mod tests {
             port: 1,
             key: CancelKey { pid, secret: 1 },
         };
-        let mut a = reg.register(CancelKey { pid: 7, secret: 42 });
+        let mut a = reg.register(CancelKey { pid: 7, secret: 42 }, info());
         a.slot().set(Some(Arc::new(target(1))));
         a.set_pid(500);
         assert_eq!(reg.lookup(CancelKey { pid: 7, secret: 42 }), None);
@@ -213,10 +286,13 @@ mod tests {
         });
         assert_eq!(moved.as_deref(), Some(&target(1)));
         // Another node's server process with the same pid, another client.
-        let b = reg.register(CancelKey {
-            pid: 500,
-            secret: 43,
-        });
+        let b = reg.register(
+            CancelKey {
+                pid: 500,
+                secret: 43,
+            },
+            info(),
+        );
         b.slot().set(Some(Arc::new(target(2))));
         drop(b);
         let still = reg.lookup(CancelKey {

@@ -4,11 +4,13 @@
 //! and hands it to the listener, which hands it to every session.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,6 +23,7 @@ use crate::router::classify::ClassifierCache;
 use crate::router::feedback::{Feedback, InFlight};
 use crate::router::functions::FunctionCatalog;
 use crate::settings::Settings;
+use crate::topology::watcher::WatcherSettings;
 use crate::topology::{Topology, TopologyHandle};
 
 /// The handles shared by every session.
@@ -56,7 +59,20 @@ struct Shared {
     params_hasher: std::collections::hash_map::RandomState,
     /// Client connections per user, for each user's `max_connections`.
     user_sessions: Mutex<HashMap<String, usize>>,
+    /// The topology watcher's settings, updated by a reload.
+    watcher_settings: watch::Sender<WatcherSettings>,
+    /// The file the settings were loaded from, when there is one (what a reload reads).
+    config_path: Mutex<Option<PathBuf>>,
+    /// Fires when the admin console asks the proxy to stop (`SHUTDOWN`); whoever runs the
+    /// proxy then stops it as for SIGTERM.
+    stop_requested: CancellationToken,
+    /// Installs a new `proxy.log_level` (set by whoever installed the log subscriber: the
+    /// binary; a proxy inside tests has none).
+    log_level: Mutex<Option<LogLevelHook>>,
 }
+
+/// Puts a `proxy.log_level` value in force.
+pub type LogLevelHook = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// Cheap-to-clone handle to what sessions share.
 #[derive(Clone)]
@@ -94,6 +110,7 @@ impl SessionCtx {
         );
         let catalogs = Arc::new(Catalogs::new(settings.catalog_settings()));
         let feedback = Arc::new(Feedback::new(cfg.nodes.len()));
+        let watcher_settings = watch::channel(settings.watcher_settings()).0;
         let mut mock_secret = [0u8; 32];
         rand::fill(&mut mock_secret);
         SessionCtx {
@@ -112,6 +129,10 @@ impl SessionCtx {
                 catalogs,
                 feedback,
                 user_sessions: Mutex::new(HashMap::new()),
+                watcher_settings,
+                config_path: Mutex::new(None),
+                stop_requested: CancellationToken::new(),
+                log_level: Mutex::new(None),
                 params_hasher: std::collections::hash_map::RandomState::new(),
             }),
         }
@@ -121,6 +142,56 @@ impl SessionCtx {
     /// before an `.await`.
     pub fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
         self.shared.settings.load()
+    }
+
+    /// Puts new settings in force in one store: new sessions, logins and checkouts see them
+    /// (see `reload`, which also tells the pools and the watcher).
+    pub fn store_settings(&self, settings: Arc<Settings>) {
+        self.shared.settings.store(settings);
+    }
+
+    /// The topology watcher's settings and their updates.
+    pub fn watcher_settings(&self) -> watch::Receiver<WatcherSettings> {
+        self.shared.watcher_settings.subscribe()
+    }
+
+    /// Hands the watcher new settings (a reload).
+    pub fn publish_watcher_settings(&self, settings: WatcherSettings) {
+        self.shared.watcher_settings.send_replace(settings);
+    }
+
+    /// The configuration file a reload reads, if the proxy was loaded from one.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.shared.config_path.lock().clone()
+    }
+
+    /// Names the configuration file a reload reads.
+    pub fn set_config_path(&self, path: PathBuf) {
+        *self.shared.config_path.lock() = Some(path);
+    }
+
+    /// Names how a reload puts a new `proxy.log_level` in force.
+    pub fn set_log_level_hook(&self, hook: LogLevelHook) {
+        *self.shared.log_level.lock() = Some(hook);
+    }
+
+    /// Puts a new `proxy.log_level` in force, if logging can change (see
+    /// [`SessionCtx::set_log_level_hook`]).
+    pub fn set_log_level(&self, level: &str) -> Result<(), String> {
+        match &*self.shared.log_level.lock() {
+            Some(hook) => hook(level),
+            None => Ok(()),
+        }
+    }
+
+    /// Asks whoever runs the proxy to stop it gracefully (the console's `SHUTDOWN`).
+    pub fn request_stop(&self) {
+        self.shared.stop_requested.cancel();
+    }
+
+    /// Fires when a graceful stop was asked for from inside (the console's `SHUTDOWN`).
+    pub fn stop_requested(&self) -> &CancellationToken {
+        &self.shared.stop_requested
     }
 
     /// The current settings as an `Arc`, to keep across an `.await`.

@@ -155,8 +155,10 @@ impl Session {
             crate::topology::Role::Standby
         };
         let pool = match &self.pools[node] {
-            Some(p) => p.clone(),
-            None => {
+            // A pool a reload replaced is looked up again (off the hot path: its idle
+            // connections are gone, so `try_checkout` failed before this).
+            Some(p) if !p.is_retired() => p.clone(),
+            _ => {
                 let target =
                     self.ctx
                         .connect_target(node, &self.accepted.database, &self.accepted.user);

@@ -129,6 +129,10 @@ pub async fn run(ctx: SessionCtx, stream: ClientStream, peer: SocketAddr) {
         Ok(Outcome::Done) => return,
         Err(e) => return Box::pin(report_and_close(&mut client, e)).await,
     };
+    // Once per connection, never per request: the console is a database name.
+    if accepted.database == crate::admin::console::DATABASE {
+        return Box::pin(crate::admin::console::serve(ctx, client, accepted)).await;
+    }
     // As PostgreSQL does for a role's CONNECTION LIMIT: after authentication.
     let Some(_slot) = ctx.user_slot(&accepted.user) else {
         let e = SessionError::Fatal(ProxyError::fatal(
@@ -148,7 +152,7 @@ pub async fn run(ctx: SessionCtx, stream: ClientStream, peer: SocketAddr) {
 }
 
 /// Sends the error (if the client can still hear it) and closes.
-async fn report_and_close(client: &mut ClientConn, e: SessionError) {
+pub(crate) async fn report_and_close(client: &mut ClientConn, e: SessionError) {
     if report(client, &e).await {
         client.linger().await;
     }
@@ -256,7 +260,19 @@ impl Session {
             pid: ctx.next_client_pid(),
             secret: rand::random(),
         };
-        let cancel = ctx.cancels().register(key);
+        let info = cancel::ClientInfo {
+            user: accepted.user.clone(),
+            database: accepted.database.clone(),
+            peer: client.peer(),
+            application_name: accepted
+                .params
+                .iter()
+                .find(|(k, _)| k == "application_name")
+                .map(|(_, v)| v.clone()),
+            connected: std::time::SystemTime::now(),
+            console: false,
+        };
+        let cancel = ctx.cancels().register(key, info);
         // Shutdown signals every registered session after cancelling its tokens: a session
         // registered too late for that sees the tokens.
         if ctx.kill_token().is_cancelled() {

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, NoTls, Statement};
 use tokio_util::sync::CancellationToken;
@@ -79,30 +79,52 @@ struct Observation {
 }
 
 /// Starts the probe tasks and the aggregator on `tasks`; they stop when `cancel` fires.
+/// `updates` carries the settings and their later changes (a reload): the check interval,
+/// timeouts, account and lag limits apply from the next check; the node list and the health
+/// threshold are those at start.
 pub fn spawn(
-    settings: WatcherSettings,
+    updates: watch::Receiver<WatcherSettings>,
     topology: Arc<TopologyHandle>,
     tasks: &tokio_util::task::TaskTracker,
     cancel: CancellationToken,
 ) {
+    let settings = updates.borrow().clone();
     let (tx, rx) = mpsc::channel(64);
     for node in 0..settings.nodes.len() {
         let probe = Probe {
             node,
             settings: settings.clone(),
+            updates: updates.clone(),
             client: None,
             timeouts: 0,
         };
         tasks.spawn(probe.run(tx.clone(), cancel.clone()));
     }
     drop(tx);
-    tasks.spawn(aggregate(settings, topology, rx, cancel));
+    tasks.spawn(aggregate(settings, updates, topology, rx, cancel));
+}
+
+/// The newest settings from a reload, if they changed since last asked (keeping the node
+/// list and health threshold the watcher started with).
+fn refreshed(
+    updates: &mut watch::Receiver<WatcherSettings>,
+    current: &WatcherSettings,
+) -> Option<WatcherSettings> {
+    if !updates.has_changed().unwrap_or(false) {
+        return None;
+    }
+    let mut next = updates.borrow_and_update().clone();
+    next.nodes.clone_from(&current.nodes);
+    next.health_threshold = current.health_threshold;
+    Some(next)
 }
 
 /// A probe task's state: its node and, when connected, its client and prepared probe.
 struct Probe {
     node: NodeId,
     settings: WatcherSettings,
+    /// Settings changed by a reload.
+    updates: watch::Receiver<WatcherSettings>,
     client: Option<(Client, Statement)>,
     /// Consecutive probes on the current connection that timed out.
     timeouts: u32,
@@ -116,6 +138,14 @@ impl Probe {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            if let Some(next) = refreshed(&mut self.updates, &self.settings) {
+                if next.check_interval != self.settings.check_interval {
+                    tick = tokio::time::interval(next.check_interval);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    tick.reset();
+                }
+                self.settings = next;
             }
             let result = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -222,6 +252,7 @@ struct Aggregator {
 
 async fn aggregate(
     settings: WatcherSettings,
+    mut updates: watch::Receiver<WatcherSettings>,
     topology: Arc<TopologyHandle>,
     mut rx: mpsc::Receiver<Observation>,
     cancel: CancellationToken,
@@ -247,6 +278,9 @@ async fn aggregate(
             _ = cancel.cancelled() => return,
             o = rx.recv() => match o { Some(o) => o, None => return },
         };
+        if let Some(next) = refreshed(&mut updates, &agg.settings) {
+            agg.settings = next;
+        }
         let current = topology.load();
         let mut nodes = current.nodes.clone();
         let primary = agg.apply(&mut nodes, obs, Instant::now());

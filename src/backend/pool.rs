@@ -487,9 +487,11 @@ impl Pool {
 
 /// All pools, created on first use.
 pub struct Pools {
+    /// Settings every pool gets.
     settings: PoolSettings,
     /// One semaphore per node, shared by that node's pools.
     node_permits: Vec<Arc<Semaphore>>,
+    /// Pools by key; removed when unused and empty (see [`Pools::maintain`]).
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
 }
 
@@ -532,12 +534,26 @@ impl Pools {
     }
 
     /// Every pool's maintenance pass (see [`Pool::maintain`]); `node_state(node)` is the
-    /// node's current role epoch and whether it is healthy.
+    /// node's current role epoch and whether it is healthy. Pools no session holds and with no
+    /// connection are removed first: database and user names come from clients, and a pool
+    /// for a database that does not exist must not stay (nor, with `min_idle`, keep trying to
+    /// connect).
     pub async fn maintain(&self, node_state: impl Fn(usize) -> (u64, bool)) {
+        self.remove_unused();
         for pool in self.all() {
             let (epoch, healthy) = node_state(pool.key.node);
             pool.maintain(epoch, healthy).await;
         }
+    }
+
+    /// Removes pools that only the registry holds and that have no connection, idle or in use.
+    fn remove_unused(&self) {
+        let size = self.settings.pool_size;
+        self.pools.lock().retain(|_, p| {
+            Arc::strong_count(p) > 1
+                || p.active.available_permits() < size
+                || !p.idle.lock().is_empty()
+        });
     }
 
     /// How often [`Pools::maintain`] should run for these settings.

@@ -60,6 +60,7 @@ impl Session {
         messages::ready_for_query(&mut b, TxStatus::Idle);
         self.client.push(b);
         self.server = Some(lease);
+        self.catalog = self.ctx.functions(&self.accepted.database);
         self.maybe_release();
         Ok(())
     }

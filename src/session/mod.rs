@@ -273,7 +273,9 @@ impl Session {
         let mut accepted = accepted;
         let route = route::RouteState::for_client(&settings, &mut accepted);
         drop(settings);
-        let catalog = ctx.functions(&accepted.database);
+        // The database's catalog once a server accepted it (see `begin`): a name that does
+        // not exist must not make the proxy load anything.
+        let catalog = Arc::default();
         let state = ClientState::new(&accepted.params, ctx.params_hasher().clone());
         Session {
             ctx,

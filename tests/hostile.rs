@@ -5,8 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use causeway::cluster::APP_TRUST_USER;
+use causeway::cluster::{APP_PASSWORD, APP_TRUST_USER, APP_USER};
 use common::eventually;
+use common::raw::{self, RawConn};
 
 /// Lines of node `n`'s server log that contain `needle`.
 fn log_lines_with(n: usize, needle: &str) -> usize {
@@ -65,4 +66,119 @@ async fn nonexistent_databases_leave_no_state_and_no_reconnects() {
     })
     .await;
     assert!(loaded, "catalog of an existing database");
+}
+
+// === pre-auth connections, idle transactions (item 7) ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_log_in_do_not_lock_clients_out() {
+    let proxy = common::start_proxy_with(
+        "max_client_connections = 2\nmax_startup_connections = 3",
+        "",
+    )
+    .await;
+    // Two sockets that never send a byte: before, they held both client slots.
+    let silent: Vec<RawConn> = vec![
+        RawConn::connect(proxy.addr).await,
+        RawConn::connect(proxy.addr).await,
+    ];
+    let a = proxy.connect().await;
+    let b = proxy
+        .connect_as(APP_USER, APP_PASSWORD, "postgres")
+        .await
+        .expect("a second client logs in past the silent sockets");
+    // Logged-in clients are counted on their own: a third is refused after it logs in.
+    let err = proxy
+        .connect_as(APP_USER, APP_PASSWORD, "postgres")
+        .await
+        .expect_err("over max_client_connections");
+    assert_eq!(common::sqlstate(&err), Some("53300"), "{err}");
+    // A third silent socket fills the startup slots: the next connection is refused at once.
+    let third = RawConn::connect(proxy.addr).await;
+    let mut refused = RawConn::connect(proxy.addr).await;
+    refused
+        .send(&raw::startup(&[
+            ("user", APP_TRUST_USER),
+            ("database", "postgres"),
+        ]))
+        .await;
+    let msgs = refused
+        .recv_until_closed(Duration::from_secs(3))
+        .await
+        .expect("refused and closed at once");
+    let e = raw::first_error(&msgs).expect("an error before the close");
+    assert_eq!(e.code, "53300", "{e:?}");
+    drop(silent);
+    drop(third);
+    drop(b);
+    let back = eventually(Duration::from_secs(5), || async {
+        proxy
+            .connect_as(APP_USER, APP_PASSWORD, "postgres")
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(back, "slots come back");
+    a.simple_query("select 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_idle_in_a_transaction_is_ended_with_25p03_and_rolled_back() {
+    let proxy = common::start_proxy_with("idle_transaction_timeout = \"700ms\"", "").await;
+    let primary = common::cluster().primary().unwrap();
+    let direct = common::connect_direct(primary).await;
+    direct
+        .batch_execute(
+            "create table if not exists hostile_itx (v int); grant all on hostile_itx to public",
+        )
+        .await
+        .unwrap();
+    let (mut conn, _) = raw::login_trust(proxy.addr, APP_TRUST_USER, "postgres").await;
+    let msgs = conn
+        .simple_query(
+            "begin; lock table hostile_itx in access exclusive mode; select pg_backend_pid()",
+        )
+        .await;
+    assert!(raw::first_error(&msgs).is_none(), "{msgs:?}");
+    let pid: i32 = msgs
+        .iter()
+        .find(|m| m.tag == b'D')
+        .and_then(|m| m.data_row()[0].clone())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let msgs = conn
+        .recv_until_closed(Duration::from_secs(5))
+        .await
+        .expect("the idle client is disconnected");
+    assert!(
+        start.elapsed() >= Duration::from_millis(600),
+        "not before its time"
+    );
+    let e = raw::first_error(&msgs).expect("FATAL before the close");
+    assert_eq!(
+        (e.severity.as_str(), e.code.as_str()),
+        ("FATAL", "25P03"),
+        "{e:?}"
+    );
+    // The server connection was rolled back: its lock is gone and it is idle (kept for reuse)
+    // or closed, never idle in a transaction.
+    let clean =
+        common::wait_backend_not(&direct, pid, "state <> 'idle'", Duration::from_secs(5)).await;
+    assert!(clean, "server connection rolled back");
+    let locks: i64 = direct
+        .query_one(
+            "select count(*) from pg_locks where relation = 'hostile_itx'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(locks, 0);
+    // Idle outside a transaction is not limited by this key.
+    let (mut idle, _) = raw::login_trust(proxy.addr, APP_TRUST_USER, "postgres").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let msgs = idle.simple_query("select 1").await;
+    assert!(raw::first_error(&msgs).is_none(), "{msgs:?}");
 }

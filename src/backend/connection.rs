@@ -44,6 +44,8 @@ pub struct ConnectTarget {
     pub password: Option<String>,
     /// Set `TCP_NODELAY` on the socket (`proxy.tcp_nodelay`).
     pub nodelay: bool,
+    /// TCP keepalive idle time (`proxy.tcp_keepalive`); `None` leaves it off.
+    pub keepalive: Option<std::time::Duration>,
 }
 
 impl ConnectTarget {
@@ -63,6 +65,7 @@ async fn open_socket(target: &ConnectTarget) -> std::io::Result<TcpStream> {
     let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
     // Best effort, as on client sockets: a socket without the option still works.
     let _ = stream.set_nodelay(target.nodelay);
+    crate::net::keepalive::set(&stream, target.keepalive);
     Ok(stream)
 }
 
@@ -724,9 +727,12 @@ mod tests {
                 database: "d".to_owned(),
                 password: None,
                 nodelay,
+                keepalive: nodelay.then_some(std::time::Duration::from_secs(20)),
             };
             let stream = open_socket(&target).await.unwrap();
             assert_eq!(stream.nodelay().unwrap(), nodelay);
+            let keepalive = socket2::SockRef::from(&stream).keepalive().unwrap();
+            assert_eq!(keepalive, nodelay, "proxy.tcp_keepalive reaches it too");
         }
     }
 }

@@ -182,3 +182,90 @@ async fn a_client_idle_in_a_transaction_is_ended_with_25p03_and_rolled_back() {
     let msgs = idle.simple_query("select 1").await;
     assert!(raw::first_error(&msgs).is_none(), "{msgs:?}");
 }
+
+// === memory one client controls (item 4) ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_of_a_guarded_request_are_not_held_without_bound() {
+    let proxy = common::start_proxy().await;
+    let conninfo = proxy.conninfo(APP_USER, APP_PASSWORD, "postgres");
+    let mut observed = common::connect_observed(&conninfo).await.unwrap();
+    // A named prepared statement run outside a transaction is guarded (a stale plan would be
+    // re-run): its notices used to be held until the statement answered.
+    let stmt = observed
+        .client
+        .prepare(
+            "DO $$ BEGIN FOR i IN 1..4000 LOOP RAISE NOTICE '%', repeat('n', 200); END LOOP; \
+             PERFORM pg_sleep(3); END $$",
+        )
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let client = &observed.client;
+    let run = client.execute(&stmt, &[]);
+    tokio::pin!(run);
+    let mut notices = 0;
+    let streamed = loop {
+        tokio::select! {
+            r = &mut run => {
+                r.unwrap();
+                break false;
+            }
+            m = observed.messages.recv() => {
+                if matches!(m, Some(tokio_postgres::AsyncMessage::Notice(_))) {
+                    notices += 1;
+                }
+                if notices >= 1000 {
+                    break true;
+                }
+            }
+        }
+    };
+    assert!(
+        streamed && start.elapsed() < Duration::from_millis(2500),
+        "notices must reach the client while the statement runs (got {notices} in {:?})",
+        start.elapsed()
+    );
+    run.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_per_client_are_capped_with_54000() {
+    let proxy = common::start_proxy().await;
+    let (mut conn, _) = raw::login_trust(proxy.addr, APP_TRUST_USER, "postgres").await;
+    // Parses in batches of 500 up to the limit (10 000), then one more.
+    let mut n = 0;
+    while n < 10_000 {
+        let mut bytes = Vec::new();
+        for _ in 0..500 {
+            let mut body = format!("s{n}\0select {n}\0").into_bytes();
+            body.extend_from_slice(&[0, 0]);
+            bytes.extend(raw::frame(b'P', &body));
+            n += 1;
+        }
+        bytes.extend(raw::frame(b'S', &[]));
+        conn.send(&bytes).await;
+        let msgs = conn.recv_until(b'Z').await;
+        assert!(raw::first_error(&msgs).is_none(), "{msgs:?}");
+    }
+    let mut bytes = Vec::new();
+    bytes.extend(raw::frame(b'P', b"one_more\0select 1\0\0\0"));
+    bytes.extend(raw::frame(b'S', &[]));
+    conn.send(&bytes).await;
+    let msgs = conn.recv_until(b'Z').await;
+    let e = raw::first_error(&msgs).expect("the statement past the limit is refused");
+    assert_eq!(
+        (e.severity.as_str(), e.code.as_str()),
+        ("ERROR", "54000"),
+        "{e:?}"
+    );
+    assert!(e.message.contains("prepared statements"), "{e:?}");
+    // The session goes on, and a statement deallocated makes room again.
+    let mut bytes = Vec::new();
+    bytes.extend(raw::frame(b'C', b"Ss0\0"));
+    bytes.extend(raw::frame(b'P', b"one_more\0select 1\0\0\0"));
+    bytes.extend(raw::frame(b'S', &[]));
+    conn.send(&bytes).await;
+    let msgs = conn.recv_until(b'Z').await;
+    assert!(raw::first_error(&msgs).is_none(), "{msgs:?}");
+}

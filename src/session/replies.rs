@@ -81,6 +81,7 @@ impl Session {
             };
             let Some(reply) = conn.next_reply(watch, &mut sink)? else {
                 conn.settle(&mut sink);
+                self.bound_guard();
                 return Ok(Flow::Continue);
             };
             let d = self.on_reply(reply)?;

@@ -269,3 +269,53 @@ async fn named_statements_per_client_are_capped_with_54000() {
     let msgs = conn.recv_until(b'Z').await;
     assert!(raw::first_error(&msgs).is_none(), "{msgs:?}");
 }
+
+// === settings that leak between clients (item 6) ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_parameter_sync_closes_the_connection() {
+    // One server connection, so the second client gets the first one's.
+    let proxy = common::start_proxy_with("", "[pool]\npool_size = 1\n").await;
+    let primary = common::cluster().primary().unwrap();
+    let direct = common::connect_direct(primary).await;
+    let grant = format!("grant set on parameter session_replication_role to {APP_USER}");
+    let revoke = format!("revoke set on parameter session_replication_role from {APP_USER}");
+    direct.batch_execute(&grant).await.unwrap();
+    let show = "show session_replication_role";
+    // Both clients are in before the first one changes the setting.
+    let first = proxy.connect().await;
+    let second = proxy.connect().await;
+    first
+        .batch_execute("set session_replication_role = replica")
+        .await
+        .unwrap();
+    let row = first.query_one(show, &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "replica");
+    let pid: i32 = first
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // The second client cannot RESET it any more: the proxy's sync in front of its next
+    // request fails.
+    direct.batch_execute(&revoke).await.unwrap();
+    // The request sent behind the failed sync ran on that connection; what follows must not.
+    let _ = second.query_one(show, &[]).await;
+    let gone = common::wait_backend_not(&direct, pid, "true", Duration::from_secs(5)).await;
+    assert!(gone, "the connection whose sync failed is closed, not kept");
+    for _ in 0..3 {
+        let row = second.query_one(show, &[]).await.unwrap();
+        assert_eq!(
+            row.get::<_, String>(0),
+            "origin",
+            "another client's setting"
+        );
+    }
+    let third = proxy.connect().await;
+    let row = third.query_one(show, &[]).await.unwrap();
+    assert_eq!(
+        row.get::<_, String>(0),
+        "origin",
+        "another client's setting"
+    );
+}

@@ -319,3 +319,76 @@ async fn a_failed_parameter_sync_closes_the_connection() {
         "another client's setting"
     );
 }
+
+// === a cancel reaching another client's query (item 5) ===
+
+/// Forwards connections to `target`, holding back a CancelRequest for `delay` (a slow network
+/// between the proxy and the server).
+async fn slow_cancel_relay(target: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = [0u8; 8];
+                if inbound.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                // CancelRequest: length 16, code 80877102.
+                if head == [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e] {
+                    tokio::time::sleep(delay).await;
+                }
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                if outbound.write_all(&head).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_cancel_does_not_stop_the_next_clients_query() {
+    let c = common::cluster();
+    let primary = c.primary().unwrap();
+    let port = c.port(primary).unwrap();
+    let relay = slow_cancel_relay(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_millis(1500),
+    )
+    .await;
+    let toml = common::config_toml("", "[pool]\npool_size = 1\n").replace(
+        &format!("address = \"127.0.0.1:{port}\""),
+        &format!("address = \"127.0.0.1:{}\"", relay.port()),
+    );
+    let proxy = common::start_proxy_from(toml).await;
+    let a = proxy.connect().await;
+    let b = proxy.connect().await;
+    // A's cancel is sent while its query runs, and is slow to arrive; A's query ends first.
+    let token = a.cancel_token();
+    // The proxy answers a CancelRequest once it has passed it on, which the relay delays.
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = token.cancel_query(tokio_postgres::NoTls).await;
+    });
+    let ra = a.simple_query("select pg_sleep(0.5)").await;
+    ra.unwrap();
+    // B's query runs on the only pooled connection, or a new one: the late cancel must not
+    // stop it.
+    let started = std::time::Instant::now();
+    let r = b.simple_query("select pg_sleep(2)").await;
+    assert!(
+        r.is_ok(),
+        "B's query was cancelled after {:?}: {:?}",
+        started.elapsed(),
+        r.err()
+    );
+}

@@ -370,6 +370,14 @@ impl ServerConn {
         self.cancel.clone()
     }
 
+    /// Whether a cancel for this connection's process may still be on its way: someone holds
+    /// its target besides the connection (a cancel being sent keeps its copy until the server
+    /// closed the cancel connection, that is until the process was signalled). The session's
+    /// own copy is given up before the connection goes back to the pool.
+    pub fn cancel_in_flight(&self) -> bool {
+        Arc::strong_count(&self.cancel) > 1
+    }
+
     /// Transaction status from the last ReadyForQuery.
     pub fn status(&self) -> TxStatus {
         self.status

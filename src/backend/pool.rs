@@ -391,7 +391,10 @@ impl Pool {
     }
 
     fn is_reusable(&self, conn: &ServerConn, now: Instant) -> bool {
+        // A cancel still on its way would stop the next client's query: such a connection is
+        // closed instead.
         conn.is_idle()
+            && !conn.cancel_in_flight()
             && !self.is_expired_at(conn, now)
             && conn.statements.pending_close_len() <= super::statements::MAX_PENDING_CLOSE
     }

@@ -2,6 +2,8 @@
 //! client can make the proxy create is bounded and goes away, and what such a client gets is
 //! PostgreSQL's own error.
 mod common;
+#[path = "common/relay.rs"]
+mod relay;
 
 use std::time::Duration;
 
@@ -391,4 +393,73 @@ async fn a_late_cancel_does_not_stop_the_next_clients_query() {
         started.elapsed(),
         r.err()
     );
+}
+
+// === writes re-run after a lost connection (item 8) ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_insert_whose_connection_drops_is_not_run_twice() {
+    let c = common::cluster();
+    let primary = c.primary().unwrap();
+    let port = c.port(primary).unwrap();
+    let relay = relay::Relay::start(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let toml = common::config_toml("", "").replace(
+        &format!("address = \"127.0.0.1:{port}\""),
+        &format!("address = \"127.0.0.1:{}\"", relay.port()),
+    );
+    let proxy = common::start_proxy_from(toml).await;
+    let direct = common::connect_direct(primary).await;
+    let tag = format!("rerun_{}", rand::random::<u32>());
+    direct
+        .batch_execute(
+            "create table if not exists hostile_rerun (tag text); \
+             grant all on hostile_rerun to public",
+        )
+        .await
+        .unwrap();
+    let client = proxy.connect().await;
+    // A named statement run outside a transaction: the stale-plan guard watches it. The
+    // server goes on (and commits) after its client connection is cut: it notices only when
+    // it writes the reply.
+    let stmt = client
+        .prepare("insert into hostile_rerun select $1 from pg_sleep(1)")
+        .await
+        .unwrap();
+    let run = tokio::spawn(async move { client.execute(&stmt, &[&tag]).await });
+    let active = common::eventually(Duration::from_secs(5), || async {
+        let n: i64 = direct
+            .query_one(
+                "select count(*) from pg_stat_activity \
+                 where query like 'insert into hostile_rerun%' and state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n > 0
+    })
+    .await;
+    assert!(active, "the insert runs");
+    relay.set(relay::Mode::Down);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.restore();
+    let result = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the client gets an answer")
+        .unwrap();
+    let err = result.expect_err("the request whose connection dropped fails");
+    assert_eq!(common::sqlstate(&err), Some("08006"), "{err}");
+    // Wait for the cut-off server process to finish its commit.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rows: i64 = direct
+        .query_one(
+            "select count(*) from hostile_rerun where tag like 'rerun_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "the insert ran {rows} times");
 }

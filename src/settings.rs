@@ -173,6 +173,7 @@ impl Settings {
             database: database.to_owned(),
             password,
             nodelay: self.config.proxy.tcp_nodelay,
+            keepalive: self.config.proxy.tcp_keepalive,
         }
     }
 

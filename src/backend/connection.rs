@@ -44,6 +44,8 @@ pub struct ConnectTarget {
     pub password: Option<String>,
     /// Set `TCP_NODELAY` on the socket (`proxy.tcp_nodelay`).
     pub nodelay: bool,
+    /// TCP keepalive idle time (`proxy.tcp_keepalive`); `None` leaves it off.
+    pub keepalive: Option<std::time::Duration>,
 }
 
 impl ConnectTarget {
@@ -63,6 +65,7 @@ async fn open_socket(target: &ConnectTarget) -> std::io::Result<TcpStream> {
     let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
     // Best effort, as on client sockets: a socket without the option still works.
     let _ = stream.set_nodelay(target.nodelay);
+    crate::net::keepalive::set(&stream, target.keepalive);
     Ok(stream)
 }
 
@@ -375,6 +378,14 @@ impl ServerConn {
     /// Where a CancelRequest for this connection's process must go.
     pub fn cancel_target(&self) -> Arc<super::cancel::CancelTarget> {
         self.cancel.clone()
+    }
+
+    /// Whether a cancel for this connection's process may still be on its way: someone holds
+    /// its target besides the connection (a cancel being sent keeps its copy until the server
+    /// closed the cancel connection, that is until the process was signalled). The session's
+    /// own copy is given up before the connection goes back to the pool.
+    pub fn cancel_in_flight(&self) -> bool {
+        Arc::strong_count(&self.cancel) > 1
     }
 
     /// Transaction status from the last ReadyForQuery.
@@ -789,6 +800,7 @@ mod tests {
             database: "d".to_owned(),
             password: Some("pw".to_owned()),
             nodelay: true,
+            keepalive: None,
         }
     }
 
@@ -823,9 +835,12 @@ mod tests {
                 database: "d".to_owned(),
                 password: None,
                 nodelay,
+                keepalive: nodelay.then_some(std::time::Duration::from_secs(20)),
             };
             let stream = open_socket(&target).await.unwrap();
             assert_eq!(stream.nodelay().unwrap(), nodelay);
+            let keepalive = socket2::SockRef::from(&stream).keepalive().unwrap();
+            assert_eq!(keepalive, nodelay, "proxy.tcp_keepalive reaches it too");
         }
     }
 }

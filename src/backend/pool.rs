@@ -476,8 +476,11 @@ impl Pool {
     }
 
     fn is_reusable(&self, conn: &ServerConn, now: Instant) -> bool {
+        // A cancel still on its way would stop the next client's query: such a connection is
+        // closed instead.
         !self.is_retired()
             && conn.is_idle()
+            && !conn.cancel_in_flight()
             && !self.is_expired_at(conn, now)
             && conn.statements.pending_close_len() <= super::statements::MAX_PENDING_CLOSE
     }
@@ -577,6 +580,7 @@ pub struct Pools {
     settings: Mutex<PoolSettings>,
     /// One semaphore per node, shared by that node's pools.
     node_permits: Vec<Arc<Semaphore>>,
+    /// Pools by key; removed when unused and empty (see [`Pools::maintain`]).
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// The admin console's `PAUSE`, while in force.
     pause: Mutex<Option<Pause>>,
@@ -715,8 +719,12 @@ impl Pools {
     }
 
     /// Every pool's maintenance pass (see [`Pool::maintain`]); `node_state(node)` is the
-    /// node's current role epoch and whether it is healthy.
+    /// node's current role epoch and whether it is healthy. Pools no session holds and with no
+    /// connection are removed first: database and user names come from clients, and a pool
+    /// for a database that does not exist must not stay (nor, with `min_idle`, keep trying to
+    /// connect).
     pub async fn maintain(&self, node_state: impl Fn(usize) -> (u64, bool)) {
+        self.remove_unused();
         for pool in self.all() {
             let (epoch, healthy) = node_state(pool.key.node);
             pool.maintain(epoch, healthy).await;
@@ -747,6 +755,16 @@ impl Pools {
             }
         }
         retired.len()
+    }
+
+    /// Removes pools that only the registry holds and that have no connection, idle or in use.
+    fn remove_unused(&self) {
+        let size = self.settings.lock().pool_size;
+        self.pools.lock().retain(|_, p| {
+            Arc::strong_count(p) > 1
+                || p.active.available_permits() < size
+                || !p.idle.lock().is_empty()
+        });
     }
 
     /// How often [`Pools::maintain`] should run for these settings.

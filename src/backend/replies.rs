@@ -421,10 +421,12 @@ impl ServerConn {
             btag::PARAMETER_STATUS => self.record_parameter_at(h)?,
             btag::ERROR_RESPONSE => {
                 let fields = be::error_fields(self.body_at(h)).map_err(|e| self.proto(e))?;
-                if fields.is_fatal() {
-                    self.broken = true;
-                }
-                tracing::debug!(server = %self.addr(), error = %fields.message, "internal query failed");
+                // The proxy's own query failed: a parameter sync rolled back as a whole, so the
+                // connection may hold another client's settings while the bookkeeping says the
+                // sync applied. It is closed once its client is done with it, never pooled.
+                self.broken = true;
+                self.params.synced = 0;
+                tracing::warn!(server = %self.addr(), error = %fields.message, "internal query failed; the server connection will be closed");
             }
             btag::PARSE_COMPLETE => {
                 self.track.parses.pop_front();

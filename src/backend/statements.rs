@@ -19,8 +19,10 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 
 /// A client's named prepared statements, by the client's name for them (the session keeps
-/// them; the connection rewrites requests with them).
-pub type ClientStatements = rustc_hash::FxHashMap<Bytes, Arc<StatementDef>>;
+/// them; the connection rewrites requests with them). The names are the client's choice, so
+/// the map uses the standard library's keyed hasher: with an unkeyed one (FxHash) a client can
+/// pick thousands of names that collide and make every lookup walk them all.
+pub type ClientStatements = std::collections::HashMap<Bytes, Arc<StatementDef>>;
 
 /// A named prepared statement's definition: the Parse body after the name (query text and
 /// parameter types), which is what makes two statements interchangeable.

@@ -254,8 +254,12 @@ pub struct ProxyConfig {
     pub http_listen: Option<SocketAddr>,
     /// Default pool mode (`pool_mode`, default transaction).
     pub pool_mode: PoolMode,
-    /// Most client connections at once (`max_client_connections`, default 10000).
+    /// Most client connections at once (`max_client_connections`, default 10000); counted
+    /// from authentication on.
     pub max_client_connections: usize,
+    /// Most connections at once that have not finished startup and authentication
+    /// (`max_startup_connections`, default 1000); further ones are refused with 53300.
+    pub max_startup_connections: usize,
     /// Largest message accepted from an authenticated client, in bytes, header included
     /// (`max_message_size`, default 64 MiB); larger ones get FATAL 08P01.
     pub max_message_size: usize,
@@ -264,6 +268,12 @@ pub struct ProxyConfig {
     /// Idle clients are disconnected after this long (`client_idle_timeout`); `None` (the
     /// default, written `"0"`) never disconnects them.
     pub client_idle_timeout: Option<Duration>,
+    /// Clients idle inside a transaction this long are disconnected with 25P03 and their
+    /// transaction rolled back (`idle_transaction_timeout`); `None` (the default, `"0"`) never.
+    pub idle_transaction_timeout: Option<Duration>,
+    /// Idle time before TCP keepalive probes on client and server sockets
+    /// (`tcp_keepalive`, default 60s); `None` (`"0"`) leaves keepalive off.
+    pub tcp_keepalive: Option<Duration>,
     /// How long a graceful shutdown waits for clients to finish (`shutdown_timeout`, default
     /// 30s); zero closes everything at once.
     pub shutdown_timeout: Duration,

@@ -31,9 +31,12 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
             "http_listen",
             "pool_mode",
             "max_client_connections",
+            "max_startup_connections",
             "max_message_size",
             "startup_timeout",
             "client_idle_timeout",
+            "idle_transaction_timeout",
+            "tcp_keepalive",
             "shutdown_timeout",
             "admin_users",
             "tcp_nodelay",
@@ -592,6 +595,9 @@ impl<'l> Walker<'l> {
             max_client_connections: self
                 .int(s, "max_client_connections", 1, i64::from(u32::MAX))
                 .unwrap_or(10_000),
+            max_startup_connections: self
+                .int(s, "max_startup_connections", 1, i64::from(u32::MAX))
+                .unwrap_or(1000),
             max_message_size: self
                 .int(s, "max_message_size", 1024, 1 << 30)
                 .unwrap_or(64 << 20),
@@ -599,6 +605,12 @@ impl<'l> Walker<'l> {
                 .duration(s, "startup_timeout", Zero::Rejected)
                 .unwrap_or(Duration::from_secs(10)),
             client_idle_timeout: self.optional_duration(s, "client_idle_timeout", Duration::ZERO),
+            idle_transaction_timeout: self.optional_duration(
+                s,
+                "idle_transaction_timeout",
+                Duration::ZERO,
+            ),
+            tcp_keepalive: self.optional_duration(s, "tcp_keepalive", Duration::from_secs(60)),
             shutdown_timeout: self
                 .duration(s, "shutdown_timeout", Zero::Allowed)
                 .unwrap_or(Duration::from_secs(30)),

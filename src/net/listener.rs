@@ -1,15 +1,20 @@
-//! The accept loop: one task per client, bounded by `max_client_connections`.
+//! The accept loop: one task per client, bounded twice. Connections that have not finished
+//! startup and authentication are bounded by `max_startup_connections`; authenticated clients
+//! by `max_client_connections`, counted from authentication on (as PostgreSQL counts
+//! `max_connections` after it), so sockets that never log in cannot lock real clients out.
 //!
-//! A client over the limit still gets a proper answer (FATAL 53300, as PostgreSQL sends for
-//! "too many clients") instead of a silently dropped socket. Accept errors (for instance running
-//! out of file descriptors) are retried with a short backoff instead of ending the listener.
-//! The accepted socket becomes a [`ClientStream`] here: no session names `TcpStream`.
+//! A client over a limit still gets a proper answer (FATAL 53300, as PostgreSQL sends for
+//! "too many clients") instead of a silently dropped socket, but refusing is cheap and bounded:
+//! at most [`MAX_REFUSING`] refusals are under way at once, further sockets are closed at once.
+//! Accept errors (for instance running out of file descriptors) are retried with a short backoff
+//! instead of ending the listener. The accepted socket becomes a [`ClientStream`] here: no
+//! session names `TcpStream`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::stream::{ClientStream, LINGER};
 use crate::protocol::messages::ProxyError;
@@ -17,11 +22,45 @@ use crate::protocol::SqlState;
 use crate::session;
 use crate::session::context::SessionCtx;
 
+/// Most refusals (an error written, then a short linger) under way at once.
+const MAX_REFUSING: usize = 64;
+
+/// A connection's places under the two limits: it holds a startup slot until it logs in, then
+/// needs a client slot.
+pub struct Admission {
+    /// Held from accept until authentication is over.
+    startup: OwnedSemaphorePermit,
+    /// The authenticated clients' slots.
+    clients: Arc<Semaphore>,
+}
+
+impl Admission {
+    /// After authentication: gives the startup slot back and takes a client slot, held until
+    /// dropped; `None` when `max_client_connections` clients are in already.
+    pub fn logged_in(self) -> Option<OwnedSemaphorePermit> {
+        drop(self.startup);
+        self.clients.try_acquire_owned().ok()
+    }
+}
+
+/// The FATAL 53300 a client over a limit gets.
+pub fn too_many_clients() -> ProxyError {
+    ProxyError::fatal(
+        SqlState::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients already",
+    )
+}
+
 /// Accepts clients until shutdown.
 pub async fn run(app: SessionCtx, listener: TcpListener) {
     let settings = app.settings();
-    let limit = Arc::new(Semaphore::new(settings.config.proxy.max_client_connections));
+    let clients = Arc::new(Semaphore::new(settings.config.proxy.max_client_connections));
+    let startup = Arc::new(Semaphore::new(
+        settings.config.proxy.max_startup_connections,
+    ));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let nodelay = settings.config.proxy.tcp_nodelay;
+    let keepalive = settings.config.proxy.tcp_keepalive;
     drop(settings);
     let shutdown = app.shutdown_token().clone();
     let mut backoff = Duration::from_millis(5);
@@ -42,24 +81,34 @@ pub async fn run(app: SessionCtx, listener: TcpListener) {
                 continue;
             }
         };
+        super::keepalive::set(&socket, keepalive);
         let stream = ClientStream::from(socket);
         if nodelay {
             let _ = stream.set_nodelay(true);
         }
-        match limit.clone().try_acquire_owned() {
+        match startup.clone().try_acquire_owned() {
             Ok(permit) => {
                 let app = app.clone();
+                let admission = Admission {
+                    startup: permit,
+                    clients: clients.clone(),
+                };
                 app.metrics().clients_accepted.inc();
                 app.metrics().clients_active.inc();
                 app.tasks().clone().spawn(async move {
-                    session::run(app.clone(), stream, peer).await;
+                    session::run(app.clone(), stream, peer, admission).await;
                     app.metrics().clients_active.dec();
-                    drop(permit);
                 });
             }
             Err(_) => {
                 app.metrics().clients_refused.inc();
-                app.tasks().spawn(refuse(stream));
+                // Dropping the stream closes it at once: no task, no descriptor kept.
+                if let Ok(slot) = refusing.clone().try_acquire_owned() {
+                    app.tasks().spawn(async move {
+                        refuse(stream).await;
+                        drop(slot);
+                    });
+                }
             }
         }
     }
@@ -68,10 +117,7 @@ pub async fn run(app: SessionCtx, listener: TcpListener) {
 /// Answers a client over the connection limit and closes.
 async fn refuse(mut stream: ClientStream) {
     use tokio::io::AsyncWriteExt;
-    let e = ProxyError::fatal(
-        SqlState::TOO_MANY_CONNECTIONS,
-        "sorry, too many clients already",
-    );
+    let e = too_many_clients();
     if tokio::time::timeout(Duration::from_secs(1), stream.write_all(&e.to_bytes()))
         .await
         .is_ok()

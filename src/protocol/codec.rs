@@ -6,11 +6,17 @@
 //! loses nothing. A complete frame is cut off with `split_to().freeze()`: no copy.
 //!
 //! The announced length is checked against the caller's limit before anything is reserved, and
-//! only the missing part of a legal frame is reserved.
+//! room for the rest of a legal frame grows with the bytes that actually arrive (at most
+//! [`GROW_MIN`] or as much as has arrived, at a time): a client announcing a 64 MiB message and
+//! sending 5 bytes of it costs 64 KiB, not 64 MiB.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{ProtocolError, HEADER_LEN};
+
+/// Room reserved at once for an incomplete frame, at least (a frame's missing part, if
+/// smaller): beyond it the buffer grows by as much as has arrived.
+pub const GROW_MIN: usize = 64 * 1024;
 
 /// A frame header: tag byte and total length of the frame (tag + length field + body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +132,8 @@ pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Pro
         return Ok(None);
     };
     if buf.len() < header.frame_len {
-        buf.reserve(header.frame_len - buf.len());
+        let missing = header.frame_len - buf.len();
+        buf.reserve(missing.min(buf.len().max(GROW_MIN)));
         return Ok(None);
     }
     Ok(Some(Frame::from_raw(
@@ -231,6 +238,27 @@ mod tests {
             buf.capacity() < 1 << 20,
             "must not reserve the announced size"
         );
+    }
+
+    #[test]
+    fn room_grows_with_the_bytes_that_arrive() {
+        let max = 64 << 20;
+        let mut buf = BytesMut::new();
+        buf.put_u8(b'Q');
+        buf.put_i32(max as i32 - 1);
+        assert!(decode_frame(&mut buf, max).unwrap().is_none());
+        assert!(
+            buf.capacity() <= 2 * GROW_MIN,
+            "a 64 MiB announcement reserved {} bytes",
+            buf.capacity()
+        );
+        // As bytes arrive, room stays within a small multiple of them.
+        while buf.len() < 4 << 20 {
+            let room = buf.capacity() - buf.len();
+            buf.put_bytes(b'x', room.max(1));
+            assert!(decode_frame(&mut buf, max).unwrap().is_none());
+            assert!(buf.capacity() <= 2 * buf.len() + 2 * GROW_MIN);
+        }
     }
 
     #[test]

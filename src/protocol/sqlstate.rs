@@ -24,6 +24,8 @@ impl SqlState {
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
     /// `25006` read_only_sql_transaction.
     pub const READ_ONLY_SQL_TRANSACTION: SqlState = SqlState("25006");
+    /// `25P03` idle_in_transaction_session_timeout.
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
     /// `28000` invalid_authorization_specification.
     pub const INVALID_AUTHORIZATION_SPECIFICATION: SqlState = SqlState("28000");
     /// `28P01` invalid_password.

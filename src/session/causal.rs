@@ -116,12 +116,16 @@ impl Session {
             let Ok(mut lease) = self.acquire(Target::Node(n), false).await else {
                 continue;
             };
+            // Only the chosen one becomes the client's: a candidate checked back in must not
+            // look as if a cancel were on its way to it.
+            self.cancel.slot().set(None);
             match ask_replay(&mut lease, timeout).await {
                 Some(r) if r >= min => {
                     if let Some((_, _, other)) = best.take() {
                         other.pool().clone().checkin(other);
                     }
                     self.ctx.metrics().causal_ask_hits.inc();
+                    self.cancel.slot().set(Some(lease.cancel_target()));
                     return Some((n, lease));
                 }
                 Some(r) if best.as_ref().is_none_or(|b| r > b.0) => {

@@ -214,7 +214,13 @@ impl SessionCtx {
         &self.shared.classifier
     }
 
-    /// The function catalog of `database` (loading starts on first use).
+    /// Databases that have a function catalog (loaded, or being loaded).
+    pub fn catalog_databases(&self) -> Vec<String> {
+        self.shared.catalogs.databases()
+    }
+
+    /// The function catalog of `database`, which a server accepted (loading starts on first
+    /// use).
     pub fn functions(&self, database: &str) -> Arc<ArcSwap<FunctionCatalog>> {
         let s = &self.shared;
         s.catalogs.get(database, &s.topology, &s.tasks, &s.shutdown)

@@ -146,6 +146,10 @@ impl Session {
             self.fail_request(&e, term);
             return Ok(None);
         }
+        if let Some(e) = self.statements_over_limit() {
+            self.fail_request(&e, term);
+            return Ok(None);
+        }
         // One settings snapshot for the whole decision.
         let settings = self.ctx.settings();
         let batch_class = self.classify_batch(&settings);
@@ -406,6 +410,61 @@ impl Session {
         } else {
             self.skip_until_sync = true;
         }
+    }
+}
+
+/// Most named prepared statements one client may have at once.
+pub(super) const MAX_CLIENT_STATEMENTS: usize = 10_000;
+
+/// Most bytes of statement definitions (query text and parameter types) one client may have
+/// prepared at once, or `max_message_size` if that is larger (one statement always fits).
+const MAX_STATEMENT_BYTES: usize = 64 << 20;
+
+impl Session {
+    /// The error for a batch that would take the client past [`MAX_CLIENT_STATEMENTS`] named
+    /// prepared statements or [`MAX_STATEMENT_BYTES`] of their text; `None` for most batches
+    /// (only a Parse of a new name costs a count).
+    fn statements_over_limit(&self) -> Option<ProxyError> {
+        use crate::protocol::frontend::{describe_or_close, parse, Target};
+        let have = &self.state.statements;
+        let (mut new, mut new_bytes, mut closed) = (0, 0, 0);
+        for f in &self.batch {
+            match f.tag() {
+                ftag::PARSE => match parse(f.body()) {
+                    Ok(p) if !p.name.is_empty() && !have.contains_key(p.name) => {
+                        new += 1;
+                        new_bytes += f.len();
+                    }
+                    _ => {}
+                },
+                // Closed in the same batch, before or after: room either way (a driver
+                // replacing statements sends Close and Parse together).
+                ftag::CLOSE => {
+                    if let Ok(Target::Statement(s)) = describe_or_close(f.body()) {
+                        closed += usize::from(have.contains_key(s));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if new == 0 {
+            return None;
+        }
+        let byte_limit = MAX_STATEMENT_BYTES.max(self.max_message);
+        let over = if (have.len() + new).saturating_sub(closed) > MAX_CLIENT_STATEMENTS {
+            Some(format!("at most {MAX_CLIENT_STATEMENTS}"))
+        } else if have.values().map(|d| d.body.len()).sum::<usize>() + new_bytes > byte_limit {
+            Some(format!("at most {byte_limit} bytes of them"))
+        } else {
+            None
+        }?;
+        Some(ProxyError::error(
+            SqlState::PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "too many prepared statements: {over} per client connection; \
+                 deallocate some (Close or DEALLOCATE) before preparing more"
+            ),
+        ))
     }
 }
 

@@ -24,6 +24,12 @@ use crate::protocol::backend::ErrorFields;
 use crate::protocol::messages::ProxyError;
 use crate::protocol::{Frame, SqlState};
 
+/// Most bytes of replies a guard holds back. Past it the guard gives up (what it held goes to
+/// the client, and the request will not be re-run): a request that has already produced this
+/// much (a `DO` block raising notices in a loop) is answered, and held bytes would not be
+/// counted by the backpressure that bounds what waits for the client.
+const MAX_HELD: usize = 256 * 1024;
+
 /// A guarded request, kept until the server clearly answers it.
 #[derive(Debug)]
 pub struct MisrouteGuard {
@@ -140,6 +146,18 @@ impl Session {
                 self.release_guard();
                 None
             }
+        }
+    }
+
+    /// Ends the guard if it holds more than [`MAX_HELD`] bytes (called once the bytes read so
+    /// far are handed out, so what is held is all in the guard).
+    pub(super) fn bound_guard(&mut self) {
+        let over = self.guard.as_ref().is_some_and(|g| {
+            !g.discarding && g.held.iter().map(|b| b.len()).sum::<usize>() > MAX_HELD
+        });
+        if over {
+            tracing::debug!("a guarded request's held replies reached {MAX_HELD} bytes; no re-run");
+            self.release_guard();
         }
     }
 

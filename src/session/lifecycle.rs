@@ -68,6 +68,7 @@ impl Session {
         messages::ready_for_query(&mut b, TxStatus::Idle);
         self.client.push(b);
         self.server = Some(lease);
+        self.catalog = self.ctx.functions(&self.accepted.database);
         self.maybe_release();
         Ok(())
     }
@@ -270,6 +271,18 @@ impl Session {
             return;
         };
         if !lease.is_idle() {
+            if lease.is_broken()
+                && lease.replies_done()
+                && !lease.status().is_in_transaction()
+                && matches!(self.server_fatal, super::ServerFatal::None)
+            {
+                // Done with, but not fit for anyone (a failed parameter sync; a server's FATAL
+                // is left to `server_lost`): closed, and the next request gets another one.
+                self.in_flight = None;
+                self.cancel.slot().set(None);
+                drop(lease);
+                return;
+            }
             self.server = Some(lease);
             return;
         }

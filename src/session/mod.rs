@@ -112,8 +112,14 @@ impl SessionError {
     }
 }
 
-/// Serves one client connection from accept to close.
-pub async fn run(ctx: SessionCtx, stream: ClientStream, peer: SocketAddr) {
+/// Serves one client connection from accept to close; `admission` is its place under the
+/// connection limits.
+pub async fn run(
+    ctx: SessionCtx,
+    stream: ClientStream,
+    peer: SocketAddr,
+    admission: crate::net::listener::Admission,
+) {
     let mut client = ClientConn::new(stream, peer);
     let limit = ctx.settings().config.proxy.startup_timeout;
     let outcome =
@@ -129,11 +135,16 @@ pub async fn run(ctx: SessionCtx, stream: ClientStream, peer: SocketAddr) {
         Ok(Outcome::Done) => return,
         Err(e) => return Box::pin(report_and_close(&mut client, e)).await,
     };
+    // As PostgreSQL counts max_connections and a role's CONNECTION LIMIT: after
+    // authentication.
+    let Some(_client_slot) = admission.logged_in() else {
+        let e = SessionError::Fatal(crate::net::listener::too_many_clients());
+        return Box::pin(report_and_close(&mut client, e)).await;
+    };
     // Once per connection, never per request: the console is a database name.
     if accepted.database == crate::admin::console::DATABASE {
         return Box::pin(crate::admin::console::serve(ctx, client, accepted)).await;
     }
-    // As PostgreSQL does for a role's CONNECTION LIMIT: after authentication.
     let Some(_slot) = ctx.user_slot(&accepted.user) else {
         let e = SessionError::Fatal(ProxyError::fatal(
             SqlState::TOO_MANY_CONNECTIONS,
@@ -250,7 +261,8 @@ pub struct Session {
     max_message: usize,
     /// The current request's clock reading (see `Session::clock`).
     now: Option<tokio::time::Instant>,
-    /// `proxy.client_idle_timeout`'s timer; `None` when the key is off (see `idle`).
+    /// The timer of `proxy.client_idle_timeout` and `proxy.idle_transaction_timeout`; `None`
+    /// when both keys are off (see `idle`).
     idle_timer: Option<Box<idle::IdleTimer>>,
 }
 
@@ -282,7 +294,10 @@ impl Session {
         }
         let settings = ctx.settings();
         let max_message = settings.config.proxy.max_message_size;
-        let idle_timer = idle::IdleTimer::new(settings.config.proxy.client_idle_timeout);
+        let idle_timer = idle::IdleTimer::new(
+            settings.config.proxy.client_idle_timeout,
+            settings.config.proxy.idle_transaction_timeout,
+        );
         let mode = settings
             .users
             .get(&accepted.user)
@@ -292,7 +307,9 @@ impl Session {
         let mut accepted = accepted;
         let route = route::RouteState::for_client(&settings, &mut accepted);
         drop(settings);
-        let catalog = ctx.functions(&accepted.database);
+        // The database's catalog once a server accepted it (see `begin`): a name that does
+        // not exist must not make the proxy load anything.
+        let catalog = Arc::default();
         let state = ClientState::new(&accepted.params, ctx.params_hasher().clone());
         Session {
             ctx,

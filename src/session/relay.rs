@@ -48,8 +48,9 @@ enum Event {
     Shutdown,
     /// The shutdown grace period is over.
     Kill,
-    /// The client stayed idle for `proxy.client_idle_timeout`.
-    IdleTimeout,
+    /// The client stayed idle for `proxy.client_idle_timeout` (or, in a transaction,
+    /// `proxy.idle_transaction_timeout`).
+    IdleTimeout(idle::Idle),
     /// The client sent nothing more of an unfinished batch for [`UNFINISHED_BATCH_WAIT`].
     BatchWait,
 }
@@ -116,7 +117,7 @@ impl Session {
                     "terminating connection due to administrator command",
                 )))
             }
-            Event::IdleTimeout => return Err(SessionError::Fatal(idle::timeout_error())),
+            Event::IdleTimeout(kind) => return Err(SessionError::Fatal(idle::timeout_error(kind))),
             Event::BatchWait => {
                 // What the client sent runs, as it would directly; the rest of the batch
                 // follows on the same connection.
@@ -211,13 +212,22 @@ impl Session {
         } else {
             usize::MAX
         };
-        // client_idle_timeout: when it is off, no timer, no idleness check, no clock read. The
-        // client's own view of its transaction counts too (one whose server died mid-transaction
-        // still has it open until its next request fails).
-        let idle = self.idle_timer.is_some()
-            && self.is_idle()
-            && self.held.is_none()
-            && !self.tx_status.is_in_transaction();
+        // client_idle_timeout and idle_transaction_timeout: when both are off, no timer, no
+        // idleness check, no clock read. The client's own view of its transaction counts too
+        // (one whose server died mid-transaction still has it open until its next request
+        // fails).
+        let idle = match self.idle_timer.is_some() && self.is_quiet() {
+            false => None,
+            true if self.tx_status.is_in_transaction()
+                || self
+                    .server
+                    .as_deref()
+                    .is_some_and(|s| s.status().is_in_transaction()) =>
+            {
+                Some(idle::Idle::Transaction)
+            }
+            true => Some(idle::Idle::Session),
+        };
         let batch_wait = if self.batch.is_empty() || stalled || self.held.is_some() {
             None
         } else {
@@ -232,6 +242,8 @@ impl Session {
             idle_timer,
             ..
         } = self;
+        // Only read when the sleep fires, which it does only while idle.
+        let idle_kind = idle.unwrap_or(idle::Idle::Session);
         let mut idle_sleep = idle_timer.as_deref_mut().and_then(|t| t.arm(idle));
         let client_out_len = client.out_len();
         let server_out_len = match server.as_deref_mut() {
@@ -292,7 +304,7 @@ impl Session {
             // Last: a request that arrives as the time runs out is served.
             if let Some(sleep) = idle_sleep.as_mut() {
                 if std::future::Future::poll(sleep.as_mut(), cx).is_ready() {
-                    return Poll::Ready(Event::IdleTimeout);
+                    return Poll::Ready(Event::IdleTimeout(idle_kind));
                 }
             }
             Poll::Pending
@@ -304,6 +316,16 @@ impl Session {
     /// be (a COPY IN waits for data that will not come).
     fn replies_done(&self) -> bool {
         self.copy_in || self.server.as_deref().is_none_or(|s| s.replies_done())
+    }
+
+    /// Whether the client is between requests: nothing in flight, no partial batch, no COPY,
+    /// no request held back (a transaction may be open).
+    fn is_quiet(&self) -> bool {
+        self.batch.is_empty()
+            && !self.copy_in
+            && !self.skip_until_sync
+            && self.held.is_none()
+            && self.server.as_deref().is_none_or(|s| s.replies_done())
     }
 
     /// Whether nothing is in flight: no request, no transaction, no partial batch, no COPY.

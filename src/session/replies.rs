@@ -81,6 +81,7 @@ impl Session {
             };
             let Some(reply) = conn.next_reply(watch, &mut sink)? else {
                 conn.settle(&mut sink);
+                self.bound_guard();
                 return Ok(Flow::Continue);
             };
             let d = self.on_reply(reply)?;
@@ -215,11 +216,20 @@ impl Session {
         lease.mark_broken();
         self.cancel.slot().set(None);
         if let Some(g) = self.guard.take() {
-            // Nothing of the guarded read reached the client yet (the guard holds its replies
-            // until the server answers): whether the standby refused it and went away (57P01
-            // at its shutdown) or the connection just dropped, re-run it.
-            self.retry_now = Some(Box::new(g));
-            return Ok(Flow::Continue);
+            // The rule for re-running a request whose connection dropped: only if it cannot
+            // have committed anything. A read on a standby cannot (and nothing of it reached
+            // the client yet: the guard holds its replies until the server answers), so
+            // whether the standby refused it and went away (57P01 at its shutdown) or the
+            // connection just dropped, it runs again on the primary. Any other guarded request
+            // (a named statement watched for a stale plan, on the primary) may have committed
+            // before the connection dropped (a server goes on after its client is gone, and
+            // a commit waiting for synchronous replication is already durable locally): the
+            // client gets 08006, as for any request in flight, and decides. (One the server
+            // already refused, a stale plan being discarded, committed nothing either.)
+            if g.standby || g.discarding {
+                self.retry_now = Some(Box::new(g));
+                return Ok(Flow::Continue);
+            }
         }
         let downgraded = match std::mem::take(&mut self.server_fatal) {
             ServerFatal::Forwarded => return Ok(Flow::End),

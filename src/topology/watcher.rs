@@ -22,13 +22,15 @@ use super::{NodeId, NodeState, Role, Topology, TopologyHandle};
 use crate::protocol::Lsn;
 
 /// The probe every check runs, in one round trip: role, WAL position (write position on a
-/// primary, replay position on a standby) and timeline (of the WAL a primary writes, taken from
+/// primary, replay position on a standby), timeline (of the WAL a primary writes, taken from
 /// its current WAL file name, which changes the moment a promotion completes; of the WAL a
-/// standby receives).
+/// standby receives) and the cluster's system identifier (new when the cluster is re-created,
+/// e.g. restored from a backup).
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, \
      CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) \
-     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
+     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+     (SELECT system_identifier FROM pg_control_system())";
 
 /// How the error of a probe that got no answer in time starts.
 const PROBE_TIMED_OUT: &str = "probe timed out";
@@ -69,6 +71,8 @@ struct Probed {
     /// Timeline of the WAL written (primary) or received (standby); `None` without a WAL
     /// receiver.
     timeline: Option<u32>,
+    /// `pg_control_system().system_identifier`: which cluster the node belongs to.
+    system_id: Option<i64>,
 }
 
 /// One check's outcome.
@@ -196,10 +200,12 @@ impl Probe {
         let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
         let lsn: Option<PgLsn> = row.try_get(1).map_err(|e| e.to_string())?;
         let timeline: Option<i32> = row.try_get(2).map_err(|e| e.to_string())?;
+        let system_id: Option<i64> = row.try_get(3).map_err(|e| e.to_string())?;
         Ok(Probed {
             in_recovery,
             lsn: lsn.map(|l| Lsn::from(u64::from(l))),
             timeline: timeline.map(|t| t as u32),
+            system_id,
         })
     }
 
@@ -232,9 +238,14 @@ impl Probe {
 
 /// Per-node decision state kept by the aggregator.
 struct Track {
+    /// Whether the node answers checks (with hysteresis).
     health: Hysteresis,
+    /// Whether the node is within the lag limits (with hysteresis).
     within_lag: Hysteresis,
+    /// The last failed check's error, to log each different one once.
     last_error: Option<String>,
+    /// The system identifier the node last reported.
+    system_id: Option<i64>,
 }
 
 /// Everything the aggregator decides from.
@@ -248,6 +259,9 @@ struct Aggregator {
     /// The highest timeline a healthy primary has reported: a node out of recovery on an
     /// older one is a former primary and is fenced.
     highest_timeline: Option<u32>,
+    /// The system identifier of the cluster served: timelines are only comparable within one
+    /// cluster, and a node of another one is fenced.
+    system_id: Option<i64>,
 }
 
 async fn aggregate(
@@ -264,6 +278,7 @@ async fn aggregate(
             health: Hysteresis::new(false, settings.health_threshold),
             within_lag: Hysteresis::new(false, settings.health_threshold),
             last_error: None,
+            system_id: None,
         })
         .collect();
     let mut agg = Aggregator {
@@ -272,6 +287,7 @@ async fn aggregate(
         history: LsnHistory::default(),
         history_of: None,
         highest_timeline: None,
+        system_id: None,
     };
     loop {
         let obs = tokio::select! {
@@ -349,6 +365,14 @@ impl Aggregator {
                         node.role = role;
                         node.role_epoch += 1;
                     }
+                    if p.system_id != track.system_id {
+                        if track.system_id.is_some() {
+                            // Another cluster on the same address: no pooled connection of
+                            // the old one is reused.
+                            node.role_epoch += 1;
+                        }
+                        track.system_id = p.system_id;
+                    }
                     node.lsn = p.lsn;
                     node.timeline = p.timeline;
                     if track.health.observe(true) {
@@ -366,6 +390,7 @@ impl Aggregator {
             }
             node.healthy = track.health.get();
         }
+        self.follow_cluster(nodes);
         self.update_fencing(nodes);
         let primary = Topology::derive_primary(nodes);
         if primary != self.history_of {
@@ -383,10 +408,53 @@ impl Aggregator {
         primary
     }
 
+    /// Learns which cluster is served: the first healthy primary's system identifier. A healthy
+    /// primary of another cluster, while no healthy primary of the known one is left, means
+    /// the cluster was re-created (restored from a backup: new identifier, timeline back to
+    /// 1): what was learned about the old one (its timelines, its primary's positions) is
+    /// forgotten, once, and the new one is served.
+    fn follow_cluster(&mut self, nodes: &[NodeState]) {
+        let primary_of = |id: Option<i64>| {
+            nodes
+                .iter()
+                .find(|n| n.healthy && n.role == Role::Primary && self.tracks[n.id].system_id == id)
+        };
+        let Some(known) = self.system_id else {
+            self.system_id = nodes
+                .iter()
+                .filter(|n| n.healthy && n.role == Role::Primary)
+                .find_map(|n| self.tracks[n.id].system_id);
+            return;
+        };
+        if primary_of(Some(known)).is_some() {
+            return;
+        }
+        let Some((addr, new)) = nodes
+            .iter()
+            .filter(|n| n.healthy && n.role == Role::Primary)
+            .find_map(|n| self.tracks[n.id].system_id.map(|s| (&n.addr, s)))
+        else {
+            return;
+        };
+        tracing::warn!(
+            node = %addr,
+            old = known,
+            new,
+            "node {addr} is a primary of another cluster (system identifier {new}, was {known}) and none of the old one is left: the cluster was re-created; forgetting its timelines"
+        );
+        self.system_id = Some(new);
+        self.highest_timeline = None;
+        self.history.clear();
+        self.history_of = None;
+    }
+
     /// Fences every node out of recovery on a timeline older than the highest a healthy
-    /// primary has reported (logging each change once).
+    /// primary has reported, and every node of another cluster (logging each change once).
     fn update_fencing(&mut self, nodes: &mut [NodeState]) {
         for n in nodes.iter() {
+            if n.healthy && n.role == Role::Primary && self.is_other_cluster(n.id) {
+                continue;
+            }
             if n.healthy && n.role == Role::Primary {
                 if let Some(t) = n.timeline {
                     self.highest_timeline = Some(self.highest_timeline.map_or(t, |h| h.max(t)));
@@ -394,7 +462,10 @@ impl Aggregator {
             }
         }
         for n in nodes.iter_mut() {
-            let older = matches!((n.timeline, self.highest_timeline), (Some(t), Some(h)) if t < h);
+            // A node of another cluster has nothing the clients wrote: nothing goes there.
+            let foreign = self.is_other_cluster(n.id);
+            let older = foreign
+                || matches!((n.timeline, self.highest_timeline), (Some(t), Some(h)) if t < h);
             // A standby on an older timeline replays a former primary's WAL (its data may hold
             // writes the new primary never saw): no reads either. One that was fenced stays so
             // while its timeline is unknown (no WAL receiver), until it receives the new one.
@@ -404,7 +475,15 @@ impl Aggregator {
                 Role::Unknown => n.fenced,
             };
             if fenced != n.fenced {
-                if fenced && n.role == Role::Primary {
+                if fenced && foreign {
+                    tracing::warn!(
+                        node = %n.addr,
+                        system_id = ?self.tracks[n.id].system_id,
+                        cluster = ?self.system_id,
+                        "node {} fenced: it belongs to another cluster (system identifier {:?}, serving {:?})",
+                        n.addr, self.tracks[n.id].system_id, self.system_id
+                    );
+                } else if fenced && n.role == Role::Primary {
                     tracing::warn!(
                         node = %n.addr,
                         timeline = ?n.timeline,
@@ -426,6 +505,11 @@ impl Aggregator {
                 n.fenced = fenced;
             }
         }
+    }
+
+    /// Whether node `id` last reported a system identifier other than the served cluster's.
+    fn is_other_cluster(&self, id: NodeId) -> bool {
+        matches!((self.tracks[id].system_id, self.system_id), (Some(a), Some(b)) if a != b)
     }
 
     /// Recomputes a node's lag and, when it was just observed, feeds its within-limits
@@ -504,6 +588,7 @@ mod tests {
                 health: Hysteresis::new(false, 2),
                 within_lag: Hysteresis::new(false, 2),
                 last_error: None,
+                system_id: None,
             })
             .collect();
         (
@@ -513,6 +598,7 @@ mod tests {
                 history: LsnHistory::default(),
                 history_of: None,
                 highest_timeline: None,
+                system_id: None,
             },
             Topology::initial(&addrs).nodes,
         )
@@ -525,6 +611,7 @@ mod tests {
                 in_recovery,
                 lsn: Some(Lsn::from(lsn)),
                 timeline: Some(1),
+                system_id: Some(7),
             }),
         }
     }
@@ -596,14 +683,75 @@ mod tests {
     }
 
     fn ok_tl(node: NodeId, in_recovery: bool, lsn: u64, timeline: u32) -> Observation {
+        ok_sys(node, in_recovery, lsn, timeline, 7)
+    }
+
+    fn ok_sys(node: NodeId, in_recovery: bool, lsn: u64, timeline: u32, sys: i64) -> Observation {
         Observation {
             node,
             result: Ok(Probed {
                 in_recovery,
                 lsn: Some(Lsn::from(lsn)),
                 timeline: Some(timeline),
+                system_id: Some(sys),
             }),
         }
+    }
+
+    fn down(node: NodeId) -> Observation {
+        Observation {
+            node,
+            result: Err("down".into()),
+        }
+    }
+
+    #[test]
+    fn a_rebuilt_cluster_is_served_and_its_timelines_start_over() {
+        let (mut a, mut nodes) = agg(2);
+        let t = Instant::now();
+        // The old cluster (system identifier 7) after a failover: timeline 3.
+        a.apply(&mut nodes, ok_sys(0, false, 100, 3, 7), t);
+        a.apply(&mut nodes, ok_sys(1, true, 100, 3, 7), t);
+        assert_eq!(a.apply(&mut nodes, ok_sys(0, false, 100, 3, 7), t), Some(0));
+        // Restored from a backup: the old nodes go, new ones come on the same addresses, on
+        // timeline 1 of a new cluster (system identifier 8).
+        for _ in 0..2 {
+            a.apply(&mut nodes, down(0), t);
+            a.apply(&mut nodes, down(1), t);
+        }
+        let epoch = nodes[0].role_epoch;
+        a.apply(&mut nodes, ok_sys(0, false, 50, 1, 8), t);
+        assert_eq!(a.apply(&mut nodes, ok_sys(0, false, 50, 1, 8), t), Some(0));
+        assert!(!nodes[0].fenced);
+        assert!(
+            nodes[0].role_epoch > epoch,
+            "no old pooled connection reused"
+        );
+        a.apply(&mut nodes, ok_sys(1, true, 50, 1, 8), t);
+        a.apply(&mut nodes, ok_sys(1, true, 50, 1, 8), t);
+        assert!(nodes[1].is_eligible_standby());
+        // A promotion in the new cluster fences its old primary as before.
+        a.apply(&mut nodes, ok_sys(1, false, 60, 2, 8), t);
+        assert_eq!(a.apply(&mut nodes, ok_sys(0, false, 60, 1, 8), t), Some(1));
+        assert!(nodes[0].fenced);
+    }
+
+    #[test]
+    fn a_node_of_another_cluster_is_fenced_while_the_known_primary_serves() {
+        let (mut a, mut nodes) = agg(3);
+        let t = Instant::now();
+        a.apply(&mut nodes, ok_sys(0, false, 100, 1, 7), t);
+        a.apply(&mut nodes, ok_sys(0, false, 100, 1, 7), t);
+        // A stray server of another cluster on a standby's address, even on a higher timeline.
+        a.apply(&mut nodes, ok_sys(1, false, 100, 5, 9), t);
+        a.apply(&mut nodes, ok_sys(1, false, 100, 5, 9), t);
+        a.apply(&mut nodes, ok_sys(2, true, 100, 1, 9), t);
+        a.apply(&mut nodes, ok_sys(2, true, 100, 1, 9), t);
+        assert!(nodes[1].fenced);
+        assert!(nodes[2].fenced);
+        assert!(!nodes[2].is_eligible_standby());
+        assert_eq!(a.apply(&mut nodes, ok_sys(0, false, 100, 1, 7), t), Some(0));
+        assert!(!nodes[0].fenced);
     }
 
     #[test]
@@ -656,6 +804,7 @@ mod tests {
                     in_recovery: true,
                     lsn: Some(Lsn::from(300)),
                     timeline: None,
+                    system_id: Some(7),
                 }),
             },
             t,

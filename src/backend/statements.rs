@@ -20,9 +20,12 @@ use bytes::Bytes;
 
 /// A client's named prepared statements, by the client's name for them (the session keeps
 /// them; the connection rewrites requests with them). The names are the client's choice, so
-/// the map uses the standard library's keyed hasher: with an unkeyed one (FxHash) a client can
-/// pick thousands of names that collide and make every lookup walk them all.
-pub type ClientStatements = std::collections::HashMap<Bytes, Arc<StatementDef>>;
+/// the map's hasher is keyed at random: with an unkeyed one (FxHash) a client can pick
+/// thousands of names that collide and make every lookup walk them all. aHash rather than the
+/// standard library's SipHash: as keyed, a tenth of the cost for a short name, and every Bind
+/// looks its statement up twice (about 580 of a prepared query's ~10,000 instructions went to
+/// SipHash).
+pub type ClientStatements = std::collections::HashMap<Bytes, Arc<StatementDef>, ahash::RandomState>;
 
 /// A named prepared statement's definition: the Parse body after the name (query text and
 /// parameter types), which is what makes two statements interchangeable.

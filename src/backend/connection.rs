@@ -22,9 +22,12 @@ use tokio::time::Instant;
 
 use super::replies::{ReplyCursor, ReplyOwner, RequestTrack};
 use super::statements::ServerStatements;
+use super::stream::ServerStream;
 use super::BackendError;
+use crate::config::ServerTlsMode;
+use crate::net::server_tls::ServerTls;
 use crate::protocol::backend::{self as be, tag as btag, AuthRequest, ReplyScanner, TxStatus};
-use crate::protocol::startup::{CancelKey, StartupMessage};
+use crate::protocol::startup::{CancelKey, StartupMessage, SSL_REQUEST_CODE};
 use crate::protocol::{decode_frame, messages, Frame, ProtocolError, DEFAULT_MAX_MESSAGE_LEN};
 
 /// Where and as whom to connect.
@@ -44,6 +47,8 @@ pub struct ConnectTarget {
     pub password: Option<String>,
     /// Set `TCP_NODELAY` on the socket (`proxy.tcp_nodelay`).
     pub nodelay: bool,
+    /// TLS towards the server (`[server_tls]`).
+    pub tls: Arc<ServerTls>,
 }
 
 impl ConnectTarget {
@@ -64,6 +69,55 @@ async fn open_socket(target: &ConnectTarget) -> std::io::Result<TcpStream> {
     // Best effort, as on client sockets: a socket without the option still works.
     let _ = stream.set_nodelay(target.nodelay);
     Ok(stream)
+}
+
+/// Asks for TLS as `[server_tls]` says (SSLRequest, then a handshake verified per the mode),
+/// or not at all under `disable`.
+///
+/// The answer is read one byte straight off the socket, so bytes a man in the middle sends
+/// after the 'S' stay in the socket and go to rustls as (invalid) TLS records, never to the
+/// protocol as if the server had sent them (the CVE-2021-23222 class of bug).
+async fn negotiate_tls(
+    mut socket: TcpStream,
+    target: &ConnectTarget,
+    addr: &str,
+) -> Result<ServerStream, BackendError> {
+    let tls = &target.tls;
+    let Some(config) = &tls.config else {
+        return Ok(ServerStream::Tcp(socket));
+    };
+    let io = |source| BackendError::Io {
+        addr: addr.to_owned(),
+        source,
+    };
+    let refuse = |reason: String| BackendError::Tls {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let mut request = [0u8; 8];
+    request[..4].copy_from_slice(&8i32.to_be_bytes());
+    request[4..].copy_from_slice(&SSL_REQUEST_CODE.to_be_bytes());
+    socket.write_all(&request).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    socket.read_exact(&mut answer).await.map_err(io)?;
+    match answer[0] {
+        b'S' => {
+            let name = ServerTls::server_name(&target.host).map_err(refuse)?;
+            let session = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, socket)
+                .await
+                .map_err(|e| refuse(format!("TLS handshake failed: {e}")))?;
+            Ok(ServerStream::tls(session))
+        }
+        b'N' if tls.mode == ServerTlsMode::Prefer => Ok(ServerStream::Tcp(socket)),
+        b'N' => Err(refuse(format!(
+            "the server does not accept TLS and server_tls.mode is \"{}\"",
+            tls.mode.as_str()
+        ))),
+        other => Err(refuse(format!(
+            "the server answered the SSLRequest with byte {other:#04x}, not 'S' or 'N'"
+        ))),
+    }
 }
 
 /// Parameters as the server reported them (ParameterStatus), plus what the proxy set itself.
@@ -101,8 +155,8 @@ impl ServerParams {
 
 /// An authenticated server connection.
 pub struct ServerConn {
-    /// The socket.
-    pub(super) stream: TcpStream,
+    /// The socket, or the TLS session over it.
+    pub(super) stream: ServerStream,
     /// Bytes read from the server and not consumed yet.
     pub(super) rbuf: BytesMut,
     /// Bytes waiting to be written to the server.
@@ -174,12 +228,13 @@ impl ServerConn {
         target: &ConnectTarget,
         addr: String,
     ) -> Result<ServerConn, BackendError> {
-        let stream = open_socket(target)
+        let socket = open_socket(target)
             .await
             .map_err(|source| BackendError::Connect {
                 addr: addr.clone(),
                 source,
             })?;
+        let stream = negotiate_tls(socket, target, &addr).await?;
         let now = Instant::now();
         let mut conn = ServerConn {
             stream,
@@ -265,6 +320,17 @@ impl ServerConn {
                     )))
                 }
                 AuthRequest::Ok => return Ok(()),
+                AuthRequest::Cleartext
+                    if !self.stream.is_tls() && !target.tls.allow_cleartext_without_tls =>
+                {
+                    return Err(BackendError::UnsupportedAuth {
+                        addr: self.addr.clone(),
+                        what: "a cleartext password over a connection without TLS (refused: \
+                               anyone on the path could read it; \
+                               server_tls.allow_cleartext_without_tls = true allows it)"
+                            .to_owned(),
+                    });
+                }
                 AuthRequest::Cleartext => {
                     messages::password(&mut out, self.password(target)?.as_bytes());
                 }
@@ -423,13 +489,11 @@ impl ServerConn {
         if self.broken {
             return false;
         }
-        let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
-            _ => {
-                self.broken = true;
-                false
-            }
+        if self.stream.idle_and_open() {
+            true
+        } else {
+            self.broken = true;
+            false
         }
     }
 
@@ -789,6 +853,7 @@ mod tests {
             database: "d".to_owned(),
             password: Some("pw".to_owned()),
             nodelay: true,
+            tls: Arc::new(ServerTls::disabled()),
         }
     }
 
@@ -823,6 +888,7 @@ mod tests {
                 database: "d".to_owned(),
                 password: None,
                 nodelay,
+                tls: Arc::new(ServerTls::disabled()),
             };
             let stream = open_socket(&target).await.unwrap();
             assert_eq!(stream.nodelay().unwrap(), nodelay);

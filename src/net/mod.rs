@@ -2,5 +2,6 @@
 //! read and write their clients through (plain TCP today, TLS as one more variant).
 
 pub mod listener;
+pub mod server_tls;
 pub mod stream;
 pub mod tls;

@@ -857,6 +857,58 @@ mod tests {
         }
     }
 
+    /// A server whose pg_hba method is `password`: it asks for a cleartext password and
+    /// reports what it got (`None`: the client hung up instead), then lets the client in.
+    async fn cleartext_server() -> (u16, tokio::sync::oneshot::Receiver<Option<Vec<u8>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let len = s.read_i32().await.unwrap();
+            let mut startup = vec![0u8; len as usize - 4];
+            s.read_exact(&mut startup).await.unwrap();
+            s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await.unwrap();
+            if s.read_u8().await.ok() != Some(b'p') {
+                let _ = tx.send(None);
+                return;
+            }
+            let len = s.read_i32().await.unwrap();
+            let mut body = vec![0u8; len as usize - 4];
+            s.read_exact(&mut body).await.unwrap();
+            let _ = tx.send(Some(body));
+            s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0, b'Z', 0, 0, 0, 5, b'I'])
+                .await
+                .unwrap();
+            let _ = s.read_u8().await;
+        });
+        (port, rx)
+    }
+
+    #[tokio::test]
+    async fn a_cleartext_password_is_not_sent_over_plaintext_unless_allowed() {
+        let (port, got) = cleartext_server().await;
+        let Err(err) = ServerConn::connect(&target(port), Duration::from_secs(5)).await else {
+            panic!("a cleartext password request over plaintext must be refused");
+        };
+        assert!(matches!(err, BackendError::UnsupportedAuth { .. }), "{err}");
+        assert!(
+            err.to_string().contains("allow_cleartext_without_tls"),
+            "{err}"
+        );
+        assert_eq!(got.await.unwrap(), None, "the password never left causeway");
+
+        let (port, got) = cleartext_server().await;
+        let mut allowed = target(port);
+        allowed.tls = Arc::new(ServerTls {
+            allow_cleartext_without_tls: true,
+            ..ServerTls::disabled()
+        });
+        let conn = ServerConn::connect(&allowed, Duration::from_secs(5)).await;
+        assert!(conn.is_ok(), "{:?}", conn.err());
+        assert_eq!(got.await.unwrap().as_deref(), Some(&b"pw\0"[..]));
+    }
+
     #[tokio::test]
     async fn a_server_that_skips_its_scram_signature_is_refused() {
         let port = lying_server(",s=c2FsdA==,i=4096").await;

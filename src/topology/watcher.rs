@@ -148,6 +148,11 @@ impl Probe {
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     tick.reset();
                 }
+                // New TLS settings (every reload builds them, re-reading the CA file): the
+                // next check connects with them.
+                if !Arc::ptr_eq(&next.tls, &self.settings.tls) {
+                    self.client = None;
+                }
                 self.settings = next;
             }
             let result = tokio::select! {

@@ -227,3 +227,27 @@ async fn require_refuses_a_server_without_tls_and_prefer_falls_back() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_puts_new_server_tls_settings_in_force() {
+    tokio::task::block_in_place(ssl_cluster);
+    let proxy = common::start_proxy_from(config("mode = \"disable\"", "127.0.0.1")).await;
+    assert!(
+        !served_over_tls(&proxy).await,
+        "plaintext before the reload"
+    );
+
+    let toml = config("mode = \"require\"", "127.0.0.1");
+    let loaded = Config::from_toml(&toml, "test", &|_| None).unwrap();
+    causeway::reload::apply(proxy.app.ctx(), loaded.config).expect("reload");
+    assert!(
+        served_over_tls(&proxy).await,
+        "the pool made before the reload is retired; its successor uses TLS"
+    );
+    let watcher_follows = common::eventually(Duration::from_secs(10), || async {
+        monitor_over_tls().await == Some(true)
+    })
+    .await;
+    assert!(watcher_follows, "the watcher reconnects with TLS");
+    proxy.app.shutdown(Duration::from_secs(1)).await;
+}

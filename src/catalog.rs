@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use tokio_postgres::NoTls;
 
+use crate::net::server_tls::ServerTls;
 use crate::router::functions::FunctionCatalog;
 use crate::topology::TopologyHandle;
 
@@ -56,6 +56,8 @@ pub struct CatalogSettings {
     pub timeout: Duration,
     /// Reload period; `None` loads once.
     pub refresh: Option<Duration>,
+    /// TLS towards the nodes (`[server_tls]`, as for the pools).
+    pub tls: Arc<ServerTls>,
 }
 
 /// Catalog snapshots by database.
@@ -186,16 +188,19 @@ impl Catalogs {
             cfg.password(p);
         }
         let work = async {
-            let (client, conn) = cfg.connect(NoTls).await.map_err(|e| {
-                if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) {
-                    LoadError::Gone
-                } else {
-                    LoadError::Other(e.to_string())
-                }
-            })?;
-            let driver = tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            let (client, driver) =
+                self.settings
+                    .tls
+                    .connect_monitor(&mut cfg)
+                    .await
+                    .map_err(|e| {
+                        if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME)
+                        {
+                            LoadError::Gone
+                        } else {
+                            LoadError::Other(e.to_string())
+                        }
+                    })?;
             let rows = client
                 .query(VOLATILITY_SQL, &[])
                 .await

@@ -136,9 +136,12 @@ pub fn apply(ctx: &SessionCtx, config: Config) -> Result<Reloaded, ReloadError> 
     changed.extend(removed.iter().map(|u| format!("users.{u}")));
     // The one store: from here on, logins, new sessions and checkouts see `new`.
     ctx.store_settings(new.clone());
+    // A pool connects with the target it was made with: changed TLS settings need new pools.
+    let same_tls = old.config.server_tls == new.config.server_tls;
     let retired = ctx.pools().reconfigure(new.pool_settings(), |pool| {
         let key = pool.key();
-        new.users.contains_key(&key.user)
+        same_tls
+            && new.users.contains_key(&key.user)
             && new
                 .connect_target(key.node, &key.database, &key.user)
                 .password
@@ -275,6 +278,19 @@ pub fn key_values(c: &Config) -> Vec<(&'static str, String)> {
         ("monitor.database", m.database.clone()),
         ("monitor.connect_timeout", duration(m.connect_timeout)),
         ("monitor.query_timeout", duration(m.query_timeout)),
+        ("server_tls.mode", c.server_tls.mode.to_string()),
+        (
+            "server_tls.ca",
+            c.server_tls
+                .ca
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "server_tls.allow_cleartext_without_tls",
+            c.server_tls.allow_cleartext_without_tls.to_string(),
+        ),
         ("nodes", nodes.join(",")),
         ("users", users.join(",")),
     ]

@@ -9,12 +9,14 @@
 //! `docs/CONFIG.md`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::auth::{self, StoredSecret};
 use crate::backend::connection::ConnectTarget;
 use crate::backend::pool::PoolSettings;
 use crate::catalog::CatalogSettings;
 use crate::config::{AuthMethod, Config, UserConfig};
+use crate::net::server_tls::{ServerTls, ServerTlsError};
 use crate::net::tls::{ClientTls, TlsError};
 use crate::router::functions::FunctionOverrides;
 use crate::router::Policy;
@@ -34,6 +36,9 @@ pub enum SettingsError {
     /// `[client_tls]` names a file that cannot be used.
     #[error(transparent)]
     ClientTls(#[from] TlsError),
+    /// `[server_tls]` names a CA file that cannot be used.
+    #[error(transparent)]
+    ServerTls(#[from] ServerTlsError),
     /// `proxy.log_level` is not a valid `tracing` filter.
     #[error("proxy.log_level {level:?}: {message}")]
     LogLevel {
@@ -69,6 +74,9 @@ pub struct Settings {
     /// TLS towards clients, its certificate and key read from their files; `None` when
     /// `client_tls.mode` is `disable`.
     pub client_tls: Option<ClientTls>,
+    /// TLS towards servers, its CA read from its file; shared by every connect target, the
+    /// watcher and the catalog loader.
+    pub server_tls: Arc<ServerTls>,
 }
 
 impl Settings {
@@ -92,12 +100,14 @@ impl Settings {
             reads: lower(&config.routing.read_functions),
         };
         let client_tls = client_tls(&config)?;
+        let server_tls = Arc::new(ServerTls::load(&config.server_tls)?);
         Ok(Settings {
             config,
             users,
             policy,
             function_overrides,
             client_tls,
+            server_tls,
         })
     }
 
@@ -139,6 +149,7 @@ impl Settings {
             health_threshold: cfg.routing.health_threshold,
             max_lag_bytes: cfg.routing.max_lag_bytes,
             max_lag: cfg.routing.max_lag,
+            tls: self.server_tls.clone(),
         }
     }
 
@@ -154,6 +165,7 @@ impl Settings {
                 .connect_timeout
                 .max(std::time::Duration::from_secs(1)),
             refresh: cfg.routing.volatility_refresh,
+            tls: self.server_tls.clone(),
         }
     }
 
@@ -174,6 +186,7 @@ impl Settings {
             password,
             nodelay: self.config.proxy.tcp_nodelay,
             keepalive: self.config.proxy.tcp_keepalive,
+            tls: self.server_tls.clone(),
         }
     }
 

@@ -22,9 +22,12 @@ use tokio::time::Instant;
 
 use super::replies::{ReplyCursor, ReplyOwner, RequestTrack};
 use super::statements::ServerStatements;
+use super::stream::ServerStream;
 use super::BackendError;
+use crate::config::ServerTlsMode;
+use crate::net::server_tls::ServerTls;
 use crate::protocol::backend::{self as be, tag as btag, AuthRequest, ReplyScanner, TxStatus};
-use crate::protocol::startup::{CancelKey, StartupMessage};
+use crate::protocol::startup::{CancelKey, StartupMessage, SSL_REQUEST_CODE};
 use crate::protocol::{decode_frame, messages, Frame, ProtocolError, DEFAULT_MAX_MESSAGE_LEN};
 
 /// Where and as whom to connect.
@@ -46,6 +49,8 @@ pub struct ConnectTarget {
     pub nodelay: bool,
     /// TCP keepalive idle time (`proxy.tcp_keepalive`); `None` leaves it off.
     pub keepalive: Option<std::time::Duration>,
+    /// TLS towards the server (`[server_tls]`).
+    pub tls: Arc<ServerTls>,
 }
 
 impl ConnectTarget {
@@ -67,6 +72,55 @@ async fn open_socket(target: &ConnectTarget) -> std::io::Result<TcpStream> {
     let _ = stream.set_nodelay(target.nodelay);
     crate::net::keepalive::set(&stream, target.keepalive);
     Ok(stream)
+}
+
+/// Asks for TLS as `[server_tls]` says (SSLRequest, then a handshake verified per the mode),
+/// or not at all under `disable`.
+///
+/// The answer is read one byte straight off the socket, so bytes a man in the middle sends
+/// after the 'S' stay in the socket and go to rustls as (invalid) TLS records, never to the
+/// protocol as if the server had sent them (the CVE-2021-23222 class of bug).
+async fn negotiate_tls(
+    mut socket: TcpStream,
+    target: &ConnectTarget,
+    addr: &str,
+) -> Result<ServerStream, BackendError> {
+    let tls = &target.tls;
+    let Some(config) = &tls.config else {
+        return Ok(ServerStream::Tcp(socket));
+    };
+    let io = |source| BackendError::Io {
+        addr: addr.to_owned(),
+        source,
+    };
+    let refuse = |reason: String| BackendError::Tls {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let mut request = [0u8; 8];
+    request[..4].copy_from_slice(&8i32.to_be_bytes());
+    request[4..].copy_from_slice(&SSL_REQUEST_CODE.to_be_bytes());
+    socket.write_all(&request).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    socket.read_exact(&mut answer).await.map_err(io)?;
+    match answer[0] {
+        b'S' => {
+            let name = ServerTls::server_name(&target.host).map_err(refuse)?;
+            let session = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, socket)
+                .await
+                .map_err(|e| refuse(format!("TLS handshake failed: {e}")))?;
+            Ok(ServerStream::tls(session))
+        }
+        b'N' if tls.mode == ServerTlsMode::Prefer => Ok(ServerStream::Tcp(socket)),
+        b'N' => Err(refuse(format!(
+            "the server does not accept TLS and server_tls.mode is \"{}\"",
+            tls.mode.as_str()
+        ))),
+        other => Err(refuse(format!(
+            "the server answered the SSLRequest with byte {other:#04x}, not 'S' or 'N'"
+        ))),
+    }
 }
 
 /// Parameters as the server reported them (ParameterStatus), plus what the proxy set itself.
@@ -104,8 +158,8 @@ impl ServerParams {
 
 /// An authenticated server connection.
 pub struct ServerConn {
-    /// The socket.
-    pub(super) stream: TcpStream,
+    /// The socket, or the TLS session over it.
+    pub(super) stream: ServerStream,
     /// Bytes read from the server and not consumed yet.
     pub(super) rbuf: BytesMut,
     /// Bytes waiting to be written to the server.
@@ -177,12 +231,13 @@ impl ServerConn {
         target: &ConnectTarget,
         addr: String,
     ) -> Result<ServerConn, BackendError> {
-        let stream = open_socket(target)
+        let socket = open_socket(target)
             .await
             .map_err(|source| BackendError::Connect {
                 addr: addr.clone(),
                 source,
             })?;
+        let stream = negotiate_tls(socket, target, &addr).await?;
         let now = Instant::now();
         let mut conn = ServerConn {
             stream,
@@ -268,6 +323,17 @@ impl ServerConn {
                     )))
                 }
                 AuthRequest::Ok => return Ok(()),
+                AuthRequest::Cleartext
+                    if !self.stream.is_tls() && !target.tls.allow_cleartext_without_tls =>
+                {
+                    return Err(BackendError::UnsupportedAuth {
+                        addr: self.addr.clone(),
+                        what: "a cleartext password over a connection without TLS (refused: \
+                               anyone on the path could read it; \
+                               server_tls.allow_cleartext_without_tls = true allows it)"
+                            .to_owned(),
+                    });
+                }
                 AuthRequest::Cleartext => {
                     messages::password(&mut out, self.password(target)?.as_bytes());
                 }
@@ -434,13 +500,11 @@ impl ServerConn {
         if self.broken {
             return false;
         }
-        let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
-            _ => {
-                self.broken = true;
-                false
-            }
+        if self.stream.idle_and_open() {
+            true
+        } else {
+            self.broken = true;
+            false
         }
     }
 
@@ -801,7 +865,60 @@ mod tests {
             password: Some("pw".to_owned()),
             nodelay: true,
             keepalive: None,
+            tls: Arc::new(ServerTls::disabled()),
         }
+    }
+
+    /// A server whose pg_hba method is `password`: it asks for a cleartext password and
+    /// reports what it got (`None`: the client hung up instead), then lets the client in.
+    async fn cleartext_server() -> (u16, tokio::sync::oneshot::Receiver<Option<Vec<u8>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let len = s.read_i32().await.unwrap();
+            let mut startup = vec![0u8; len as usize - 4];
+            s.read_exact(&mut startup).await.unwrap();
+            s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await.unwrap();
+            if s.read_u8().await.ok() != Some(b'p') {
+                let _ = tx.send(None);
+                return;
+            }
+            let len = s.read_i32().await.unwrap();
+            let mut body = vec![0u8; len as usize - 4];
+            s.read_exact(&mut body).await.unwrap();
+            let _ = tx.send(Some(body));
+            s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0, b'Z', 0, 0, 0, 5, b'I'])
+                .await
+                .unwrap();
+            let _ = s.read_u8().await;
+        });
+        (port, rx)
+    }
+
+    #[tokio::test]
+    async fn a_cleartext_password_is_not_sent_over_plaintext_unless_allowed() {
+        let (port, got) = cleartext_server().await;
+        let Err(err) = ServerConn::connect(&target(port), Duration::from_secs(5)).await else {
+            panic!("a cleartext password request over plaintext must be refused");
+        };
+        assert!(matches!(err, BackendError::UnsupportedAuth { .. }), "{err}");
+        assert!(
+            err.to_string().contains("allow_cleartext_without_tls"),
+            "{err}"
+        );
+        assert_eq!(got.await.unwrap(), None, "the password never left causeway");
+
+        let (port, got) = cleartext_server().await;
+        let mut allowed = target(port);
+        allowed.tls = Arc::new(ServerTls {
+            allow_cleartext_without_tls: true,
+            ..ServerTls::disabled()
+        });
+        let conn = ServerConn::connect(&allowed, Duration::from_secs(5)).await;
+        assert!(conn.is_ok(), "{:?}", conn.err());
+        assert_eq!(got.await.unwrap().as_deref(), Some(&b"pw\0"[..]));
     }
 
     #[tokio::test]
@@ -836,6 +953,7 @@ mod tests {
                 password: None,
                 nodelay,
                 keepalive: nodelay.then_some(std::time::Duration::from_secs(20)),
+                tls: Arc::new(ServerTls::disabled()),
             };
             let stream = open_socket(&target).await.unwrap();
             assert_eq!(stream.nodelay().unwrap(), nodelay);

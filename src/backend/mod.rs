@@ -10,6 +10,7 @@ pub mod outbound;
 pub mod pool;
 pub mod replies;
 pub mod statements;
+pub mod stream;
 
 pub use connection::{ServerConn, ServerParams};
 pub use pool::{Lease, Pool, PoolKey, Pools};
@@ -74,6 +75,15 @@ pub enum BackendError {
         /// Which method.
         what: String,
     },
+    /// TLS towards the server was required and could not be set up (refused, or the
+    /// certificate failed its check).
+    #[error("server {addr}: TLS: {reason}")]
+    Tls {
+        /// host:port of the node.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The server asked for a password and none is configured for this user.
     #[error("server {addr} requested a password for user {user:?} and none is configured")]
     NoPassword {
@@ -96,9 +106,9 @@ impl BackendError {
     /// The SQLSTATE a client sees for this error.
     pub fn sqlstate(&self) -> SqlState {
         match self {
-            BackendError::Connect { .. } | BackendError::Timeout { .. } => {
-                SqlState::UNABLE_TO_ESTABLISH_CONNECTION
-            }
+            BackendError::Connect { .. }
+            | BackendError::Timeout { .. }
+            | BackendError::Tls { .. } => SqlState::UNABLE_TO_ESTABLISH_CONNECTION,
             BackendError::Io { .. } | BackendError::Closed { .. } => SqlState::CONNECTION_FAILURE,
             BackendError::Protocol { .. } => SqlState::PROTOCOL_VIOLATION,
             BackendError::Server { .. } => SqlState::CONNECTION_EXCEPTION,

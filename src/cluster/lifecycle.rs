@@ -120,6 +120,28 @@ impl LocalCluster {
         )
     }
 
+    /// Turns TLS on at every node with the given PEM certificate (chain) and key: the files go
+    /// into each node's directory (mode 0600, owned by the account PostgreSQL runs as, which
+    /// is what PostgreSQL demands of a key file), then `ssl = on` and the file settings are
+    /// added with [`set_conf`](Self::set_conf) (TLS settings need only a reload). The lines
+    /// survive restarts; the files live until the cluster is shut down.
+    ///
+    /// # Errors
+    /// Write failures; a node that rejects the certificate or key.
+    pub fn enable_ssl(&self, cert_pem: &str, key_pem: &str) -> Result<()> {
+        for n in 0..self.node_count() {
+            let dir = self.node(n)?.dir.clone();
+            let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+            self.runner.write_file(&cert, cert_pem)?;
+            self.runner.write_file(&key, key_pem)?;
+            let path = |p: &Path| conf::quote_conf(&p.display().to_string());
+            self.set_conf(n, &format!("ssl_cert_file = {}", path(&cert)))?;
+            self.set_conf(n, &format!("ssl_key_file = {}", path(&key)))?;
+            self.set_conf(n, "ssl = on")?;
+        }
+        Ok(())
+    }
+
     /// Rewrites node `n`'s causeway.conf from the cluster options and its state.
     pub(super) fn write_node_conf(&self, n: usize) -> Result<()> {
         let node = &self.nodes[n];

@@ -202,6 +202,23 @@ keyword_enum! {
 }
 
 keyword_enum! {
+    /// Whether, and how strictly, connections to PostgreSQL servers use TLS (libpq's
+    /// `sslmode` names).
+    pub enum ServerTlsMode {
+        /// Never: connections are plaintext.
+        Disable = "disable",
+        /// TLS when the server offers it, plaintext when it answers 'N' (the default).
+        Prefer = "prefer",
+        /// TLS or no connection; the certificate is not checked.
+        Require = "require",
+        /// TLS, and the certificate must chain to `server_tls.ca`.
+        VerifyCa = "verify-ca",
+        /// As `verify-ca`, and the certificate must name the node's host.
+        VerifyFull = "verify-full",
+    }
+}
+
+keyword_enum! {
     /// Where a user's or database's statements go by default.
     pub enum Route {
         /// Decide per statement: writes and transactions to the primary, reads to standbys.
@@ -236,6 +253,8 @@ pub struct Config {
     pub monitor: MonitorConfig,
     /// `[client_tls]`: TLS between applications and the proxy.
     pub client_tls: ClientTlsConfig,
+    /// `[server_tls]`: TLS between the proxy and PostgreSQL (pools, watcher, catalog).
+    pub server_tls: ServerTlsConfig,
     /// `[[nodes]]`: the PostgreSQL servers; never empty.
     pub nodes: Vec<NodeConfig>,
     /// `[[users]]`: who may connect; names are unique.
@@ -456,6 +475,20 @@ pub struct ClientTlsConfig {
     /// PEM CA certificates that client certificates must chain to; when set, every TLS client
     /// must present one.
     pub ca: Option<PathBuf>,
+}
+
+/// `[server_tls]`: the proxy's TLS towards PostgreSQL servers. The CA file is read when
+/// settings are built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerTlsConfig {
+    /// `disable`, `prefer`, `require`, `verify-ca` or `verify-full`.
+    pub mode: ServerTlsMode,
+    /// PEM CA certificates the servers' certificates must chain to (required by the
+    /// `verify-*` modes).
+    pub ca: Option<PathBuf>,
+    /// Send a password in clear text (the server's `password` method) over a connection that
+    /// is not TLS; off by default, as libpq's `require_auth` can refuse it.
+    pub allow_cleartext_without_tls: bool,
 }
 
 /// A key that is accepted but belongs to a feature that is not built yet.

@@ -1113,3 +1113,24 @@ fn client_tls_defaults_to_disable_and_needs_cert_and_key_when_on() {
         .message
         .contains("\"disable\", \"allow\", \"require\""));
 }
+
+#[test]
+fn server_tls_defaults_to_prefer_and_verify_modes_need_a_ca() {
+    let c = ok(MINIMAL);
+    assert_eq!(c.server_tls.mode, ServerTlsMode::Prefer);
+    assert!(!c.server_tls.allow_cleartext_without_tls);
+    let c = ok(&with_minimal(
+        "[server_tls]\nmode = \"verify-full\"\nca = \"ca.crt\"\nallow_cleartext_without_tls = true\n",
+    ));
+    assert_eq!(c.server_tls.mode, ServerTlsMode::VerifyFull);
+    assert_eq!(c.server_tls.ca.as_deref(), Some(Path::new("ca.crt")));
+    assert!(c.server_tls.allow_cleartext_without_tls);
+    let p = problems(&with_minimal("[server_tls]\nmode = \"verify-ca\"\n"));
+    assert!(problem_for(&p, "server_tls.ca")
+        .message
+        .contains("verify-ca"));
+    let p = problems(&with_minimal("[server_tls]\nmode = \"allow\"\n"));
+    assert!(problem_for(&p, "server_tls.mode")
+        .message
+        .contains("\"verify-full\""));
+}

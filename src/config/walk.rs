@@ -17,8 +17,8 @@ use super::values::{
 use super::{
     AuthMethod, Balance, ClientTlsConfig, ClientTlsMode, Config, Consistency, DatabaseConfig,
     Fallback, Keyword, LogFormat, MonitorConfig, NodeConfig, Notice, PoolConfig, PoolMode,
-    PrimaryReads, Problem, ProxyConfig, ReadOnlyTransactions, RoutingConfig, Secret, UserConfig,
-    NOT_YET_IMPLEMENTED,
+    PrimaryReads, Problem, ProxyConfig, ReadOnlyTransactions, RoutingConfig, Secret,
+    ServerTlsConfig, ServerTlsMode, UserConfig, NOT_YET_IMPLEMENTED,
 };
 
 /// Every table and the keys it accepts: the one schema both the walk and the "did you mean"
@@ -89,6 +89,7 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
         ],
     ),
     ("client_tls", &["mode", "cert", "key", "ca"]),
+    ("server_tls", &["mode", "ca", "allow_cleartext_without_tls"]),
     ("nodes", &["address", "weight", "role", "name"]),
     (
         "users",
@@ -112,6 +113,7 @@ const TOP_LEVEL: &[&str] = &[
     "routing",
     "monitor",
     "client_tls",
+    "server_tls",
     "nodes",
     "users",
     "databases",
@@ -531,6 +533,10 @@ impl<'l> Walker<'l> {
         let client_tls = self.client_tls(&mut section);
         self.finish(section);
 
+        let mut section = self.table(&mut root, "server_tls");
+        let server_tls = self.server_tls(&mut section);
+        self.finish(section);
+
         let mut nodes: Vec<NodeConfig> = Vec::new();
         for mut section in self.tables(&mut root, "nodes") {
             if let Some(node) = self.node(&mut section) {
@@ -578,6 +584,7 @@ impl<'l> Walker<'l> {
             routing,
             monitor,
             client_tls,
+            server_tls,
             nodes,
             users,
             databases,
@@ -759,6 +766,33 @@ impl<'l> Walker<'l> {
             }
         }
         tls
+    }
+
+    /// `[server_tls]`: the `verify-*` modes need the CA to verify against.
+    fn server_tls(&mut self, s: &mut Section) -> ServerTlsConfig {
+        let mode = self.choice(s, "mode").unwrap_or(ServerTlsMode::Prefer);
+        let ca = self.name(s, "ca").map(PathBuf::from);
+        let allow_cleartext_without_tls = self
+            .boolean(s, "allow_cleartext_without_tls")
+            .unwrap_or(false);
+        let verify = matches!(mode, ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull);
+        if verify && ca.is_none() && !self.has_problem("server_tls.ca") {
+            let at = s.at.clone();
+            self.problem(
+                &at,
+                "server_tls.ca",
+                format!(
+                    "missing: server_tls.mode = \"{}\" needs the PEM CA certificates to verify \
+                     the servers against",
+                    mode.as_str()
+                ),
+            );
+        }
+        ServerTlsConfig {
+            mode,
+            ca,
+            allow_cleartext_without_tls,
+        }
     }
 
     fn node(&mut self, s: &mut Section) -> Option<NodeConfig> {

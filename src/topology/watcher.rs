@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::types::PgLsn;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 
 use tokio::time::Instant;
@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::health::Hysteresis;
 use super::lag::LsnHistory;
 use super::{NodeId, NodeState, Role, Topology, TopologyHandle};
+use crate::net::server_tls::ServerTls;
 use crate::protocol::Lsn;
 
 /// The probe every check runs, in one round trip: role, WAL position (write position on a
@@ -58,6 +59,8 @@ pub struct WatcherSettings {
     pub max_lag_bytes: Option<u64>,
     /// Standbys further behind than this get no reads.
     pub max_lag: Option<Duration>,
+    /// TLS towards the nodes (`[server_tls]`, as for the pools).
+    pub tls: Arc<ServerTls>,
 }
 
 /// What one successful probe says.
@@ -149,6 +152,11 @@ impl Probe {
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     tick.reset();
                 }
+                // New TLS settings (every reload builds them, re-reading the CA file): the
+                // next check connects with them.
+                if !Arc::ptr_eq(&next.tls, &self.settings.tls) {
+                    self.client = None;
+                }
                 self.settings = next;
             }
             let result = tokio::select! {
@@ -222,10 +230,12 @@ impl Probe {
             cfg.password(p);
         }
         let connect = async {
-            let (client, conn) = cfg.connect(NoTls).await.map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            let (client, _driver) = self
+                .settings
+                .tls
+                .connect_monitor(&mut cfg)
+                .await
+                .map_err(|e| e.to_string())?;
             let stmt = client.prepare(PROBE_SQL).await.map_err(|e| e.to_string())?;
             Ok::<_, String>((client, stmt))
         };
@@ -575,6 +585,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             query_timeout: Duration::from_secs(1),
             health_threshold: 2,
+            tls: Arc::new(ServerTls::disabled()),
             max_lag_bytes: Some(1000),
             max_lag: None,
         }

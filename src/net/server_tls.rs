@@ -1,0 +1,267 @@
+//! TLS towards PostgreSQL servers: `[server_tls]` turned into a rustls `ClientConfig` whose
+//! certificate check matches the mode (libpq's `sslmode` meanings), and the one place the
+//! tokio-postgres monitoring connections (topology watcher, catalog loader) get the same
+//! settings.
+//!
+//! `require` encrypts without checking who answers (as libpq's `require` does without a root
+//! certificate); `verify-ca` checks the chain against `server_tls.ca` but not the name;
+//! `verify-full` checks both, the name being the node's host as written in `[[nodes]]` (sent
+//! as SNI when it is a name, matched against an IP SAN when it is an address).
+//!
+//! One crypto provider (ring), named explicitly, as on the client side ([`super::tls`]).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::NoTls;
+
+use crate::config::{ServerTlsConfig, ServerTlsMode};
+
+/// Why `[server_tls]` cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerTlsError {
+    /// The CA file cannot be read or holds no certificate.
+    #[error("server_tls.ca: {path}: {reason}")]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rustls refused the CA set or the configuration.
+    #[error("server_tls: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// TLS towards servers as the running proxy uses it (one per settings generation, shared by
+/// every connect target, the watcher and the catalog loader).
+pub struct ServerTls {
+    /// The configured mode.
+    pub mode: ServerTlsMode,
+    /// The handshake configuration; `None` when the mode is `disable`.
+    pub config: Option<Arc<ClientConfig>>,
+    /// `server_tls.allow_cleartext_without_tls`.
+    pub allow_cleartext_without_tls: bool,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("mode", &self.mode)
+            .field(
+                "allow_cleartext_without_tls",
+                &self.allow_cleartext_without_tls,
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// No TLS and no cleartext passwords over plaintext (unit tests, fake servers).
+    pub fn disabled() -> ServerTls {
+        ServerTls {
+            mode: ServerTlsMode::Disable,
+            config: None,
+            allow_cleartext_without_tls: false,
+        }
+    }
+
+    /// Builds the handshake configuration `[server_tls]` describes, reading its CA file.
+    pub fn load(server_tls: &ServerTlsConfig) -> Result<ServerTls, ServerTlsError> {
+        let mode = server_tls.mode;
+        let allow_cleartext_without_tls = server_tls.allow_cleartext_without_tls;
+        if mode == ServerTlsMode::Disable {
+            return Ok(ServerTls {
+                allow_cleartext_without_tls,
+                ..ServerTls::disabled()
+            });
+        }
+        // Deprecated in 0.23.48 only to point at aws-lc (see `super::tls`).
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let verifier: Arc<dyn ServerCertVerifier> = match (mode, &server_tls.ca) {
+            (ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull, Some(ca)) => {
+                let roots = Arc::new(read_roots(ca)?);
+                let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?;
+                if mode == ServerTlsMode::VerifyFull {
+                    webpki
+                } else {
+                    Arc::new(AnyName(webpki))
+                }
+            }
+            (ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull, None) => {
+                // Validation requires `ca` for these modes; refuse rather than weaken.
+                return Err(ServerTlsError::Ca {
+                    path: PathBuf::new(),
+                    reason: format!("server_tls.mode = \"{}\" needs a CA", mode.as_str()),
+                });
+            }
+            // `prefer` and `require` check no certificate, so the CA is not read.
+            _ => Arc::new(NoCheck(provider)),
+        };
+        let config = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(ServerTls {
+            mode,
+            config: Some(Arc::new(config)),
+            allow_cleartext_without_tls,
+        })
+    }
+
+    /// The server name a handshake with `host` verifies (and sends as SNI when it is a name).
+    pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+        ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("{host:?} cannot be used as a TLS server name: {e}"))
+    }
+
+    /// Connects a tokio-postgres client (topology watcher, catalog loader) with these settings
+    /// and spawns its connection task.
+    pub async fn connect_monitor(
+        &self,
+        cfg: &mut tokio_postgres::Config,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+        let Some(config) = &self.config else {
+            cfg.ssl_mode(SslMode::Disable);
+            let (client, conn) = cfg.connect(NoTls).await?;
+            return Ok((client, tokio::spawn(async move { drop(conn.await) })));
+        };
+        cfg.ssl_mode(if self.mode == ServerTlsMode::Prefer {
+            SslMode::Prefer
+        } else {
+            SslMode::Require
+        });
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(ClientConfig::clone(config));
+        let (client, conn) = cfg.connect(tls).await?;
+        Ok((client, tokio::spawn(async move { drop(conn.await) })))
+    }
+}
+
+/// Every certificate in the CA file, as trust anchors.
+fn read_roots(path: &std::path::Path) -> Result<RootCertStore, ServerTlsError> {
+    let err = |reason: String| ServerTlsError::Ca {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
+        roots.add(cert.map_err(|e| err(e.to_string()))?)?;
+    }
+    if roots.is_empty() {
+        return Err(err("no PEM certificate in the file".to_owned()));
+    }
+    Ok(roots)
+}
+
+/// `verify-ca`: the full WebPKI check, except that a certificate for another name passes.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            // The name is checked after the chain, so this error means the chain is good.
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// `prefer` and `require`: any certificate (encryption against passive listeners only). The
+/// handshake signature is still checked, so the peer holds the key of the certificate it sent.
+#[derive(Debug)]
+struct NoCheck(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoCheck {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -27,7 +27,10 @@ pub async fn run(app: SessionCtx, listener: TcpListener) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                take_queued(&app, &listener, &limit, nodelay);
+                return;
+            }
             r = listener.accept() => r,
         };
         let (socket, peer) = match accepted {
@@ -42,25 +45,47 @@ pub async fn run(app: SessionCtx, listener: TcpListener) {
                 continue;
             }
         };
-        let stream = ClientStream::from(socket);
-        if nodelay {
-            let _ = stream.set_nodelay(true);
+        start_session(&app, socket, peer, &limit, nodelay);
+    }
+}
+
+/// At shutdown, takes the connections the kernel has already queued on this listener before
+/// it is closed: closing would reset them, while a new process listening beside this one
+/// (`SO_REUSEPORT`) has its own queue and never sees them. They are served like the rest and
+/// drained (a client that has not yet sent its first request gets to run it).
+fn take_queued(app: &SessionCtx, listener: &TcpListener, limit: &Arc<Semaphore>, nodelay: bool) {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    while let std::task::Poll::Ready(Ok((socket, peer))) = listener.poll_accept(&mut cx) {
+        start_session(app, socket, peer, limit, nodelay);
+    }
+}
+
+/// Hands an accepted connection to a session task, or refuses it over the limit.
+fn start_session(
+    app: &SessionCtx,
+    socket: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    limit: &Arc<Semaphore>,
+    nodelay: bool,
+) {
+    let stream = ClientStream::from(socket);
+    if nodelay {
+        let _ = stream.set_nodelay(true);
+    }
+    match limit.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let app = app.clone();
+            app.metrics().clients_accepted.inc();
+            app.metrics().clients_active.inc();
+            app.tasks().clone().spawn(async move {
+                session::run(app.clone(), stream, peer).await;
+                app.metrics().clients_active.dec();
+                drop(permit);
+            });
         }
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let app = app.clone();
-                app.metrics().clients_accepted.inc();
-                app.metrics().clients_active.inc();
-                app.tasks().clone().spawn(async move {
-                    session::run(app.clone(), stream, peer).await;
-                    app.metrics().clients_active.dec();
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                app.metrics().clients_refused.inc();
-                app.tasks().spawn(refuse(stream));
-            }
+        Err(_) => {
+            app.metrics().clients_refused.inc();
+            app.tasks().spawn(refuse(stream));
         }
     }
 }

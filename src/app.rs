@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config::Config;
 use crate::session::cancel::Stop;
@@ -61,6 +61,29 @@ async fn maintain_pools(ctx: SessionCtx) {
     }
 }
 
+/// Connections the kernel queues for a listener before it accepts them.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Opens a listening socket that another causeway process may open beside it
+/// (`SO_REUSEPORT`): a new version starts listening on the same address while the old one
+/// drains, so a restart refuses no connection (docs/ADMIN.md, "Restart and upgrade"). The
+/// kernel only lets processes of the same user share the port.
+fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    // Port 0 asks for a port of its own: no later process can name it, and a shared one
+    // could be handed out twice.
+    if addr.port() != 0 {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Cheap-to-clone handle to the running proxy: how it starts and stops. What sessions share
 /// is its [`SessionCtx`], which the listener hands to every session (and `App` derefs to, for
 /// tests and tools that look inside a running proxy).
@@ -95,12 +118,10 @@ impl App {
     pub async fn start(&self) -> Result<SocketAddr, AppError> {
         let settings = self.settings_full();
         let cfg = &settings.config;
-        let listener = TcpListener::bind(cfg.proxy.listen)
-            .await
-            .map_err(|source| AppError::Listen {
-                addr: cfg.proxy.listen,
-                source,
-            })?;
+        let listener = bind_shared(cfg.proxy.listen).map_err(|source| AppError::Listen {
+            addr: cfg.proxy.listen,
+            source,
+        })?;
         let local = listener.local_addr().map_err(|source| AppError::Listen {
             addr: cfg.proxy.listen,
             source,
@@ -112,9 +133,7 @@ impl App {
             self.shutdown_token().clone(),
         );
         if let Some(http) = cfg.proxy.http_listen {
-            let l = TcpListener::bind(http)
-                .await
-                .map_err(|source| AppError::Listen { addr: http, source })?;
+            let l = bind_shared(http).map_err(|source| AppError::Listen { addr: http, source })?;
             tracing::info!(addr = %http, "HTTP endpoints listening");
             self.tasks().spawn(crate::admin::http::run(
                 crate::admin::http::Handles {

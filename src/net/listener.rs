@@ -51,22 +51,42 @@ pub fn too_many_clients() -> ProxyError {
     )
 }
 
+/// What the accept loop hands each connection: the two limits, the refusals under way, and
+/// the socket options.
+struct Gates {
+    /// Authenticated clients (`max_client_connections`).
+    clients: Arc<Semaphore>,
+    /// Connections still logging in (`max_startup_connections`).
+    startup: Arc<Semaphore>,
+    /// Refusals under way (at most [`MAX_REFUSING`]).
+    refusing: Arc<Semaphore>,
+    /// `proxy.tcp_nodelay`.
+    nodelay: bool,
+    /// `proxy.tcp_keepalive`.
+    keepalive: Option<Duration>,
+}
+
 /// Accepts clients until shutdown.
 pub async fn run(app: SessionCtx, listener: TcpListener) {
     let settings = app.settings();
-    let clients = Arc::new(Semaphore::new(settings.config.proxy.max_client_connections));
-    let startup = Arc::new(Semaphore::new(
-        settings.config.proxy.max_startup_connections,
-    ));
-    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
-    let nodelay = settings.config.proxy.tcp_nodelay;
-    let keepalive = settings.config.proxy.tcp_keepalive;
+    let gates = Gates {
+        clients: Arc::new(Semaphore::new(settings.config.proxy.max_client_connections)),
+        startup: Arc::new(Semaphore::new(
+            settings.config.proxy.max_startup_connections,
+        )),
+        refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+        nodelay: settings.config.proxy.tcp_nodelay,
+        keepalive: settings.config.proxy.tcp_keepalive,
+    };
     drop(settings);
     let shutdown = app.shutdown_token().clone();
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                take_queued(&app, &listener, &gates);
+                return;
+            }
             r = listener.accept() => r,
         };
         let (socket, peer) = match accepted {
@@ -81,34 +101,55 @@ pub async fn run(app: SessionCtx, listener: TcpListener) {
                 continue;
             }
         };
-        super::keepalive::set(&socket, keepalive);
-        let stream = ClientStream::from(socket);
-        if nodelay {
-            let _ = stream.set_nodelay(true);
+        start_session(&app, socket, peer, &gates);
+    }
+}
+
+/// At shutdown, takes the connections the kernel has already queued on this listener before
+/// it is closed: closing would reset them, while a new process listening beside this one
+/// (`SO_REUSEPORT`) has its own queue and never sees them. They are served like the rest and
+/// drained (a client that has not yet sent its first request gets to run it).
+fn take_queued(app: &SessionCtx, listener: &TcpListener, gates: &Gates) {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    while let std::task::Poll::Ready(Ok((socket, peer))) = listener.poll_accept(&mut cx) {
+        start_session(app, socket, peer, gates);
+    }
+}
+
+/// Hands an accepted connection to a session task, or refuses it over the startup limit.
+fn start_session(
+    app: &SessionCtx,
+    socket: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    gates: &Gates,
+) {
+    super::keepalive::set(&socket, gates.keepalive);
+    let stream = ClientStream::from(socket);
+    if gates.nodelay {
+        let _ = stream.set_nodelay(true);
+    }
+    match gates.startup.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let app = app.clone();
+            let admission = Admission {
+                startup: permit,
+                clients: gates.clients.clone(),
+            };
+            app.metrics().clients_accepted.inc();
+            app.metrics().clients_active.inc();
+            app.tasks().clone().spawn(async move {
+                session::run(app.clone(), stream, peer, admission).await;
+                app.metrics().clients_active.dec();
+            });
         }
-        match startup.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let app = app.clone();
-                let admission = Admission {
-                    startup: permit,
-                    clients: clients.clone(),
-                };
-                app.metrics().clients_accepted.inc();
-                app.metrics().clients_active.inc();
-                app.tasks().clone().spawn(async move {
-                    session::run(app.clone(), stream, peer, admission).await;
-                    app.metrics().clients_active.dec();
+        Err(_) => {
+            app.metrics().clients_refused.inc();
+            // Dropping the stream closes it at once: no task, no descriptor kept.
+            if let Ok(slot) = gates.refusing.clone().try_acquire_owned() {
+                app.tasks().spawn(async move {
+                    refuse(stream).await;
+                    drop(slot);
                 });
-            }
-            Err(_) => {
-                app.metrics().clients_refused.inc();
-                // Dropping the stream closes it at once: no task, no descriptor kept.
-                if let Ok(slot) = refusing.clone().try_acquire_owned() {
-                    app.tasks().spawn(async move {
-                        refuse(stream).await;
-                        drop(slot);
-                    });
-                }
             }
         }
     }

@@ -248,6 +248,12 @@ pub struct Session {
     skip_until_sync: bool,
     /// Shutdown was requested: end the session at the next point where it is idle.
     draining: bool,
+    /// The client has sent nothing since its welcome. A draining session does not end at
+    /// that point right away: a client that connects for one transaction (pgbench -C, a
+    /// restart that hands the port to a new process) sends it next (see `relay::FIRST_REQUEST_WAIT`).
+    awaiting_first_request: bool,
+    /// Until when a draining session that is `awaiting_first_request` waits for it.
+    drain_deadline: Option<tokio::time::Instant>,
     /// The server connection died while the client had a transaction open (and no request
     /// in flight): the client's next request fails with this error.
     lost_transaction: Option<ProxyError>,
@@ -340,6 +346,8 @@ impl Session {
             copy_in: false,
             skip_until_sync: false,
             draining: false,
+            awaiting_first_request: true,
+            drain_deadline: None,
             lost_transaction: None,
             server_fatal: ServerFatal::None,
             violation: None,

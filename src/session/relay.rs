@@ -37,6 +37,12 @@ const BATCH_FORWARD: usize = 64 * 1024;
 /// Sync and wait for exactly that. Not at once: a batch whose bytes arrive in several reads
 /// (a large write, libpq's pipeline mode flushing every 8 KiB) is routed as a whole when it
 /// is complete, where an unfinished one must go to the primary.
+/// How long a draining session whose client has sent nothing since its welcome waits for the
+/// first request before it ends. Ending it at once would fail a client that connected just
+/// as the proxy began to stop, typically while a new process takes over the port: it would
+/// get 57P01 for a connection it was never able to use.
+const FIRST_REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 const UNFINISHED_BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// What ended one wait of the loop.
@@ -67,8 +73,11 @@ impl Session {
     pub(super) async fn relay(&mut self) -> Result<(), SessionError> {
         // Bytes the client sent before the welcome was complete (read while waiting for a
         // server connection).
-        if !self.client.rbuf.is_empty() && self.on_client_bytes().await? == Flow::End {
-            return Ok(());
+        if !self.client.rbuf.is_empty() {
+            self.awaiting_first_request = false;
+            if self.on_client_bytes().await? == Flow::End {
+                return Ok(());
+            }
         }
         loop {
             self.write_now();
@@ -84,6 +93,9 @@ impl Session {
 
     /// One event of the wait.
     async fn on_event(&mut self, event: Event) -> Result<Flow, SessionError> {
+        if matches!(event, Event::ClientRead(Ok(n)) if n > 0) {
+            self.awaiting_first_request = false;
+        }
         Ok(match event {
             Event::ClientRead(Ok(0)) => return Err(SessionError::Closed),
             Event::ClientRead(Ok(_)) if self.violation.is_some() => {
@@ -109,6 +121,9 @@ impl Session {
             Event::ServerWrote(Ok(_)) => Flow::Continue,
             Event::Shutdown => {
                 self.draining = true;
+                if self.awaiting_first_request {
+                    self.drain_deadline = Some(tokio::time::Instant::now() + FIRST_REQUEST_WAIT);
+                }
                 Flow::Continue
             }
             Event::Kill => {
@@ -175,7 +190,8 @@ impl Session {
                 }
             }
         }
-        if self.draining && self.is_idle() && self.held.is_none() {
+        if self.draining && self.is_idle() && self.held.is_none() && !self.waits_for_first_request()
+        {
             self.client.push_error(&ProxyError::fatal(
                 SqlState::ADMIN_SHUTDOWN,
                 "terminating connection due to administrator command",
@@ -183,6 +199,15 @@ impl Session {
             return Ok(Flow::End);
         }
         Ok(Flow::Continue)
+    }
+
+    /// A draining session whose client has not yet sent its first request, within
+    /// [`FIRST_REQUEST_WAIT`].
+    fn waits_for_first_request(&self) -> bool {
+        self.awaiting_first_request
+            && self
+                .drain_deadline
+                .is_some_and(|d| tokio::time::Instant::now() < d)
     }
 
     /// Writes what is queued for either side right away when the socket takes it, without
@@ -228,11 +253,15 @@ impl Session {
             }
             true => Some(idle::Idle::Session),
         };
-        let batch_wait = if self.batch.is_empty() || stalled || self.held.is_some() {
-            None
+        // The same timer wakes a draining session that waits for its first request.
+        let batch_wait = if !self.batch.is_empty() && !stalled && self.held.is_none() {
+            self.batch_deadline
+        } else if self.draining && self.awaiting_first_request {
+            self.drain_deadline
         } else {
-            self.batch_deadline.map(tokio::time::sleep_until)
-        };
+            None
+        }
+        .map(tokio::time::sleep_until);
         let mut batch_wait = std::pin::pin!(batch_wait);
         let Session {
             client,

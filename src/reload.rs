@@ -24,8 +24,8 @@ use crate::session::cancel::Stop;
 use crate::session::context::SessionCtx;
 use crate::settings::{Settings, SettingsError};
 
-/// Keys (as [`key_values`] names them) a reload cannot apply; `monitor` stands for the
-/// whole `[monitor]` table.
+/// Keys (as [`key_values`] names them) a reload cannot apply; `monitor` and `topology` stand
+/// for their whole tables.
 pub const RESTART_ONLY: &[&str] = &[
     "proxy.listen",
     "proxy.http_listen",
@@ -37,6 +37,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "routing.health_threshold",
     "routing.volatility_refresh",
     "monitor",
+    "topology",
     "nodes",
 ];
 
@@ -275,6 +276,8 @@ pub fn key_values(c: &Config) -> Vec<(&'static str, String)> {
         ("monitor.database", m.database.clone()),
         ("monitor.connect_timeout", duration(m.connect_timeout)),
         ("monitor.query_timeout", duration(m.query_timeout)),
+        ("topology.source", c.topology.source.to_string()),
+        ("topology.patroni", c.topology.patroni.join(",")),
         ("nodes", nodes.join(",")),
         ("users", users.join(",")),
     ]

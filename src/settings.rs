@@ -14,7 +14,7 @@ use crate::auth::{self, StoredSecret};
 use crate::backend::connection::ConnectTarget;
 use crate::backend::pool::PoolSettings;
 use crate::catalog::CatalogSettings;
-use crate::config::{AuthMethod, Config, UserConfig};
+use crate::config::{AuthMethod, Config, TopologySource, UserConfig};
 use crate::net::tls::{ClientTls, TlsError};
 use crate::router::functions::FunctionOverrides;
 use crate::router::Policy;
@@ -139,6 +139,10 @@ impl Settings {
             health_threshold: cfg.routing.health_threshold,
             max_lag_bytes: cfg.routing.max_lag_bytes,
             max_lag: cfg.routing.max_lag,
+            patroni: match cfg.topology.source {
+                TopologySource::Probe => Vec::new(),
+                TopologySource::Patroni => cfg.topology.patroni.clone(),
+            },
         }
     }
 

@@ -17,8 +17,8 @@ use super::values::{
 use super::{
     AuthMethod, Balance, ClientTlsConfig, ClientTlsMode, Config, Consistency, DatabaseConfig,
     Fallback, Keyword, LogFormat, MonitorConfig, NodeConfig, Notice, PoolConfig, PoolMode,
-    PrimaryReads, Problem, ProxyConfig, ReadOnlyTransactions, RoutingConfig, Secret, UserConfig,
-    NOT_YET_IMPLEMENTED,
+    PrimaryReads, Problem, ProxyConfig, ReadOnlyTransactions, RoutingConfig, Secret,
+    TopologyConfig, TopologySource, UserConfig, NOT_YET_IMPLEMENTED,
 };
 
 /// Every table and the keys it accepts: the one schema both the walk and the "did you mean"
@@ -86,6 +86,7 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
         ],
     ),
     ("client_tls", &["mode", "cert", "key", "ca"]),
+    ("topology", &["source", "patroni"]),
     ("nodes", &["address", "weight", "role", "name"]),
     (
         "users",
@@ -109,6 +110,7 @@ const TOP_LEVEL: &[&str] = &[
     "routing",
     "monitor",
     "client_tls",
+    "topology",
     "nodes",
     "users",
     "databases",
@@ -528,6 +530,10 @@ impl<'l> Walker<'l> {
         let client_tls = self.client_tls(&mut section);
         self.finish(section);
 
+        let mut section = self.table(&mut root, "topology");
+        let topology = self.topology(&mut section);
+        self.finish(section);
+
         let mut nodes: Vec<NodeConfig> = Vec::new();
         for mut section in self.tables(&mut root, "nodes") {
             if let Some(node) = self.node(&mut section) {
@@ -575,6 +581,7 @@ impl<'l> Walker<'l> {
             routing,
             monitor,
             client_tls,
+            topology,
             nodes,
             users,
             databases,
@@ -713,6 +720,40 @@ impl<'l> Walker<'l> {
                 .duration(s, "query_timeout", Zero::Rejected)
                 .unwrap_or(Duration::from_secs(1)),
         }
+    }
+
+    /// `[topology]`: `source = "patroni"` needs at least one `http://host:port` URL.
+    fn topology(&mut self, s: &mut Section) -> TopologyConfig {
+        let source = self.choice(s, "source").unwrap_or(TopologySource::Probe);
+        let patroni = self.string_list(s, "patroni").unwrap_or_default();
+        for (i, url) in patroni.iter().enumerate() {
+            let rest = url.strip_prefix("http://").unwrap_or("");
+            let authority = rest.split('/').next().unwrap_or("");
+            if authority
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                let path = format!("topology.patroni[{i}]");
+                let at = self.at_of("topology.patroni");
+                self.problem(
+                    &at,
+                    &path,
+                    format!("'{url}' is not an http://host:port URL"),
+                );
+            }
+        }
+        if source == TopologySource::Patroni
+            && patroni.is_empty()
+            && !self.has_problem("topology.patroni")
+        {
+            let at = s.at.clone();
+            self.problem(
+                &at,
+                "topology.patroni",
+                "missing: source = \"patroni\" needs the Patroni REST URLs (http://host:8008)",
+            );
+        }
+        TopologyConfig { source, patroni }
     }
 
     /// `[client_tls]`: a mode other than `disable` needs a certificate and its key.

@@ -454,3 +454,152 @@ async fn follows_patroni_leader_and_switchover() {
         assert_eq!(port, new_port);
     }
 }
+
+/// A stand-in for Patroni's REST API serving whatever `/cluster` body the test sets; dropping
+/// it closes the port (every Patroni URL unreachable).
+struct FakePatroni {
+    url: String,
+    body: Arc<std::sync::Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakePatroni {
+    async fn start(body: String) -> FakePatroni {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let body = Arc::new(std::sync::Mutex::new(body));
+        let shared = body.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let body = shared.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 2048];
+                    let _ = s.read(&mut buf).await;
+                    let answer = format!(
+                        "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\
+                         Content-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        FakePatroni { url, body, task }
+    }
+
+    fn set(&self, body: String) {
+        *self.body.lock().unwrap() = body;
+    }
+}
+
+impl Drop for FakePatroni {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A `/cluster` body for the shared test cluster: `leader` holds the key, `noloadbalance`
+/// members carry that tag.
+fn cluster_json(leader: usize, noloadbalance: &[usize]) -> String {
+    let c = common::cluster();
+    let members: Vec<String> = (0..c.node_count())
+        .map(|n| {
+            let role = if n == leader { "leader" } else { "replica" };
+            let tags = if noloadbalance.contains(&n) {
+                r#", "tags": {"noloadbalance": true}"#
+            } else {
+                ""
+            };
+            format!(
+                r#"{{"name": "n{n}", "role": "{role}", "state": "running", "host": "127.0.0.1", "port": {port}, "timeline": 1{tags}}}"#,
+                port = c.port(n).unwrap()
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"members": [{}], "scope": "test"}}"#,
+        members.join(", ")
+    )
+}
+
+/// With the shared cluster (node 0 the real primary) and a stand-in Patroni API: a
+/// `noloadbalance` member gets no reads; a leader key on a standby means no primary (writes
+/// wait, and fail after `primary_wait` with 57P03); with the API gone the probes decide again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patroni_tags_leader_key_and_unreachable_api() {
+    let c = common::cluster();
+    common::connect_direct(0)
+        .await
+        .batch_execute(
+            "create table if not exists patroni_w (x int); grant all on patroni_w to app",
+        )
+        .await
+        .unwrap();
+    let fake = FakePatroni::start(cluster_json(0, &[2])).await;
+    let extra = format!(
+        "[topology]\nsource = \"patroni\"\npatroni = [\"{}\"]\n",
+        fake.url
+    );
+    let proxy = common::start_proxy_from(common::routing_config_toml(
+        "consistency = \"eventual\"\nprimary_wait = \"1s\"",
+        &extra,
+    ))
+    .await;
+    let no_lb_port = c.port(2).unwrap();
+    // Reads spread over the standbys, but never node 2.
+    let ok = common::eventually(Duration::from_secs(10), || async {
+        let t = proxy.app.topology().load();
+        t.nodes[1].is_eligible_standby() && !t.nodes[2].is_eligible_standby()
+    })
+    .await;
+    assert!(ok, "node 1 reads, node 2 (noloadbalance) does not");
+    let client = proxy.connect().await;
+    for _ in 0..20 {
+        let port = client
+            .query_one("select inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0);
+        assert_ne!(
+            port,
+            i32::from(no_lb_port),
+            "a read on the noloadbalance member"
+        );
+    }
+    // Patroni puts the leader key on node 1, still a standby: no primary, writes wait and fail.
+    fake.set(cluster_json(1, &[]));
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            proxy.app.topology().load().primary.is_none()
+        })
+        .await,
+        "no primary while Patroni's leader is in recovery"
+    );
+    let e = client
+        .batch_execute("insert into patroni_w values (1)")
+        .await
+        .expect_err("a write with no usable leader fails after primary_wait");
+    assert_eq!(common::sqlstate(&e), Some("57P03"), "{e:?}");
+    // Every Patroni URL unreachable: the probes decide alone, node 0 is the primary again.
+    drop(fake);
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            proxy.app.topology().load().primary == Some(0)
+        })
+        .await,
+        "back to the probed primary with Patroni unreachable"
+    );
+    let port: i32 = client
+        .query_one(
+            "insert into patroni_w values (2) returning inet_server_port()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port, i32::from(c.port(0).unwrap()));
+}

@@ -39,6 +39,7 @@ fn three_nodes() -> Topology {
             lag: Some(Duration::from_millis(id as u64 * 5)),
             within_lag: true,
             fenced: false,
+            no_reads: false,
             role_epoch: 0,
         })
         .collect::<Vec<_>>();

@@ -24,8 +24,8 @@ use crate::session::cancel::Stop;
 use crate::session::context::SessionCtx;
 use crate::settings::{Settings, SettingsError};
 
-/// Keys (as [`key_values`] names them) a reload cannot apply; `monitor` stands for the
-/// whole `[monitor]` table.
+/// Keys (as [`key_values`] names them) a reload cannot apply; `monitor` and `topology` stand
+/// for their whole tables.
 pub const RESTART_ONLY: &[&str] = &[
     "proxy.listen",
     "proxy.http_listen",
@@ -37,6 +37,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "routing.health_threshold",
     "routing.volatility_refresh",
     "monitor",
+    "topology",
     "nodes",
 ];
 
@@ -291,6 +292,8 @@ pub fn key_values(c: &Config) -> Vec<(&'static str, String)> {
             "server_tls.allow_cleartext_without_tls",
             c.server_tls.allow_cleartext_without_tls.to_string(),
         ),
+        ("topology.source", c.topology.source.to_string()),
+        ("topology.patroni", c.topology.patroni.join(",")),
         ("nodes", nodes.join(",")),
         ("users", users.join(",")),
     ]

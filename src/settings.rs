@@ -15,7 +15,7 @@ use crate::auth::{self, StoredSecret};
 use crate::backend::connection::ConnectTarget;
 use crate::backend::pool::PoolSettings;
 use crate::catalog::CatalogSettings;
-use crate::config::{AuthMethod, Config, UserConfig};
+use crate::config::{AuthMethod, Config, TopologySource, UserConfig};
 use crate::net::server_tls::{ServerTls, ServerTlsError};
 use crate::net::tls::{ClientTls, TlsError};
 use crate::router::functions::FunctionOverrides;
@@ -150,6 +150,10 @@ impl Settings {
             max_lag_bytes: cfg.routing.max_lag_bytes,
             max_lag: cfg.routing.max_lag,
             tls: self.server_tls.clone(),
+            patroni: match cfg.topology.source {
+                TopologySource::Probe => Vec::new(),
+                TopologySource::Patroni => cfg.topology.patroni.clone(),
+            },
         }
     }
 

@@ -112,6 +112,16 @@ keyword_enum! {
 }
 
 keyword_enum! {
+    /// Who decides each node's role (`[topology] source`).
+    pub enum TopologySource {
+        /// The nodes themselves: `pg_is_in_recovery()` and timelines, probed directly.
+        Probe = "probe",
+        /// Patroni's `GET /cluster` (its DCS leader), with the nodes still probed for positions.
+        Patroni = "patroni",
+    }
+}
+
+keyword_enum! {
     /// How log lines are written to stderr.
     pub enum LogFormat {
         /// One human-readable line per event (colour only when stderr is a terminal).
@@ -255,6 +265,8 @@ pub struct Config {
     pub client_tls: ClientTlsConfig,
     /// `[server_tls]`: TLS between the proxy and PostgreSQL (pools, watcher, catalog).
     pub server_tls: ServerTlsConfig,
+    /// `[topology]`: where roles come from.
+    pub topology: TopologyConfig,
     /// `[[nodes]]`: the PostgreSQL servers; never empty.
     pub nodes: Vec<NodeConfig>,
     /// `[[users]]`: who may connect; names are unique.
@@ -398,6 +410,16 @@ pub struct MonitorConfig {
     pub connect_timeout: Duration,
     /// Time allowed for one check query (`query_timeout`, default 1s).
     pub query_timeout: Duration,
+}
+
+/// `[topology]`: where the watcher takes each node's role from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopologyConfig {
+    /// `source`: `"probe"` (default) or `"patroni"`.
+    pub source: TopologySource,
+    /// `patroni`: Patroni REST API base URLs (`http://host:port`), asked in order until one
+    /// answers; required (non-empty) when `source = "patroni"`.
+    pub patroni: Vec<String>,
 }
 
 /// `[[nodes]]`: one PostgreSQL server.

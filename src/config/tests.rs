@@ -624,6 +624,26 @@ fn syntax_errors_have_a_line() {
 }
 
 #[test]
+fn patroni_source_needs_http_urls() {
+    let found = problems(&with_minimal("[topology]\nsource = \"patroni\"\n"));
+    assert!(problem_for(&found, "topology.patroni")
+        .message
+        .starts_with("missing"));
+    let found = problems(&with_minimal(
+        "[topology]\nsource = \"patroni\"\npatroni = [\"https://a:8008\", \"http://b\"]\n",
+    ));
+    problem_for(&found, "topology.patroni[0]");
+    problem_for(&found, "topology.patroni[1]");
+    let c = load(&with_minimal(
+        "[topology]\nsource = \"patroni\"\npatroni = [\"http://10.0.0.1:8008\"]\n",
+    ))
+    .unwrap()
+    .config;
+    assert_eq!(c.topology.source, TopologySource::Patroni);
+    assert_eq!(c.topology.patroni, vec!["http://10.0.0.1:8008".to_owned()]);
+}
+
+#[test]
 fn zero_where_it_makes_no_sense() {
     let problems = problems(&with_minimal(
         "[routing]\ncheck_interval = \"0ms\"\nhealth_threshold = 0\n\

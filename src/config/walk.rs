@@ -18,7 +18,8 @@ use super::{
     AuthMethod, Balance, ClientTlsConfig, ClientTlsMode, Config, Consistency, DatabaseConfig,
     Fallback, Keyword, LogFormat, MonitorConfig, NodeConfig, Notice, PoolConfig, PoolMode,
     PrimaryReads, Problem, ProxyConfig, ReadOnlyTransactions, RoutingConfig, Secret,
-    ServerTlsConfig, ServerTlsMode, UserConfig, NOT_YET_IMPLEMENTED,
+    ServerTlsConfig, ServerTlsMode, TopologyConfig, TopologySource, UserConfig,
+    NOT_YET_IMPLEMENTED,
 };
 
 /// Every table and the keys it accepts: the one schema both the walk and the "did you mean"
@@ -90,6 +91,7 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
     ),
     ("client_tls", &["mode", "cert", "key", "ca"]),
     ("server_tls", &["mode", "ca", "allow_cleartext_without_tls"]),
+    ("topology", &["source", "patroni"]),
     ("nodes", &["address", "weight", "role", "name"]),
     (
         "users",
@@ -114,6 +116,7 @@ const TOP_LEVEL: &[&str] = &[
     "monitor",
     "client_tls",
     "server_tls",
+    "topology",
     "nodes",
     "users",
     "databases",
@@ -535,6 +538,8 @@ impl<'l> Walker<'l> {
 
         let mut section = self.table(&mut root, "server_tls");
         let server_tls = self.server_tls(&mut section);
+        let mut section = self.table(&mut root, "topology");
+        let topology = self.topology(&mut section);
         self.finish(section);
 
         let mut nodes: Vec<NodeConfig> = Vec::new();
@@ -585,6 +590,7 @@ impl<'l> Walker<'l> {
             monitor,
             client_tls,
             server_tls,
+            topology,
             nodes,
             users,
             databases,
@@ -732,6 +738,40 @@ impl<'l> Walker<'l> {
                 .duration(s, "query_timeout", Zero::Rejected)
                 .unwrap_or(Duration::from_secs(1)),
         }
+    }
+
+    /// `[topology]`: `source = "patroni"` needs at least one `http://host:port` URL.
+    fn topology(&mut self, s: &mut Section) -> TopologyConfig {
+        let source = self.choice(s, "source").unwrap_or(TopologySource::Probe);
+        let patroni = self.string_list(s, "patroni").unwrap_or_default();
+        for (i, url) in patroni.iter().enumerate() {
+            let rest = url.strip_prefix("http://").unwrap_or("");
+            let authority = rest.split('/').next().unwrap_or("");
+            if authority
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                let path = format!("topology.patroni[{i}]");
+                let at = self.at_of("topology.patroni");
+                self.problem(
+                    &at,
+                    &path,
+                    format!("'{url}' is not an http://host:port URL"),
+                );
+            }
+        }
+        if source == TopologySource::Patroni
+            && patroni.is_empty()
+            && !self.has_problem("topology.patroni")
+        {
+            let at = s.at.clone();
+            self.problem(
+                &at,
+                "topology.patroni",
+                "missing: source = \"patroni\" needs the Patroni REST URLs (http://host:8008)",
+            );
+        }
+        TopologyConfig { source, patroni }
     }
 
     /// `[client_tls]`: a mode other than `disable` needs a certificate and its key.

@@ -18,6 +18,7 @@ fn node(id: NodeId, role: Role, healthy: bool, within_lag: bool, lsn: u64) -> No
         lag: Some(Duration::from_millis(if within_lag { 10 } else { 5000 })),
         within_lag,
         fenced: false,
+        no_reads: false,
         role_epoch: 0,
     }
 }

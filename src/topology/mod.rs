@@ -7,6 +7,7 @@
 
 pub mod health;
 pub mod lag;
+pub mod patroni;
 pub mod watcher;
 
 use std::sync::Arc;
@@ -68,6 +69,10 @@ pub struct NodeState {
     /// (out of recovery), or a standby still replaying a former primary's WAL. It gets neither
     /// writes nor reads until it is a standby receiving the newest timeline.
     pub fenced: bool,
+    /// The cluster manager (Patroni) says no reads here: a `noloadbalance` member, a member
+    /// not in a replaying state, or a node that is not a member at all. Always false with the
+    /// `probe` source.
+    pub no_reads: bool,
     /// Increases every time the node's role changes; server connections made under an older
     /// value are never reused (a connection to a former standby must not serve as a primary
     /// connection, nor the reverse).
@@ -88,6 +93,7 @@ impl NodeState {
         self.healthy
             && self.role == Role::Standby
             && !self.fenced
+            && !self.no_reads
             && match max_lag {
                 None => self.within_lag,
                 Some(limit) => self.lag.is_some_and(|l| l <= limit),
@@ -133,6 +139,7 @@ impl Topology {
                     lag: None,
                     within_lag: false,
                     fenced: false,
+                    no_reads: false,
                     role_epoch: 0,
                 })
                 .collect(),
@@ -253,6 +260,7 @@ mod tests {
             lag: None,
             within_lag: true,
             fenced: false,
+            no_reads: false,
             role_epoch: 0,
         }
     }

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::health::Hysteresis;
 use super::lag::LsnHistory;
+use super::patroni::{self, DcsVerdict};
 use super::{NodeId, NodeState, Role, Topology, TopologyHandle};
 use crate::net::server_tls::ServerTls;
 use crate::protocol::Lsn;
@@ -61,6 +62,9 @@ pub struct WatcherSettings {
     pub max_lag: Option<Duration>,
     /// TLS towards the nodes (`[server_tls]`, as for the pools).
     pub tls: Arc<ServerTls>,
+    /// Patroni REST URLs: when not empty, roles follow Patroni's `/cluster` (the `patroni`
+    /// topology source); empty for the `probe` source.
+    pub patroni: Vec<String>,
 }
 
 /// What one successful probe says.
@@ -77,6 +81,10 @@ struct Probed {
     /// `pg_control_system().system_identifier`: which cluster the node belongs to.
     system_id: Option<i64>,
 }
+
+/// What the Patroni poller reports each check: the verdict from the first URL that answered,
+/// or `Err` with every URL's failure.
+type DcsReport = Result<DcsVerdict, String>;
 
 /// One check's outcome.
 #[derive(Debug, Clone)]
@@ -108,7 +116,44 @@ pub fn spawn(
         tasks.spawn(probe.run(tx.clone(), cancel.clone()));
     }
     drop(tx);
-    tasks.spawn(aggregate(settings, updates, topology, rx, cancel));
+    let (dcs_tx, dcs_rx) = mpsc::channel(4);
+    if !settings.patroni.is_empty() {
+        tasks.spawn(poll_patroni(settings.clone(), dcs_tx, cancel.clone()));
+    }
+    tasks.spawn(aggregate(settings, updates, topology, (rx, dcs_rx), cancel));
+}
+
+/// Asks Patroni's `/cluster` every check interval, trying the URLs in order until one answers,
+/// and reports the verdict (or why none answered) to the aggregator.
+async fn poll_patroni(
+    settings: WatcherSettings,
+    tx: mpsc::Sender<DcsReport>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(settings.check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let limit = settings.connect_timeout + settings.query_timeout;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut failures = Vec::new();
+        let mut report = None;
+        for url in &settings.patroni {
+            match patroni::fetch_cluster(url, limit).await {
+                Ok(members) => {
+                    report = Some(Ok(patroni::verdict(&members, &settings.nodes)));
+                    break;
+                }
+                Err(e) => failures.push(format!("{url}: {e}")),
+            }
+        }
+        let report = report.unwrap_or_else(|| Err(failures.join("; ")));
+        if tx.send(report).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The newest settings from a reload, if they changed since last asked (keeping the node
@@ -122,6 +167,7 @@ fn refreshed(
     }
     let mut next = updates.borrow_and_update().clone();
     next.nodes.clone_from(&current.nodes);
+    next.patroni.clone_from(&current.patroni);
     next.health_threshold = current.health_threshold;
     Some(next)
 }
@@ -272,13 +318,21 @@ struct Aggregator {
     /// The system identifier of the cluster served: timelines are only comparable within one
     /// cluster, and a node of another one is fenced.
     system_id: Option<i64>,
+    /// Patroni's latest verdict; `None` with the `probe` source, before Patroni first
+    /// answered, and while no Patroni URL answers (then the probes decide alone).
+    dcs: Option<DcsVerdict>,
+    /// Members already logged as not configured, so each is logged once.
+    unknown_logged: Vec<String>,
 }
+
+/// Everything the aggregator hears: probe observations and Patroni reports.
+type Inbox = (mpsc::Receiver<Observation>, mpsc::Receiver<DcsReport>);
 
 async fn aggregate(
     settings: WatcherSettings,
     mut updates: watch::Receiver<WatcherSettings>,
     topology: Arc<TopologyHandle>,
-    mut rx: mpsc::Receiver<Observation>,
+    (mut rx, mut dcs_rx): Inbox,
     cancel: CancellationToken,
 ) {
     let tracks = settings
@@ -298,18 +352,27 @@ async fn aggregate(
         history_of: None,
         highest_timeline: None,
         system_id: None,
+        dcs: None,
+        unknown_logged: Vec::new(),
     };
     loop {
-        let obs = tokio::select! {
+        let input = tokio::select! {
             _ = cancel.cancelled() => return,
-            o = rx.recv() => match o { Some(o) => o, None => return },
+            o = rx.recv() => match o { Some(o) => Ok(o), None => return },
+            Some(d) = dcs_rx.recv() => Err(d),
         };
         if let Some(next) = refreshed(&mut updates, &agg.settings) {
             agg.settings = next;
         }
         let current = topology.load();
         let mut nodes = current.nodes.clone();
-        let primary = agg.apply(&mut nodes, obs, Instant::now());
+        let primary = match input {
+            Ok(obs) => agg.apply(&mut nodes, obs, Instant::now()),
+            Err(report) => {
+                agg.apply_dcs(report);
+                agg.decide(&mut nodes)
+            }
+        };
         if primary != current.primary {
             match primary {
                 Some(p) => {
@@ -401,8 +464,7 @@ impl Aggregator {
             node.healthy = track.health.get();
         }
         self.follow_cluster(nodes);
-        self.update_fencing(nodes);
-        let primary = Topology::derive_primary(nodes);
+        let primary = self.decide(nodes);
         if primary != self.history_of {
             self.history.clear();
             self.history_of = primary;
@@ -458,8 +520,53 @@ impl Aggregator {
         self.history_of = None;
     }
 
+    /// Takes Patroni's latest report: a verdict replaces the last one; with no Patroni URL
+    /// answering, the probes decide alone until one answers again (logged on each change).
+    fn apply_dcs(&mut self, report: DcsReport) {
+        match report {
+            Ok(v) => {
+                if self.dcs.is_none() {
+                    tracing::info!("following Patroni's /cluster for roles");
+                }
+                for m in &v.unknown {
+                    if !self.unknown_logged.contains(m) {
+                        tracing::warn!(member = %m, "Patroni member {m} is not in [[nodes]]: it gets no traffic until it is added there");
+                        self.unknown_logged.push(m.clone());
+                    }
+                }
+                self.dcs = Some(v);
+            }
+            Err(e) => {
+                if self.dcs.take().is_some() {
+                    tracing::warn!(error = %e, "no Patroni REST URL answers: keeping the current topology and deciding roles from direct probes until one does ({e})");
+                }
+            }
+        }
+    }
+
+    /// Fencing, Patroni's read exclusions, and the primary: with Patroni's verdict, only its
+    /// leader may be the primary (and only once it is out of recovery, else there is none and
+    /// writes wait); without it, [`Topology::derive_primary`] on the probes.
+    fn decide(&mut self, nodes: &mut [NodeState]) -> Option<NodeId> {
+        self.update_fencing(nodes);
+        for n in nodes.iter_mut() {
+            n.no_reads = self
+                .dcs
+                .as_ref()
+                .is_some_and(|d| d.no_reads.get(n.id).copied().unwrap_or(true));
+        }
+        match &self.dcs {
+            None => Topology::derive_primary(nodes),
+            Some(d) => d.leader.filter(|&l| {
+                let n = &nodes[l];
+                n.healthy && n.role == Role::Primary && !n.fenced
+            }),
+        }
+    }
+
     /// Fences every node out of recovery on a timeline older than the highest a healthy
-    /// primary has reported, and every node of another cluster (logging each change once).
+    /// primary has reported, every node of another cluster, and, with Patroni's verdict, every
+    /// node out of recovery that is not Patroni's leader (logging each change once).
     fn update_fencing(&mut self, nodes: &mut [NodeState]) {
         for n in nodes.iter() {
             if n.healthy && n.role == Role::Primary && self.is_other_cluster(n.id) {
@@ -479,8 +586,9 @@ impl Aggregator {
             // A standby on an older timeline replays a former primary's WAL (its data may hold
             // writes the new primary never saw): no reads either. One that was fenced stays so
             // while its timeline is unknown (no WAL receiver), until it receives the new one.
+            let not_leader = self.dcs.as_ref().is_some_and(|d| d.leader != Some(n.id));
             let fenced = match n.role {
-                Role::Primary => older,
+                Role::Primary => older || not_leader,
                 Role::Standby => older || (n.fenced && n.timeline.is_none()),
                 Role::Unknown => n.fenced,
             };
@@ -492,6 +600,12 @@ impl Aggregator {
                         cluster = ?self.system_id,
                         "node {} fenced: it belongs to another cluster (system identifier {:?}, serving {:?})",
                         n.addr, self.tracks[n.id].system_id, self.system_id
+                    );
+                } else if fenced && n.role == Role::Primary && !older {
+                    tracing::warn!(
+                        node = %n.addr,
+                        "node {} fenced: out of recovery but not Patroni's leader; no reads or writes",
+                        n.addr
                     );
                 } else if fenced && n.role == Role::Primary {
                     tracing::warn!(
@@ -588,6 +702,7 @@ mod tests {
             tls: Arc::new(ServerTls::disabled()),
             max_lag_bytes: Some(1000),
             max_lag: None,
+            patroni: Vec::new(),
         }
     }
 
@@ -610,6 +725,8 @@ mod tests {
                 history_of: None,
                 highest_timeline: None,
                 system_id: None,
+                dcs: None,
+                unknown_logged: Vec::new(),
             },
             Topology::initial(&addrs).nodes,
         )
@@ -824,5 +941,42 @@ mod tests {
         // Re-pointed at node 1, it receives timeline 2.
         a.apply(&mut nodes, ok_tl(2, true, 300, 2), t);
         assert!(!nodes[2].fenced);
+    }
+
+    fn dcs(leader: Option<NodeId>, no_reads: Vec<bool>) -> DcsReport {
+        Ok(DcsVerdict {
+            leader,
+            no_reads,
+            unknown: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn patroni_leader_decides_writes_and_its_tags_reads() {
+        let (mut a, mut nodes) = agg(3);
+        let t = Instant::now();
+        a.apply_dcs(dcs(Some(0), vec![false, false, true]));
+        a.apply(&mut nodes, ok(0, false, 100), t);
+        a.apply(&mut nodes, ok(1, true, 100), t);
+        assert_eq!(a.apply(&mut nodes, ok(2, true, 100), t), Some(0));
+        assert!(nodes[1].is_eligible_standby());
+        assert!(!nodes[2].is_eligible_standby(), "noloadbalance: no reads");
+        // Node 1 says it is a primary (same timeline), but Patroni's leader is node 0: fenced.
+        assert_eq!(a.apply(&mut nodes, ok(1, false, 200), t), Some(0));
+        assert!(nodes[1].fenced);
+        // Patroni moves the leader key to node 1 (a switchover): it takes writes, node 0 (still
+        // out of recovery for a moment) is fenced.
+        a.apply_dcs(dcs(Some(1), vec![false, false, true]));
+        assert_eq!(a.decide(&mut nodes), Some(1));
+        assert!(nodes[0].fenced && !nodes[1].fenced);
+        // A leader still in recovery is waited for, not written to.
+        a.apply_dcs(dcs(Some(2), vec![false, false, false]));
+        assert_eq!(a.decide(&mut nodes), None);
+        // Patroni unreachable: the probes decide alone (node 0 and 1 both out of recovery on
+        // the same timeline: undecidable, so none); node 2's reads come back.
+        a.apply_dcs(Err("refused".into()));
+        a.apply(&mut nodes, ok(0, true, 300), t);
+        assert_eq!(a.decide(&mut nodes), Some(1));
+        assert!(!nodes[2].no_reads);
     }
 }

@@ -14,12 +14,13 @@ use common::{cluster, config_toml, eventually, routing_config_toml, sqlstate, Pr
 /// A role that exists in PostgreSQL (password `pw1`) but not, at first, in the proxy.
 const ROLE: &str = "reload_role";
 
-/// Creates [`ROLE`] on the primary if it is not there yet.
+/// Creates [`ROLE`] on the primary if it is not there yet (two tests may race to create it:
+/// the loser sees a unique violation rather than duplicate_object).
 async fn create_role() {
     let db = common::connect_direct(cluster().primary().unwrap()).await;
     db.batch_execute(&format!(
         "DO $$ BEGIN CREATE ROLE {ROLE} LOGIN PASSWORD 'pw1'; \
-         EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
     ))
     .await
     .unwrap();

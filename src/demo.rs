@@ -35,6 +35,7 @@ pub fn config_for(cluster: &LocalCluster, listen: SocketAddr) -> Result<Config, 
 [proxy]
 listen = "{listen}"
 pool_mode = "transaction"
+admin_users = ["{superuser}"]
 
 [monitor]
 user = "{monitor}"
@@ -88,6 +89,13 @@ pub fn run(listen: SocketAddr, standbys: usize) -> Result<(), DemoError> {
         println!("Try:  select inet_server_port(), pg_is_in_recovery();");
         println!("Load: PGPASSWORD={pw} pgbench -i -h {ip} -p {port} -U {su} postgres && PGPASSWORD={pw} pgbench -c 8 -T 10 -h {ip} -p {port} -U {su} postgres",
             pw = cluster.superuser_password(), ip = addr.ip(), port = addr.port(), su = cluster::SUPERUSER);
+        println!(
+            "Console: PGPASSWORD={pw} psql -h {ip} -p {port} -U {su} causeway -c 'SHOW NODES'",
+            pw = cluster.superuser_password(),
+            ip = addr.ip(),
+            port = addr.port(),
+            su = cluster::SUPERUSER
+        );
         println!("Press Ctrl-C to stop and remove everything.");
         let fast = crate::app::wait_for_stop_signal(app.ctx()).await;
         let _ = fast;

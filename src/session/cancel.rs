@@ -41,6 +41,28 @@ pub struct ClientInfo {
     pub console: bool,
 }
 
+impl ClientInfo {
+    /// What a client that just logged in tells about itself, now.
+    pub fn of(
+        accepted: &super::startup::Accepted,
+        peer: std::net::SocketAddr,
+        console: bool,
+    ) -> ClientInfo {
+        ClientInfo {
+            user: accepted.user.clone(),
+            database: accepted.database.clone(),
+            peer,
+            application_name: accepted
+                .params
+                .iter()
+                .find(|(k, _)| k == "application_name")
+                .map(|(_, v)| v.clone()),
+            connected: std::time::SystemTime::now(),
+            console,
+        }
+    }
+}
+
 /// One client's cancel routing.
 #[derive(Debug)]
 pub struct CancelSlot {

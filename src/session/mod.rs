@@ -278,18 +278,7 @@ impl Session {
             pid: ctx.next_client_pid(),
             secret: rand::random(),
         };
-        let info = cancel::ClientInfo {
-            user: accepted.user.clone(),
-            database: accepted.database.clone(),
-            peer: client.peer(),
-            application_name: accepted
-                .params
-                .iter()
-                .find(|(k, _)| k == "application_name")
-                .map(|(_, v)| v.clone()),
-            connected: std::time::SystemTime::now(),
-            console: false,
-        };
+        let info = cancel::ClientInfo::of(&accepted, client.peer(), false);
         let cancel = ctx.cancels().register(key, info);
         // Shutdown signals every registered session after cancelling its tokens: a session
         // registered too late for that sees the tokens.

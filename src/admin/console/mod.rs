@@ -62,18 +62,7 @@ pub async fn serve(ctx: SessionCtx, mut client: ClientConn, accepted: Accepted) 
         pid: ctx.next_client_pid(),
         secret: rand::random(),
     };
-    let info = ClientInfo {
-        user: accepted.user.clone(),
-        database: accepted.database.clone(),
-        peer: client.peer(),
-        application_name: accepted
-            .params
-            .iter()
-            .find(|(k, _)| k == "application_name")
-            .map(|(_, v)| v.clone()),
-        connected: std::time::SystemTime::now(),
-        console: true,
-    };
+    let info = ClientInfo::of(&accepted, client.peer(), true);
     let registration = ctx.cancels().register(key, info);
     if ctx.shutdown_token().is_cancelled() {
         registration.slot().signal(Stop::Drain);

@@ -7,63 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::raw::{self, Msg, RawConn};
+use common::raw::{self, ext, Msg, RawConn};
 use common::{connect_direct, Proxy};
-
-/// Extended-protocol messages built by hand.
-mod ext {
-    use super::raw::frame;
-
-    fn cstr(b: &mut Vec<u8>, s: &str) {
-        b.extend_from_slice(s.as_bytes());
-        b.push(0);
-    }
-
-    /// Parse with parameter type OIDs (0: let the server infer).
-    pub fn parse(name: &str, sql: &str, types: &[u32]) -> Vec<u8> {
-        let mut b = Vec::new();
-        cstr(&mut b, name);
-        cstr(&mut b, sql);
-        b.extend_from_slice(&(types.len() as i16).to_be_bytes());
-        for t in types {
-            b.extend_from_slice(&t.to_be_bytes());
-        }
-        frame(b'P', &b)
-    }
-
-    /// Bind of the unnamed portal with text parameters, text results.
-    pub fn bind(stmt: &str, params: &[&str]) -> Vec<u8> {
-        let mut b = Vec::new();
-        cstr(&mut b, "");
-        cstr(&mut b, stmt);
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
-        for p in params {
-            b.extend_from_slice(&(p.len() as i32).to_be_bytes());
-            b.extend_from_slice(p.as_bytes());
-        }
-        b.extend_from_slice(&0i16.to_be_bytes());
-        frame(b'B', &b)
-    }
-
-    pub fn describe_statement(name: &str) -> Vec<u8> {
-        let mut b = vec![b'S'];
-        cstr(&mut b, name);
-        frame(b'D', &b)
-    }
-
-    pub fn execute() -> Vec<u8> {
-        frame(b'E', b"\0\0\0\0\0")
-    }
-
-    pub fn flush() -> Vec<u8> {
-        frame(b'H', b"")
-    }
-
-    pub fn sync() -> Vec<u8> {
-        frame(b'S', b"")
-    }
-}
 
 /// The two pool modes, as `[proxy]` lines.
 const MODES: [&str; 2] = ["pool_mode = \"transaction\"", "pool_mode = \"session\""];

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::raw;
+use common::raw::{self, ext};
 use common::{cluster, connect_direct, connect_observed};
 use futures_util::{pin_mut, SinkExt, StreamExt};
 use tokio_postgres::error::SqlState;
@@ -755,55 +755,6 @@ async fn two_hundred_concurrent_clients_lose_no_row() {
 
 // === the wire, as drivers see it ===
 
-/// Extended-protocol messages built by hand.
-mod ext {
-    use super::raw::frame;
-
-    fn cstr(b: &mut Vec<u8>, s: &str) {
-        b.extend_from_slice(s.as_bytes());
-        b.push(0);
-    }
-
-    pub fn parse(name: &str, sql: &str) -> Vec<u8> {
-        let mut b = Vec::new();
-        cstr(&mut b, name);
-        cstr(&mut b, sql);
-        b.extend_from_slice(&0i16.to_be_bytes());
-        frame(b'P', &b)
-    }
-
-    /// Bind with text parameters, text results.
-    pub fn bind(stmt: &str, params: &[&str]) -> Vec<u8> {
-        let mut b = Vec::new();
-        cstr(&mut b, "");
-        cstr(&mut b, stmt);
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
-        for p in params {
-            b.extend_from_slice(&(p.len() as i32).to_be_bytes());
-            b.extend_from_slice(p.as_bytes());
-        }
-        b.extend_from_slice(&0i16.to_be_bytes());
-        frame(b'B', &b)
-    }
-
-    pub fn describe_portal() -> Vec<u8> {
-        frame(b'D', b"P\0")
-    }
-
-    pub fn execute() -> Vec<u8> {
-        frame(b'E', b"\0\0\0\0\0")
-    }
-
-    pub fn flush() -> Vec<u8> {
-        frame(b'H', b"")
-    }
-
-    pub fn sync() -> Vec<u8> {
-        frame(b'S', b"")
-    }
-}
-
 fn tags(msgs: &[raw::Msg]) -> String {
     msgs.iter().map(|m| m.tag as char).collect()
 }
@@ -815,7 +766,7 @@ async fn extended_protocol_flush_errors_and_transaction_status_on_the_wire() {
         raw::login_trust(proxy.addr, causeway::cluster::APP_TRUST_USER, "postgres").await;
 
     // Flush: the replies so far come back without a Sync (and without ReadyForQuery).
-    let mut b = ext::parse("s1", "select $1::int * 3");
+    let mut b = ext::parse("s1", "select $1::int * 3", &[]);
     b.extend(ext::bind("s1", &["14"]));
     b.extend(ext::describe_portal());
     b.extend(ext::execute());

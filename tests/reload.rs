@@ -96,7 +96,7 @@ async fn users_are_added_repassworded_and_removed() {
         .connect_as(ROLE, "pw1", "postgres")
         .await
         .expect_err("unknown user");
-    assert_eq!(sqlstate(&e), Some("28000"), "{e}");
+    assert_eq!(sqlstate(&e), Some("28P01"), "{e}");
 
     // Added.
     reload_with(&p, &path, &config_toml(&admin(), &role_entry("pw1")))
@@ -132,7 +132,7 @@ async fn users_are_added_repassworded_and_removed() {
         .connect_as(ROLE, "pw2", "postgres")
         .await
         .expect_err("removed user");
-    assert_eq!(sqlstate(&e), Some("28000"), "{e}");
+    assert_eq!(sqlstate(&e), Some("28P01"), "{e}");
     let ended = eventually(Duration::from_secs(5), || async { idle.is_closed() }).await;
     assert!(ended, "the removed user's idle session ends");
     let e = idle
@@ -370,7 +370,7 @@ async fn sighup_reloads_the_binary_instead_of_ending_it() {
     .await;
     assert!(up, "causeway serves");
     let e = login(ROLE, "pw1").await.expect_err("not configured yet");
-    assert_eq!(sqlstate(&e), Some("28000"), "{e}");
+    assert_eq!(sqlstate(&e), Some("28P01"), "{e}");
 
     std::fs::write(&path, format!("{base}\n{}", role_entry("pw1"))).unwrap();
     send_signal(child.0.id(), "HUP");
@@ -396,7 +396,7 @@ async fn sighup_reloads_the_binary_instead_of_ending_it() {
     let removed = eventually(Duration::from_secs(10), || async {
         login(ROLE, "pw1")
             .await
-            .is_err_and(|e| sqlstate(&e) == Some("28000"))
+            .is_err_and(|e| sqlstate(&e) == Some("28P01"))
     })
     .await;
     assert!(removed, "the next good file applies");

@@ -54,17 +54,20 @@ async fn wrong_password_is_28p01() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_user_is_28000() {
+async fn unknown_user_fails_as_a_wrong_password_does() {
     let proxy = common::start_proxy().await;
+    // A user causeway does not know gets the same SCRAM exchange and the same 28P01 as a known
+    // user with a wrong password: the user list cannot be probed.
     let err = proxy
         .connect_as("no_such_user", "whatever", "postgres")
         .await
         .expect_err("unknown user must be refused");
-    assert_eq!(
-        err.code(),
-        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
-        "{err}"
-    );
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+    let wrong = proxy
+        .connect_as(causeway::cluster::APP_USER, "wrong password", "postgres")
+        .await
+        .expect_err("wrong password must be refused");
+    assert_eq!(wrong.code(), err.code(), "{wrong}");
     // A startup packet without a user name at all.
     let mut conn = RawConn::connect(proxy.addr).await;
     conn.send(&raw::startup(&[("database", "postgres")])).await;

@@ -272,15 +272,9 @@ async fn authenticate(
 ) -> Result<(), SessionError> {
     // Kept across the exchange's awaits: an `Arc`, not a guard.
     let settings = ctx.settings_full();
-    let Some(entry) = settings.users.get(user) else {
-        return Err(SessionError::Fatal(ProxyError::fatal(
-            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-            format!("no such user: role \"{user}\" is not configured in causeway"),
-        )));
-    };
-    let (exchange, step) = match (&entry.secret, entry.method) {
-        (Some(secret), method) => AuthExchange::new(method, user, secret),
-        (None, auth::Method::Trust) => {
+    let (exchange, step) = match settings.users.get(user).map(|e| (&e.secret, e.method)) {
+        Some((Some(secret), method)) => AuthExchange::new(method, user, secret),
+        Some((None, auth::Method::Trust)) => {
             let mut b = BytesMut::new();
             messages::authentication_ok(&mut b);
             client.push(b);
@@ -288,7 +282,11 @@ async fn authenticate(
         }
         // Configuration validation requires a password unless the user is trust; should a
         // user still come without one, no password can match.
-        (None, method) => AuthExchange::new_unknown_user(method, user, ctx.mock_secret()),
+        Some((None, method)) => AuthExchange::new_unknown_user(method, user, ctx.mock_secret()),
+        // A user causeway does not know goes through the exchange a configured user gets by
+        // default (SCRAM, with a salt stable per name) and fails as a wrong password does
+        // (28P01): the list of users cannot be probed.
+        None => AuthExchange::new_unknown_user(auth::Method::ScramSha256, user, ctx.mock_secret()),
     };
     // On TLS, SCRAM-SHA-256-PLUS too, bound to the certificate this session was made with.
     let tls = settings.client_tls.as_ref().filter(|_| client.is_tls());

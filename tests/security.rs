@@ -64,7 +64,7 @@ async fn unknown_user_fails_as_a_wrong_password_does() {
         .expect_err("unknown user must be refused");
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
     let wrong = proxy
-        .connect_as(causeway::cluster::APP_USER, "wrong password", "postgres")
+        .connect_as(causeway::cluster::APP_USER, "not-the-password", "postgres")
         .await
         .expect_err("wrong password must be refused");
     assert_eq!(wrong.code(), err.code(), "{wrong}");

@@ -47,6 +47,7 @@ fn three_nodes() -> Topology {
         epoch: 1,
         primary: Topology::derive_primary(&nodes),
         nodes,
+        role_source: causeway::topology::RoleSource::Probe,
     }
 }
 

@@ -141,6 +141,7 @@ pub fn topology_json(t: &Topology) -> String {
     serde_json::json!({
         "epoch": t.epoch,
         "primary": t.primary.map(|p| t.nodes[p].addr.clone()),
+        "role_source": t.role_source.as_str(),
         "nodes": nodes,
     })
     .to_string()
@@ -169,7 +170,7 @@ mod tests {
         // The exact text of before `Lsn` existed: monitoring scripts parse it.
         assert_eq!(
             topology_json(&t),
-            r#"{"epoch":7,"nodes":[{"address":"a:1","eligible_for_reads":false,"fenced":false,"healthy":true,"lag_bytes":null,"lag_ms":null,"lsn":"16/B374D848","primary":true,"role":"primary","timeline":3},{"address":"b:2","eligible_for_reads":true,"fenced":false,"healthy":true,"lag_bytes":97449727976,"lag_ms":1.5,"lsn":"0/3000060","primary":false,"role":"standby","timeline":null}],"primary":"a:1"}"#
+            r#"{"epoch":7,"nodes":[{"address":"a:1","eligible_for_reads":false,"fenced":false,"healthy":true,"lag_bytes":null,"lag_ms":null,"lsn":"16/B374D848","primary":true,"role":"primary","timeline":3},{"address":"b:2","eligible_for_reads":true,"fenced":false,"healthy":true,"lag_bytes":97449727976,"lag_ms":1.5,"lsn":"0/3000060","primary":false,"role":"standby","timeline":null}],"primary":"a:1","role_source":"probe"}"#
         );
     }
 

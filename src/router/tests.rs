@@ -32,6 +32,7 @@ fn cluster(standbys_ok: [bool; 2]) -> Topology {
             node(2, Role::Standby, true, standbys_ok[1], 900),
         ],
         primary: Some(0),
+        role_source: crate::topology::RoleSource::Probe,
     }
 }
 

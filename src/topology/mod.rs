@@ -101,6 +101,29 @@ impl NodeState {
     }
 }
 
+/// Who decided the roles of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleSource {
+    /// The nodes' own answers (`[topology] source = "probe"`).
+    Probe,
+    /// Patroni's `/cluster` (`source = "patroni"`).
+    Patroni,
+    /// `source = "patroni"`, but no Patroni REST URL answers (or none has yet): the last
+    /// topology is kept (Patroni's read exclusions included) and roles come from the probes.
+    PatroniUnreachable,
+}
+
+impl RoleSource {
+    /// Name for logs and `/topology`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RoleSource::Probe => "probe",
+            RoleSource::Patroni => "patroni",
+            RoleSource::PatroniUnreachable => "patroni_unreachable",
+        }
+    }
+}
+
 /// An immutable view of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -110,6 +133,8 @@ pub struct Topology {
     pub nodes: Vec<NodeState>,
     /// The node that takes writes, if exactly one healthy node is out of recovery.
     pub primary: Option<NodeId>,
+    /// Who decided the roles.
+    pub role_source: RoleSource,
 }
 
 impl Topology {
@@ -144,6 +169,7 @@ impl Topology {
                 })
                 .collect(),
             primary: None,
+            role_source: RoleSource::Probe,
         }
     }
 

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::health::Hysteresis;
 use super::lag::LsnHistory;
 use super::patroni::{self, DcsVerdict};
-use super::{NodeId, NodeState, Role, Topology, TopologyHandle};
+use super::{NodeId, NodeState, Role, RoleSource, Topology, TopologyHandle};
 use crate::net::server_tls::ServerTls;
 use crate::protocol::Lsn;
 
@@ -321,6 +321,10 @@ struct Aggregator {
     /// Patroni's latest verdict; `None` with the `probe` source, before Patroni first
     /// answered, and while no Patroni URL answers (then the probes decide alone).
     dcs: Option<DcsVerdict>,
+    /// Patroni's read exclusions (`noloadbalance`, not a member, not replaying) of its last
+    /// verdict, kept while no Patroni URL answers: the last known topology stands, only the
+    /// roles come from the probes.
+    kept_no_reads: Option<Vec<bool>>,
     /// Members already logged as not configured, so each is logged once.
     unknown_logged: Vec<String>,
 }
@@ -353,6 +357,7 @@ async fn aggregate(
         highest_timeline: None,
         system_id: None,
         dcs: None,
+        kept_no_reads: None,
         unknown_logged: Vec::new(),
     };
     loop {
@@ -381,11 +386,16 @@ async fn aggregate(
                 None => tracing::warn!("no primary available"),
             }
         }
-        if nodes != current.nodes || primary != current.primary {
+        let role_source = agg.role_source();
+        if nodes != current.nodes
+            || primary != current.primary
+            || role_source != current.role_source
+        {
             topology.publish(Topology {
                 epoch: 0,
                 nodes,
                 primary,
+                role_source,
             });
         }
     }
@@ -535,12 +545,23 @@ impl Aggregator {
                     }
                 }
                 self.dcs = Some(v);
+                self.kept_no_reads = None;
             }
             Err(e) => {
-                if self.dcs.take().is_some() {
+                if let Some(last) = self.dcs.take() {
                     tracing::warn!(error = %e, "no Patroni REST URL answers: keeping the current topology and deciding roles from direct probes until one does ({e})");
+                    self.kept_no_reads = Some(last.no_reads);
                 }
             }
+        }
+    }
+
+    /// Who decides the roles now.
+    fn role_source(&self) -> RoleSource {
+        match (&self.dcs, self.settings.patroni.is_empty()) {
+            (_, true) => RoleSource::Probe,
+            (Some(_), false) => RoleSource::Patroni,
+            (None, false) => RoleSource::PatroniUnreachable,
         }
     }
 
@@ -550,10 +571,11 @@ impl Aggregator {
     fn decide(&mut self, nodes: &mut [NodeState]) -> Option<NodeId> {
         self.update_fencing(nodes);
         for n in nodes.iter_mut() {
-            n.no_reads = self
-                .dcs
-                .as_ref()
-                .is_some_and(|d| d.no_reads.get(n.id).copied().unwrap_or(true));
+            n.no_reads = match (&self.dcs, &self.kept_no_reads) {
+                (Some(d), _) => d.no_reads.get(n.id).copied().unwrap_or(true),
+                (None, Some(kept)) => kept.get(n.id).copied().unwrap_or(false),
+                (None, None) => false,
+            };
         }
         match &self.dcs {
             None => Topology::derive_primary(nodes),
@@ -726,6 +748,7 @@ mod tests {
                 highest_timeline: None,
                 system_id: None,
                 dcs: None,
+                kept_no_reads: None,
                 unknown_logged: Vec::new(),
             },
             Topology::initial(&addrs).nodes,
@@ -972,11 +995,23 @@ mod tests {
         // A leader still in recovery is waited for, not written to.
         a.apply_dcs(dcs(Some(2), vec![false, false, false]));
         assert_eq!(a.decide(&mut nodes), None);
-        // Patroni unreachable: the probes decide alone (node 0 and 1 both out of recovery on
-        // the same timeline: undecidable, so none); node 2's reads come back.
+        a.settings.patroni = vec!["http://127.0.0.1:8008".into()];
+        assert_eq!(a.role_source(), RoleSource::Patroni);
+        // Patroni unreachable: the probes decide the roles alone (node 0 back in recovery,
+        // node 1 the only one out of it), and the last verdict's read exclusions stay.
+        a.apply_dcs(dcs(Some(1), vec![false, false, true]));
         a.apply_dcs(Err("refused".into()));
+        assert_eq!(a.role_source(), RoleSource::PatroniUnreachable);
         a.apply(&mut nodes, ok(0, true, 300), t);
         assert_eq!(a.decide(&mut nodes), Some(1));
+        assert!(
+            nodes[2].no_reads,
+            "noloadbalance is kept while Patroni is unreachable"
+        );
+        // Patroni answers again, without the tag: node 2's reads come back.
+        a.apply_dcs(dcs(Some(1), vec![false, false, false]));
+        assert_eq!(a.decide(&mut nodes), Some(1));
         assert!(!nodes[2].no_reads);
+        assert_eq!(a.role_source(), RoleSource::Patroni);
     }
 }

@@ -1,8 +1,12 @@
 //! causeway in `[topology] source = "patroni"` mode in front of a real Patroni cluster (issue
 //! 18): three PostgreSQL 15 nodes managed by Patroni 3 with its built-in Raft store (no etcd),
-//! all on loopback. Writes go to Patroni's leader, and after `patronictl switchover` two
-//! causeway instances both follow the new leader; the time from Patroni naming the new leader
-//! to the first write through each instance is printed.
+//! all on loopback, two causeway instances in front. Writes go to Patroni's leader; through
+//! `patronictl switchover` under write load (no failed write beyond the in-flight ones, no
+//! acknowledged write lost) and a crash of the leader's PostgreSQL (Patroni fails over) both
+//! instances follow the new leader, and the time from Patroni naming it to the first write
+//! through each instance is printed; a `noloadbalance` member gets no reads; with every
+//! Patroni API unreachable the last topology stands and the probes decide (`/topology` says
+//! so). The fake-API test below covers the leader key on a standby.
 //!
 //! Skipped, with the reason printed, when `patroni` or `patronictl` is not installed (Debian:
 //! `apt-get install patroni python3-pysyncobj`; `.ci/run` installs them).
@@ -16,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use causeway::cluster::{APP_PASSWORD, APP_USER, MONITOR_PASSWORD, MONITOR_USER};
+use causeway::topology::RoleSource;
 use tokio::time::Instant;
 use tokio_postgres::SimpleQueryMessage;
 
@@ -171,6 +176,43 @@ impl PatroniCluster {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, `HUP`, ...) to member `n`'s Patroni process (only: its
+    /// PostgreSQL keeps running).
+    fn signal(&self, n: usize, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.children[n].id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} patroni n{n}");
+    }
+
+    /// Sends `signal` to every member's Patroni process.
+    fn signal_patroni(&self, signal: &str) {
+        (0..3).for_each(|n| self.signal(n, signal));
+    }
+
+    /// SIGKILL to member `n`'s postmaster (its PID from `postmaster.pid`): PostgreSQL crashes,
+    /// Patroni keeps running.
+    fn kill_postmaster(&self, n: usize) {
+        let pid = fs::read_to_string(self.dir.join(format!("n{n}/data/postmaster.pid")))
+            .expect("postmaster.pid");
+        let pid = pid.lines().next().unwrap().trim().to_owned();
+        let status = Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+        assert!(status.success(), "kill -KILL postmaster {pid} of n{n}");
+    }
+
+    /// Gives member `n` the `noloadbalance` tag (in its configuration, then a reload).
+    fn tag_noloadbalance(&self, n: usize) {
+        use std::io::Write as _;
+        let mut yaml = fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join(format!("n{n}/patroni.yml")))
+            .unwrap();
+        yaml.write_all(b"tags:\n  noloadbalance: true\n").unwrap();
+        self.signal(n, "HUP");
+    }
+
     fn logs(&self) -> String {
         (0..3)
             .map(|i| {
@@ -189,11 +231,13 @@ impl PatroniCluster {
 
 impl Drop for PatroniCluster {
     fn drop(&mut self) {
-        // Patroni stops its PostgreSQL on SIGTERM.
+        // Patroni stops its PostgreSQL on SIGTERM (once running again, if a test stopped it).
         for child in &self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            for signal in ["-CONT", "-TERM"] {
+                let _ = Command::new("kill")
+                    .args([signal, &child.id().to_string()])
+                    .status();
+            }
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         for child in &mut self.children {
@@ -243,6 +287,7 @@ bootstrap:
     ttl: 20
     loop_wait: 1
     retry_timeout: 5
+    primary_start_timeout: 0
     postgresql:
       use_pg_rewind: true
       parameters:
@@ -343,14 +388,165 @@ async fn write(client: &tokio_postgres::Client) -> Result<u16, tokio_postgres::E
     panic!("INSERT ... RETURNING answered no row");
 }
 
-/// Writes through `proxy` until one lands on `port` (reconnecting when the connection is
-/// lost); when it did.
-async fn first_write_on(proxy: &common::Proxy, port: u16, limit: Duration) -> Option<Instant> {
+/// One write of a [`Load`]: its row, when it was sent and answered, and the port of the server
+/// that took it (or the error).
+struct Write {
+    writer: i32,
+    seq: i32,
+    sent: Instant,
+    result: Result<u16, String>,
+}
+
+/// Clients writing through a proxy back to back, as pgbench does (one connection each, kept
+/// across errors as an application keeps it; a new one only when the proxy closed it), until
+/// stopped. Each write inserts its own `(writer, seq)` row.
+struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Successful writes so far, over all clients.
+    ok: Arc<std::sync::atomic::AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Write>>>,
+}
+
+impl Load {
+    /// Starts `clients` writers numbered from `first`.
+    fn start(proxy: &common::Proxy, clients: i32, first: i32) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let conninfo = proxy.conninfo(APP_USER, APP_PASSWORD, "postgres");
+        let tasks = (first..first + clients)
+            .map(|writer| {
+                let (stop, ok, conninfo) = (stop.clone(), ok.clone(), conninfo.clone());
+                tokio::spawn(async move {
+                    let connect = || async {
+                        let (client, conn) =
+                            tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                                .await
+                                .expect("connect through the proxy");
+                        tokio::spawn(conn);
+                        client
+                    };
+                    let mut client = connect().await;
+                    let mut writes = Vec::new();
+                    let mut seq = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        seq += 1;
+                        let sent = Instant::now();
+                        let sql = format!(
+                            "INSERT INTO load VALUES ({writer}, {seq}, inet_server_port()) \
+                             RETURNING port"
+                        );
+                        let result = match client.simple_query(&sql).await {
+                            Ok(rows) => rows
+                                .iter()
+                                .find_map(|m| match m {
+                                    SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+                                    _ => None,
+                                })
+                                .ok_or_else(|| "no row".to_owned()),
+                            Err(e) => Err(match e.as_db_error() {
+                                Some(d) => format!("{}: {}", d.code().code(), d.message()),
+                                None => e.to_string(),
+                            }),
+                        };
+                        if result.is_ok() {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else if client.is_closed() {
+                            client = connect().await;
+                        }
+                        writes.push(Write {
+                            writer,
+                            seq,
+                            sent,
+                            result,
+                        });
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    writes
+                })
+            })
+            .collect();
+        Load { stop, ok, tasks }
+    }
+
+    /// Waits until `n` writes succeeded in all.
+    async fn wait_ok(&self, n: usize) {
+        let ok = common::eventually(Duration::from_secs(30), || async {
+            self.ok.load(std::sync::atomic::Ordering::Relaxed) >= n
+        })
+        .await;
+        assert!(ok, "the load's writes succeed");
+    }
+
+    /// Stops the clients; every write each one made.
+    async fn stop(self) -> Vec<Vec<Write>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.push(t.await.unwrap());
+        }
+        all
+    }
+}
+
+/// Prints what a load saw; returns the failures per client.
+fn summary(step: &str, writes: &[Vec<Write>]) -> Vec<usize> {
+    let failures: Vec<usize> = writes
+        .iter()
+        .map(|w| w.iter().filter(|w| w.result.is_err()).count())
+        .collect();
+    let total: usize = writes.iter().map(Vec::len).sum();
+    eprintln!(
+        "{step}: {total} writes by {} clients, failed per client {failures:?}",
+        writes.len()
+    );
+    for w in writes.iter().flatten() {
+        if let Err(e) = &w.result {
+            eprintln!("  writer {} #{}: {e}", w.writer, w.seq);
+        }
+    }
+    failures
+}
+
+/// Every acknowledged `(writer, seq)` of `writes` is in table `load` (read on the primary).
+async fn assert_no_write_lost(proxy: &common::Proxy, writes: &[Vec<Write>]) {
+    let rows = proxy
+        .connect()
+        .await
+        .simple_query("/* causeway:primary */ SELECT writer, seq FROM load")
+        .await
+        .expect("read the load table");
+    let stored: std::collections::HashSet<(i32, i32)> = rows
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((
+                r.get(0).unwrap().parse().unwrap(),
+                r.get(1).unwrap().parse().unwrap(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let lost: Vec<(i32, i32)> = writes
+        .iter()
+        .flatten()
+        .filter(|w| w.result.is_ok() && !stored.contains(&(w.writer, w.seq)))
+        .map(|w| (w.writer, w.seq))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
+
+/// Writes through `proxy` until one lands on a port `wanted` accepts (reconnecting when the
+/// connection is lost); when it did, and where.
+async fn first_write_where(
+    proxy: &common::Proxy,
+    wanted: impl Fn(u16) -> bool,
+    limit: Duration,
+) -> Option<(Instant, u16)> {
     let deadline = Instant::now() + limit;
     let mut client = proxy.connect().await;
     while Instant::now() < deadline {
         match write(&client).await {
-            Ok(p) if p == port => return Some(Instant::now()),
+            Ok(p) if wanted(p) => return Some((Instant::now(), p)),
             Ok(_) => {}
             Err(_) if client.is_closed() => client = proxy.connect().await,
             Err(_) => {}
@@ -360,8 +556,74 @@ async fn first_write_on(proxy: &common::Proxy, port: u16, limit: Duration) -> Op
     None
 }
 
+/// When one of `members`' PostgreSQL first answers `pg_is_in_recovery() = false` (asked
+/// directly every 10 ms), and which.
+async fn promoted(
+    c: &PatroniCluster,
+    members: Vec<usize>,
+    limit: Duration,
+) -> Option<(Instant, usize)> {
+    let deadline = Instant::now() + limit;
+    let mut clients: Vec<Option<tokio_postgres::Client>> = members.iter().map(|_| None).collect();
+    while Instant::now() < deadline {
+        for (i, &n) in members.iter().enumerate() {
+            if clients[i].as_ref().is_none_or(|c| c.is_closed()) {
+                let info = format!(
+                    "host=127.0.0.1 port={} user=postgres password=pg dbname=postgres \
+                     connect_timeout=1",
+                    c.pg_ports[n]
+                );
+                clients[i] = match tokio_postgres::connect(&info, tokio_postgres::NoTls).await {
+                    Ok((client, conn)) => {
+                        tokio::spawn(conn);
+                        Some(client)
+                    }
+                    Err(_) => None,
+                };
+            }
+            if let Some(client) = &clients[i] {
+                if let Ok(row) = client.query_one("SELECT pg_is_in_recovery()", &[]).await {
+                    if !row.get::<_, bool>(0) {
+                        return Some((Instant::now(), n));
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+/// When `proxy`'s snapshot first names a primary other than `old`.
+async fn primary_moved(proxy: &common::Proxy, old: usize, limit: Duration) -> Option<Instant> {
+    proxy
+        .app
+        .topology()
+        .wait_until(limit, |t| t.primary.is_some_and(|p| p != old))
+        .await
+        .then(Instant::now)
+}
+
+/// Reads `inet_server_port()` `n` times through `proxy` on one connection that never wrote.
+async fn read_ports(proxy: &common::Proxy, n: usize) -> Vec<u16> {
+    let client = proxy.connect().await;
+    let mut ports = Vec::new();
+    for _ in 0..n {
+        let port: i32 = client
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .expect("a read")
+            .get(0);
+        ports.push(port as u16);
+    }
+    ports
+}
+
+/// One Patroni cluster, two causeway instances in front, in steps (starting Patroni is slow):
+/// a switchover under write load, a crash of the leader's PostgreSQL (Patroni fails over), a
+/// `noloadbalance` tag on a member, and every Patroni API unreachable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follows_patroni_leader_and_switchover() {
+async fn follows_patroni_through_switchover_crash_tags_and_outage() {
     if !installed("patroni") || !installed("patronictl") {
         eprintln!(
             "skipped: patroni/patronictl not installed \
@@ -393,19 +655,25 @@ async fn follows_patroni_leader_and_switchover() {
         &format!(
             "CREATE ROLE {MONITOR_USER} LOGIN PASSWORD '{MONITOR_PASSWORD}' IN ROLE pg_monitor; \
              CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'; \
-             CREATE TABLE t (port int); GRANT ALL ON t TO {APP_USER}"
+             CREATE TABLE t (port int); GRANT ALL ON t TO {APP_USER}; \
+             CREATE TABLE load (writer int, seq int, port int); GRANT ALL ON load TO {APP_USER}"
         ),
     )
-    .expect("create roles and table");
+    .expect("create roles and tables");
 
     let a = common::start_proxy_from(proxy_config(&c)).await;
     let b = common::start_proxy_from(proxy_config(&c)).await;
     for p in [&a, &b] {
         assert_eq!(p.app.topology().load().primary, Some(first));
+        assert_eq!(p.app.topology().load().role_source, RoleSource::Patroni);
         let port = write(&p.connect().await).await.expect("a write");
         assert_eq!(port, c.pg_ports[first], "writes go to Patroni's leader");
     }
+    let lag_since = |since: Instant| move |t: Instant| t.saturating_duration_since(since);
 
+    // === 1. `patronictl switchover` under write load ===
+    let load = Load::start(&a, 4, 0);
+    load.wait_ok(20).await;
     let candidate = (first + 1) % 3;
     let c2 = c.clone();
     let switchover = tokio::task::spawn_blocking(move || {
@@ -420,27 +688,51 @@ async fn follows_patroni_leader_and_switchover() {
     });
     let new_port = c.pg_ports[candidate];
     let limit = Duration::from_secs(60);
-    let (leader_at, a_at, b_at) = tokio::join!(
+    let (leader_at, a_at, b_at, a_moved, b_moved, promoted_at) = tokio::join!(
         async {
             common::eventually(limit, || async { leader(&c).await == Some(candidate) })
                 .await
                 .then(Instant::now)
         },
-        first_write_on(&a, new_port, limit),
-        first_write_on(&b, new_port, limit),
+        first_write_where(&a, |p| p == new_port, limit),
+        first_write_where(&b, |p| p == new_port, limit),
+        primary_moved(&a, first, limit),
+        primary_moved(&b, first, limit),
+        promoted(&c, vec![candidate], limit),
     );
     let out = switchover.await.unwrap();
     let leader_at =
         leader_at.unwrap_or_else(|| panic!("Patroni switches over: {out}\n{}", c.logs()));
-    let a_at = a_at.expect("a write through instance A reaches the new leader");
-    let b_at = b_at.expect("a write through instance B reaches the new leader");
+    let (a_at, _) = a_at.expect("a write through instance A reaches the new leader");
+    let (b_at, _) = b_at.expect("a write through instance B reaches the new leader");
+    // Keep the load on the new leader for a moment: its clients carry on.
+    let resumed = load.ok.load(std::sync::atomic::Ordering::Relaxed);
+    load.wait_ok(resumed + 20).await;
+    let writes = load.stop().await;
     // The proxies may be faster than this poll of Patroni's API (which runs every 50 ms).
-    let lag = |t: Instant| t.saturating_duration_since(leader_at);
+    let lag = lag_since(leader_at);
     eprintln!(
-        "Patroni's new leader in /cluster -> first write through causeway: A {:?}, B {:?}",
+        "switchover: Patroni's new leader in /cluster -> first write through causeway: \
+         A {:?}, B {:?} (their snapshots switched after {:?}, {:?}; the new leader left \
+         recovery after {:?})",
         lag(a_at),
-        lag(b_at)
+        lag(b_at),
+        a_moved.map(lag),
+        b_moved.map(lag),
+        promoted_at.map(|(t, _)| t
+            .checked_duration_since(leader_at)
+            .map_or_else(|| format!("-{:?}", leader_at - t), |d| format!("{d:?}"))),
     );
+    if let Some((t, _)) = promoted_at {
+        let since = lag_since(t);
+        eprintln!(
+            "  from the new leader leaving recovery: snapshot A {:?}, B {:?}; first write A {:?}, B {:?}",
+            a_moved.map(since),
+            b_moved.map(since),
+            since(a_at),
+            since(b_at)
+        );
+    }
     for (name, t) in [("A", a_at), ("B", b_at)] {
         assert!(
             lag(t) <= Duration::from_secs(5),
@@ -448,11 +740,188 @@ async fn follows_patroni_leader_and_switchover() {
             lag(t)
         );
     }
+    // Only a write in flight when the old leader stopped may fail: one per client at most.
+    let failures = summary("switchover under load", &writes);
+    assert!(
+        failures.iter().all(|f| *f <= 1),
+        "more failed writes than in-flight ones: {failures:?}"
+    );
+    let last = writes.iter().filter_map(|w| w.last()).collect::<Vec<_>>();
+    assert!(
+        last.iter().all(|w| w.result == Ok(new_port)),
+        "every client writes on the new leader in the end"
+    );
+    assert_no_write_lost(&a, &writes).await;
     for p in [&a, &b] {
         assert_eq!(p.app.topology().load().primary, Some(candidate));
         let port = write(&p.connect().await).await.expect("a write");
         assert_eq!(port, new_port);
     }
+
+    // === 2. The leader's PostgreSQL crashes: Patroni fails over ===
+    // `primary_start_timeout: 0` (see `member_yaml`): Patroni fails over at once when the
+    // leader's PostgreSQL crashes (and a replica is fit), instead of restarting it in place.
+    let old = candidate;
+    let old_port = c.pg_ports[old];
+    let load = Load::start(&a, 4, 100);
+    load.wait_ok(20).await;
+    c.kill_postmaster(old);
+    let others: Vec<usize> = (0..3).filter(|n| *n != old).collect();
+    let (leader_at, a_new, b_new, a_moved, b_moved, promoted_at) = tokio::join!(
+        async {
+            common::eventually(limit, || async {
+                leader(&c).await.is_some_and(|l| l != old)
+            })
+            .await
+            .then(Instant::now)
+        },
+        first_write_where(&a, |p| p != old_port, limit),
+        first_write_where(&b, |p| p != old_port, limit),
+        primary_moved(&a, old, limit),
+        primary_moved(&b, old, limit),
+        promoted(&c, others, limit),
+    );
+    let leader_at =
+        leader_at.unwrap_or_else(|| panic!("Patroni fails over after the crash\n{}", c.logs()));
+    let new = leader(&c).await.expect("the new leader");
+    let new_port = c.pg_ports[new];
+    let (a_at, a_port) = a_new.expect("a write through instance A reaches the new leader");
+    let (b_at, b_port) = b_new.expect("a write through instance B reaches the new leader");
+    assert_eq!(
+        (a_port, b_port),
+        (new_port, new_port),
+        "writes go to Patroni's new leader"
+    );
+    let resumed = load.ok.load(std::sync::atomic::Ordering::Relaxed);
+    load.wait_ok(resumed + 20).await;
+    let writes = load.stop().await;
+    let lag = lag_since(leader_at);
+    eprintln!(
+        "crash failover: Patroni's new leader in /cluster -> first write through causeway: \
+         A {:?}, B {:?} (their snapshots switched after {:?}, {:?}; the new leader left \
+         recovery after {:?})",
+        lag(a_at),
+        lag(b_at),
+        a_moved.map(lag),
+        b_moved.map(lag),
+        promoted_at.map(|(t, _)| t
+            .checked_duration_since(leader_at)
+            .map_or_else(|| format!("-{:?}", leader_at - t), |d| format!("{d:?}"))),
+    );
+    if let Some((t, _)) = promoted_at {
+        let since = lag_since(t);
+        eprintln!(
+            "  from the new leader leaving recovery: snapshot A {:?}, B {:?}; first write A {:?}, B {:?}",
+            a_moved.map(since),
+            b_moved.map(since),
+            since(a_at),
+            since(b_at)
+        );
+    }
+    let failures = summary("leader crash under load", &writes);
+    // Once Patroni named another leader, no write lands on the crashed one.
+    let stray: Vec<(i32, i32)> = writes
+        .iter()
+        .flatten()
+        .filter(|w| w.sent >= leader_at && w.result == Ok(old_port))
+        .map(|w| (w.writer, w.seq))
+        .collect();
+    assert!(stray.is_empty(), "writes on the crashed leader: {stray:?}");
+    assert!(
+        failures.iter().all(|f| *f <= 1),
+        "more failed writes than in-flight ones: {failures:?}"
+    );
+    // The old leader comes back as a replica of the new one, and still gets no writes.
+    // (Patroni may restart it more than once: crash recovery, pg_rewind, then as a replica.)
+    let rejoined = common::eventually(Duration::from_secs(90), || async {
+        members(&c).await.iter().any(|m| {
+            m.port == old_port
+                && m.role == causeway::topology::patroni::MemberRole::Replica
+                && (m.state == "running" || m.state == "streaming")
+        }) && c.psql(old, "SELECT pg_is_in_recovery()").as_deref() == Ok("t")
+    })
+    .await;
+    assert!(
+        rejoined,
+        "the crashed leader rejoins as a replica\n{}",
+        c.logs()
+    );
+    for p in [&a, &b] {
+        assert_eq!(p.app.topology().load().primary, Some(new));
+        let port = write(&p.connect().await).await.expect("a write");
+        assert_eq!(port, new_port);
+    }
+
+    // === 3. `noloadbalance` on a member: no reads reach it ===
+    let tagged = (0..3).find(|i| *i != new && *i != old).unwrap();
+    c.tag_noloadbalance(tagged);
+    let tag_seen = common::eventually(Duration::from_secs(30), || async {
+        let t = a.app.topology().load();
+        t.nodes[tagged].no_reads && t.nodes[old].is_eligible_standby()
+    })
+    .await;
+    assert!(
+        tag_seen,
+        "the tag reaches causeway, the other replica serves reads\n{}",
+        c.logs()
+    );
+    let ports = read_ports(&a, 40).await;
+    assert!(
+        !ports.contains(&c.pg_ports[tagged]),
+        "a read on the noloadbalance member: {ports:?}"
+    );
+    assert!(
+        ports.contains(&old_port),
+        "reads go to the other replica: {ports:?}"
+    );
+
+    // === 4. Every Patroni API unreachable (the Patroni processes stopped, PostgreSQL runs) ===
+    c.signal_patroni("STOP");
+    let mut lost_primary = false;
+    let fell_back = common::eventually(Duration::from_secs(30), || {
+        let t = a.app.topology().load_full();
+        lost_primary |= t.primary != Some(new);
+        async move { t.role_source == RoleSource::PatroniUnreachable }
+    })
+    .await;
+    let json = causeway::admin::http::topology_json(&a.app.topology().load());
+    let after = (write(&a.connect().await).await, read_ports(&a, 20).await);
+    let held = a.app.topology().load_full();
+    c.signal_patroni("CONT");
+    assert!(fell_back, "causeway notices Patroni is unreachable");
+    assert!(
+        !lost_primary,
+        "never \"no primary\" while Patroni is unreachable"
+    );
+    assert!(
+        json.contains(r#""role_source":"patroni_unreachable""#),
+        "/topology says so: {json}"
+    );
+    let (wrote, ports) = after;
+    assert_eq!(
+        wrote.expect("a write"),
+        new_port,
+        "writes still reach the leader"
+    );
+    assert!(
+        !ports.contains(&c.pg_ports[tagged]),
+        "the last known noloadbalance tag still holds: {ports:?}"
+    );
+    assert_eq!(held.role_source, RoleSource::PatroniUnreachable);
+    assert_eq!(
+        held.primary,
+        Some(new),
+        "the probed primary is Patroni's last leader"
+    );
+    assert!(
+        !held.nodes[tagged].is_eligible_standby() && held.nodes[old].is_eligible_standby(),
+        "the last known topology holds: {held:?}"
+    );
+    let back = common::eventually(Duration::from_secs(30), || async {
+        a.app.topology().load().role_source == RoleSource::Patroni
+    })
+    .await;
+    assert!(back, "following Patroni again once it answers");
 }
 
 /// A stand-in for Patroni's REST API serving whatever `/cluster` body the test sets; dropping

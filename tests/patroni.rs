@@ -1026,6 +1026,7 @@ async fn patroni_tags_leader_key_and_unreachable_api() {
     })
     .await;
     assert!(ok, "node 1 reads, node 2 (noloadbalance) does not");
+    assert_eq!(proxy.app.topology().load().role_source, RoleSource::Patroni);
     let client = proxy.connect().await;
     for _ in 0..20 {
         let port = client
@@ -1061,6 +1062,11 @@ async fn patroni_tags_leader_key_and_unreachable_api() {
         })
         .await,
         "back to the probed primary with Patroni unreachable"
+    );
+    let json = causeway::admin::http::topology_json(&proxy.app.topology().load());
+    assert!(
+        json.contains(r#""role_source":"patroni_unreachable""#),
+        "/topology says the probes decide: {json}"
     );
     let port: i32 = client
         .query_one(

@@ -252,3 +252,50 @@ async fn a_reload_puts_new_server_tls_settings_in_force() {
     assert!(watcher_follows, "the watcher reconnects with TLS");
     proxy.app.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reads_a_changed_ca_file_under_the_same_name() {
+    let cas = tokio::task::block_in_place(ssl_cluster);
+    // A CA file of this test's own, first holding the CA the nodes' certificate chains to.
+    let live = cas
+        .ca
+        .with_file_name(format!("live-ca-{}.crt", std::process::id()));
+    std::fs::copy(&cas.ca, &live).unwrap();
+    let toml = config(
+        &format!("mode = \"verify-full\"\nca = \"{}\"", live.display()),
+        "localhost",
+    );
+    let proxy = common::start_proxy_from(toml.clone()).await;
+    assert!(served_over_tls(&proxy).await, "verified with the right CA");
+
+    // Another CA under the same name: the configuration text is the same, the file is not.
+    std::fs::copy(&cas.other, &live).unwrap();
+    let loaded = Config::from_toml(&toml, "test", &|_| None).unwrap();
+    let changed = causeway::reload::apply(proxy.app.ctx(), loaded.config).expect("reload");
+    assert!(
+        changed
+            .changed
+            .iter()
+            .any(|k| k.starts_with("server_tls.ca")),
+        "{changed:?}"
+    );
+    // The pools made with the old CA are retired: a new server connection must verify
+    // against a CA that did not sign the nodes' certificate, and fails.
+    let refused = async {
+        let client = proxy.connect_as(APP_USER, APP_PASSWORD, "postgres").await?;
+        client.simple_query("SELECT 1").await
+    }
+    .await;
+    assert!(
+        refused.is_err(),
+        "a connection verified with the old CA was reused"
+    );
+
+    // The right CA back: served again.
+    std::fs::copy(&cas.ca, &live).unwrap();
+    let loaded = Config::from_toml(&toml, "test", &|_| None).unwrap();
+    causeway::reload::apply(proxy.app.ctx(), loaded.config).expect("reload");
+    assert!(served_over_tls(&proxy).await, "the right CA again");
+    proxy.app.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_file(&live);
+}

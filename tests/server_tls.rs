@@ -266,10 +266,23 @@ async fn a_reload_reads_a_changed_ca_file_under_the_same_name() {
         "localhost",
     );
     let proxy = common::start_proxy_from(toml.clone()).await;
-    assert!(served_over_tls(&proxy).await, "verified with the right CA");
+    // A pooled server connection, verified with the first file, left idle in its pool.
+    let client = proxy.connect().await;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(client);
 
-    // Another CA under the same name: the configuration text is the same, the file is not.
-    std::fs::copy(&cas.other, &live).unwrap();
+    // New contents under the same name (both CAs now): the configuration text is the same,
+    // the file is not. The watcher keeps verifying (the nodes' CA is still in the file).
+    let both = format!(
+        "{}{}",
+        std::fs::read_to_string(&cas.ca).unwrap(),
+        std::fs::read_to_string(&cas.other).unwrap()
+    );
+    std::fs::write(&live, both).unwrap();
     let loaded = Config::from_toml(&toml, "test", &|_| None).unwrap();
     let changed = causeway::reload::apply(proxy.app.ctx(), loaded.config).expect("reload");
     assert!(
@@ -279,23 +292,14 @@ async fn a_reload_reads_a_changed_ca_file_under_the_same_name() {
             .any(|k| k.starts_with("server_tls.ca")),
         "{changed:?}"
     );
-    // The pools made with the old CA are retired: a new server connection must verify
-    // against a CA that did not sign the nodes' certificate, and fails.
-    let refused = async {
-        let client = proxy.connect_as(APP_USER, APP_PASSWORD, "postgres").await?;
-        client.simple_query("SELECT 1").await
-    }
-    .await;
+    // The pool made with the old file is retired: its idle connection is closed, and the
+    // next client is served by a connection made (and verified) with the new file.
+    let direct = common::connect_direct(common::cluster().primary().unwrap()).await;
     assert!(
-        refused.is_err(),
-        "a connection verified with the old CA was reused"
+        common::wait_backend_not(&direct, pid, "true", Duration::from_secs(10)).await,
+        "the server connection verified with the old CA file is still open"
     );
-
-    // The right CA back: served again.
-    std::fs::copy(&cas.ca, &live).unwrap();
-    let loaded = Config::from_toml(&toml, "test", &|_| None).unwrap();
-    causeway::reload::apply(proxy.app.ctx(), loaded.config).expect("reload");
-    assert!(served_over_tls(&proxy).await, "the right CA again");
+    assert!(served_over_tls(&proxy).await, "served with the new file");
     proxy.app.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_file(&live);
 }

@@ -12,7 +12,12 @@
 //! - routing and lag settings: at the next request; the watcher's check interval, timeouts
 //!   and lag limits at its next check;
 //! - per-user and per-database defaults, timeouts: for new sessions;
-//! - `proxy.log_level`: at once (unless `RUST_LOG` is set).
+//! - `proxy.log_level`: at once (unless `RUST_LOG` is set);
+//! - `[client_tls]` (its keys, or new contents in the same certificate files): for new
+//!   connections; clients already connected over TLS keep their session;
+//! - `[server_tls]` (its keys, or a new CA file under the same name): pools are retired as
+//!   above, so new server connections verify with the new settings; the watcher's next
+//!   connections too.
 //!
 //! Keys in [`RESTART_ONLY`] (the listen addresses, the node list, ...) are read once at
 //! start: a file that changes one is refused as a whole, with a message naming the key.
@@ -137,8 +142,20 @@ pub fn apply(ctx: &SessionCtx, config: Config) -> Result<Reloaded, ReloadError> 
     changed.extend(removed.iter().map(|u| format!("users.{u}")));
     // The one store: from here on, logins, new sessions and checkouts see `new`.
     ctx.store_settings(new.clone());
-    // A pool connects with the target it was made with: changed TLS settings need new pools.
-    let same_tls = old.config.server_tls == new.config.server_tls;
+    // Certificate files are read again by `Settings::new`: new contents under the same names
+    // are a change too. New client handshakes use the new certificate at once; sessions
+    // already in keep theirs.
+    let client_certs = |s: &Settings| s.client_tls.as_ref().map(|t| t.certs_digest);
+    if old.config.client_tls != new.config.client_tls || client_certs(&old) != client_certs(&new) {
+        changed.push("client_tls".to_owned());
+    }
+    let server_ca_changed = old.server_tls.ca_digest != new.server_tls.ca_digest;
+    if server_ca_changed && old.config.server_tls == new.config.server_tls {
+        changed.push("server_tls.ca (file contents)".to_owned());
+    }
+    // A pool connects with the target it was made with: changed TLS settings (or CA file
+    // contents) need new pools.
+    let same_tls = old.config.server_tls == new.config.server_tls && !server_ca_changed;
     let retired = ctx.pools().reconfigure(new.pool_settings(), |pool| {
         let key = pool.key();
         same_tls

@@ -252,3 +252,54 @@ async fn a_reload_puts_new_server_tls_settings_in_force() {
     assert!(watcher_follows, "the watcher reconnects with TLS");
     proxy.app.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reads_a_changed_ca_file_under_the_same_name() {
+    let cas = tokio::task::block_in_place(ssl_cluster);
+    // A CA file of this test's own, first holding the CA the nodes' certificate chains to.
+    let live = cas
+        .ca
+        .with_file_name(format!("live-ca-{}.crt", std::process::id()));
+    std::fs::copy(&cas.ca, &live).unwrap();
+    let toml = config(
+        &format!("mode = \"verify-full\"\nca = \"{}\"", live.display()),
+        "localhost",
+    );
+    let proxy = common::start_proxy_from(toml.clone()).await;
+    // A pooled server connection, verified with the first file, left idle in its pool.
+    let client = proxy.connect().await;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(client);
+
+    // New contents under the same name (both CAs now): the configuration text is the same,
+    // the file is not. The watcher keeps verifying (the nodes' CA is still in the file).
+    let both = format!(
+        "{}{}",
+        std::fs::read_to_string(&cas.ca).unwrap(),
+        std::fs::read_to_string(&cas.other).unwrap()
+    );
+    std::fs::write(&live, both).unwrap();
+    let loaded = Config::from_toml(&toml, "test", &|_| None).unwrap();
+    let changed = causeway::reload::apply(proxy.app.ctx(), loaded.config).expect("reload");
+    assert!(
+        changed
+            .changed
+            .iter()
+            .any(|k| k.starts_with("server_tls.ca")),
+        "{changed:?}"
+    );
+    // The pool made with the old file is retired: its idle connection is closed, and the
+    // next client is served by a connection made (and verified) with the new file.
+    let direct = common::connect_direct(common::cluster().primary().unwrap()).await;
+    assert!(
+        common::wait_backend_not(&direct, pid, "true", Duration::from_secs(10)).await,
+        "the server connection verified with the old CA file is still open"
+    );
+    assert!(served_over_tls(&proxy).await, "served with the new file");
+    proxy.app.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_file(&live);
+}

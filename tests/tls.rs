@@ -1,7 +1,8 @@
 //! TLS between clients and the proxy, with real clients: psql (libpq) with each `sslmode` a user
 //! would set, tokio-postgres over rustls, PostgreSQL 17's direct TLS (ALPN `postgresql`) from a
 //! rustls client, and the refusals: plaintext under `require`, bytes smuggled behind an
-//! SSLRequest, a second SSLRequest inside TLS.
+//! SSLRequest, a second SSLRequest inside TLS; a TLS-only user under `allow`; new certificate
+//! files taken by a reload.
 //!
 //! Each test makes its own CA and leaf certificate (rcgen) in a fresh directory.
 mod common;
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use causeway::cluster::{APP_PASSWORD, APP_TRUST_USER, APP_USER};
+use causeway::cluster::{APP_PASSWORD, APP_TRUST_USER, APP_USER, SUPERUSER};
 use common::raw::{self, RawConn};
 use common::Proxy;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
@@ -448,4 +449,164 @@ async fn bytes_behind_an_sslrequest_and_a_second_sslrequest_are_refused() {
     assert_eq!(conn.recv_byte().await, b'N');
     let got = psql_query(&libpq(&proxy, "localhost", "sslmode=require"), "select 3").await;
     assert_eq!(got.as_deref(), Ok("3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_only_user_is_refused_over_plaintext_before_any_password_exchange() {
+    let certs = make_certs();
+    let tls = format!(
+        "\n[client_tls]\nmode = \"allow\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        certs.cert.display(),
+        certs.key.display()
+    );
+    // `app` must use TLS; the other users need not.
+    let name_line = format!("name = \"{APP_USER}\"\n");
+    let toml = common::config_toml("", &tls).replacen(
+        &name_line,
+        &format!("{name_line}require_tls = true\n"),
+        1,
+    );
+    let proxy = common::start_proxy_from(toml).await;
+
+    // psql in clear text: refused, with the reason.
+    let err = psql_query(&libpq(&proxy, "localhost", "sslmode=disable"), "select 1")
+        .await
+        .expect_err("a TLS-only user over plaintext");
+    assert!(
+        err.contains("requires TLS") && err.contains(APP_USER),
+        "{err}"
+    );
+    let err = proxy
+        .connect_as(APP_USER, APP_PASSWORD, "postgres")
+        .await
+        .expect_err("tokio-postgres without TLS");
+    assert_eq!(common::sqlstate(&err), Some("28000"), "{err}");
+    // The refusal comes straight after the StartupMessage: no authentication request first.
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(&raw::startup(&[
+        ("user", APP_USER),
+        ("database", "postgres"),
+    ]))
+    .await;
+    let msgs = conn
+        .recv_until_closed(Duration::from_secs(5))
+        .await
+        .expect("closed");
+    assert_eq!(msgs.first().map(|m| m.tag), Some(b'E'), "{msgs:?}");
+    assert_eq!(raw::first_error(&msgs).expect("an error").code, "28000");
+
+    // Over TLS the same user logs in (and PLUS binding works as usual).
+    let got = psql_query(
+        &libpq(&proxy, "localhost", "sslmode=require"),
+        "select current_user",
+    )
+    .await;
+    assert_eq!(got.as_deref(), Ok(APP_USER), "TLS-only user over TLS");
+    // Other users are served in clear text under `allow`.
+    let out = tokio::process::Command::new(psql())
+        .arg(format!(
+            "host=localhost hostaddr={} port={} user={APP_TRUST_USER} dbname=postgres \
+             sslmode=disable",
+            proxy.addr.ip(),
+            proxy.addr.port()
+        ))
+        .args(["-XAtqc", "select current_user"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        APP_TRUST_USER,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An unknown name in clear text is not told apart: the mock exchange, then 28P01.
+    let err = proxy
+        .connect_as("nobody_here", "whatever", "postgres")
+        .await
+        .expect_err("unknown user");
+    assert_eq!(common::sqlstate(&err), Some("28P01"), "{err}");
+}
+
+/// Copies a certificate and its key to the names the proxy's configuration uses.
+fn install_cert(from: &Certs, cert: &Path, key: &Path) {
+    std::fs::copy(&from.cert, cert).unwrap();
+    std::fs::copy(&from.key, key).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_takes_new_certificate_files_and_keeps_tls_clients_connected() {
+    let (a, b) = (make_certs(), make_certs());
+    // The proxy's files live in A's directory under names of their own, first with A's leaf.
+    let (cert, key) = (a.dir.join("live.crt"), a.dir.join("live.key"));
+    install_cert(&a, &cert, &key);
+    let tls = format!(
+        "\n[client_tls]\nmode = \"allow\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let path = a.dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        common::config_toml(&format!("admin_users = [\"{SUPERUSER}\"]"), &tls),
+    )
+    .unwrap();
+    let loaded = causeway::config::Config::load(&path).expect("valid test config");
+    let app = causeway::app::App::new(loaded.config).expect("build proxy");
+    app.set_config_path(path.clone());
+    let addr = app.start().await.expect("start proxy");
+    app.topology()
+        .wait_for_primary(Duration::from_secs(10))
+        .await
+        .expect("proxy finds the primary");
+    let proxy = Proxy { addr, app };
+    let verify = |c: &Certs| format!("sslmode=verify-full sslrootcert={}", c.ca.display());
+
+    // A client over TLS, verified against CA A, stays connected through the reload.
+    let tls_a = tokio_postgres_rustls::MakeRustlsConnect::new(client_config(&a, None));
+    let conninfo = format!(
+        "host=localhost port={} user={APP_USER} password={APP_PASSWORD} dbname=postgres \
+         sslmode=require",
+        proxy.addr.port()
+    );
+    let (old, conn) = tokio_postgres::connect(&conninfo, tls_a).await.unwrap();
+    let old_conn = tokio::spawn(conn);
+    old.simple_query("select 1").await.unwrap();
+    let got = psql_query(&libpq(&proxy, "localhost", &verify(&a)), "select 1").await;
+    assert_eq!(got.as_deref(), Ok("1"), "CA A before the reload");
+    psql_query(&libpq(&proxy, "localhost", &verify(&b)), "select 1")
+        .await
+        .expect_err("CA B before the reload");
+
+    // B's certificate and key under the same names, then RELOAD.
+    install_cert(&b, &cert, &key);
+    let console = proxy
+        .connect_as(
+            SUPERUSER,
+            common::cluster().superuser_password(),
+            "causeway",
+        )
+        .await
+        .expect("open the console");
+    console.simple_query("RELOAD").await.expect("RELOAD");
+
+    let got = psql_query(&libpq(&proxy, "localhost", &verify(&b)), "select 2").await;
+    assert_eq!(got.as_deref(), Ok("2"), "CA B after the reload");
+    let err = psql_query(&libpq(&proxy, "localhost", &verify(&a)), "select 1")
+        .await
+        .expect_err("CA A after the reload");
+    assert!(
+        err.contains("certificate verify failed") || err.contains("SSL error"),
+        "{err}"
+    );
+    // The client from before: not dropped, still served.
+    let rows = old.simple_query("select 3").await.expect("old TLS client");
+    assert!(
+        rows.iter().any(
+            |m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("3"))
+        ),
+        "{rows:?}"
+    );
+    assert!(!old_conn.is_finished());
+    drop(b);
 }

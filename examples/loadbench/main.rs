@@ -31,6 +31,7 @@ mod procs;
 mod proxies;
 mod report;
 mod scram;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -65,7 +66,8 @@ struct Args {
     #[arg(long)]
     idle_clients: Option<usize>,
     /// Run only this workload, by its label as in the report (for example
-    /// `--only "-S -c 16 -M prepared"`); repeat for several. A partial run: keep it out of
+    /// `--only="-S -c 16 -M prepared"`, `--only="-S -C -c 16 -M simple sslmode=require"`);
+    /// repeat for several. A partial run: keep it out of
     /// docs/BENCHMARKS.md with `--no-write` or `--output`.
     #[arg(long, value_name = "WORKLOAD")]
     only: Vec<String>,
@@ -129,18 +131,30 @@ impl Plan {
         let mut workloads = Vec::new();
         for protocol in [Protocol::Simple, Protocol::Prepared] {
             for clients in [1, 16, 64] {
-                workloads.push(Workload {
-                    script: Script::SelectOnly,
-                    protocol,
-                    clients,
-                });
+                workloads.push(Workload::new(Script::SelectOnly, protocol, clients));
             }
         }
+        // Many more clients than server connections (issue 17).
+        workloads.push(Workload::new(Script::SelectOnly, Protocol::Prepared, 256));
+        workloads.push(Workload::new(Script::TpcB, Protocol::Simple, 16));
+        // TLS towards the clients (issue 14): the same reads encrypted, and logins per second
+        // (`-C`: one login per transaction) with and without TLS, SCRAM-SHA-256 every time.
+        let read = |protocol| Workload::new(Script::SelectOnly, protocol, 16);
         workloads.push(Workload {
-            script: Script::TpcB,
-            protocol: Protocol::Simple,
-            clients: 16,
+            tls: true,
+            ..read(Protocol::Simple)
         });
+        workloads.push(Workload {
+            tls: true,
+            ..read(Protocol::Prepared)
+        });
+        for tls in [false, true] {
+            workloads.push(Workload {
+                tls,
+                connect: true,
+                ..read(Protocol::Simple)
+            });
+        }
         if !a.only.is_empty() {
             workloads.retain(|w| a.only.iter().any(|o| o.trim() == w.label()));
         }
@@ -160,10 +174,51 @@ impl Plan {
         }
     }
 
+    /// The targets a workload runs against. TLS and login (`-C`) rows compare the two
+    /// proxies only (the cluster's servers have no TLS set up, and pgpool-II's logins are
+    /// another matter); pgpool-II serves at most `num_init_children` clients at once (one more
+    /// would wait for a free child for the whole run), so it sits out the rows with more.
+    pub fn targets(&self, w: &Workload) -> Vec<Kind> {
+        Kind::ALL
+            .into_iter()
+            .filter(|k| match k {
+                Kind::Causeway | Kind::PgBouncer => true,
+                Kind::Direct => !w.tls && !w.connect,
+                Kind::Pgpool => !w.tls && !w.connect && w.clients as usize <= self.pool_size,
+            })
+            .collect()
+    }
+
+    /// The most clients of any workload.
+    pub fn max_clients(&self) -> usize {
+        self.workloads
+            .iter()
+            .map(|w| w.clients as usize)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `-T` of one run. pgbench's clock runs while it logs its clients in, so the rows with
+    /// more clients than the default 64 get 5 s more for their logins.
+    pub fn run_duration(&self, w: &Workload) -> Duration {
+        if w.clients > 64 {
+            self.duration + Duration::from_secs(5)
+        } else {
+            self.duration
+        }
+    }
+
+    /// `max_connections` of the cluster's servers (see `run`).
+    pub fn max_connections(&self) -> u32 {
+        let n = (3 * self.pool_size + 2 * self.max_clients().max(64) + 40).max(600);
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
     /// Rough duration, to print up front.
     fn estimate(&self) -> Duration {
         let runs = if self.load {
-            self.workloads.len() * self.rounds * 4
+            let per_round: usize = self.workloads.iter().map(|w| self.targets(w).len()).sum();
+            per_round * self.rounds
         } else {
             0
         };
@@ -259,11 +314,12 @@ impl Sample {
     }
 }
 
-/// Every run of a workload: `runs[round][target index in Kind::ALL]`.
+/// Every run of a workload: `runs[round][target index in Kind::ALL]`, `None` for a target the
+/// workload does not run against ([`Plan::targets`]).
 #[derive(Debug, Clone)]
 pub struct WorkloadRuns {
     pub workload: Workload,
-    pub runs: Vec<Vec<Result<Sample, String>>>,
+    pub runs: Vec<Vec<Option<Result<Sample, String>>>>,
 }
 
 /// What the report needs besides the runs.
@@ -504,7 +560,7 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let started = Instant::now();
     say!(
-        "{} rounds x {} workloads x 4 targets, {} s each{}; about {} min in all",
+        "{} rounds x {} workloads x 2-4 targets, {} s each{}; about {} min in all",
         plan.rounds,
         plan.workloads.len(),
         plan.duration.as_secs(),
@@ -535,9 +591,10 @@ fn run(args: &Args) -> Result<(), String> {
     say!("starting the 3-node cluster...");
     let cluster = Arc::new(
         LocalCluster::start(ClusterOptions {
-            // Every proxy keeps its server connections between runs: 80 (causeway) + 80 + 64
-            // (PgBouncer's two pools) + 80 (pgpool) + 64 (direct) on the primary, and more.
-            max_connections: 600,
+            // Every proxy keeps its server connections between runs: 80 (causeway) + 80 +
+            // up to one per client (PgBouncer's transaction and session pools) + 80 (pgpool)
+            // + one per client (direct) on the primary, and more.
+            max_connections: plan.max_connections(),
             extra_conf: vec![
                 // pgbench's tables (about 16 MB per scale unit) stay in shared memory.
                 "shared_buffers = 256MB".into(),
@@ -606,6 +663,15 @@ fn load_runs(
     facts: &mut Facts,
 ) -> Result<Vec<WorkloadRuns>, String> {
     say!("starting causeway, PgBouncer and pgpool-II...");
+    // One certificate for both proxies' client TLS; plaintext rows ask for no TLS.
+    let tls_dir = base.join("tls");
+    proxies::make_dir(&tls_dir, None).map_err(|e| e.to_string())?;
+    let owner = if proxies::is_root() {
+        proxies::postgres_account()
+    } else {
+        None
+    };
+    let cert = tls::write_self_signed(&tls_dir, owner)?;
     let causeway = proxies::start_causeway(
         cluster,
         &base.join("causeway"),
@@ -614,6 +680,7 @@ fn load_runs(
             max_server_connections: plan.pool_size,
             max_client_connections: 1_000,
             pool_timeout: "30s",
+            tls: Some(cert.clone()),
         },
     )?;
     let pgbouncer = proxies::start_pgbouncer(
@@ -621,7 +688,9 @@ fn load_runs(
         &base.join("pgbouncer"),
         &PgBouncerSettings {
             default_pool_size: plan.pool_size,
+            session_pool_size: plan.pool_size.max(plan.max_clients()),
             max_client_conn: 1_000,
+            tls: Some(cert),
         },
     )?;
     let pgpool = proxies::start_pgpool(
@@ -648,18 +717,24 @@ fn load_runs(
     proxies::make_dir(&logs, None).map_err(|e| e.to_string())?;
     let pgbench_bin = cluster.bin().path("pgbench");
 
-    // Warm-up: fill every pool (64 clients) and the caches; nothing recorded.
+    // Warm-up: fill every pool (64 clients; PgBouncer's session pool as many as the largest
+    // workload's clients, since it holds one server connection per client) and the caches;
+    // nothing recorded.
     say!("warm-up...");
+    // pgpool-II is context, not the subject: when it cannot warm up (it logs 64 clients in to
+    // all three nodes, which a loaded machine may not finish), the run goes on without it.
+    let mut sitting_out: Vec<Kind> = Vec::new();
     for t in &targets {
         for protocol in [Protocol::Simple, Protocol::Prepared] {
             if protocol == Protocol::Prepared && t.kind != Kind::PgBouncer {
                 continue;
             }
-            let w = Workload {
-                script: Script::SelectOnly,
-                protocol,
-                clients: 64,
+            let clients = if protocol == Protocol::Prepared {
+                plan.max_clients().max(64) as u32
+            } else {
+                64
             };
+            let w = Workload::new(Script::SelectOnly, protocol, clients);
             // New server connections (SCRAM each, pgpool-II to all three nodes) can take longer
             // than a short run: try again, longer, until a run completes transactions.
             let mut last = String::new();
@@ -681,7 +756,10 @@ fn load_runs(
                     }
                 }
             });
-            if !ok {
+            if !ok && t.kind == Kind::Pgpool {
+                say!("warm-up against pgpool-II failed ({last}); it sits out this run");
+                sitting_out.push(t.kind);
+            } else if !ok {
                 return Err(format!(
                     "warm-up against {} failed: {last}",
                     t.kind.label(&w)
@@ -691,7 +769,11 @@ fn load_runs(
     }
 
     facts.peak_rss_reset = true;
-    let total = plan.workloads.len() * plan.rounds * targets.len();
+    let total: usize = plan
+        .workloads
+        .iter()
+        .map(|w| plan.targets(w).len() * plan.rounds)
+        .sum();
     let mut done = 0;
     let mut all = Vec::new();
     for w in &plan.workloads {
@@ -699,6 +781,10 @@ fn load_runs(
         for round in 0..plan.rounds {
             let mut row = Vec::new();
             for t in &targets {
+                if !plan.targets(w).contains(&t.kind) || sitting_out.contains(&t.kind) {
+                    row.push(None);
+                    continue;
+                }
                 if procs::interrupted() {
                     return Err("interrupted".into());
                 }
@@ -725,7 +811,7 @@ fn load_runs(
                         t.kind.label(w)
                     ),
                 }
-                row.push(sample);
+                row.push(Some(sample));
             }
             runs.push(row);
         }
@@ -763,7 +849,7 @@ fn one_run(
         t.port,
         t.database(w),
         w,
-        plan.duration,
+        plan.run_duration(w),
         logs,
         tag,
         &[],
@@ -813,6 +899,7 @@ fn memory_runs(
                     max_server_connections: plan.memory_pool_size,
                     max_client_connections: n + 100,
                     pool_timeout: "0",
+                    tls: None,
                 },
             ),
             _ => proxies::start_pgbouncer(
@@ -820,7 +907,9 @@ fn memory_runs(
                 &dir,
                 &PgBouncerSettings {
                     default_pool_size: plan.memory_pool_size,
+                    session_pool_size: plan.memory_pool_size,
                     max_client_conn: n + 100,
+                    tls: None,
                 },
             ),
         };

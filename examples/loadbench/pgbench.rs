@@ -45,21 +45,51 @@ impl Protocol {
 }
 
 /// One pgbench workload.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Workload {
     pub script: Script,
     pub protocol: Protocol,
     pub clients: u32,
+    /// TLS between pgbench and the target (`PGSSLMODE=require`); otherwise `disable`.
+    pub tls: bool,
+    /// `-C`: a new connection (and login) for every transaction.
+    pub connect: bool,
 }
 
 impl Workload {
-    /// Label as the pgbench options that differ, e.g. `-S -c 16 -M prepared`.
+    /// A workload over plaintext, one connection per client for the whole run.
+    pub fn new(script: Script, protocol: Protocol, clients: u32) -> Workload {
+        Workload {
+            script,
+            protocol,
+            clients,
+            tls: false,
+            connect: false,
+        }
+    }
+
+    /// Label as the pgbench options that differ, e.g. `-S -c 16 -M prepared`, `-S -C -c 16 -M
+    /// simple sslmode=require`.
     pub fn label(&self) -> String {
         let s = match self.script {
             Script::SelectOnly => "-S ",
             Script::TpcB => "TPC-B ",
         };
-        format!("{s}-c {} -M {}", self.clients, self.protocol.as_arg())
+        format!(
+            "{s}{}-c {} -M {}{}",
+            if self.connect { "-C " } else { "" },
+            self.clients,
+            self.protocol.as_arg(),
+            if self.tls { " sslmode=require" } else { "" }
+        )
+    }
+
+    /// The same workload over plaintext.
+    pub fn plaintext(&self) -> Workload {
+        Workload {
+            tls: false,
+            ..*self
+        }
     }
 
     /// `-j`: at most the two cores, never more than the clients.
@@ -96,6 +126,8 @@ pub fn run(
     let mut cmd = clean_command(pgbench);
     cmd.env("PGPASSWORD", PASSWORD)
         .env("PGCONNECT_TIMEOUT", "10")
+        // Explicit both ways: libpq's default (`prefer`) would encrypt wherever TLS is on.
+        .env("PGSSLMODE", if w.tls { "require" } else { "disable" })
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER])
         .args(["-n", "-M", w.protocol.as_arg()])
         .args(["-c", &w.clients.to_string(), "-j", &w.threads().to_string()])
@@ -105,6 +137,9 @@ pub fn run(
         .args(extra_args);
     if w.script == Script::SelectOnly {
         cmd.arg("-S");
+    }
+    if w.connect {
+        cmd.arg("-C");
     }
     cmd.arg(database)
         .current_dir(logs)
@@ -197,9 +232,10 @@ fn parse_summary(out: &str) -> Option<Measured> {
     for line in out.lines() {
         let line = line.trim();
         if let Some(rest) = line.strip_prefix("tps = ") {
-            // PostgreSQL 14+: one line "(without initial connection time)"; older versions print
-            // "including"/"excluding connections establishing": take the excluding one.
-            if !rest.contains("including") {
+            // PostgreSQL 14+: one line "(without initial connection time)", or with `-C`
+            // "(including reconnection times)"; older versions print "including"/"excluding
+            // connections establishing": take the excluding one.
+            if !rest.contains("including connections") {
                 tps = rest.split_whitespace().next().and_then(|t| t.parse().ok());
             }
         } else if let Some(rest) = line.strip_prefix("number of transactions actually processed:") {
@@ -257,6 +293,9 @@ mod tests {
         assert_eq!(m.transactions, 81234);
         assert_eq!(m.failed, 0);
         assert!((m.tps - 11604.123456).abs() < 1e-6);
+        let connect = "number of transactions actually processed: 5000\n\
+                       tps = 987.654321 (including reconnection times)\n";
+        assert!((parse_summary(connect).unwrap().tps - 987.654321).abs() < 1e-6);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use causeway::cluster::{self, LocalCluster};
 
 use crate::procs;
+use crate::tls::CertFiles;
 
 /// The user pgbench and the idle clients log in as (SCRAM-SHA-256 on every node).
 pub const USER: &str = cluster::APP_USER;
@@ -162,6 +163,8 @@ pub struct CausewaySettings {
     pub max_client_connections: usize,
     /// `pool.pool_timeout`; "0" waits forever (the idle-client mode parks clients this way).
     pub pool_timeout: &'static str,
+    /// `[client_tls] mode = "allow"` with this certificate (plaintext clients still served).
+    pub tls: Option<CertFiles>,
 }
 
 /// causeway's `proxy.toml` for the cluster.
@@ -171,6 +174,13 @@ pub fn causeway_config(
     s: &CausewaySettings,
 ) -> Result<String, String> {
     let nodes = cluster.nodes_toml().map_err(|e| e.to_string())?;
+    let tls = s.tls.as_ref().map_or_else(String::new, |t| {
+        format!(
+            "[client_tls]\nmode = \"allow\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            t.cert.display(),
+            t.key.display()
+        )
+    });
     Ok(format!(
         r#"# Written by examples/loadbench.
 [proxy]
@@ -187,6 +197,7 @@ pool_timeout = "{pool_timeout}"
 user = "{monitor}"
 password = "{monitor_password}"
 
+{tls}
 {nodes}
 [[users]]
 name = "{user}"
@@ -248,7 +259,12 @@ pub fn start_causeway(
 /// Settings of one PgBouncer instance.
 pub struct PgBouncerSettings {
     pub default_pool_size: usize,
+    /// `pool_size` of the session-mode database entry: session pooling holds one server
+    /// connection per client, so it must cover the largest client count or clients starve.
+    pub session_pool_size: usize,
     pub max_client_conn: usize,
+    /// `client_tls_sslmode = allow` with this certificate (plaintext clients still served).
+    pub tls: Option<CertFiles>,
 }
 
 /// `app`'s SCRAM verifier from the primary's catalog: with it in `auth_file`, PgBouncer checks
@@ -270,11 +286,18 @@ pub fn pgbouncer_ini(
     s: &PgBouncerSettings,
 ) -> Result<String, String> {
     let primary = cluster.port(0).map_err(|e| e.to_string())?;
+    let tls = s.tls.as_ref().map_or_else(String::new, |t| {
+        format!(
+            "client_tls_sslmode = allow\nclient_tls_cert_file = {}\nclient_tls_key_file = {}\n",
+            t.cert.display(),
+            t.key.display()
+        )
+    });
     Ok(format!(
         "; Written by examples/loadbench.
 [databases]
 {DATABASE} = host=127.0.0.1 port={primary} dbname={DATABASE}
-{SESSION_DATABASE} = host=127.0.0.1 port={primary} dbname={DATABASE} pool_mode=session
+{SESSION_DATABASE} = host=127.0.0.1 port={primary} dbname={DATABASE} pool_mode=session pool_size={session_pool}
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -291,8 +314,9 @@ log_connections = 0
 log_disconnections = 0
 log_pooler_errors = 1
 stats_period = 60
-",
+{tls}",
         dir = dir.display(),
+        session_pool = s.session_pool_size,
         pool = s.default_pool_size,
         max_clients = s.max_client_conn,
     ))

@@ -67,7 +67,8 @@ fn aggregate(wr: &WorkloadRuns, idx: usize, cores: usize) -> Agg {
     };
     for round in &wr.runs {
         match &round[idx] {
-            Ok(s) => {
+            None => {}
+            Some(Ok(s)) => {
                 a.ok += 1;
                 a.tps.push(s.m.tps);
                 a.p50.push(s.m.p50_ms);
@@ -88,7 +89,7 @@ fn aggregate(wr: &WorkloadRuns, idx: usize, cores: usize) -> Agg {
                     a.proxy_share.push(c / (s.wall * cores.max(1) as f64));
                 }
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 a.failed += 1;
                 a.first_error.get_or_insert_with(|| e.clone());
             }
@@ -103,7 +104,7 @@ fn paired_ratios(wr: &WorkloadRuns, other: usize) -> Vec<f64> {
     wr.runs
         .iter()
         .filter_map(|round| match (&round[c], &round[other]) {
-            (Ok(a), Ok(b)) if b.m.tps > 0.0 => Some(a.m.tps / b.m.tps),
+            (Some(Ok(a)), Some(Ok(b))) if b.m.tps > 0.0 => Some(a.m.tps / b.m.tps),
             _ => None,
         })
         .collect()
@@ -205,17 +206,21 @@ pub fn render(
     let _ = writeln!(
         o,
         "- **Cluster**: `causeway::cluster::LocalCluster` — a primary and 2 streaming hot \
-         standbys (PostgreSQL as above), `max_connections = 600`, `shared_buffers = 256MB`, \
+         standbys (PostgreSQL as above), `max_connections = {}`, `shared_buffers = 256MB`, \
          `fsync = off` (throwaway data). `pgbench -i -s {}` runs directly on the primary; the \
          standbys replay it before any load.",
+        plan.max_connections(),
         plan.scale
     );
     let _ = writeln!(
         o,
         "- **Clients**: `pgbench -n -T {} -j min(clients,2) --log` as user `app` (SCRAM-SHA-256 \
          everywhere), database `postgres`. TPS is pgbench's (without initial connection time); \
-         p50/p99 come from its per-transaction log (nearest rank), median over the rounds.",
-        plan.duration.as_secs()
+         p50/p99 come from its per-transaction log (nearest rank), median over the rounds. \
+         Rows with more than 64 clients run `-T {}`: pgbench's clock runs while it logs its \
+         clients in. `PGSSLMODE=disable` except in the TLS rows (see below).",
+        plan.duration.as_secs(),
+        plan.duration.as_secs() + 5
     );
     let _ = writeln!(
         o,
@@ -233,15 +238,18 @@ pub fn render(
          `auth_type = scram-sha-256` with `app`'s SCRAM verifier from `pg_authid` in \
          `auth_file` (PgBouncer logs in to PostgreSQL with the client's SCRAM keys). Debian's \
          1.18 predates protocol-level prepared statements, so **the `-M prepared` rows use a \
-         second database entry with `pool_mode=session`** (same process). Runs as OS user \
-         `postgres` (it refuses root).\n\
+         second database entry with `pool_mode=session`** (same process) and `pool_size = {s}` \
+         (session pooling holds one server connection per client, so it must cover the \
+         largest client count; causeway serves the same clients from its {p} per node). Runs \
+         as OS user `postgres` (it refuses root).\n\
          - **pgpool-II**: `backend_clustering_mode = 'streaming_replication'`, \
          `load_balance_mode = on` over the three nodes (weight 1 each, so reads also go to the \
          standbys), `num_init_children = {p}`, `max_pool = 1`, `sr_check_user` and health \
          checks as `causeway_monitor`, failover disabled (`DISALLOW_TO_FAILOVER`), \
          `enable_pool_hba = off`; `pool_passwd` holds `app`'s password in plain text \
          (`app:TEXTapp`) because pgpool must answer the backends' SCRAM challenges itself.",
-        p = plan.pool_size
+        p = plan.pool_size,
+        s = plan.pool_size.max(plan.max_clients())
     );
     let _ = writeln!(
         o,
@@ -276,6 +284,7 @@ pub fn render(
             "## Throughput and latency\n\nNot run (`--memory-only`).\n"
         );
     }
+    render_tls(&mut o, runs, cores);
     render_memory(&mut o, plan, memory);
     render_limits(&mut o, runs, cores);
     render_micro(&mut o);
@@ -288,6 +297,8 @@ fn render_load(o: &mut String, runs: &[WorkloadRuns], cores: usize) {
     let key = runs.iter().find(|r| {
         r.workload.protocol == Protocol::Prepared
             && r.workload.clients == 16
+            && !r.workload.tls
+            && !r.workload.connect
             && r.workload.script == crate::pgbench::Script::SelectOnly
     });
     let sentence = |wr: &WorkloadRuns| -> Option<String> {
@@ -349,12 +360,12 @@ fn render_load(o: &mut String, runs: &[WorkloadRuns], cores: usize) {
 
     let worst_other = runs
         .iter()
-        .flat_map(|wr| wr.runs.iter().flatten().flatten())
+        .flat_map(|wr| wr.runs.iter().flatten().flatten().flatten())
         .map(|s| s.other_load)
         .fold(0.0f64, f64::max);
     let others: Vec<f64> = runs
         .iter()
-        .flat_map(|wr| wr.runs.iter().flatten().flatten())
+        .flat_map(|wr| wr.runs.iter().flatten().flatten().flatten())
         .map(|s| s.other_load)
         .collect();
     if !others.is_empty() {
@@ -392,7 +403,8 @@ fn render_load(o: &mut String, runs: &[WorkloadRuns], cores: usize) {
     let _ = writeln!(
         o,
         "\nPgBouncer is in session mode for the `-M prepared` rows and in transaction mode for \
-         the others.\n"
+         the others. A dash: that target does not run this workload (TLS and `-C` rows compare \
+         the two proxies; pgpool-II sits out rows with more clients than its children).\n"
     );
 
     // --- full table ---
@@ -413,6 +425,9 @@ fn render_load(o: &mut String, runs: &[WorkloadRuns], cores: usize) {
         let w: &Workload = &wr.workload;
         for (i, kind) in Kind::ALL.iter().enumerate() {
             let a = aggregate(wr, i, cores);
+            if a.ok == 0 && a.failed == 0 {
+                continue; // not a target of this workload
+            }
             if a.ok == 0 {
                 let _ = writeln!(
                     o,
@@ -475,6 +490,83 @@ fn render_load(o: &mut String, runs: &[WorkloadRuns], cores: usize) {
     } else {
         let _ = writeln!(o, "\nFailures:\n\n{}\n", failures.join("\n"));
     }
+}
+
+/// Ratios of TPS, round by round (round i of one workload against round i of the other), of
+/// one target across two workloads.
+fn cross_ratios(a: &WorkloadRuns, b: &WorkloadRuns, idx: usize) -> Vec<f64> {
+    a.runs
+        .iter()
+        .zip(&b.runs)
+        .filter_map(|(ra, rb)| match (&ra[idx], &rb[idx]) {
+            (Some(Ok(x)), Some(Ok(y))) if y.m.tps > 0.0 => Some(x.m.tps / y.m.tps),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The TLS rows against their plaintext twins, and logins per second (`-C`).
+fn render_tls(o: &mut String, runs: &[WorkloadRuns], cores: usize) {
+    let rows: Vec<&WorkloadRuns> = runs
+        .iter()
+        .filter(|wr| wr.workload.tls || wr.workload.connect)
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "## TLS towards clients, and logins per second\n");
+    let _ = writeln!(
+        o,
+        "Both proxies present the same self-signed ECDSA P-256 certificate (rcgen), causeway \
+         with `[client_tls] mode = \"allow\"`, PgBouncer with `client_tls_sslmode = allow`, \
+         `client_tls_cert_file`, `client_tls_key_file` (`allow` so the same processes also \
+         serve the plaintext rows; the mode only decides about plaintext clients, a TLS \
+         client costs the same). pgbench runs with `PGSSLMODE=require` for the \
+         `sslmode=require` rows and `PGSSLMODE=disable` for all others. libpq's default \
+         `channel_binding=prefer` logs in with SCRAM-SHA-256-PLUS to causeway over TLS \
+         (PgBouncer 1.18 does not offer it). `-C` rows: a new connection, SCRAM-SHA-256 login \
+         (and TLS handshake) for every transaction of one `-S` read, so TPS is logins per \
+         second; proxy CPU is per login. TLS / plaintext pairs round i of a TLS row with round \
+         i of its plaintext twin (run minutes apart, less tightly paired than the proxies \
+         within a row).\n"
+    );
+    let _ = writeln!(
+        o,
+        "| workload | causeway TPS (min–max) | PgBouncer TPS (min–max) | causeway / PgBouncer | causeway TLS / plaintext | PgBouncer TLS / plaintext | causeway CPU µs per query | PgBouncer CPU µs per query |\n|---|--:|--:|---|---|---|--:|--:|"
+    );
+    let (c, b) = (index(Kind::Causeway), index(Kind::PgBouncer));
+    for wr in rows {
+        let twin = wr.workload.tls.then(|| wr.workload.plaintext());
+        let plain = twin.and_then(|t| runs.iter().find(|r| r.workload == t));
+        let tps = |idx: usize| {
+            let a = aggregate(wr, idx, cores);
+            if a.tps.is_empty() {
+                return "–".to_owned();
+            }
+            let (lo, hi) = min_max(&a.tps);
+            format!("{:.0} ({lo:.0}–{hi:.0})", median(&a.tps))
+        };
+        let cpu = |idx: usize| {
+            fmt_opt(&aggregate(wr, idx, cores).cpu_1k, |v| {
+                format!("{:.0}", v * 1000.0)
+            })
+        };
+        let vs_plain =
+            |idx: usize| plain.map_or("–".to_owned(), |p| ratio_cell(&cross_ratios(wr, p, idx)));
+        let _ = writeln!(
+            o,
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} |",
+            wr.workload.label(),
+            tps(c),
+            tps(b),
+            ratio_cell(&paired_ratios(wr, b)),
+            vs_plain(c),
+            vs_plain(b),
+            cpu(c),
+            cpu(b),
+        );
+    }
+    let _ = writeln!(o);
 }
 
 fn render_memory(o: &mut String, plan: &Plan, memory: &[Result<MemoryResult, String>]) {

@@ -36,6 +36,7 @@ const ENTRY_READS: &[(&str, &str)] = &[
     ("users.pool_mode", "u.config.pool_mode"),
     ("users.default_route", "|u|u.default_route"),
     ("users.consistency", "|u|u.consistency"),
+    ("users.require_tls", "u.config.require_tls"),
     ("databases.name", "config.database(&"),
     ("databases.default_route", "|d|d.default_route"),
     ("databases.consistency", "|d|d.consistency"),

@@ -471,6 +471,9 @@ pub struct UserConfig {
     pub default_route: Option<Route>,
     /// Overrides `routing.consistency` for this user.
     pub consistency: Option<Consistency>,
+    /// `require_tls`: this user never logs in over a plaintext connection (28000 before any
+    /// password exchange), whatever `client_tls.mode` allows for others.
+    pub require_tls: bool,
 }
 
 /// `[[databases]]`: overrides for one database.

@@ -1135,6 +1135,25 @@ fn client_tls_defaults_to_disable_and_needs_cert_and_key_when_on() {
 }
 
 #[test]
+fn require_tls_is_per_user_and_needs_client_tls_on() {
+    let users = "[[users]]\nname = \"open\"\npassword = \"p\"\n\
+                 [[users]]\nname = \"secure\"\npassword = \"p\"\nrequire_tls = true\n";
+    let tls = "[client_tls]\nmode = \"allow\"\ncert = \"s.crt\"\nkey = \"s.key\"\n";
+    let c = ok(&with_minimal(&format!("{tls}{users}")));
+    assert!(!c.user("open").unwrap().require_tls, "off by default");
+    assert!(c.user("secure").unwrap().require_tls);
+    // With TLS off the user could never log in: refused, naming the entry's key.
+    let p = problems(&with_minimal(users));
+    assert!(problem_for(&p, "users[1].require_tls")
+        .message
+        .contains("client_tls.mode is \"disable\""));
+    let p = problems(&with_minimal(&format!(
+        "{tls}[[users]]\nname = \"x\"\npassword = \"p\"\nrequire_tls = \"yes\"\n"
+    )));
+    problem_for(&p, "users[0].require_tls");
+}
+
+#[test]
 fn server_tls_defaults_to_prefer_and_verify_modes_need_a_ca() {
     let c = ok(MINIMAL);
     assert_eq!(c.server_tls.mode, ServerTlsMode::Prefer);

@@ -103,6 +103,7 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
             "pool_mode",
             "default_route",
             "consistency",
+            "require_tls",
         ],
     ),
     ("databases", &["name", "default_route", "consistency"]),
@@ -561,6 +562,7 @@ impl<'l> Walker<'l> {
                     self.problem(&at, &path, format!("user '{}' is listed twice", user.name));
                 }
                 self.check_user(&section, &mut user);
+                self.check_require_tls(&section, &user, client_tls.mode);
                 users.push(user);
             }
             self.finish(section);
@@ -876,6 +878,7 @@ impl<'l> Walker<'l> {
             pool_mode: self.choice(s, "pool_mode"),
             default_route: self.choice(s, "default_route"),
             consistency: self.choice(s, "consistency"),
+            require_tls: self.boolean(s, "require_tls").unwrap_or(false),
         };
         Some(UserConfig {
             name: name?,

@@ -52,6 +52,9 @@ pub struct ServerTls {
     pub config: Option<Arc<ClientConfig>>,
     /// `server_tls.allow_cleartext_without_tls`.
     pub allow_cleartext_without_tls: bool,
+    /// SHA-256 over the CA certificates read (`verify-ca`, `verify-full`): a reload compares
+    /// it to tell whether the file under the same name changed.
+    pub ca_digest: Option<[u8; 32]>,
 }
 
 impl fmt::Debug for ServerTls {
@@ -73,6 +76,7 @@ impl ServerTls {
             mode: ServerTlsMode::Disable,
             config: None,
             allow_cleartext_without_tls: false,
+            ca_digest: None,
         }
     }
 
@@ -91,9 +95,12 @@ impl ServerTls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
+        let mut ca_digest = None;
         let verifier: Arc<dyn ServerCertVerifier> = match (mode, &server_tls.ca) {
             (ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull, Some(ca)) => {
-                let roots = Arc::new(read_roots(ca)?);
+                let (roots, digest) = read_roots(ca)?;
+                ca_digest = Some(digest);
+                let roots = Arc::new(roots);
                 let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                     .build()
                     .map_err(|e| rustls::Error::General(e.to_string()))?;
@@ -121,6 +128,7 @@ impl ServerTls {
             mode,
             config: Some(Arc::new(config)),
             allow_cleartext_without_tls,
+            ca_digest,
         })
     }
 
@@ -152,20 +160,24 @@ impl ServerTls {
     }
 }
 
-/// Every certificate in the CA file, as trust anchors.
-fn read_roots(path: &std::path::Path) -> Result<RootCertStore, ServerTlsError> {
+/// Every certificate in the CA file, as trust anchors, and the SHA-256 of their DER.
+fn read_roots(path: &std::path::Path) -> Result<(RootCertStore, [u8; 32]), ServerTlsError> {
+    use sha2::Digest;
     let err = |reason: String| ServerTlsError::Ca {
         path: path.to_owned(),
         reason,
     };
     let mut roots = RootCertStore::empty();
+    let mut digest = sha2::Sha256::new();
     for cert in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
-        roots.add(cert.map_err(|e| err(e.to_string()))?)?;
+        let cert = cert.map_err(|e| err(e.to_string()))?;
+        digest.update(cert.as_ref());
+        roots.add(cert)?;
     }
     if roots.is_empty() {
         return Err(err("no PEM certificate in the file".to_owned()));
     }
-    Ok(roots)
+    Ok((roots, digest.finalize().into()))
 }
 
 /// `verify-ca`: the full WebPKI check, except that a certificate for another name passes.

@@ -64,6 +64,9 @@ pub struct ClientTls {
     /// certificate, for SCRAM-SHA-256-PLUS; `None` for a certificate signed with EdDSA, which
     /// has no hash to use (clients cannot bind to it either, so PLUS is not offered).
     pub end_point: Option<Vec<u8>>,
+    /// SHA-256 over the certificates read (chain, then CA set): a reload compares it to tell
+    /// whether the files under the same names changed.
+    pub certs_digest: [u8; 32],
 }
 
 impl fmt::Debug for ClientTls {
@@ -96,10 +99,15 @@ impl ClientTls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
+        let mut digest = sha2::Sha256::new();
+        for c in &chain {
+            digest.update(c.as_ref());
+        }
         let builder = match &client_tls.ca {
             Some(ca) => {
                 let mut roots = RootCertStore::empty();
                 for c in read_certs("ca", ca)? {
+                    digest.update(c.as_ref());
                     roots.add(c)?;
                 }
                 let verifier =
@@ -121,6 +129,7 @@ impl ClientTls {
             mode: client_tls.mode,
             config: Arc::new(config),
             end_point,
+            certs_digest: digest.finalize().into(),
         }))
     }
 }

@@ -89,6 +89,24 @@ pub async fn handshake(ctx: &SessionCtx, client: &mut ClientConn) -> Result<Outc
         )));
     }
     let accepted = accept_startup(client, &startup)?;
+    // A TLS-only user, refused before any password exchange, as PostgreSQL's `hostssl` lines
+    // refuse at pg_hba time. Only a configured user with the flag gets this answer; an unknown
+    // name still goes through the mock exchange (28P01).
+    if !client.is_tls()
+        && settings
+            .users
+            .get(&accepted.user)
+            .is_some_and(|u| u.config.require_tls)
+    {
+        return Err(SessionError::Fatal(ProxyError::fatal(
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!(
+                "connection without TLS refused: user \"{}\" requires TLS (require_tls = true \
+                 in its [[users]] entry); connect with sslmode=require or stronger",
+                accepted.user
+            ),
+        )));
+    }
     authenticate(ctx, client, &accepted.user).await?;
     Ok(Outcome::Session(accepted))
 }

@@ -3,7 +3,9 @@
 //! limits against the node limits), run once every table has been read.
 
 use super::super::values::{password_kind, PasswordKind};
-use super::super::{AuthMethod, Config, NodeConfig, Notice, UserConfig, NOT_YET_IMPLEMENTED};
+use super::super::{
+    AuthMethod, ClientTlsMode, Config, NodeConfig, Notice, UserConfig, NOT_YET_IMPLEMENTED,
+};
 use super::{join, Section, Walker};
 use crate::config::raw::At;
 
@@ -73,6 +75,28 @@ impl Walker<'_> {
                 let at = self.at_of(&path);
                 self.problem(&at, &path, format!("node name '{name}' is used twice"));
             }
+        }
+    }
+
+    /// A user who must use TLS (in `section`) cannot log in at all when causeway offers none.
+    pub(super) fn check_require_tls(
+        &mut self,
+        section: &Section,
+        user: &UserConfig,
+        client_tls: ClientTlsMode,
+    ) {
+        if user.require_tls && client_tls == ClientTlsMode::Disable {
+            let path = join(&section.path, "require_tls");
+            let at = self.at_of(&path);
+            self.problem(
+                &at,
+                &path,
+                format!(
+                    "user '{}' requires TLS but client_tls.mode is \"disable\": set it to \
+                     \"allow\" or \"require\" (with cert and key), or drop require_tls",
+                    user.name
+                ),
+            );
         }
     }
 

@@ -13,8 +13,8 @@
 # tools (podman, podman-compose, buildah, runc, debootstrap, psql, pgbench) are installed with
 # apt-get. Images are removed at the end unless --keep-images, which makes the next run skip
 # debootstrap and the PostgreSQL image. Measured on the loaded 2-core machine: about 4 minutes
-# from no images once the binary is built (debootstrap 1.2-3.5 minutes, the PostgreSQL image
-# 0.6-1.2), 1 minute with kept images; a first run adds the tools' install (12 s to 2 minutes)
+# from no images once the binary is built (debootstrap 1.2-5 minutes, the PostgreSQL image
+# 0.6-2.2), 1 minute with kept images; a first run adds the tools' install (12 s to 2 minutes)
 # and cargo's release build (20 minutes when other builds shared the machine). Kept images go
 # with `podman rmi localhost/causeway-smoke-base:bookworm localhost/causeway-smoke-postgres:15`.
 set -euo pipefail

@@ -12,11 +12,11 @@
 # and causeway's image from the binary built here (`--target prebuilt`). Runs as root. Missing
 # tools (podman, podman-compose, buildah, runc, debootstrap, psql, pgbench) are installed with
 # apt-get. Images are removed at the end unless --keep-images, which makes the next run skip
-# debootstrap and the PostgreSQL image. Measured on the loaded 2-core machine: 5-6 minutes from no
-# images (debootstrap 2.5-3.5, the PostgreSQL image 1.2), 1 minute with kept images; the first run
-# on a fresh machine adds about 2 minutes of apt-get install and cargo's release build. Kept
-# images go with `podman rmi localhost/causeway-smoke-base:bookworm
-# localhost/causeway-smoke-postgres:15`.
+# debootstrap and the PostgreSQL image. Measured on the loaded 2-core machine: about 4 minutes
+# from no images once the binary is built (debootstrap 1.2-5 minutes, the PostgreSQL image
+# 0.6-2.2), 1 minute with kept images; a first run adds the tools' install (12 s to 2 minutes)
+# and cargo's release build (20 minutes when other builds shared the machine). Kept images go
+# with `podman rmi localhost/causeway-smoke-base:bookworm localhost/causeway-smoke-postgres:15`.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

@@ -139,6 +139,7 @@ impl App {
                 crate::admin::http::Handles {
                     topology: self.topology().clone(),
                     metrics: self.metrics().clone(),
+                    feedback: self.feedback().clone(),
                     shutdown: self.shutdown_token().clone(),
                     tasks: self.tasks().clone(),
                 },

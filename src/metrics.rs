@@ -1,12 +1,16 @@
 //! Counters and latency histograms, exported in the Prometheus text format on the admin HTTP
-//! endpoint `/metrics` (latency as quantile gauges, see [`Metrics::render`]).
+//! endpoint `/metrics` (latency as a summary in seconds, see [`Metrics::render`]).
 //!
 //! Counters are prometheus-client atomics created once (the hot path touches a pre-made
-//! `Counter`, never a label map). Latency goes into one hdrhistogram per route behind a
+//! `Counter`, never a label map; errors, off the hot path, go through a label map whose labels
+//! come from a fixed set). Latency goes into one hdrhistogram per route behind a
 //! `parking_lot::Mutex` (one record is a few tens of nanoseconds, and a histogram is ~100 KiB,
-//! so there is one per route, not one per connection).
+//! so there is one per route, not one per connection). What other parts count themselves is
+//! read when scraped: reads and writes per node from the routing feedback, failovers from the
+//! topology handle.
 
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -17,8 +21,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::router::feedback::Feedback;
 use crate::router::Reason;
-use crate::topology::{Role, Topology};
+use crate::topology::{Role, TopologyHandle};
 
 /// Label of a routed request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,6 +39,42 @@ pub struct RouteLabels {
 pub struct PinLabels {
     /// What pinned it.
     pub reason: &'static str,
+}
+
+/// Label of an error sent to a client.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The SQLSTATE, from a fixed set (see [`crate::protocol::sqlstate::metric_label`]).
+    pub sqlstate: &'static str,
+    /// Who made the error: `proxy` or `server`.
+    pub source: &'static str,
+}
+
+/// Who made an error a client was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// causeway itself (a refusal, a timeout, a lost server connection, the console...).
+    Proxy,
+    /// A server's ErrorResponse, passed on.
+    Server,
+}
+
+impl ErrorSource {
+    /// The label value.
+    fn as_str(self) -> &'static str {
+        match self {
+            ErrorSource::Proxy => "proxy",
+            ErrorSource::Server => "server",
+        }
+    }
+}
+
+/// Latency of one route: the histogram, and the exact sum it cannot give.
+struct Latency {
+    /// Request latencies in microseconds.
+    histogram: Histogram<u64>,
+    /// Their sum, in microseconds (a summary's `_sum`).
+    sum_micros: u64,
 }
 
 /// Why a request was routed where it went, as labelled in `causeway_requests`, in the order
@@ -84,16 +125,16 @@ pub struct Metrics {
     pub lsn_captures: Counter,
     /// Reads that waited for a standby to replay the session's writes.
     pub causal_waits: Counter,
-    /// Total time spent in those waits, in microseconds.
-    pub causal_wait_micros: Counter,
+    /// Total time spent in those waits, in seconds.
+    pub causal_wait_seconds: Counter<f64, AtomicU64>,
     /// Reads after a write for which a standby was asked its replay position directly.
     pub causal_asks: Counter,
     /// Those asks that found the standby caught up (the read went there).
     pub causal_ask_hits: Counter,
-    /// Request latency on the primary, in microseconds.
-    latency_primary: Mutex<Histogram<u64>>,
-    /// Request latency on standbys, in microseconds.
-    latency_standby: Mutex<Histogram<u64>>,
+    /// Errors sent to clients, by SQLSTATE and source.
+    pub errors: Family<ErrorLabels, Counter>,
+    /// Request latency per target, in the order of [`target_index`].
+    latency: [Mutex<Latency>; 2],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -102,9 +143,13 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn histogram() -> Histogram<u64> {
-    // 1 us to 1 hour at 3 significant digits: constant, valid bounds.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid")
+fn latency() -> Mutex<Latency> {
+    Mutex::new(Latency {
+        // 1 us to 1 hour at 3 significant digits: constant, valid bounds.
+        histogram: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .expect("constant histogram bounds are valid"),
+        sum_micros: 0,
+    })
 }
 
 impl Default for Metrics {
@@ -128,11 +173,11 @@ impl Metrics {
             pool_timeouts: Counter::default(),
             lsn_captures: Counter::default(),
             causal_waits: Counter::default(),
-            causal_wait_micros: Counter::default(),
+            causal_wait_seconds: Counter::default(),
             causal_asks: Counter::default(),
             causal_ask_hits: Counter::default(),
-            latency_primary: Mutex::new(histogram()),
-            latency_standby: Mutex::new(histogram()),
+            errors: Family::default(),
+            latency: [latency(), latency()],
             registry: Registry::default(),
         };
         registry.register(
@@ -181,9 +226,9 @@ impl Metrics {
             m.causal_waits.clone(),
         );
         registry.register(
-            "causal_wait_microseconds",
+            "causal_wait_seconds",
             "Time reads spent waiting for a standby to replay the session's writes",
-            m.causal_wait_micros.clone(),
+            m.causal_wait_seconds.clone(),
         );
         registry.register(
             "causal_asks",
@@ -194,6 +239,11 @@ impl Metrics {
             "causal_ask_hits",
             "Asked standbys that had replayed the session's writes (the read went there)",
             m.causal_ask_hits.clone(),
+        );
+        registry.register(
+            "errors",
+            "Errors sent to clients, by SQLSTATE (a fixed set of codes, else the class as 22XXX) and source (proxy or server)",
+            m.errors.clone(),
         );
         let request_counters = [Role::Primary, Role::Standby].map(|role| {
             REASONS.map(|reason| {
@@ -222,15 +272,31 @@ impl Metrics {
         self.pinned.get_or_create(&PinLabels { reason }).inc();
     }
 
+    /// Counts an error sent to a client (ERROR or FATAL; notices are not errors).
+    pub fn count_error(&self, source: ErrorSource, code: &str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                sqlstate: crate::protocol::sqlstate::metric_label(code),
+                source: source.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts an error causeway made, if it is one (not a notice).
+    pub fn count_proxy_error(&self, e: &crate::protocol::messages::ProxyError) {
+        use crate::protocol::sqlstate::Severity;
+        if matches!(e.severity, Severity::Error | Severity::Fatal) {
+            self.count_error(ErrorSource::Proxy, &e.code);
+        }
+    }
+
     /// Records one request's latency.
     pub fn record_latency(&self, route: Role, elapsed: Duration) {
         let micros = (elapsed.as_micros() as u64).clamp(1, 3_600_000_000);
-        let h = match target_index(route) {
-            0 => &self.latency_primary,
-            _ => &self.latency_standby,
-        };
+        let mut l = self.latency[target_index(route)].lock();
         // Values are clamped into the histogram's range, so recording cannot fail.
-        let _ = h.lock().record(micros);
+        let _ = l.histogram.record(micros);
+        l.sum_micros += micros;
     }
 
     /// Requests routed to a role since start, all reasons together.
@@ -243,18 +309,13 @@ impl Metrics {
 
     /// Mean request latency on a route since start, in microseconds (0 before the first).
     pub fn latency_mean(&self, route: Role) -> f64 {
-        match target_index(route) {
-            0 => self.latency_primary.lock().mean(),
-            _ => self.latency_standby.lock().mean(),
-        }
+        self.latency[target_index(route)].lock().histogram.mean()
     }
 
     /// (count, p50, p90, p99, p99.9) in microseconds for a route.
     pub fn latency_summary(&self, route: Role) -> (u64, u64, u64, u64, u64) {
-        let h = match target_index(route) {
-            0 => self.latency_primary.lock(),
-            _ => self.latency_standby.lock(),
-        };
+        let l = self.latency[target_index(route)].lock();
+        let h = &l.histogram;
         (
             h.len(),
             h.value_at_quantile(0.5),
@@ -264,27 +325,52 @@ impl Metrics {
         )
     }
 
-    /// The Prometheus text exposition: registered metrics, latency quantiles, and one gauge set
-    /// per node from the topology snapshot.
-    pub fn render(&self, topology: &Topology) -> String {
+    /// The Prometheus text exposition: registered metrics, the latency summaries, failovers,
+    /// and per node the topology snapshot's gauges and the reads and writes it served.
+    pub fn render(&self, topology: &TopologyHandle, feedback: &Feedback) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
         let _ = writeln!(
             out,
-            "# HELP causeway_request_latency_microseconds Request latency quantiles since start.\n# TYPE causeway_request_latency_microseconds gauge"
+            "# HELP causeway_request_latency_seconds Request latency since start, from sending the request to its ReadyForQuery.\n# TYPE causeway_request_latency_seconds summary"
         );
-        for (route, name) in [(Role::Primary, "primary"), (Role::Standby, "standby")] {
-            let (count, p50, p90, p99, p999) = self.latency_summary(route);
-            for (q, v) in [("0.5", p50), ("0.9", p90), ("0.99", p99), ("0.999", p999)] {
+        for route in [Role::Primary, Role::Standby] {
+            let name = route.as_str();
+            let (count, sum, quantiles) = {
+                let l = self.latency[target_index(route)].lock();
+                let h = &l.histogram;
+                let q = [0.5, 0.9, 0.99, 0.999].map(|q| (q, h.value_at_quantile(q)));
+                (h.len(), l.sum_micros, q)
+            };
+            for (q, v) in quantiles {
                 let _ = writeln!(
                     out,
-                    "causeway_request_latency_microseconds{{target=\"{name}\",quantile=\"{q}\"}} {v}"
+                    "causeway_request_latency_seconds{{target=\"{name}\",quantile=\"{q}\"}} {}",
+                    seconds(v)
                 );
             }
             let _ = writeln!(
                 out,
-                "causeway_request_latency_microseconds_count{{target=\"{name}\"}} {count}"
+                "causeway_request_latency_seconds_sum{{target=\"{name}\"}} {}\ncauseway_request_latency_seconds_count{{target=\"{name}\"}} {count}",
+                seconds(sum)
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP causeway_failovers Changes of primary seen by the topology watcher (a known primary replaced by another node).\n# TYPE causeway_failovers counter\ncauseway_failovers_total {}",
+            topology.failovers()
+        );
+        let topology = topology.load_full();
+        let _ = writeln!(out, "# HELP causeway_node_requests Requests sent to the node, by the classifier's verdict (read or write).\n# TYPE causeway_node_requests counter");
+        for n in &topology.nodes {
+            let served = feedback.served(n.id);
+            for (kind, v) in [("read", served.reads), ("write", served.writes)] {
+                let _ = writeln!(
+                    out,
+                    "causeway_node_requests_total{{node=\"{}\",kind=\"{kind}\"}} {v}",
+                    n.addr
+                );
+            }
         }
         let _ = writeln!(out, "# HELP causeway_node_up Node is healthy (1) or not (0).\n# TYPE causeway_node_up gauge");
         for n in &topology.nodes {
@@ -326,6 +412,11 @@ impl Metrics {
     }
 }
 
+/// Microseconds as seconds, for the exposition.
+fn seconds(micros: u64) -> f64 {
+    micros as f64 / 1e6
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,13 +427,38 @@ mod tests {
         m.count_request(Role::Standby, Reason::Read);
         m.count_request(Role::Standby, Reason::Read);
         m.record_latency(Role::Primary, Duration::from_micros(150));
-        let t = Topology::initial(&["a:1".into(), "b:2".into()]);
-        let text = m.render(&t);
-        assert!(
-            text.contains("causeway_requests_total{target=\"standby\",reason=\"read\"} 2"),
-            "{text}"
-        );
-        assert!(text.contains("causeway_node_up{node=\"b:2\"} 0"));
-        assert!(text.contains("causeway_request_latency_microseconds_count{target=\"primary\"} 1"));
+        m.record_latency(Role::Primary, Duration::from_micros(250));
+        m.count_error(ErrorSource::Server, "22012");
+        m.count_error(ErrorSource::Server, "22018");
+        m.count_error(ErrorSource::Server, "22019");
+        m.count_proxy_error(&crate::protocol::messages::ProxyError::error(
+            crate::protocol::SqlState::TOO_MANY_CONNECTIONS,
+            "full",
+        ));
+        let feedback = Feedback::new(2);
+        feedback.count_served(1, crate::router::Class::Read);
+        feedback.count_served(1, crate::router::Class::ReadOnlyBegin);
+        feedback.count_served(0, crate::router::Class::Write);
+        let t = TopologyHandle::new(crate::topology::Topology::initial(&[
+            "a:1".into(),
+            "b:2".into(),
+        ]));
+        let text = m.render(&t, &feedback);
+        for line in [
+            "causeway_requests_total{target=\"standby\",reason=\"read\"} 2",
+            "causeway_node_up{node=\"b:2\"} 0",
+            "causeway_request_latency_seconds_count{target=\"primary\"} 2",
+            "causeway_request_latency_seconds_sum{target=\"primary\"} 0.0004",
+            "causeway_request_latency_seconds{target=\"primary\",quantile=\"0.99\"} 0.00025",
+            "causeway_errors_total{sqlstate=\"22012\",source=\"server\"} 1",
+            "causeway_errors_total{sqlstate=\"22XXX\",source=\"server\"} 2",
+            "causeway_errors_total{sqlstate=\"53300\",source=\"proxy\"} 1",
+            "causeway_failovers_total 0",
+            "causeway_node_requests_total{node=\"b:2\",kind=\"read\"} 2",
+            "causeway_node_requests_total{node=\"a:1\",kind=\"write\"} 1",
+            "causeway_node_requests_total{node=\"a:1\",kind=\"read\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
     }
 }

@@ -130,6 +130,48 @@ async fn show_nodes_reports_the_topology() {
     assert!(primary["timeline"].unwrap().parse::<u32>().unwrap() >= 1);
 }
 
+/// `SHOW NODES` counts the reads and writes each node served: with read/write splitting,
+/// reads on the standbys and the write (a transaction) on the primary.
+#[tokio::test]
+async fn show_nodes_counts_reads_and_writes_per_node() {
+    let toml = common::routing_config_toml("", "").replacen(
+        "[proxy]\n",
+        &format!("[proxy]\nadmin_users = [\"{SUPERUSER}\"]\n"),
+        1,
+    );
+    let p = common::start_proxy_from(toml).await;
+    let standbys = eventually(Duration::from_secs(10), || async {
+        p.app.topology().load().eligible_standbys() == 2
+    })
+    .await;
+    assert!(standbys, "both standbys become eligible for reads");
+    let reader = p.connect().await;
+    for _ in 0..4 {
+        reader.simple_query("SELECT 1").await.unwrap();
+    }
+    let writer = p.connect().await;
+    writer
+        .simple_query("BEGIN; SELECT 1; COMMIT")
+        .await
+        .unwrap();
+    let c = console(&p).await;
+    let nodes = show(&c, "SHOW NODES").await;
+    let (mut standby_reads, mut standby_writes) = (0, 0);
+    for n in nodes.maps() {
+        let count = |col: &str| n[col].unwrap().parse::<u64>().unwrap();
+        match n["role"] {
+            Some("primary") => {
+                assert_eq!((count("reads_served"), count("writes_served")), (0, 1));
+            }
+            _ => {
+                standby_reads += count("reads_served");
+                standby_writes += count("writes_served");
+            }
+        }
+    }
+    assert_eq!((standby_reads, standby_writes), (4, 0));
+}
+
 #[tokio::test]
 async fn pgbouncer_exporter_queries_get_rows_of_the_shape_it_expects() {
     let p = proxy().await;

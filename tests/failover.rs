@@ -202,10 +202,21 @@ where
     }
 }
 
+/// `causeway_failovers_total` as `/metrics` reports it.
+fn failovers(p: &common::Proxy) -> u64 {
+    p.app
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix("causeway_failovers_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("causeway_failovers_total in /metrics")
+}
+
 /// The primary crashes (immediate stop) and node 1 is promoted. Meanwhile: a write issued
 /// while there is no primary waits and succeeds once the promotion happens; 50 clients that
 /// were idle through it all run their next write on the new primary without reconnecting; a
 /// client that was inside a transaction loses that transaction only; no committed row is lost.
+/// `causeway_failovers_total` counts the promotion once (finding the first primary is not one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_crash_and_promotion() {
     let _serial = serial().await;
@@ -213,6 +224,7 @@ async fn primary_crash_and_promotion() {
     let proxy =
         common::start_proxy_from(config(&c, &node_addrs(&c), "primary_wait = \"20s\"", "")).await;
     let (old_port, new_port) = (c.port(0).unwrap(), c.port(1).unwrap());
+    assert_eq!(failovers(&proxy), 0);
 
     // 50 clients, each writes once (on the old primary) and then stays idle.
     let mut idle = Vec::new();
@@ -290,6 +302,7 @@ async fn primary_crash_and_promotion() {
     let fresh = proxy.connect().await;
     let a = write(&fresh, "fresh").await.unwrap();
     assert_eq!(a.port, new_port);
+    assert_eq!(failovers(&proxy), 1, "the promotion is one failover");
 
     // Every idle client: its next write works, on the new primary, same connection.
     let results = futures_util::future::join_all(

@@ -156,10 +156,12 @@ async fn grafana_dashboard_queries_only_exported_metrics() {
     })
     .await;
     assert!(standbys, "both standbys become eligible for reads");
-    // A write and a read: the per-route series appear once something was routed.
+    // A write, a read and an error: the per-route and per-SQLSTATE series appear once
+    // something was routed or failed.
     let c = p.connect().await;
     c.simple_query("CREATE TEMP TABLE t (x int)").await.unwrap();
     p.connect().await.simple_query("SELECT 1").await.unwrap();
+    c.simple_query("SELECT 1/0").await.unwrap_err();
     let (status, metrics) = fetch(http, "/metrics").await.expect("metrics answer");
     assert_eq!(status, 200);
 
@@ -187,4 +189,74 @@ async fn grafana_dashboard_queries_only_exported_metrics() {
     );
     let missing: Vec<&String> = queried.iter().filter(|n| !exported(&metrics, n)).collect();
     assert!(missing.is_empty(), "not exported: {missing:?}\n{metrics}");
+}
+
+/// The values of every `/metrics` sample named `name` whose labels contain all of `labels`.
+fn samples(metrics: &str, name: &str, labels: &[&str]) -> Vec<f64> {
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (series, value) = rest.rsplit_once(' ')?;
+            let plain = series.is_empty() || series.starts_with('{');
+            (plain && labels.iter().all(|want| series.contains(want)))
+                .then(|| value.parse().ok())?
+        })
+        .collect()
+}
+
+/// Errors sent to clients are counted by SQLSTATE and by who made them (a division by zero
+/// from a standby, an invalid `causeway.*` value from causeway), and the read that failed
+/// counts as a read its standby served.
+#[tokio::test]
+async fn errors_are_counted_by_sqlstate_and_requests_by_node() {
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let toml = routing_config_toml("", "").replacen(
+        "[proxy]\n",
+        &format!("[proxy]\nhttp_listen = \"{http}\"\n"),
+        1,
+    );
+    let p = start_proxy_from(toml).await;
+    let standbys = eventually(Duration::from_secs(10), || async {
+        p.app.topology().load().eligible_standbys() == 2
+    })
+    .await;
+    assert!(standbys, "both standbys become eligible for reads");
+    let c = p.connect().await;
+    let e = c.simple_query("SELECT 1/0").await.unwrap_err();
+    assert_eq!(common::sqlstate(&e), Some("22012"), "{e}");
+    let e = c
+        .simple_query("SET causeway.route = 'sideways'")
+        .await
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&e), Some("22023"), "{e}");
+
+    let (_, metrics) = fetch(http, "/metrics").await.expect("metrics answer");
+    let errors = |labels: &[&str]| samples(&metrics, "causeway_errors_total", labels);
+    assert_eq!(
+        errors(&["sqlstate=\"22012\"", "source=\"server\""]),
+        [1.0],
+        "{metrics}"
+    );
+    assert_eq!(
+        errors(&["sqlstate=\"22023\"", "source=\"proxy\""]),
+        [1.0],
+        "{metrics}"
+    );
+    let standby_reads: f64 = cluster()
+        .standby_ports()
+        .iter()
+        .flat_map(|port| {
+            samples(
+                &metrics,
+                "causeway_node_requests_total",
+                &[&format!("node=\"127.0.0.1:{port}\""), "kind=\"read\""],
+            )
+        })
+        .sum();
+    assert_eq!(
+        standby_reads, 1.0,
+        "the failed read, on a standby: {metrics}"
+    );
+    p.app.shutdown(Duration::from_secs(1)).await;
 }

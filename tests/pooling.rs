@@ -827,7 +827,7 @@ async fn listener_is_pinned_and_receives_every_notify() {
         "after {queries} listener queries, got {got:?}"
     );
     assert_eq!(pid_of(&client).await, pid);
-    let metrics = proxy.app.metrics().render(&proxy.app.topology().load());
+    let metrics = proxy.app.metrics_text();
     assert!(
         metrics
             .lines()
@@ -939,7 +939,7 @@ async fn close_deallocate_and_discard_all_are_honoured_and_sql_prepare_pins() {
             (i + 1).to_string()
         );
     }
-    let metrics = proxy.app.metrics().render(&proxy.app.topology().load());
+    let metrics = proxy.app.metrics_text();
     assert!(
         metrics
             .lines()

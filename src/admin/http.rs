@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
+use crate::router::feedback::Feedback;
 use crate::topology::{Topology, TopologyHandle};
 
 /// What the endpoints are handed.
@@ -28,6 +29,8 @@ pub struct Handles {
     pub topology: Arc<TopologyHandle>,
     /// The metrics (`/metrics`).
     pub metrics: Arc<Metrics>,
+    /// The routing feedback: reads and writes served per node (`/metrics`).
+    pub feedback: Arc<Feedback>,
     /// Fires when the proxy shuts down.
     pub shutdown: CancellationToken,
     /// Where each connection's task is tracked.
@@ -98,7 +101,7 @@ async fn serve(app: Handles, mut stream: TcpStream) -> std::io::Result<()> {
             b"/metrics" => (
                 "200 OK",
                 "text/plain; version=0.0.4",
-                app.metrics.render(&topology),
+                app.metrics.render(&app.topology, &app.feedback),
             ),
             b"/topology" => ("200 OK", "application/json", topology_json(&topology)),
             _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),

@@ -146,6 +146,10 @@ fn start_session(
             app.metrics().clients_refused.inc();
             // Dropping the stream closes it at once: no task, no descriptor kept.
             if let Ok(slot) = gates.refusing.clone().try_acquire_owned() {
+                app.metrics().count_error(
+                    crate::metrics::ErrorSource::Proxy,
+                    SqlState::TOO_MANY_CONNECTIONS.code(),
+                );
                 app.tasks().spawn(async move {
                     refuse(stream).await;
                     drop(slot);

@@ -106,6 +106,45 @@ impl std::fmt::Display for SqlState {
     }
 }
 
+/// SQLSTATEs that keep their own value in the `sqlstate` label of `causeway_errors_total`:
+/// the codes causeway itself sends, and those an operator most often alerts on (constraint
+/// violations, serialization failures and deadlocks, cancellations, syntax and permission
+/// errors, resource limits). Sorted, for the binary search in [`metric_label`].
+const LABELLED_CODES: [&str; 57] = [
+    "08000", "08001", "08003", "08006", "08P01", "0A000", "22001", "22003", "22007", "22008",
+    "22012", "22023", "22P02", "23502", "23503", "23505", "23514", "23P01", "25001", "25006",
+    "25P02", "25P03", "26000", "28000", "28P01", "34000", "3D000", "3F000", "40001", "40P01",
+    "42501", "42601", "42703", "42704", "42710", "42804", "42883", "42P01", "42P07", "53100",
+    "53200", "53300", "54000", "55000", "55P03", "57014", "57P01", "57P02", "57P03", "57P05",
+    "58000", "58P01", "F0000", "P0001", "XX000", "XX001", "XX002",
+];
+
+/// The classes of PostgreSQL 15's `errcodes.txt` (the first two characters of a code), as
+/// the label of a code outside [`LABELLED_CODES`]: the class followed by `XXX`. Sorted.
+const CLASS_LABELS: [&str; 43] = [
+    "00XXX", "01XXX", "02XXX", "03XXX", "08XXX", "09XXX", "0AXXX", "0BXXX", "0FXXX", "0LXXX",
+    "0PXXX", "0ZXXX", "20XXX", "21XXX", "22XXX", "23XXX", "24XXX", "25XXX", "26XXX", "27XXX",
+    "28XXX", "2BXXX", "2DXXX", "2FXXX", "34XXX", "38XXX", "39XXX", "3BXXX", "3DXXX", "3FXXX",
+    "40XXX", "42XXX", "44XXX", "53XXX", "54XXX", "55XXX", "57XXX", "58XXX", "72XXX", "F0XXX",
+    "HVXXX", "P0XXX", "XXXXX",
+];
+
+/// The value of the `sqlstate` label for an error with this code, from a fixed set so that a
+/// server (or an extension raising its own codes) cannot grow the label without bound: the
+/// code itself if it is one of [`LABELLED_CODES`], else its class as `<class>XXX` (`22XXX`),
+/// else `other` (not a PostgreSQL class, or not five characters).
+pub fn metric_label(code: &str) -> &'static str {
+    if code.len() != 5 {
+        return "other";
+    }
+    if let Ok(i) = LABELLED_CODES.binary_search(&code) {
+        return LABELLED_CODES[i];
+    }
+    CLASS_LABELS
+        .binary_search_by(|c| c.as_bytes()[..2].cmp(&code.as_bytes()[..2]))
+        .map_or("other", |i| CLASS_LABELS[i])
+}
+
 /// Severity of an ErrorResponse or NoticeResponse the proxy writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -143,5 +182,32 @@ mod tests {
         assert!(SqlState::ADMIN_SHUTDOWN == "57P01");
         assert!("57P03" != SqlState::ADMIN_SHUTDOWN);
         assert_eq!(SqlState::CRASH_SHUTDOWN.to_string(), "57P02");
+    }
+
+    #[test]
+    fn metric_labels_come_from_a_fixed_set() {
+        assert!(LABELLED_CODES.windows(2).all(|w| w[0] < w[1]), "sorted");
+        assert!(CLASS_LABELS.windows(2).all(|w| w[0] < w[1]), "sorted");
+        assert_eq!(metric_label("22012"), "22012");
+        assert_eq!(metric_label("57P01"), "57P01");
+        // A code outside the list keeps its class; anything else is `other`.
+        assert_eq!(metric_label("22018"), "22XXX");
+        assert_eq!(metric_label("HV00R"), "HVXXX");
+        assert_eq!(metric_label("ZZ123"), "other");
+        assert_eq!(metric_label("2201"), "other");
+        assert_eq!(metric_label("é2012"), "other");
+        assert_eq!(metric_label(""), "other");
+        // Every code causeway sends itself keeps its own value.
+        for c in [
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::INVALID_PASSWORD,
+            SqlState::QUERY_CANCELED,
+            SqlState::IDLE_SESSION_TIMEOUT,
+            SqlState::CONFIG_FILE_ERROR,
+        ] {
+            assert_eq!(metric_label(c.code()), c.code());
+        }
     }
 }

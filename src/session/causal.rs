@@ -181,8 +181,8 @@ impl Session {
         }
         self.ctx
             .metrics()
-            .causal_wait_micros
-            .inc_by(started.elapsed().as_micros() as u64);
+            .causal_wait_seconds
+            .inc_by(started.elapsed().as_secs_f64());
         if !found {
             lease.pool().clone().checkin(lease);
             return None;

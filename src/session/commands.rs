@@ -61,6 +61,7 @@ impl Session {
                     if let Ok(t) = frontend::query_text(body) {
                         let a = self.ctx.classifier().analyze(t);
                         if let Err(e) = self.run_proxy_statements(&a, &mut out, true) {
+                            self.ctx.metrics().count_proxy_error(&e);
                             e.encode(&mut out);
                         }
                     }
@@ -103,6 +104,7 @@ impl Session {
                 ftag::EXECUTE => {
                     if let Some(a) = last.clone() {
                         if let Err(e) = self.run_proxy_statements(&a, &mut out, false) {
+                            self.ctx.metrics().count_proxy_error(&e);
                             e.encode(&mut out);
                             skipping = true;
                         }

@@ -277,6 +277,13 @@ impl SessionCtx {
         &self.shared.metrics
     }
 
+    /// What `/metrics` answers now (the Prometheus text exposition).
+    pub fn metrics_text(&self) -> String {
+        self.shared
+            .metrics
+            .render(self.topology(), &self.shared.feedback)
+    }
+
     /// The cancel registry.
     pub fn cancels(&self) -> &CancelRegistry {
         &self.shared.cancels

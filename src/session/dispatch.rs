@@ -354,6 +354,10 @@ impl Session {
             &mut self.state.statements,
             &mut self.state.unnamed,
         )?;
+        if batch_class.executes {
+            let class = batch_class.class.unwrap_or(crate::router::Class::Write);
+            self.ctx.feedback().count_served(conn.node(), class);
+        }
         if guard_target.is_some() || stale_guard {
             // The guard keeps the frames for a re-run (they are sent; the batch starts over).
             self.guard = Some(super::guard::MisrouteGuard {
@@ -402,6 +406,7 @@ impl Session {
     pub(super) fn fail_request(&mut self, e: &ProxyError, term: Terminator) {
         self.batch.clear();
         self.batch_len = 0;
+        self.ctx.metrics().count_proxy_error(e);
         self.client.push_error(e);
         if term.is_complete() {
             let mut b = bytes::BytesMut::with_capacity(6);

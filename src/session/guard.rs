@@ -174,6 +174,11 @@ impl Session {
             return;
         };
         let error = if with_error { g.error.take() } else { None };
+        if error.is_some() {
+            self.ctx
+                .metrics()
+                .count_error(crate::metrics::ErrorSource::Server, &g.code);
+        }
         let Session {
             server,
             client,

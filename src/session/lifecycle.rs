@@ -298,7 +298,7 @@ impl Session {
         let client_can_hear = match &result {
             Err(e) => {
                 tracing::debug!(peer = %self.client.peer(), error = %e, "session ended with an error");
-                report(&mut self.client, e).await
+                report(&mut self.client, e, self.ctx.metrics()).await
             }
             Ok(()) => matches!(
                 tokio::time::timeout(std::time::Duration::from_secs(1), self.client.flush()).await,

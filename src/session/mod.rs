@@ -133,13 +133,13 @@ pub async fn run(
     let accepted = match outcome {
         Ok(Outcome::Session(a)) => a,
         Ok(Outcome::Done) => return,
-        Err(e) => return Box::pin(report_and_close(&mut client, e)).await,
+        Err(e) => return Box::pin(report_and_close(&mut client, e, ctx.metrics())).await,
     };
     // As PostgreSQL counts max_connections and a role's CONNECTION LIMIT: after
     // authentication.
     let Some(_client_slot) = admission.logged_in() else {
         let e = SessionError::Fatal(crate::net::listener::too_many_clients());
-        return Box::pin(report_and_close(&mut client, e)).await;
+        return Box::pin(report_and_close(&mut client, e, ctx.metrics())).await;
     };
     // Once per connection, never per request: the console is a database name.
     if accepted.database == crate::admin::console::DATABASE {
@@ -150,7 +150,7 @@ pub async fn run(
             SqlState::TOO_MANY_CONNECTIONS,
             format!("too many connections for role \"{}\"", accepted.user),
         ));
-        return Box::pin(report_and_close(&mut client, e)).await;
+        return Box::pin(report_and_close(&mut client, e, ctx.metrics())).await;
     };
     let mut session = Session::new(ctx, client, accepted);
     // The phases are boxed so that a session waiting in `relay` (most of its life, often
@@ -163,17 +163,27 @@ pub async fn run(
 }
 
 /// Sends the error (if the client can still hear it) and closes.
-pub(crate) async fn report_and_close(client: &mut ClientConn, e: SessionError) {
-    if report(client, &e).await {
+pub(crate) async fn report_and_close(
+    client: &mut ClientConn,
+    e: SessionError,
+    metrics: &crate::metrics::Metrics,
+) {
+    if report(client, &e, metrics).await {
         client.linger().await;
     }
 }
 
-/// Sends the error to the client if it can still hear it; true if it could.
-pub(super) async fn report(client: &mut ClientConn, e: &SessionError) -> bool {
+/// Sends the error to the client if it can still hear it (counted in `metrics`); true if it
+/// could.
+pub(super) async fn report(
+    client: &mut ClientConn,
+    e: &SessionError,
+    metrics: &crate::metrics::Metrics,
+) -> bool {
     let Some(err) = e.to_client() else {
         return false;
     };
+    metrics.count_proxy_error(&err);
     tracing::debug!(peer = %client.peer(), error = %err.message, "closing client connection");
     client.push_error(&err);
     matches!(

@@ -192,10 +192,12 @@ impl Session {
         }
         if self.draining && self.is_idle() && self.held.is_none() && !self.waits_for_first_request()
         {
-            self.client.push_error(&ProxyError::fatal(
+            let e = ProxyError::fatal(
                 SqlState::ADMIN_SHUTDOWN,
                 "terminating connection due to administrator command",
-            ));
+            );
+            self.ctx.metrics().count_proxy_error(&e);
+            self.client.push_error(&e);
             return Ok(Flow::End);
         }
         Ok(Flow::Continue)

@@ -199,6 +199,9 @@ impl Session {
             }
             self.server_fatal = ServerFatal::Forwarded;
         }
+        self.ctx
+            .metrics()
+            .count_error(crate::metrics::ErrorSource::Server, &fields.code);
         Disposition::Forward
     }
 
@@ -255,6 +258,7 @@ impl Session {
             downgraded.unwrap_or_else(|| ProxyError::error(SqlState::CONNECTION_FAILURE, message));
         self.copy_in = false;
         if in_flight {
+            self.ctx.metrics().count_proxy_error(&e);
             self.client.push_error(&e);
             self.tx_status = TxStatus::Idle;
             let mut b = BytesMut::with_capacity(6);

@@ -107,6 +107,9 @@ pub struct BatchClass {
     /// Some statement is `COPY ... FROM` (the server will wait for data: nothing may be sent
     /// behind the request).
     pub copies_in: bool,
+    /// The batch runs something (a Query or an Execute): it counts as a request its node
+    /// served (a Sync or Describe sent on its own does not).
+    pub executes: bool,
 }
 
 impl BatchClass {
@@ -197,6 +200,7 @@ impl Session {
             match f.tag() {
                 ftag::QUERY => match frontend::query_text(body) {
                     Ok(t) => {
+                        out.executes = true;
                         let a = self.ctx.classifier().analyze(t);
                         consider(&a, text_key(t), &mut out, &mut class)
                     }
@@ -245,7 +249,11 @@ impl Session {
                     }
                     Err(_) => class = Class::Write,
                 },
-                ftag::FUNCTION_CALL => class = Class::Write,
+                ftag::FUNCTION_CALL => {
+                    out.executes = true;
+                    class = Class::Write;
+                }
+                ftag::EXECUTE => out.executes = true,
                 _ => {}
             }
         }

@@ -10,6 +10,7 @@ pub mod lag;
 pub mod patroni;
 pub mod watcher;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -208,6 +209,12 @@ impl Topology {
 pub struct TopologyHandle {
     current: ArcSwap<Topology>,
     changed: watch::Sender<u64>,
+    /// The address of the last primary published, to tell a new primary from the same one
+    /// coming back (by address, not id: ids are positions in a node list). A lock only the
+    /// publisher (the watcher) takes.
+    last_primary: parking_lot::Mutex<Option<String>>,
+    /// Failovers seen: published primaries that differ from the last one (`/metrics`).
+    failovers: AtomicU64,
 }
 
 impl TopologyHandle {
@@ -217,6 +224,8 @@ impl TopologyHandle {
         TopologyHandle {
             current: ArcSwap::from_pointee(initial),
             changed,
+            last_primary: parking_lot::Mutex::new(None),
+            failovers: AtomicU64::new(0),
         }
     }
 
@@ -230,8 +239,35 @@ impl TopologyHandle {
         self.current.load_full()
     }
 
+    /// Failovers since start: how many times a primary was published that is not the node
+    /// published as primary before it. The first primary found is not one, nor is a primary
+    /// that is lost and comes back (a restart); a standby promoted after the primary was lost
+    /// is one, whether or not a snapshot without a primary came in between.
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failover if `next` names a primary other than the last one.
+    fn note_primary(&self, next: &Topology) {
+        let Some(addr) = next
+            .primary
+            .and_then(|p| next.nodes.get(p))
+            .map(|n| &n.addr)
+        else {
+            return;
+        };
+        let mut last = self.last_primary.lock();
+        if last.as_deref() != Some(addr.as_str()) {
+            if last.is_some() {
+                self.failovers.fetch_add(1, Ordering::Relaxed);
+            }
+            *last = Some(addr.clone());
+        }
+    }
+
     /// Publishes a new snapshot (one atomic store), giving it the next epoch.
     pub fn publish(&self, mut next: Topology) {
+        self.note_primary(&next);
         let epoch = self.current.load().epoch + 1;
         next.epoch = epoch;
         self.current.store(Arc::new(next));
@@ -289,6 +325,27 @@ mod tests {
             no_reads: false,
             role_epoch: 0,
         }
+    }
+
+    #[test]
+    fn failovers_count_changes_of_primary() {
+        let h = TopologyHandle::new(Topology::initial(&["n0".into(), "n1".into()]));
+        let with_primary = |primary: Option<NodeId>| Topology {
+            epoch: 0,
+            nodes: vec![node(0, Role::Primary, true), node(1, Role::Standby, true)],
+            primary,
+        };
+        // The first primary found, then the same one lost and back: no failover.
+        for p in [Some(0), None, Some(0), Some(0)] {
+            h.publish(with_primary(p));
+        }
+        assert_eq!(h.failovers(), 0);
+        // Another node: one, with or without a gap in between.
+        h.publish(with_primary(None));
+        h.publish(with_primary(Some(1)));
+        assert_eq!(h.failovers(), 1);
+        h.publish(with_primary(Some(0)));
+        assert_eq!(h.failovers(), 2);
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub async fn serve(ctx: SessionCtx, mut client: ClientConn, accepted: Accepted) 
                 accepted.user
             ),
         );
-        crate::session::report_and_close(&mut client, SessionError::Fatal(e)).await;
+        crate::session::report_and_close(&mut client, SessionError::Fatal(e), ctx.metrics()).await;
         return;
     }
     let key = CancelKey {
@@ -79,7 +79,7 @@ pub async fn serve(ctx: SessionCtx, mut client: ClientConn, accepted: Accepted) 
         }
     };
     if let Err(e) = result {
-        crate::session::report_and_close(&mut client, e).await;
+        crate::session::report_and_close(&mut client, e, ctx.metrics()).await;
     }
 }
 
@@ -135,11 +135,12 @@ async fn run(ctx: &SessionCtx, client: &mut ClientConn, own_pid: i32) -> Result<
             _ if skip_until_sync => {}
             _ => {
                 skip_until_sync = true;
-                ProxyError::error(
+                let e = ProxyError::error(
                     SqlState::FEATURE_NOT_SUPPORTED,
                     "the admin console answers simple queries only (no extended protocol)",
-                )
-                .encode(&mut b);
+                );
+                ctx.metrics().count_proxy_error(&e);
+                e.encode(&mut b);
                 client.push(b);
             }
         }
@@ -164,6 +165,7 @@ async fn answer(ctx: &SessionCtx, text: &str, own_pid: i32, b: &mut BytesMut) {
             Err(e) => Err(e),
         };
         if let Err(e) = result {
+            ctx.metrics().count_proxy_error(&e);
             e.encode(b);
             break;
         }

@@ -23,10 +23,13 @@ pub fn show_nodes(ctx: &SessionCtx) -> Table {
         ("within_lag", Kind::Text),
         ("eligible_for_reads", Kind::Text),
         ("requests_in_flight", Kind::Int),
+        ("reads_served", Kind::Int),
+        ("writes_served", Kind::Int),
         ("role_epoch", Kind::Int),
     ]);
     let yes_no = |b: bool| cell(if b { "yes" } else { "no" });
     for n in &topology.nodes {
+        let served = load.served(n.id);
         let role = if topology.primary == Some(n.id) {
             "primary"
         } else {
@@ -45,6 +48,8 @@ pub fn show_nodes(ctx: &SessionCtx) -> Table {
             yes_no(n.within_lag),
             yes_no(n.is_eligible_standby()),
             cell(crate::router::Load::outstanding(load, n.id)),
+            cell(served.reads),
+            cell(served.writes),
             cell(n.role_epoch),
         ]);
     }

@@ -56,10 +56,7 @@ async fn mixed_work_under_chaos_leaks_no_descriptor_connection_or_transaction() 
         report.chaos_errors.is_empty(),
         "every chaos step worked\n{text}"
     );
-    assert!(
-        report.unexpected.is_empty(),
-        "no error outside the switchover window\n{text}"
-    );
+    // The leaks first.
     assert_eq!(
         report.end.idle_in_tx, 0,
         "no transaction left open on any node\n{text}"
@@ -75,5 +72,16 @@ async fn mixed_work_under_chaos_leaks_no_descriptor_connection_or_transaction() 
     assert!(
         report.settled,
         "back to the start within the deadline\n{text}"
+    );
+    let (hangs, errors): (Vec<_>, Vec<_>) =
+        report.unexpected.iter().partition(|f| f.code == "timeout");
+    assert!(
+        errors.is_empty(),
+        "no error outside the switchover window\n{text}"
+    );
+    assert!(
+        hangs.is_empty(),
+        "every operation got an answer (a request sent as a switchover starts can get none: \
+         the open finding in docs/SOAK.md)\n{text}"
     );
 }

@@ -12,8 +12,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::{Client, NoTls};
 
-/// Longest any single operation may take before it counts as an error (`timeout`).
-pub const OP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest any single operation may take before it counts as an error (`timeout`). Longer
+/// than causeway's own waits (`pool.pool_timeout` 30 s, `routing.primary_wait` 10 s), so a
+/// request causeway gives up on shows causeway's error rather than the client's impatience.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between a client's operations.
 const THINK: Duration = Duration::from_millis(5);
 /// A client closes its connection properly (Terminate) and opens a new one this often.
@@ -111,7 +113,7 @@ impl Shared {
     fn failure(&self, kind: Kind, started: Instant, e: &OpError) {
         let (code, message) = match e {
             OpError::Pg(e) => (code(e), e.to_string()),
-            OpError::Timeout => ("timeout".to_owned(), "no answer in time".to_owned()),
+            OpError::Timeout(step) => ("timeout".to_owned(), format!("no answer to {step}")),
         };
         self.failures.lock().unwrap().push(Failure {
             started,
@@ -139,7 +141,8 @@ pub fn code(e: &tokio_postgres::Error) -> String {
 #[derive(Debug)]
 enum OpError {
     Pg(tokio_postgres::Error),
-    Timeout,
+    /// No answer to this step in time.
+    Timeout(&'static str),
 }
 
 impl From<tokio_postgres::Error> for OpError {
@@ -162,7 +165,7 @@ impl Conn {
         let (client, conn) =
             tokio::time::timeout(OP_TIMEOUT, tokio_postgres::connect(conninfo, NoTls))
                 .await
-                .map_err(|_| OpError::Timeout)??;
+                .map_err(|_| OpError::Timeout("connect"))??;
         shared.connected.fetch_add(1, Ordering::Relaxed);
         let counter = shared.clone();
         let task = tokio::spawn(async move {
@@ -191,13 +194,14 @@ impl Conn {
     }
 }
 
-/// Runs `fut` with [`OP_TIMEOUT`].
+/// Runs `fut`, the operation's `step`, with [`OP_TIMEOUT`].
 async fn timed<T>(
+    step: &'static str,
     fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, OpError> {
     match tokio::time::timeout(OP_TIMEOUT, fut).await {
         Ok(r) => Ok(r?),
-        Err(_) => Err(OpError::Timeout),
+        Err(_) => Err(OpError::Timeout(step)),
     }
 }
 
@@ -248,7 +252,7 @@ pub async fn client(kind: Kind, id: usize, conninfo: String, shared: Arc<Shared>
             Err(e) => {
                 shared.failure(kind, started, &e);
                 // A timed-out or failed connection may be in any state: start afresh.
-                if matches!(e, OpError::Timeout) || c.client.is_closed() {
+                if matches!(e, OpError::Timeout(_)) || c.client.is_closed() {
                     if let Some(c) = conn.take() {
                         c.vanish();
                     }
@@ -270,6 +274,7 @@ pub async fn client(kind: Kind, id: usize, conninfo: String, shared: Arc<Shared>
 
 async fn simple_read(c: &mut Conn) -> Result<(), OpError> {
     timed(
+        "simple read",
         c.client
             .simple_query("SELECT id, v FROM soak_t ORDER BY id DESC LIMIT 10"),
     )
@@ -282,6 +287,7 @@ async fn prepared_read(c: &mut Conn, n: u64) -> Result<(), OpError> {
         Some(s) => s.clone(),
         None => {
             let s = timed(
+                "prepare",
                 c.client
                     .prepare("SELECT id, v, note FROM soak_t WHERE id > $1 ORDER BY id LIMIT 5"),
             )
@@ -290,16 +296,21 @@ async fn prepared_read(c: &mut Conn, n: u64) -> Result<(), OpError> {
         }
     };
     let from = (n as i64 * 7919) % 10_000;
-    timed(c.client.query(&stmt, &[&from])).await.map(drop)
+    timed("prepared read", c.client.query(&stmt, &[&from]))
+        .await
+        .map(drop)
 }
 
 async fn write(c: &mut Conn, id: usize, n: u64) -> Result<(), OpError> {
     let client = id as i32;
     let v = n as i32;
-    timed(c.client.execute(
-        "INSERT INTO soak_t (client, v, note) VALUES ($1, $2, 'w')",
-        &[&client, &v],
-    ))
+    timed(
+        "insert",
+        c.client.execute(
+            "INSERT INTO soak_t (client, v, note) VALUES ($1, $2, 'w')",
+            &[&client, &v],
+        ),
+    )
     .await
     .map(drop)
 }
@@ -315,26 +326,42 @@ async fn transaction(c: &mut Conn, id: usize, n: u64) -> Result<(), OpError> {
     );
     // A multi-statement transaction over the extended protocol as well, every other time.
     if n % 2 == 0 {
-        timed(c.client.batch_execute(&sql)).await
+        timed(
+            "multi-statement Query (BEGIN ... COMMIT)",
+            c.client.batch_execute(&sql),
+        )
+        .await
     } else {
-        let t = timed(c.client.transaction()).await?;
+        let t = timed("BEGIN", c.client.transaction()).await?;
         let client = id as i32;
         let v = n as i32;
-        let row = timed(t.query_one(
-            "INSERT INTO soak_t (client, v, note) VALUES ($1, $2, 't') RETURNING id",
-            &[&client, &v],
-        ))
+        let row = timed(
+            "INSERT ... RETURNING in a transaction",
+            t.query_one(
+                "INSERT INTO soak_t (client, v, note) VALUES ($1, $2, 't') RETURNING id",
+                &[&client, &v],
+            ),
+        )
         .await?;
         let new_id: i64 = row.get(0);
-        timed(t.execute("UPDATE soak_t SET v = v + 1 WHERE id = $1", &[&new_id])).await?;
-        timed(t.query_one("SELECT v FROM soak_t WHERE id = $1", &[&new_id])).await?;
-        timed(t.commit()).await
+        timed(
+            "UPDATE in a transaction",
+            t.execute("UPDATE soak_t SET v = v + 1 WHERE id = $1", &[&new_id]),
+        )
+        .await?;
+        timed(
+            "SELECT in a transaction",
+            t.query_one("SELECT v FROM soak_t WHERE id = $1", &[&new_id]),
+        )
+        .await?;
+        timed("COMMIT", t.commit()).await
     }
 }
 
 async fn copy(c: &mut Conn, id: usize, n: u64) -> Result<(), OpError> {
     if n % 2 == 0 {
         let sink = timed(
+            "COPY FROM STDIN start",
             c.client
                 .copy_in::<_, bytes::Bytes>("COPY soak_copy (client, v, note) FROM STDIN"),
         )
@@ -348,9 +375,12 @@ async fn copy(c: &mut Conn, id: usize, n: u64) -> Result<(), OpError> {
             sink.send(bytes::Bytes::from(rows)).await?;
             sink.finish().await
         };
-        timed(fut).await.map(drop)
+        timed("COPY FROM STDIN data and CopyDone", fut)
+            .await
+            .map(drop)
     } else {
         let stream = timed(
+            "COPY TO STDOUT start",
             c.client
                 .copy_out("COPY (SELECT * FROM soak_copy ORDER BY id DESC LIMIT 200) TO STDOUT"),
         )
@@ -363,17 +393,22 @@ async fn copy(c: &mut Conn, id: usize, n: u64) -> Result<(), OpError> {
             }
             Ok(bytes)
         };
-        timed(fut).await.map(drop)
+        timed("COPY TO STDOUT rows", fut).await.map(drop)
     }
 }
 
 async fn cancel(c: &mut Conn, shared: &Shared) -> Result<(), OpError> {
     let token = c.client.cancel_token();
-    let (result, cancelled) =
-        tokio::join!(timed(c.client.simple_query("SELECT pg_sleep(2)")), async {
+    let (result, cancelled) = tokio::join!(
+        timed(
+            "pg_sleep to cancel",
+            c.client.simple_query("SELECT pg_sleep(2)")
+        ),
+        async {
             tokio::time::sleep(Duration::from_millis(100)).await;
             token.cancel_query(NoTls).await
-        });
+        }
+    );
     if let Err(e) = cancelled {
         return Err(OpError::Pg(e));
     }
@@ -401,7 +436,12 @@ async fn vanish_once(
 ) -> Result<(), OpError> {
     let c = Conn::open(conninfo, shared).await?;
     let sql = format!("BEGIN; INSERT INTO soak_t (client, v, note) VALUES ({id}, {n}, 'vanish')");
-    if let Err(e) = timed(c.client.batch_execute(&sql)).await {
+    if let Err(e) = timed(
+        "BEGIN; INSERT before vanishing",
+        c.client.batch_execute(&sql),
+    )
+    .await
+    {
         c.vanish();
         return Err(e);
     }

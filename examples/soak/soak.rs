@@ -103,8 +103,9 @@ pub struct Report {
     /// Successful operations per kind.
     pub ok: BTreeMap<&'static str, u64>,
     pub cancels_missed: u64,
-    /// Failures inside a switchover window (plus [`SWITCHOVER_GRACE`]), by (kind, code).
-    pub expected: BTreeMap<(String, String), u64>,
+    /// Failures inside a switchover window (plus [`SWITCHOVER_GRACE`]), by (kind, code):
+    /// how many, and the first one's message.
+    pub expected: BTreeMap<(String, String), (u64, String)>,
     /// Every other failure, and every operation left without an answer for
     /// [`work::OP_TIMEOUT`] (code `timeout`) wherever it happened.
     pub unexpected: Vec<Failure>,
@@ -327,10 +328,11 @@ async fn run_on(opts: &Options, c: &Arc<LocalCluster>) -> Result<Report, String>
                 f.started + Duration::from_secs(1) >= from && f.started <= to + SWITCHOVER_GRACE
             });
         if expected {
-            *report
+            report
                 .expected
                 .entry((f.kind.name().to_owned(), f.code.clone()))
-                .or_default() += 1;
+                .or_insert_with(|| (0, f.message.clone()))
+                .0 += 1;
         } else {
             report.unexpected.push(f);
         }
@@ -800,7 +802,7 @@ impl Report {
             } else {
                 self.expected
                     .iter()
-                    .map(|((k, c), n)| format!("{k} {c}: {n}"))
+                    .map(|((k, c), (n, first))| format!("\n  {k} {c}: {n} (first: {first})"))
                     .collect::<Vec<_>>()
                     .join(", ")
             }

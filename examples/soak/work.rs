@@ -112,7 +112,7 @@ impl Shared {
 
     fn failure(&self, kind: Kind, started: Instant, e: &OpError) {
         let (code, message) = match e {
-            OpError::Pg(e) => (code(e), e.to_string()),
+            OpError::Pg(e) => (code(e), describe(e)),
             OpError::Timeout(step) => ("timeout".to_owned(), format!("no answer to {step}")),
         };
         self.failures.lock().unwrap().push(Failure {
@@ -135,6 +135,16 @@ pub fn code(e: &tokio_postgres::Error) -> String {
         Some(code) => code.code().to_owned(),
         None if e.is_closed() => "closed".to_owned(),
         None => "other".to_owned(),
+    }
+}
+
+/// An error's message: the server's (or causeway's) for an ErrorResponse, else the client
+/// library's with its cause.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => db.message().to_owned(),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
     }
 }
 

@@ -334,6 +334,7 @@ mod tests {
             epoch: 0,
             nodes: vec![node(0, Role::Primary, true), node(1, Role::Standby, true)],
             primary,
+            role_source: RoleSource::Probe,
         };
         // The first primary found, then the same one lost and back: no failover.
         for p in [Some(0), None, Some(0), Some(0)] {

@@ -141,13 +141,7 @@ pub fn apply(ctx: &SessionCtx, config: Config) -> Result<Reloaded, ReloadError> 
     let same_tls = old.config.server_tls == new.config.server_tls;
     let retired = ctx.pools().reconfigure(new.pool_settings(), |pool| {
         let key = pool.key();
-        same_tls
-            && new.users.contains_key(&key.user)
-            && new
-                .connect_target(key.node, &key.database, &key.user)
-                .password
-                .as_deref()
-                == pool.server_password()
+        same_tls && new.keeps_server_auth(&key.user, pool.server_auth())
     });
     if retired > 0 {
         tracing::info!(
@@ -172,7 +166,9 @@ fn end_sessions_of_removed_users(ctx: &SessionCtx, settings: &Settings) {
     let admins = &settings.config.proxy.admin_users;
     for (pid, slot) in ctx.cancels().clients() {
         let info = slot.info();
-        let gone = !settings.users.contains_key(&info.user)
+        // A user `auth_query` found stays while it is on (its next lookup decides).
+        let looked_up = info.auth_query && settings.auth_query.is_some();
+        let gone = (!settings.users.contains_key(&info.user) && !looked_up)
             || (info.console && !admins.contains(&info.user));
         if gone {
             tracing::info!(client = pid, user = %info.user, "reload: ending the session of a removed user");

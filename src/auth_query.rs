@@ -19,6 +19,7 @@
 //! nothing. The cache belongs to the settings: a reload starts with an empty one.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -195,6 +196,8 @@ pub struct AuthQuery {
     /// The connection, made on first use and again after an error or a change of primary;
     /// the async lock is held only while one is made.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// Queries run so far (what the caches saved shows against the logins).
+    lookups: AtomicU64,
 }
 
 impl std::fmt::Debug for AuthQuery {
@@ -231,6 +234,7 @@ impl AuthQuery {
             timeout,
             cache: Mutex::new(cache),
             conn: tokio::sync::Mutex::new(None),
+            lookups: AtomicU64::new(0),
         }
     }
 
@@ -278,6 +282,11 @@ impl AuthQuery {
         outcome
     }
 
+    /// Queries run since these settings were loaded.
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+
     /// Users found and names not found in the caches now.
     pub fn cached(&self) -> (usize, usize) {
         let cache = self.cache.lock();
@@ -288,6 +297,7 @@ impl AuthQuery {
     /// and their secrets are replicated).
     async fn query(&self, user: &str, topology: &TopologyHandle) -> Outcome {
         let conn = self.connection(topology).await?;
+        self.lookups.fetch_add(1, Ordering::Relaxed);
         let failed = |reason: String| LookupError::Failed {
             addr: self.addr(conn.node),
             reason,

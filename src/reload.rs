@@ -205,7 +205,7 @@ pub fn key_values(c: &Config) -> Vec<(&'static str, String)> {
     let mut users: Vec<&str> = c.users.iter().map(|u| u.name.as_str()).collect();
     users.sort_unstable();
     let secret = |s: &Option<crate::config::Secret>| if s.is_some() { "***" } else { "" };
-    vec![
+    let mut rows = vec![
         ("proxy.listen", p.listen.to_string()),
         ("proxy.http_listen", opt(p.http_listen)),
         ("proxy.pool_mode", p.pool_mode.to_string()),
@@ -292,7 +292,29 @@ pub fn key_values(c: &Config) -> Vec<(&'static str, String)> {
         ("topology.patroni", c.topology.patroni.join(",")),
         ("nodes", nodes.join(",")),
         ("users", users.join(",")),
-    ]
+    ];
+    // `[auth_query]`: empty values when it is off.
+    let aq = c.auth_query.as_ref();
+    let aq_text = |f: fn(&crate::config::AuthQueryConfig) -> String| aq.map(f).unwrap_or_default();
+    rows.extend([
+        ("auth_query.user", aq_text(|a| a.user.clone())),
+        (
+            "auth_query.password",
+            aq_text(|a| if a.password.is_some() { "***" } else { "" }.to_owned()),
+        ),
+        ("auth_query.query", aq_text(|a| a.query.clone())),
+        ("auth_query.database", aq_text(|a| a.database.clone())),
+        (
+            "auth_query.cache_size",
+            aq_text(|a| a.cache_size.to_string()),
+        ),
+        ("auth_query.cache_ttl", aq_text(|a| duration(a.cache_ttl))),
+        (
+            "auth_query.negative_ttl",
+            aq_text(|a| duration(a.negative_ttl)),
+        ),
+    ]);
+    rows
 }
 
 #[cfg(test)]

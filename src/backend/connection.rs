@@ -2,8 +2,9 @@
 //! session needs to relay through it (read/write buffers, reply scanner, who owns each pending
 //! reply, transaction status, the parameters the server reported).
 //!
-//! Authentication towards servers uses postgres-protocol's SCRAM-SHA-256 client and md5 hash, so
-//! causeway implements no client-side crypto of its own.
+//! Authentication towards servers uses postgres-protocol's SCRAM-SHA-256 client and md5 hash
+//! with a password; without one ([`ServerAuth::PassThrough`]) it answers with the keys a
+//! client's SCRAM login revealed (`auth::ScramKeysClient`) or the stored md5 hash.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;

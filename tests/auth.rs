@@ -319,10 +319,15 @@ async fn a_password_changed_on_the_server_takes_effect_after_a_refresh() {
     assert_eq!(n, 1, "a session from before the change goes on");
 }
 
+/// Also the default query (PgBouncer's, over `pg_shadow`), with a role that may read it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_md5_user_found_by_auth_query_logs_in_by_md5_pass_through() {
-    lookup_role();
-    let toml = common::routing_config_toml("", &auth_query_section("60s", "1s")).replace(
+    let section = format!(
+        "[auth_query]\nuser = \"{su}\"\npassword = \"{pw}\"\n",
+        su = cluster::SUPERUSER,
+        pw = cluster().superuser_password()
+    );
+    let toml = common::routing_config_toml("", &section).replace(
         &format!("name = \"{APP_MD5_USER}\""),
         "name = \"not_app_md5\"",
     );

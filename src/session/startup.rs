@@ -297,10 +297,11 @@ async fn authenticate(
     // Configured users never wait for (nor cost) a lookup.
     let found = match (configured, &settings.auth_query) {
         (None, Some(auth_query)) => auth_query.lookup(user, ctx.topology()).await.map_err(|e| {
+            // The details (which server, the lookup role's errors) are the operator's.
             tracing::warn!(user, error = %e, "auth_query lookup failed");
             SessionError::Fatal(ProxyError::fatal(
                 SqlState::CONNECTION_FAILURE,
-                format!("could not look up user \"{user}\": {e}"),
+                format!("could not look up user \"{user}\" (auth_query); the proxy's log says why"),
             ))
         })?,
         _ => None,

@@ -343,3 +343,61 @@ async fn an_md5_user_found_by_auth_query_logs_in_by_md5_pass_through() {
         Some(SqlState::INVALID_PASSWORD)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_lookup_refuses_the_login_with_08006_and_configured_users_go_on() {
+    lookup_role();
+    let section = auth_query_section("60s", "60s").replace(LOOKUP_PASSWORD, "not-the-password");
+    let proxy = common::start_proxy_with("", &section).await;
+    for _ in 0..2 {
+        let code = refused(&proxy, "aq_whoever", "pw").await;
+        assert_eq!(code, Some(SqlState::CONNECTION_FAILURE));
+    }
+    let settings = proxy.app.ctx().settings_full();
+    assert_eq!(
+        settings.auth_query.as_ref().unwrap().cached(),
+        (0, 0),
+        "a failure is not cached as \"not found\""
+    );
+    let client = proxy.connect().await;
+    let n: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_auth_query_sessions_while_auth_query_stays_on() {
+    lookup_role();
+    let user = "aq_reloaded";
+    on_primary(&format!("CREATE ROLE {user} LOGIN PASSWORD 'pw'")).await;
+    let with = common::routing_config_toml("", &auth_query_section("60s", "200ms"));
+    let proxy = common::start_proxy_from(with.clone()).await;
+    let logged_in = eventually(Duration::from_secs(10), || async {
+        refused(&proxy, user, "pw").await.is_none()
+    })
+    .await;
+    assert!(logged_in);
+    let client = proxy.connect_as(user, "pw", "postgres").await.unwrap();
+    let config = |toml: &str| {
+        causeway::config::Config::from_toml(toml, "test", &|_| None)
+            .unwrap()
+            .config
+    };
+    causeway::reload::apply(proxy.app.ctx(), config(&with)).expect("reload");
+    let n: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(
+        n, 1,
+        "the session of an auth_query user survives the reload"
+    );
+    // With [auth_query] gone, that user is no longer known: its idle session ends.
+    let without = common::routing_config_toml("", "");
+    causeway::reload::apply(proxy.app.ctx(), config(&without)).expect("reload");
+    let ended = eventually(Duration::from_secs(5), || async {
+        client.simple_query("SELECT 1").await.is_err()
+    })
+    .await;
+    assert!(ended, "the session ends once auth_query is off");
+    assert_eq!(
+        refused(&proxy, user, "pw").await,
+        Some(SqlState::INVALID_PASSWORD)
+    );
+}

@@ -300,3 +300,73 @@ fn user_entry(user: &UserConfig) -> Result<UserEntry, SettingsError> {
         server_auth,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{PassThrough, ScramKeys, ScramServer, ScramVerifier, SCRAM_SHA_256};
+
+    /// Settings for `users` (TOML `[[users]]` entries) and `extra` tables.
+    fn settings(users: &str) -> Settings {
+        let text = format!("[monitor]\nuser = \"m\"\n[[nodes]]\naddress = \"h:1\"\n{users}");
+        let loaded = Config::from_toml(&text, "test", &|_| None).unwrap();
+        Settings::new(loaded.config).unwrap()
+    }
+
+    /// The keys a login with `password` against `verifier` reveals.
+    fn keys(verifier: &ScramVerifier, password: &str) -> ScramKeys {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        let mut server = ScramServer::new(verifier.clone(), [1; 18]);
+        let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+        let first = server
+            .client_first(SCRAM_SHA_256, client.message())
+            .unwrap();
+        client.update(&first).unwrap();
+        server.client_final(client.message()).unwrap();
+        server.learned_keys().unwrap()
+    }
+
+    #[test]
+    fn pass_through_targets_and_what_a_reload_keeps() {
+        let verifier = ScramVerifier::from_password("pw");
+        let text = format!(
+            "[[users]]\nname = \"v\"\npassword = \"{}\"\n\
+             [[users]]\nname = \"h\"\nauth = \"md5\"\npassword = \"md50123456789abcdef0123456789abcdef\"\n\
+             [[users]]\nname = \"p\"\npassword = \"plain\"\n",
+            verifier.to_postgres_string()
+        );
+        let s = settings(&text);
+        let login = ServerAuth::pass_through(PassThrough::Scram(keys(&verifier, "pw")));
+        // A verifier user connects with its login's keys, a hash user with the hash, a plain
+        // user with its password whatever the login gave.
+        let auth = |user, login| s.connect_target(0, "db", user, login).auth;
+        assert!(auth("v", Some(&login)).same_secret(&login));
+        assert!(matches!(auth("v", None), ServerAuth::None));
+        assert!(matches!(
+            auth("h", Some(&login)),
+            ServerAuth::PassThrough { .. }
+        ));
+        assert!(matches!(auth("p", Some(&login)), ServerAuth::Password(_)));
+        assert!(auth("nobody", Some(&login)).same_secret(&login));
+
+        // A reload keeps a pool whose keys belong to the user's verifier, not another's.
+        assert!(s.keeps_server_auth("v", &login));
+        let other = ScramVerifier::from_password("pw");
+        let stale = ServerAuth::pass_through(PassThrough::Scram(keys(&other, "pw")));
+        assert!(!s.keeps_server_auth("v", &stale));
+        assert!(s.keeps_server_auth("h", &auth("h", None)));
+        assert!(s.keeps_server_auth("p", &ServerAuth::Password("plain".into())));
+        assert!(!s.keeps_server_auth("p", &ServerAuth::Password("old".into())));
+        // Users not configured: only with auth_query on.
+        assert!(!s.keeps_server_auth("nobody", &login));
+        let with_aq = settings(&format!("{text}[auth_query]\nuser = \"l\"\n"));
+        assert!(with_aq.keeps_server_auth("nobody", &login));
+
+        // A newer, different secret supersedes; the same one, or an older one, does not.
+        let newer = ServerAuth::pass_through(PassThrough::Scram(keys(&other, "pw")));
+        assert!(login.is_superseded_by(&newer));
+        assert!(!newer.is_superseded_by(&login));
+        let again = ServerAuth::pass_through(PassThrough::Scram(keys(&verifier, "pw")));
+        assert!(!login.is_superseded_by(&again));
+    }
+}

@@ -252,6 +252,20 @@ async fn an_unknown_name_fails_like_a_wrong_password_and_is_looked_up_once() {
     let auth_query = settings.auth_query.as_ref().unwrap();
     assert_eq!(auth_query.lookups(), 1, "one lookup for five attempts");
     assert_eq!(auth_query.cached(), (0, 1));
+    // Logins of one name at the same time share one lookup.
+    let codes = futures_util::future::join_all(
+        (0..6).map(|_| refused(&proxy, "aq_nobody_either", "whatever")),
+    )
+    .await;
+    assert!(
+        codes.iter().all(|c| *c == Some(SqlState::INVALID_PASSWORD)),
+        "{codes:?}"
+    );
+    assert_eq!(
+        auth_query.lookups(),
+        2,
+        "one more lookup for six logins at once"
+    );
     // A superuser is not served by the function: not found either.
     let su = cluster::SUPERUSER;
     let su_password = cluster().superuser_password().to_owned();

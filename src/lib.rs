@@ -22,7 +22,9 @@
 //!   environment overrides.
 //! - [`settings`]: what the running proxy derives from the configuration (user secrets, routing
 //!   policy, pool, watcher and catalog settings), built in one place.
-//! - [`auth`]: client-facing authentication (SCRAM-SHA-256, md5, trust), sans-I/O.
+//! - [`auth`]: client-facing authentication (SCRAM-SHA-256, md5, trust) and the pass-through
+//!   secrets that log in to servers for clients, sans-I/O.
+//! - [`auth_query`]: users not in the configuration, looked up on the primary and cached.
 //! - [`net`]: the accept loop and connection limits.
 //! - [`session`]: one task per client: startup, authentication, then the request/reply relay.
 //! - [`router`]: pure routing decisions.
@@ -45,6 +47,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod auth_query;
 pub mod backend;
 pub mod catalog;
 pub mod cluster;

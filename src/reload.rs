@@ -158,13 +158,7 @@ pub fn apply(ctx: &SessionCtx, config: Config) -> Result<Reloaded, ReloadError> 
     let same_tls = old.config.server_tls == new.config.server_tls && !server_ca_changed;
     let retired = ctx.pools().reconfigure(new.pool_settings(), |pool| {
         let key = pool.key();
-        same_tls
-            && new.users.contains_key(&key.user)
-            && new
-                .connect_target(key.node, &key.database, &key.user)
-                .password
-                .as_deref()
-                == pool.server_password()
+        same_tls && new.keeps_server_auth(&key.user, pool.server_auth())
     });
     if retired > 0 {
         tracing::info!(
@@ -189,7 +183,9 @@ fn end_sessions_of_removed_users(ctx: &SessionCtx, settings: &Settings) {
     let admins = &settings.config.proxy.admin_users;
     for (pid, slot) in ctx.cancels().clients() {
         let info = slot.info();
-        let gone = !settings.users.contains_key(&info.user)
+        // A user `auth_query` found stays while it is on (its next lookup decides).
+        let looked_up = info.auth_query && settings.auth_query.is_some();
+        let gone = (!settings.users.contains_key(&info.user) && !looked_up)
             || (info.console && !admins.contains(&info.user));
         if gone {
             tracing::info!(client = pid, user = %info.user, "reload: ending the session of a removed user");
@@ -226,7 +222,7 @@ pub fn key_values(c: &Config) -> Vec<(&'static str, String)> {
     let mut users: Vec<&str> = c.users.iter().map(|u| u.name.as_str()).collect();
     users.sort_unstable();
     let secret = |s: &Option<crate::config::Secret>| if s.is_some() { "***" } else { "" };
-    vec![
+    let mut rows = vec![
         ("proxy.listen", p.listen.to_string()),
         ("proxy.http_listen", opt(p.http_listen)),
         ("proxy.pool_mode", p.pool_mode.to_string()),
@@ -313,7 +309,29 @@ pub fn key_values(c: &Config) -> Vec<(&'static str, String)> {
         ("topology.patroni", c.topology.patroni.join(",")),
         ("nodes", nodes.join(",")),
         ("users", users.join(",")),
-    ]
+    ];
+    // `[auth_query]`: empty values when it is off.
+    let aq = c.auth_query.as_ref();
+    let aq_text = |f: fn(&crate::config::AuthQueryConfig) -> String| aq.map(f).unwrap_or_default();
+    rows.extend([
+        ("auth_query.user", aq_text(|a| a.user.clone())),
+        (
+            "auth_query.password",
+            aq_text(|a| if a.password.is_some() { "***" } else { "" }.to_owned()),
+        ),
+        ("auth_query.query", aq_text(|a| a.query.clone())),
+        ("auth_query.database", aq_text(|a| a.database.clone())),
+        (
+            "auth_query.cache_size",
+            aq_text(|a| a.cache_size.to_string()),
+        ),
+        ("auth_query.cache_ttl", aq_text(|a| duration(a.cache_ttl))),
+        (
+            "auth_query.negative_ttl",
+            aq_text(|a| duration(a.negative_ttl)),
+        ),
+    ]);
+    rows
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::auth::{self, StoredSecret};
-use crate::backend::connection::ConnectTarget;
+use crate::auth_query::AuthQuery;
+use crate::backend::connection::{ConnectTarget, ServerAuth};
 use crate::backend::pool::PoolSettings;
 use crate::catalog::CatalogSettings;
 use crate::config::{AuthMethod, Config, TopologySource, UserConfig};
@@ -58,6 +59,10 @@ pub struct UserEntry {
     pub secret: Option<StoredSecret>,
     /// How the client must authenticate.
     pub method: auth::Method,
+    /// What the proxy logs in to the servers with: the server password, the md5 hash
+    /// (pass-through), or `None`: nothing, or (a SCRAM verifier without `server_password`) the
+    /// keys each client's login reveals.
+    pub server_auth: ServerAuth,
 }
 
 /// Configuration plus what is derived from it; replaced as a whole on reload.
@@ -77,6 +82,9 @@ pub struct Settings {
     /// TLS towards servers, its CA read from its file; shared by every connect target, the
     /// watcher and the catalog loader.
     pub server_tls: Arc<ServerTls>,
+    /// Users not in `[[users]]`, looked up on the primary (`[auth_query]`), with its cache;
+    /// `None` when off.
+    pub auth_query: Option<Arc<AuthQuery>>,
 }
 
 impl Settings {
@@ -101,6 +109,20 @@ impl Settings {
         };
         let client_tls = client_tls(&config)?;
         let server_tls = Arc::new(ServerTls::load(&config.server_tls)?);
+        let nodes = config
+            .nodes
+            .iter()
+            .map(|n| (n.host.clone(), n.port))
+            .collect();
+        let auth_query = config.auth_query.as_ref().map(|auth_query| {
+            let timeout = config.pool.server_connect_timeout;
+            Arc::new(AuthQuery::new(
+                auth_query,
+                nodes,
+                server_tls.clone(),
+                timeout,
+            ))
+        });
         Ok(Settings {
             config,
             users,
@@ -108,6 +130,7 @@ impl Settings {
             function_overrides,
             client_tls,
             server_tls,
+            auth_query,
         })
     }
 
@@ -173,24 +196,52 @@ impl Settings {
         }
     }
 
-    /// Where a pool for `user` on `database` at node `node` connects.
-    pub fn connect_target(&self, node: usize, database: &str, user: &str) -> ConnectTarget {
+    /// Where a pool for `user` on `database` at node `node` connects. `login` is what the
+    /// client's authentication gave for pass-through (SCRAM keys, or an `auth_query` user's
+    /// secret); it is used when the configuration has nothing for the user.
+    pub fn connect_target(
+        &self,
+        node: usize,
+        database: &str,
+        user: &str,
+        login: Option<&ServerAuth>,
+    ) -> ConnectTarget {
         let n = &self.config.nodes[node];
-        let password = self
-            .users
-            .get(user)
-            .and_then(|u| u.config.server_password.as_ref())
-            .map(|p| p.expose().to_owned());
+        let auth = match (self.users.get(user).map(|u| &u.server_auth), login) {
+            (Some(ServerAuth::None) | None, Some(login)) => login.clone(),
+            (Some(configured), _) => configured.clone(),
+            (None, None) => ServerAuth::None,
+        };
         ConnectTarget {
             node,
             host: n.host.clone(),
             port: n.port,
             user: user.to_owned(),
             database: database.to_owned(),
-            password,
+            auth,
             nodelay: self.config.proxy.tcp_nodelay,
             keepalive: self.config.proxy.tcp_keepalive,
             tls: self.server_tls.clone(),
+        }
+    }
+
+    /// Whether a pool of `user` whose connections log in with `auth` may go on under these
+    /// settings (a reload): a configured user whose server secret is unchanged (for SCRAM
+    /// pass-through: keys of the same verifier), or an `auth_query` user while `auth_query`
+    /// is on (a newer login replaces a stale pool, see `Pools::get`).
+    pub fn keeps_server_auth(&self, user: &str, auth: &ServerAuth) -> bool {
+        match self.users.get(user) {
+            Some(u) => match (&u.server_auth, auth) {
+                (ServerAuth::None, ServerAuth::PassThrough { secret, .. }) => {
+                    let verifier = u.secret.as_ref().and_then(|s| s.stored_verifier());
+                    match (secret.scram_keys(), verifier) {
+                        (Some(keys), Some(verifier)) => keys.matches(verifier),
+                        _ => false,
+                    }
+                }
+                (configured, auth) => configured.same_secret(auth),
+            },
+            None => self.auth_query.is_some() && matches!(auth, ServerAuth::PassThrough { .. }),
         }
     }
 
@@ -234,9 +285,88 @@ fn user_entry(user: &UserConfig) -> Result<UserEntry, SettingsError> {
             Some(s)
         }
     };
+    let server_auth = match (&user.server_password, &secret) {
+        (Some(p), _) => ServerAuth::Password(p.expose().to_owned()),
+        (None, Some(s)) => match s.md5_hash() {
+            Some(hash) => ServerAuth::pass_through(auth::PassThrough::Md5(hash)),
+            None => ServerAuth::None,
+        },
+        (None, None) => ServerAuth::None,
+    };
     Ok(UserEntry {
         config: user.clone(),
         secret,
         method,
+        server_auth,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{PassThrough, ScramKeys, ScramServer, ScramVerifier, SCRAM_SHA_256};
+
+    /// Settings for `users` (TOML `[[users]]` entries) and `extra` tables.
+    fn settings(users: &str) -> Settings {
+        let text = format!("[monitor]\nuser = \"m\"\n[[nodes]]\naddress = \"h:1\"\n{users}");
+        let loaded = Config::from_toml(&text, "test", &|_| None).unwrap();
+        Settings::new(loaded.config).unwrap()
+    }
+
+    /// The keys a login with `password` against `verifier` reveals.
+    fn keys(verifier: &ScramVerifier, password: &str) -> ScramKeys {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        let mut server = ScramServer::new(verifier.clone(), [1; 18]);
+        let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+        let first = server
+            .client_first(SCRAM_SHA_256, client.message())
+            .unwrap();
+        client.update(&first).unwrap();
+        server.client_final(client.message()).unwrap();
+        server.learned_keys().unwrap()
+    }
+
+    #[test]
+    fn pass_through_targets_and_what_a_reload_keeps() {
+        let verifier = ScramVerifier::from_password("pw");
+        let text = format!(
+            "[[users]]\nname = \"v\"\npassword = \"{}\"\n\
+             [[users]]\nname = \"h\"\nauth = \"md5\"\npassword = \"md50123456789abcdef0123456789abcdef\"\n\
+             [[users]]\nname = \"p\"\npassword = \"plain\"\n",
+            verifier.to_postgres_string()
+        );
+        let s = settings(&text);
+        let login = ServerAuth::pass_through(PassThrough::Scram(keys(&verifier, "pw")));
+        // A verifier user connects with its login's keys, a hash user with the hash, a plain
+        // user with its password whatever the login gave.
+        let auth = |user, login| s.connect_target(0, "db", user, login).auth;
+        assert!(auth("v", Some(&login)).same_secret(&login));
+        assert!(matches!(auth("v", None), ServerAuth::None));
+        assert!(matches!(
+            auth("h", Some(&login)),
+            ServerAuth::PassThrough { .. }
+        ));
+        assert!(matches!(auth("p", Some(&login)), ServerAuth::Password(_)));
+        assert!(auth("nobody", Some(&login)).same_secret(&login));
+
+        // A reload keeps a pool whose keys belong to the user's verifier, not another's.
+        assert!(s.keeps_server_auth("v", &login));
+        let other = ScramVerifier::from_password("pw");
+        let stale = ServerAuth::pass_through(PassThrough::Scram(keys(&other, "pw")));
+        assert!(!s.keeps_server_auth("v", &stale));
+        assert!(s.keeps_server_auth("h", &auth("h", None)));
+        assert!(s.keeps_server_auth("p", &ServerAuth::Password("plain".into())));
+        assert!(!s.keeps_server_auth("p", &ServerAuth::Password("old".into())));
+        // Users not configured: only with auth_query on.
+        assert!(!s.keeps_server_auth("nobody", &login));
+        let with_aq = settings(&format!("{text}[auth_query]\nuser = \"l\"\n"));
+        assert!(with_aq.keeps_server_auth("nobody", &login));
+
+        // A newer, different secret supersedes; the same one, or an older one, does not.
+        let newer = ServerAuth::pass_through(PassThrough::Scram(keys(&other, "pw")));
+        assert!(login.is_superseded_by(&newer));
+        assert!(!newer.is_superseded_by(&login));
+        let again = ServerAuth::pass_through(PassThrough::Scram(keys(&verifier, "pw")));
+        assert!(!login.is_superseded_by(&again));
+    }
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use causeway::backend::connection::{ConnectTarget, ServerConn};
+use causeway::backend::connection::{ConnectTarget, ServerAuth, ServerConn};
 use causeway::backend::BackendError;
 use causeway::cluster::{ClusterOptions, LocalCluster, APP_PASSWORD, APP_USER, MONITOR_USER};
 use causeway::config::{Config, ServerTlsConfig, ServerTlsMode};
@@ -105,7 +105,7 @@ async fn server_conn(
         port: c.port(c.primary().unwrap()).unwrap(),
         user: APP_USER.to_owned(),
         database: "postgres".to_owned(),
-        password: Some(APP_PASSWORD.to_owned()),
+        auth: ServerAuth::Password(APP_PASSWORD.to_owned()),
         nodelay: true,
         keepalive: None,
         tls: Arc::new(ServerTls::load(&tls).expect("load [server_tls]")),

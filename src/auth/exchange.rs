@@ -16,6 +16,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::crypto::ct_eq;
 use super::md5::{expected_response, md5_salt};
+use super::passthrough::ScramKeys;
 use super::scram::{ScramServer, SERVER_NONCE_LEN};
 use super::secret::StoredSecret;
 use super::AuthError;
@@ -209,6 +210,8 @@ enum State {
 pub struct AuthExchange {
     /// Progress.
     state: State,
+    /// What a successful SCRAM login revealed (see [`AuthExchange::learned_keys`]).
+    learned: Option<ScramKeys>,
 }
 
 impl AuthExchange {
@@ -261,7 +264,10 @@ impl AuthExchange {
     /// Trust: authenticated straight away.
     fn trust() -> (Self, Step) {
         (
-            AuthExchange { state: State::Done },
+            AuthExchange {
+                state: State::Done,
+                learned: None,
+            },
             Step::Done { sasl_final: None },
         )
     }
@@ -271,6 +277,7 @@ impl AuthExchange {
         (
             AuthExchange {
                 state: State::Md5 { expected },
+                learned: None,
             },
             Step::Send(AuthRequest::Md5 { salt }),
         )
@@ -281,6 +288,7 @@ impl AuthExchange {
         (
             AuthExchange {
                 state: State::SaslInitial(server),
+                learned: None,
             },
             Step::Send(AuthRequest::Sasl {
                 mechanisms: super::SASL_MECHANISMS,
@@ -306,6 +314,13 @@ impl AuthExchange {
     /// True once the client is authenticated.
     pub fn is_done(&self) -> bool {
         matches!(self.state, State::Done)
+    }
+
+    /// After a successful SCRAM login: the keys the client's proof revealed, which log in to
+    /// a server holding the same verifier (pass-through, see [`super::passthrough`]). `None`
+    /// for md5 and trust, and before the exchange is done.
+    pub fn learned_keys(&self) -> Option<&ScramKeys> {
+        self.learned.as_ref().filter(|_| self.is_done())
     }
 
     /// Consumes the body of the client's next `p` message (everything after the tag and the
@@ -344,6 +359,7 @@ impl AuthExchange {
             }
             State::SaslClientFinal(mut server) => {
                 let reply = server.client_final(body)?;
+                self.learned = server.learned_keys();
                 self.state = State::Done;
                 Ok(Step::Done {
                     sasl_final: Some(reply),

@@ -10,6 +10,8 @@
 //! - [`ScramServer`]: the server side of SCRAM-SHA-256 (RFC 5802 / RFC 7677, as PostgreSQL
 //!   profiles it).
 //! - [`md5_salt`] / [`verify_md5`]: the legacy md5 challenge-response.
+//! - [`PassThrough`] / [`ScramKeysClient`]: logging in to a server as a client whose password
+//!   causeway never had (the keys its SCRAM login revealed, or a stored md5 hash).
 //! - [`AuthExchange`]: the state machine tying it together for one client, producing
 //!   [`AuthRequest`]s (`Authentication*` messages) and consuming the bodies of the client's `p`
 //!   messages.
@@ -20,6 +22,7 @@
 mod crypto;
 mod exchange;
 mod md5;
+mod passthrough;
 mod scram;
 mod secret;
 #[cfg(test)]
@@ -27,6 +30,7 @@ mod tests;
 
 pub use exchange::{AuthExchange, AuthRequest, Method, Step, MAX_AUTH_MESSAGE_LEN};
 pub use md5::{md5_salt, verify_md5};
+pub use passthrough::{PassThrough, ScramKeys, ScramKeysClient};
 pub use scram::{
     ScramServer, SASL_MECHANISMS, SASL_MECHANISMS_PLUS, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
     SERVER_NONCE_LEN,

@@ -20,6 +20,7 @@
 use std::str;
 
 use super::crypto::{b64_decode, b64_decode_32, b64_encode, ct_eq, hmac_sha256, sha256};
+use super::passthrough::ScramKeys;
 use super::secret::ScramVerifier;
 use super::AuthError;
 
@@ -96,6 +97,9 @@ pub struct ScramServer {
     doomed: bool,
     /// `tls-server-end-point` data when the connection is TLS and PLUS is offered.
     end_point: Option<Vec<u8>>,
+    /// The ClientKey the client's proof revealed, once it checked out (for pass-through
+    /// logins to servers, see [`super::passthrough`]).
+    client_key: Option<[u8; 32]>,
     /// Progress.
     state: State,
 }
@@ -109,6 +113,7 @@ impl ScramServer {
             server_nonce: b64_encode(&server_nonce),
             doomed: false,
             end_point: None,
+            client_key: None,
             state: State::ClientFirst,
         }
     }
@@ -137,6 +142,7 @@ impl ScramServer {
             server_nonce: server_nonce.to_owned(),
             doomed: false,
             end_point: None,
+            client_key: None,
             state: State::ClientFirst,
         })
     }
@@ -214,6 +220,16 @@ impl ScramServer {
     /// True once the client's proof has been verified.
     pub fn is_authenticated(&self) -> bool {
         matches!(self.state, State::Authenticated)
+    }
+
+    /// What the client's proof revealed, once it was verified: the keys that log in to a
+    /// server holding the same verifier ([`super::passthrough`]). `None` before that, and
+    /// always for a mock exchange.
+    pub fn learned_keys(&self) -> Option<ScramKeys> {
+        if !self.is_authenticated() || self.doomed {
+            return None;
+        }
+        ScramKeys::new(&self.verifier, self.client_key?)
     }
 
     /// Handles the client-first-message (the data of `SASLInitialResponse`) for the chosen
@@ -298,6 +314,7 @@ impl ScramServer {
         }
 
         let server_signature = hmac_sha256(self.verifier.server_key(), &auth_message);
+        self.client_key = Some(client_key);
         self.state = State::Authenticated;
         Ok(format!("v={}", b64_encode(&server_signature)).into_bytes())
     }

@@ -324,6 +324,24 @@ impl StoredSecret {
         }
     }
 
+    /// The stored `md5(password + user)` hash, if that is what this secret is: it is also what
+    /// a server's md5 exchange needs, so it serves md5 pass-through.
+    pub fn md5_hash(&self) -> Option<[u8; 32]> {
+        match &self.kind {
+            Kind::Md5(hash) => Some(*hash),
+            _ => None,
+        }
+    }
+
+    /// The SCRAM verifier, if that is what this secret is (not one built from a plain
+    /// password): a server holding the same one accepts pass-through logins.
+    pub fn stored_verifier(&self) -> Option<&ScramVerifier> {
+        match &self.kind {
+            Kind::Scram(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// True if this secret can check an md5 response: a plain password or an md5 hash. (A SCRAM
     /// verifier cannot: md5 needs `md5(password + user)`, which it does not contain.)
     ///

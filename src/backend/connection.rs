@@ -2,8 +2,9 @@
 //! session needs to relay through it (read/write buffers, reply scanner, who owns each pending
 //! reply, transaction status, the parameters the server reported).
 //!
-//! Authentication towards servers uses postgres-protocol's SCRAM-SHA-256 client and md5 hash, so
-//! causeway implements no client-side crypto of its own.
+//! Authentication towards servers uses postgres-protocol's SCRAM-SHA-256 client and md5 hash
+//! with a password; without one ([`ServerAuth::PassThrough`]) it answers with the keys a
+//! client's SCRAM login revealed (`auth::ScramKeysClient`) or the stored md5 hash.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -43,14 +44,92 @@ pub struct ConnectTarget {
     pub user: String,
     /// Database name on the server.
     pub database: String,
-    /// Password towards the server, if the server asks for one.
-    pub password: Option<String>,
+    /// What proves to the server that causeway may log in as `user`.
+    pub auth: ServerAuth,
     /// Set `TCP_NODELAY` on the socket (`proxy.tcp_nodelay`).
     pub nodelay: bool,
     /// TCP keepalive idle time (`proxy.tcp_keepalive`); `None` leaves it off.
     pub keepalive: Option<std::time::Duration>,
     /// TLS towards the server (`[server_tls]`).
     pub tls: Arc<ServerTls>,
+}
+
+/// What causeway proves to a server that it may log in as a user.
+#[derive(Clone)]
+pub enum ServerAuth {
+    /// Nothing: the server must let the user in without a password.
+    None,
+    /// A plain password (`server_password`, or a plain `password`): serves every method.
+    Password(String),
+    /// A secret standing in for a password causeway does not have (pass-through): the keys a
+    /// client's SCRAM login revealed, or a stored md5 hash.
+    PassThrough {
+        /// The secret.
+        secret: Arc<crate::auth::PassThrough>,
+        /// When it was learned: of two different secrets for one user, the newer one is what
+        /// the server holds now (a password changed on the server).
+        since: Instant,
+    },
+}
+
+impl ServerAuth {
+    /// A pass-through secret learned now.
+    pub fn pass_through(secret: crate::auth::PassThrough) -> ServerAuth {
+        ServerAuth::PassThrough {
+            secret: Arc::new(secret),
+            since: Instant::now(),
+        }
+    }
+
+    /// True if both hold the same secret (when it was learned does not matter).
+    pub fn same_secret(&self, other: &ServerAuth) -> bool {
+        match (self, other) {
+            (ServerAuth::None, ServerAuth::None) => true,
+            (ServerAuth::Password(a), ServerAuth::Password(b)) => a == b,
+            (
+                ServerAuth::PassThrough { secret: a, .. },
+                ServerAuth::PassThrough { secret: b, .. },
+            ) => a == b,
+            _ => false,
+        }
+    }
+
+    /// True if a pool made with `self` must give way to one made with `newer`: both are
+    /// pass-through secrets, they differ, and `newer` was learned later (the client that
+    /// logged in with it proved the password the server holds now).
+    pub fn is_superseded_by(&self, newer: &ServerAuth) -> bool {
+        match (self, newer) {
+            (
+                ServerAuth::PassThrough {
+                    secret: a,
+                    since: old,
+                },
+                ServerAuth::PassThrough {
+                    secret: b,
+                    since: new,
+                },
+            ) => a != b && new > old,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAuth::None => f.write_str("None"),
+            ServerAuth::Password(_) => f.write_str("Password(***)"),
+            ServerAuth::PassThrough { secret, .. } => write!(f, "{secret:?}"),
+        }
+    }
+}
+
+/// The client side of a SCRAM exchange with a server.
+enum Sasl {
+    /// With the password (postgres-protocol's client).
+    Password(ScramSha256),
+    /// With keys a client's login revealed (pass-through).
+    Keys(crate::auth::ScramKeysClient),
 }
 
 impl ConnectTarget {
@@ -296,7 +375,7 @@ impl ServerConn {
 
     /// Runs the authentication exchange the server asks for.
     async fn authenticate(&mut self, target: &ConnectTarget) -> Result<(), BackendError> {
-        let mut scram: Option<ScramSha256> = None;
+        let mut scram: Option<Sasl> = None;
         loop {
             let frame = self.read_frame().await?;
             match frame.tag() {
@@ -335,16 +414,24 @@ impl ServerConn {
                     });
                 }
                 AuthRequest::Cleartext => {
-                    messages::password(&mut out, self.password(target)?.as_bytes());
+                    messages::password(&mut out, self.password(target, "password")?.as_bytes());
                 }
-                AuthRequest::Md5 { salt } => {
-                    let hash = postgres_protocol::authentication::md5_hash(
-                        target.user.as_bytes(),
-                        self.password(target)?.as_bytes(),
-                        salt,
-                    );
-                    messages::password(&mut out, hash.as_bytes());
-                }
+                AuthRequest::Md5 { salt } => match &target.auth {
+                    ServerAuth::PassThrough { secret, .. } => {
+                        let response = secret
+                            .md5_response(salt)
+                            .ok_or_else(|| self.pass_through_cannot("md5", secret.kind_name()))?;
+                        messages::password(&mut out, &response);
+                    }
+                    _ => {
+                        let hash = postgres_protocol::authentication::md5_hash(
+                            target.user.as_bytes(),
+                            self.password(target, "md5")?.as_bytes(),
+                            salt,
+                        );
+                        messages::password(&mut out, hash.as_bytes());
+                    }
+                },
                 AuthRequest::Sasl { mechanisms } => {
                     let offered = mechanisms
                         .split(|&b| b == 0)
@@ -358,35 +445,61 @@ impl ServerConn {
                             ),
                         });
                     }
-                    let client = ScramSha256::new(
-                        self.password(target)?.as_bytes(),
-                        ChannelBinding::unsupported(),
-                    );
-                    messages::sasl_initial_response(
-                        &mut out,
-                        crate::auth::SCRAM_SHA_256,
-                        client.message(),
-                    );
+                    let client = match &target.auth {
+                        ServerAuth::PassThrough { secret, .. } => {
+                            let keys = secret.scram_keys().ok_or_else(|| {
+                                self.pass_through_cannot("SCRAM-SHA-256", secret.kind_name())
+                            })?;
+                            Sasl::Keys(crate::auth::ScramKeysClient::new(keys.clone()))
+                        }
+                        _ => Sasl::Password(ScramSha256::new(
+                            self.password(target, "SCRAM-SHA-256")?.as_bytes(),
+                            ChannelBinding::unsupported(),
+                        )),
+                    };
+                    let first = match &client {
+                        Sasl::Password(c) => c.message().to_vec(),
+                        Sasl::Keys(c) => c.client_first(),
+                    };
+                    messages::sasl_initial_response(&mut out, crate::auth::SCRAM_SHA_256, &first);
                     scram = Some(client);
                 }
                 AuthRequest::SaslContinue(data) => {
-                    let mut client = scram.take().ok_or_else(|| self.unexpected_sasl())?;
-                    check_iterations(data).map_err(|e| self.sasl_error(e))?;
-                    // This step runs PBKDF2 (4096 rounds by default, about a millisecond):
-                    // off the async workers, so a burst of new server connections does not
-                    // stall every session.
-                    let data = data.to_vec();
-                    let client =
-                        tokio::task::spawn_blocking(move || client.update(&data).map(|()| client))
+                    match scram.take().ok_or_else(|| self.unexpected_sasl())? {
+                        Sasl::Password(mut client) => {
+                            check_iterations(data).map_err(|e| self.sasl_error(e))?;
+                            // This step runs PBKDF2 (4096 rounds by default, about a
+                            // millisecond): off the async workers, so a burst of new server
+                            // connections does not stall every session.
+                            let data = data.to_vec();
+                            let client = tokio::task::spawn_blocking(move || {
+                                client.update(&data).map(|()| client)
+                            })
                             .await
                             .map_err(|e| self.sasl_error(std::io::Error::other(e.to_string())))?
                             .map_err(|e| self.sasl_error(e))?;
-                    messages::sasl_response(&mut out, client.message());
-                    scram = Some(client);
+                            messages::sasl_response(&mut out, client.message());
+                            scram = Some(Sasl::Password(client));
+                        }
+                        // No PBKDF2 here: the keys are already derived.
+                        Sasl::Keys(mut client) => {
+                            let reply = client
+                                .server_first(data)
+                                .map_err(|e| self.sasl_error(std::io::Error::other(e)))?;
+                            messages::sasl_response(&mut out, &reply);
+                            scram = Some(Sasl::Keys(client));
+                        }
+                    }
                 }
                 AuthRequest::SaslFinal(data) => {
-                    let mut client = scram.take().ok_or_else(|| self.unexpected_sasl())?;
-                    client.finish(data).map_err(|e| self.sasl_error(e))?;
+                    match scram.take().ok_or_else(|| self.unexpected_sasl())? {
+                        Sasl::Password(mut client) => {
+                            client.finish(data).map_err(|e| self.sasl_error(e))?
+                        }
+                        Sasl::Keys(mut client) => client
+                            .server_final(data)
+                            .map_err(|e| self.sasl_error(std::io::Error::other(e)))?,
+                    }
                     continue;
                 }
                 AuthRequest::Unsupported(code) => {
@@ -400,14 +513,34 @@ impl ServerConn {
         }
     }
 
-    fn password<'a>(&self, target: &'a ConnectTarget) -> Result<&'a str, BackendError> {
-        target
-            .password
-            .as_deref()
-            .ok_or_else(|| BackendError::NoPassword {
+    /// The plain password for `method`; a pass-through secret is not one.
+    fn password<'a>(
+        &self,
+        target: &'a ConnectTarget,
+        method: &str,
+    ) -> Result<&'a str, BackendError> {
+        match &target.auth {
+            ServerAuth::Password(p) => Ok(p),
+            ServerAuth::PassThrough { secret, .. } => {
+                Err(self.pass_through_cannot(method, secret.kind_name()))
+            }
+            ServerAuth::None => Err(BackendError::NoPassword {
                 addr: self.addr.clone(),
                 user: target.user.clone(),
-            })
+            }),
+        }
+    }
+
+    /// The server asked for `method`, which the pass-through secret (`kind`) cannot serve.
+    fn pass_through_cannot(&self, method: &str, kind: &str) -> BackendError {
+        BackendError::UnsupportedAuth {
+            addr: self.addr.clone(),
+            what: format!(
+                "{method}, which causeway cannot answer with the {kind} it holds for this user \
+                 (no plain password: set server_password, or make the server use the method \
+                 the user's stored secret belongs to)"
+            ),
+        }
     }
 
     fn unexpected_sasl(&self) -> BackendError {
@@ -862,7 +995,7 @@ mod tests {
             port,
             user: "u".to_owned(),
             database: "d".to_owned(),
-            password: Some("pw".to_owned()),
+            auth: ServerAuth::Password("pw".to_owned()),
             nodelay: true,
             keepalive: None,
             tls: Arc::new(ServerTls::disabled()),
@@ -950,7 +1083,7 @@ mod tests {
                 port,
                 user: "u".to_owned(),
                 database: "d".to_owned(),
-                password: None,
+                auth: ServerAuth::None,
                 nodelay,
                 keepalive: nodelay.then_some(std::time::Duration::from_secs(20)),
                 tls: Arc::new(ServerTls::disabled()),

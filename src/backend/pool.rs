@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::connection::{ConnectTarget, ServerConn};
+use super::connection::{ConnectTarget, ServerAuth, ServerConn};
 use super::BackendError;
 
 /// Identifies a pool.
@@ -187,6 +187,16 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
+/// Retires `pool`: no longer handed out; its idle connections are closed now, those in use
+/// when they come back.
+fn retire(pool: &Pool) {
+    pool.retired.store(true, Ordering::Release);
+    let idle: Vec<Idle> = std::mem::take(&mut *pool.idle.lock());
+    for c in idle {
+        tokio::spawn(c.conn.close());
+    }
+}
+
 /// Most stale-statement entries a pool remembers; a connection further behind forgets all of
 /// its statements instead.
 const MAX_STALE: usize = 256;
@@ -235,9 +245,9 @@ impl Pool {
         self.settings.pool_size
     }
 
-    /// The password the pool's connections log in with.
-    pub fn server_password(&self) -> Option<&str> {
-        self.target.password.as_deref()
+    /// What the pool's connections log in with.
+    pub fn server_auth(&self) -> &ServerAuth {
+        &self.target.auth
     }
 
     /// `host:port` of the pool's node.
@@ -680,6 +690,10 @@ impl Pools {
     }
 
     /// The pool for `target`, created if needed.
+    ///
+    /// A pool whose pass-through secret an older login taught it is replaced when `target`
+    /// carries a different, newer one (the password was changed on the server, and the client
+    /// behind `target` proved the new one): the old pool is retired, as by a reload.
     pub fn get(&self, target: &ConnectTarget) -> Arc<Pool> {
         let key = PoolKey {
             node: target.node,
@@ -688,6 +702,14 @@ impl Pools {
         };
         let settings = self.settings.lock().clone();
         let mut pools = self.pools.lock();
+        let superseded = pools
+            .get(&key)
+            .is_some_and(|p| p.target.auth.is_superseded_by(&target.auth));
+        if superseded {
+            if let Some(old) = pools.remove(&key) {
+                retire(&old);
+            }
+        }
         pools
             .entry(key.clone())
             .or_insert_with(|| {
@@ -748,11 +770,7 @@ impl Pools {
             old.iter().filter_map(|k| pools.remove(k)).collect()
         };
         for pool in &retired {
-            pool.retired.store(true, Ordering::Release);
-            let idle: Vec<Idle> = std::mem::take(&mut *pool.idle.lock());
-            for c in idle {
-                tokio::spawn(c.conn.close());
-            }
+            retire(pool);
         }
         retired.len()
     }

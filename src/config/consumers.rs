@@ -30,7 +30,7 @@ const ENTRY_READS: &[(&str, &str)] = &[
     ("nodes.weight", "|node|node.weight"),
     ("users.name", "users.insert(user.name.clone()"),
     ("users.password", "match(&user.password,"),
-    ("users.server_password", "u.config.server_password"),
+    ("users.server_password", "match(&user.server_password,"),
     ("users.auth", "match user.auth"),
     ("users.max_connections", "u.config.max_connections"),
     ("users.pool_mode", "u.config.pool_mode"),

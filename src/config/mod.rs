@@ -273,6 +273,9 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// `[[databases]]`: per-database overrides; names are unique.
     pub databases: Vec<DatabaseConfig>,
+    /// `[auth_query]`: users not in `[[users]]` looked up on the primary; `None` when the
+    /// table is absent (only configured users may log in).
+    pub auth_query: Option<AuthQueryConfig>,
 }
 
 /// `[proxy]`: the client-facing side.
@@ -411,6 +414,34 @@ pub struct MonitorConfig {
     /// Time allowed for one check query (`query_timeout`, default 1s).
     pub query_timeout: Duration,
 }
+
+/// `[auth_query]`: how users that are not in `[[users]]` are looked up on the primary
+/// (PgBouncer's `auth_user` + `auth_query`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthQueryConfig {
+    /// The role the lookup logs in as (`user`, required); never the client's.
+    pub user: String,
+    /// Its password, plain text (`password`); `None` when the servers trust it.
+    pub password: Option<Secret>,
+    /// The query; `$1` is the user name, and it returns the name and the stored secret
+    /// (`query`, default [`DEFAULT_AUTH_QUERY`]).
+    pub query: String,
+    /// The database the lookup connects to (`database`, default `postgres`).
+    pub database: String,
+    /// Most users remembered, found and not found each (`cache_size`, default 1000).
+    pub cache_size: usize,
+    /// How long a user found is trusted before the next login looks it up again
+    /// (`cache_ttl`, default 60s; `"0"` looks up every login).
+    pub cache_ttl: Duration,
+    /// How long a name not found stays not found without a new lookup (`negative_ttl`,
+    /// default 5s).
+    pub negative_ttl: Duration,
+}
+
+/// `auth_query.query`'s default: PgBouncer's, over `pg_shadow` (which only superusers can
+/// read; docs/SECURITY.md recommends a SECURITY DEFINER function instead).
+pub const DEFAULT_AUTH_QUERY: &str =
+    "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1";
 
 /// `[topology]`: where the watcher takes each node's role from.
 #[derive(Clone, Debug, PartialEq)]

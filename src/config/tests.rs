@@ -103,17 +103,25 @@ fn example_loads_without_problems() {
     assert_eq!(c.nodes[1].name.as_deref(), Some("pg2"));
 }
 
+/// Tables the example shows commented out, because writing them turns a feature on.
+const COMMENTED_TABLES: &[&str] = &["auth_query"];
+
 #[test]
 fn example_sets_every_key_and_docs_describe_every_key() {
     for (table, keys) in SCHEMA {
+        let commented = if COMMENTED_TABLES.contains(table) {
+            "# "
+        } else {
+            ""
+        };
         let header = if matches!(*table, "nodes" | "users" | "databases") {
             format!("[[{table}]]")
         } else {
-            format!("[{table}]")
+            format!("{commented}[{table}]")
         };
         assert!(EXAMPLE.contains(&header), "proxy.toml lacks {header}");
         for key in *keys {
-            let assignment = format!("\n{key} = ");
+            let assignment = format!("\n{commented}{key} = ");
             assert!(
                 EXAMPLE.contains(&assignment),
                 "proxy.toml does not set {table}.{key}"
@@ -848,10 +856,6 @@ admin_users = ["verifier-only", "ghost"]
             "users[2].password",
             "md5 hash, which cannot answer SCRAM-SHA-256",
         ),
-        (
-            "users[3].server_password",
-            "missing: password is a verifier or hash",
-        ),
         ("users[4].name", "user 'nopass' is listed twice"),
         ("users[5].password", "is not a valid SCRAM-SHA-256 verifier"),
         ("users[6].server_password", "must be the plain password"),
@@ -866,6 +870,65 @@ admin_users = ["verifier-only", "ghost"]
     assert_eq!(problems.len(), expect.len(), "{problems:#?}");
     // The missing-password problem points at the user's [[users]] header.
     assert_eq!(problem_for(&problems, "users[0].password").line, Some(6));
+}
+
+#[test]
+fn verifier_or_hash_without_server_password_is_pass_through() {
+    let c = ok(&with_minimal(&format!(
+        r#"
+[[users]]
+name = "scram"
+password = "{VERIFIER}"
+[[users]]
+name = "legacy"
+auth = "md5"
+password = "md50123456789abcdef0123456789abcdef"
+"#
+    )));
+    assert_eq!(c.user("scram").unwrap().server_password, None);
+    assert_eq!(c.user("legacy").unwrap().server_password, None);
+}
+
+#[test]
+fn auth_query_table() {
+    assert_eq!(ok(MINIMAL).auth_query, None, "absent: off");
+    let c = ok(&with_minimal("[auth_query]\nuser = \"lookup\"\n"));
+    let a = c.auth_query.expect("present: on");
+    assert_eq!(a.user, "lookup");
+    assert_eq!(a.password, None);
+    assert_eq!(a.query, super::DEFAULT_AUTH_QUERY);
+    assert_eq!(a.database, "postgres");
+    assert_eq!(a.cache_size, 1000);
+    assert_eq!(a.cache_ttl, Duration::from_secs(60));
+    assert_eq!(a.negative_ttl, Duration::from_secs(5));
+    let c = ok(&with_minimal(
+        "[auth_query]\nuser = \"l\"\npassword = \"pw\"\nquery = \"SELECT * FROM f($1)\"\n\
+         database = \"auth\"\ncache_size = 5\ncache_ttl = \"0\"\nnegative_ttl = \"1s\"\n",
+    ));
+    let a = c.auth_query.unwrap();
+    assert_eq!(a.password.as_ref().map(Secret::expose), Some("pw"));
+    assert_eq!(
+        (a.query.as_str(), a.database.as_str(), a.cache_size),
+        ("SELECT * FROM f($1)", "auth", 5)
+    );
+    assert_eq!(a.cache_ttl, Duration::ZERO);
+    assert_eq!(a.negative_ttl, Duration::from_secs(1));
+
+    let problems = problems(&with_minimal(
+        "[auth_query]\npassword = \"md50123456789abcdef0123456789abcdef\"\n\
+         query = \"SELECT 1\"\ncache_size = 0\ncache_tll = \"1s\"\n",
+    ));
+    for (key, text) in [
+        ("auth_query.user", "missing"),
+        ("auth_query.password", "must be the plain password"),
+        ("auth_query.query", "must use $1"),
+        ("auth_query.cache_size", "must be at least 1"),
+        ("auth_query.cache_tll", "did you mean 'cache_ttl'"),
+    ] {
+        let p = problem_for(&problems, key);
+        assert!(p.message.contains(text), "{p}");
+    }
+    assert_eq!(problems.len(), 5, "{problems:#?}");
 }
 
 #[test]

@@ -15,10 +15,10 @@ use super::values::{
     PasswordKind,
 };
 use super::{
-    AuthMethod, Balance, ClientTlsConfig, ClientTlsMode, Config, Consistency, DatabaseConfig,
-    Fallback, Keyword, LogFormat, MonitorConfig, NodeConfig, PoolConfig, PoolMode, PrimaryReads,
-    Problem, ProxyConfig, ReadOnlyTransactions, RoutingConfig, Secret, ServerTlsConfig,
-    ServerTlsMode, TopologyConfig, TopologySource, UserConfig,
+    AuthMethod, AuthQueryConfig, Balance, ClientTlsConfig, ClientTlsMode, Config, Consistency,
+    DatabaseConfig, Fallback, Keyword, LogFormat, MonitorConfig, NodeConfig, PoolConfig, PoolMode,
+    PrimaryReads, Problem, ProxyConfig, ReadOnlyTransactions, RoutingConfig, Secret,
+    ServerTlsConfig, ServerTlsMode, TopologyConfig, TopologySource, UserConfig,
 };
 
 /// Every table and the keys it accepts: the one schema both the walk and the "did you mean"
@@ -107,6 +107,18 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
         ],
     ),
     ("databases", &["name", "default_route", "consistency"]),
+    (
+        "auth_query",
+        &[
+            "user",
+            "password",
+            "query",
+            "database",
+            "cache_size",
+            "cache_ttl",
+            "negative_ttl",
+        ],
+    ),
 ];
 
 mod checks;
@@ -122,6 +134,7 @@ const TOP_LEVEL: &[&str] = &[
     "nodes",
     "users",
     "databases",
+    "auth_query",
 ];
 
 fn keys_of(table: &str) -> &'static [&'static str] {
@@ -584,6 +597,9 @@ impl<'l> Walker<'l> {
             }
             self.finish(section);
         }
+        let mut section = self.table(&mut root, "auth_query");
+        let auth_query = self.auth_query(&mut section);
+        self.finish(section);
         self.finish(root);
 
         let config = Config {
@@ -597,6 +613,7 @@ impl<'l> Walker<'l> {
             nodes,
             users,
             databases,
+            auth_query,
         };
         self.check(config)
     }
@@ -884,6 +901,50 @@ impl<'l> Walker<'l> {
             name: name?,
             ..user
         })
+    }
+
+    /// `[auth_query]`: present means on, and then `user` is required.
+    fn auth_query(&mut self, s: &mut Section) -> Option<AuthQueryConfig> {
+        let present = s.at != At::Nowhere || !s.entries.is_empty();
+        let user = self.name(s, "user");
+        let config = AuthQueryConfig {
+            user: user.clone().unwrap_or_default(),
+            password: self.secret(s, "password"),
+            query: self
+                .name(s, "query")
+                .unwrap_or_else(|| super::DEFAULT_AUTH_QUERY.to_owned()),
+            database: self
+                .name(s, "database")
+                .unwrap_or_else(|| "postgres".to_owned()),
+            cache_size: self.int(s, "cache_size", 1, 1_000_000).unwrap_or(1000),
+            cache_ttl: self
+                .duration(s, "cache_ttl", Zero::Allowed)
+                .unwrap_or(Duration::from_secs(60)),
+            negative_ttl: self
+                .duration(s, "negative_ttl", Zero::Allowed)
+                .unwrap_or(Duration::from_secs(5)),
+        };
+        if !present {
+            return None;
+        }
+        if user.is_none() && !self.has_problem("auth_query.user") {
+            let at = s.at.clone();
+            self.problem(
+                &at,
+                "auth_query.user",
+                "missing: the lookup logs in to the primary as this dedicated role \
+                 (never as the client)",
+            );
+        }
+        if !config.query.contains("$1") && !self.has_problem("auth_query.query") {
+            let at = self.at_of("auth_query.query");
+            self.problem(
+                &at,
+                "auth_query.query",
+                "must use $1 for the user name (and return the name and the stored secret)",
+            );
+        }
+        Some(config)
     }
 
     fn database(&mut self, s: &mut Section) -> Option<DatabaseConfig> {

@@ -39,6 +39,8 @@ pub struct ClientInfo {
     pub connected: std::time::SystemTime,
     /// An admin console session (not a proxied client).
     pub console: bool,
+    /// The user was found by `auth_query`, not in `[[users]]`.
+    pub auth_query: bool,
 }
 
 impl ClientInfo {
@@ -59,6 +61,7 @@ impl ClientInfo {
                 .map(|(_, v)| v.clone()),
             connected: std::time::SystemTime::now(),
             console,
+            auth_query: accepted.auth_query,
         }
     }
 }
@@ -260,6 +263,7 @@ mod tests {
             application_name: None,
             connected: std::time::SystemTime::now(),
             console: false,
+            auth_query: false,
         }
     }
 
@@ -280,6 +284,7 @@ mod tests {
                 application_name: None,
                 connected: std::time::SystemTime::now(),
                 console: false,
+                auth_query: false,
             };
             let r = reg.register(key, info);
             assert_eq!(reg.lookup(key), None, "no server yet");

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::cancel::CancelRegistry;
-use crate::backend::connection::ConnectTarget;
+use crate::backend::connection::{ConnectTarget, ServerAuth};
 use crate::backend::Pools;
 use crate::catalog::Catalogs;
 use crate::metrics::Metrics;
@@ -315,8 +315,15 @@ impl SessionCtx {
         self.shared.next_pid.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff
     }
 
-    /// Where a pool for `user` on `database` at node `node` connects.
-    pub fn connect_target(&self, node: usize, database: &str, user: &str) -> ConnectTarget {
-        self.settings().connect_target(node, database, user)
+    /// Where a pool for `user` on `database` at node `node` connects; `login` is what the
+    /// client's authentication gave for pass-through.
+    pub fn connect_target(
+        &self,
+        node: usize,
+        database: &str,
+        user: &str,
+        login: Option<&ServerAuth>,
+    ) -> ConnectTarget {
+        self.settings().connect_target(node, database, user, login)
     }
 }

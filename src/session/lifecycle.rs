@@ -160,9 +160,12 @@ impl Session {
             // connections are gone, so `try_checkout` failed before this).
             Some(p) if !p.is_retired() => p.clone(),
             _ => {
-                let target =
-                    self.ctx
-                        .connect_target(node, &self.accepted.database, &self.accepted.user);
+                let target = self.ctx.connect_target(
+                    node,
+                    &self.accepted.database,
+                    &self.accepted.user,
+                    self.accepted.server_auth.as_ref(),
+                );
                 let p = self.ctx.pools().get(&target);
                 self.pools[node] = Some(p.clone());
                 p

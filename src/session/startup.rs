@@ -14,7 +14,8 @@ use bytes::{Bytes, BytesMut};
 use super::client::ClientConn;
 use super::context::SessionCtx;
 use super::SessionError;
-use crate::auth::{self, AuthExchange};
+use crate::auth::{self, AuthExchange, PassThrough};
+use crate::backend::connection::ServerAuth;
 use crate::config::ClientTlsMode;
 use crate::net::tls::{self, ClientTls};
 use crate::protocol::frontend::tag as ftag;
@@ -32,6 +33,12 @@ pub struct Accepted {
     /// Session parameters from the startup packet (and its `options`), to apply on every server
     /// connection that serves the client.
     pub params: Vec<(String, String)>,
+    /// What the client's authentication gave to log in to the servers with (pass-through:
+    /// the keys its SCRAM login revealed, or an `auth_query` user's secret); `None` when the
+    /// configuration says it all.
+    pub server_auth: Option<ServerAuth>,
+    /// The user was found by `auth_query`, not in `[[users]]`.
+    pub auth_query: bool,
 }
 
 /// How the startup phase ended.
@@ -88,7 +95,7 @@ pub async fn handshake(ctx: &SessionCtx, client: &mut ClientConn) -> Result<Outc
              connect with sslmode=require or stronger",
         )));
     }
-    let accepted = accept_startup(client, &startup)?;
+    let mut accepted = accept_startup(client, &startup)?;
     // A TLS-only user, refused before any password exchange, as PostgreSQL's `hostssl` lines
     // refuse at pg_hba time. Only a configured user with the flag gets this answer; an unknown
     // name still goes through the mock exchange (28P01).
@@ -107,7 +114,9 @@ pub async fn handshake(ctx: &SessionCtx, client: &mut ClientConn) -> Result<Outc
             ),
         )));
     }
-    authenticate(ctx, client, &accepted.user).await?;
+    let login = authenticate(ctx, client, &accepted.user).await?;
+    accepted.server_auth = login.server_auth;
+    accepted.auth_query = login.auth_query;
     Ok(Outcome::Session(accepted))
 }
 
@@ -228,6 +237,8 @@ fn accept_startup(client: &mut ClientConn, m: &StartupMessage) -> Result<Accepte
         user,
         database,
         params,
+        server_auth: None,
+        auth_query: false,
     })
 }
 
@@ -282,29 +293,57 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, SessionErro
     Ok(out)
 }
 
-/// Runs the authentication exchange for `user`.
+/// What authentication gave, besides letting the client in.
+#[derive(Default)]
+struct Login {
+    /// See [`Accepted::server_auth`].
+    server_auth: Option<ServerAuth>,
+    /// See [`Accepted::auth_query`].
+    auth_query: bool,
+}
+
+/// Runs the authentication exchange for `user`: a configured user, else (with `[auth_query]`)
+/// one the primary knows, else an unknown user who cannot get in.
 async fn authenticate(
     ctx: &SessionCtx,
     client: &mut ClientConn,
     user: &str,
-) -> Result<(), SessionError> {
+) -> Result<Login, SessionError> {
     // Kept across the exchange's awaits: an `Arc`, not a guard.
     let settings = ctx.settings_full();
-    let (exchange, step) = match settings.users.get(user).map(|e| (&e.secret, e.method)) {
-        Some((Some(secret), method)) => AuthExchange::new(method, user, secret),
-        Some((None, auth::Method::Trust)) => {
+    let configured = settings.users.get(user);
+    // Configured users never wait for (nor cost) a lookup.
+    let found = match (configured, &settings.auth_query) {
+        (None, Some(auth_query)) => auth_query.lookup(user, ctx.topology()).await.map_err(|e| {
+            // The details (which server, the lookup role's errors) are the operator's.
+            tracing::warn!(user, error = %e, "auth_query lookup failed");
+            SessionError::Fatal(ProxyError::fatal(
+                SqlState::CONNECTION_FAILURE,
+                format!("could not look up user \"{user}\" (auth_query); the proxy's log says why"),
+            ))
+        })?,
+        _ => None,
+    };
+    let (exchange, step) = match (configured.map(|e| (&e.secret, e.method)), &found) {
+        (Some((Some(secret), method)), _) => AuthExchange::new(method, user, secret),
+        (Some((None, auth::Method::Trust)), _) => {
             let mut b = BytesMut::new();
             messages::authentication_ok(&mut b);
             client.push(b);
-            return Ok(());
+            return Ok(Login::default());
         }
         // Configuration validation requires a password unless the user is trust; should a
         // user still come without one, no password can match.
-        Some((None, method)) => AuthExchange::new_unknown_user(method, user, ctx.mock_secret()),
-        // A user causeway does not know goes through the exchange a configured user gets by
-        // default (SCRAM, with a salt stable per name) and fails as a wrong password does
-        // (28P01): the list of users cannot be probed.
-        None => AuthExchange::new_unknown_user(auth::Method::ScramSha256, user, ctx.mock_secret()),
+        (Some((None, method)), _) => {
+            AuthExchange::new_unknown_user(method, user, ctx.mock_secret())
+        }
+        (None, Some(found)) => AuthExchange::new(found.method(), user, &found.secret),
+        // A user causeway does not know (nor `auth_query` finds) goes through the exchange a
+        // configured user gets by default (SCRAM, with a salt stable per name) and fails as a
+        // wrong password does (28P01): the list of users cannot be probed.
+        (None, None) => {
+            AuthExchange::new_unknown_user(auth::Method::ScramSha256, user, ctx.mock_secret())
+        }
     };
     // On TLS, SCRAM-SHA-256-PLUS too, bound to the certificate this session was made with.
     let tls = settings.client_tls.as_ref().filter(|_| client.is_tls());
@@ -317,7 +356,24 @@ async fn authenticate(
         step.encode(&mut b);
         client.push(b);
         if step.is_done() {
-            return Ok(());
+            let learned = exchange.learned_keys();
+            return Ok(match &found {
+                Some(found) => Login {
+                    server_auth: Some(found.server_auth(learned)),
+                    auth_query: true,
+                },
+                // A configured verifier without server_password: log in to the servers with
+                // the keys this login revealed.
+                None => Login {
+                    server_auth: learned
+                        .filter(|_| {
+                            let secret = configured.and_then(|e| e.secret.as_ref());
+                            secret.is_some_and(|s| s.stored_verifier().is_some())
+                        })
+                        .map(|keys| ServerAuth::pass_through(PassThrough::Scram(keys.clone()))),
+                    auth_query: false,
+                },
+            });
         }
         client.flush().await?;
         let frame = loop {

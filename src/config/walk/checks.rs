@@ -16,6 +16,19 @@ impl Walker<'_> {
         self.check_admins(&config);
         self.check_pool(&config);
 
+        let auth_query_password = config.auth_query.as_ref().and_then(|a| a.password.as_ref());
+        if let Some(password) = auth_query_password {
+            if password_kind(password.expose()) != PasswordKind::Plain {
+                let at = self.at_of("auth_query.password");
+                self.problem(
+                    &at,
+                    "auth_query.password",
+                    "must be the plain password: the lookup logs in to PostgreSQL with it, \
+                     which a SCRAM verifier or md5 hash cannot do",
+                );
+            }
+        }
+
         if let Some(password) = &config.monitor.password {
             if password_kind(password.expose()) != PasswordKind::Plain {
                 let at = self.at_of("monitor.password");
@@ -158,18 +171,11 @@ impl Walker<'_> {
                 );
             }
         } else {
-            match kind {
-                Some(PasswordKind::Plain) => user.server_password = user.password.clone(),
-                Some(PasswordKind::ScramVerifier | PasswordKind::Md5Hash) => {
-                    let at = self.at_of(&password_path);
-                    self.problem(
-                        &at,
-                        &server_path,
-                        "missing: password is a verifier or hash, so the proxy needs the plain \
-                         password to log in to PostgreSQL as this user",
-                    );
-                }
-                None => {}
+            // A verifier or hash without server_password is pass-through: the proxy logs in
+            // to PostgreSQL with the keys the client's SCRAM login reveals, or with the md5
+            // hash itself, which works when the servers hold the same verifier or hash.
+            if kind == Some(PasswordKind::Plain) {
+                user.server_password = user.password.clone();
             }
         }
     }

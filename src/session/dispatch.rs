@@ -368,6 +368,11 @@ impl Session {
                 error: None,
             });
         }
+        if batch_class.copies_in && self.copy_in == super::CopyIn::Off {
+            // The client may send its data before the server asks for it: from now on it
+            // goes straight to this connection.
+            self.copy_in = super::CopyIn::Requested;
+        }
         if batch_class.params_may_change {
             self.params_dirty = true;
         }

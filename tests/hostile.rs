@@ -301,8 +301,24 @@ async fn a_failed_parameter_sync_closes_the_connection() {
     // The second client cannot RESET it any more: the proxy's sync in front of its next
     // request fails.
     direct.batch_execute(&revoke).await.unwrap();
-    // The request sent behind the failed sync ran on that connection; what follows must not.
-    let _ = second.query_one(show, &[]).await;
+    // The request that needed the sync must not run on that connection either: it fails with
+    // the sync's error (or runs elsewhere), never with the first client's setting.
+    // (A simple query: it runs in the request the sync goes in front of, where a driver's
+    // prepared query would only be described there.)
+    match second.simple_query(show).await {
+        Ok(msgs) => {
+            let value = msgs.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            });
+            assert_eq!(
+                value.as_deref(),
+                Some("origin"),
+                "the request behind the failed sync ran with another client's setting"
+            );
+        }
+        Err(e) => assert_eq!(common::sqlstate(&e), Some("42501"), "{e}"),
+    }
     let gone = common::wait_backend_not(&direct, pid, "true", Duration::from_secs(5)).await;
     assert!(gone, "the connection whose sync failed is closed, not kept");
     for _ in 0..3 {

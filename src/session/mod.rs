@@ -82,7 +82,15 @@ enum CopyIn {
     EndedEarly,
     /// The server waits for the client's data (CopyInResponse seen), and the client has not
     /// ended it yet.
-    Active,
+    Active {
+        /// Started through the extended protocol: an error ends it with the server skipping
+        /// messages until the client's next Sync, with no ReadyForQuery before it.
+        extended: bool,
+    },
+    /// An extended-protocol COPY failed: the server skips what the client still sends until
+    /// its Sync, whose ReadyForQuery ends it. The connection stays the client's until then
+    /// (given back now, it would skip the next client's request).
+    Failed,
 }
 
 /// What a server's FATAL error means for the session.

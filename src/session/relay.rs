@@ -344,7 +344,8 @@ impl Session {
     /// Whether every request already sent to the server has been answered in full, or cannot
     /// be (a COPY IN waits for data that will not come).
     fn replies_done(&self) -> bool {
-        self.copy_in == CopyIn::Active || self.server.as_deref().is_none_or(|s| s.replies_done())
+        matches!(self.copy_in, CopyIn::Active { .. })
+            || self.server.as_deref().is_none_or(|s| s.replies_done())
     }
 
     /// Whether the client is between requests: nothing in flight, no partial batch, no COPY,
@@ -402,7 +403,7 @@ impl Session {
         if ends {
             self.copy_in = match self.copy_in {
                 CopyIn::Requested => CopyIn::EndedEarly,
-                CopyIn::Active => CopyIn::Off,
+                CopyIn::Active { .. } => CopyIn::Off,
                 other => other,
             };
         }

@@ -154,14 +154,16 @@ impl Session {
             .metrics()
             .record_latency(self.server_role, sent.elapsed());
         self.tx_status = status;
-        if matches!(self.copy_in, CopyIn::Requested | CopyIn::EndedEarly)
-            && !self
-                .server
-                .as_deref()
-                .is_some_and(|s| s.owes_client_reply())
+        if matches!(
+            self.copy_in,
+            CopyIn::Requested | CopyIn::EndedEarly | CopyIn::Failed
+        ) && !self
+            .server
+            .as_deref()
+            .is_some_and(|s| s.owes_client_reply())
         {
             // The request that was to start a COPY is over without one (it failed, or only
-            // prepared the statement).
+            // prepared the statement), or the Sync after a failed COPY is answered.
             self.copy_in = CopyIn::Off;
         }
         self.probe_after_reply(status);
@@ -176,7 +178,11 @@ impl Session {
                 s.copy_in_done();
             }
         } else {
-            self.copy_in = CopyIn::Active;
+            let extended = self
+                .server
+                .as_deref()
+                .is_some_and(|s| s.is_copy_in_extended());
+            self.copy_in = CopyIn::Active { extended };
         }
     }
 
@@ -212,10 +218,13 @@ impl Session {
     /// was FATAL). A FATAL error the session outlives (transaction pooling, not pinned) reaches
     /// the client as an ERROR when the server closes (see [`Self::server_lost`]).
     fn server_error(&mut self, fields: &ErrorFields) -> Disposition {
-        // An error ends COPY IN on the server side. A COPY requested but not started yet
-        // stays so until its reply is over (the error may be an earlier request's).
-        if self.copy_in == CopyIn::Active {
-            self.copy_in = CopyIn::Off;
+        // An error ends COPY IN on the server side; through the extended protocol the server
+        // then waits for the client's Sync. A COPY requested but not started yet stays so
+        // until its reply is over (the error may be an earlier request's).
+        match self.copy_in {
+            CopyIn::Active { extended: true } => self.copy_in = CopyIn::Failed,
+            CopyIn::Active { extended: false } => self.copy_in = CopyIn::Off,
+            _ => {}
         }
         if fields.is_fatal() {
             if self.mode == PoolMode::Transaction && self.pinned.is_none() {

@@ -301,8 +301,24 @@ async fn a_failed_parameter_sync_closes_the_connection() {
     // The second client cannot RESET it any more: the proxy's sync in front of its next
     // request fails.
     direct.batch_execute(&revoke).await.unwrap();
-    // The request sent behind the failed sync ran on that connection; what follows must not.
-    let _ = second.query_one(show, &[]).await;
+    // The request that needed the sync must not run on that connection either: it fails with
+    // the sync's error (or runs elsewhere), never with the first client's setting.
+    // (A simple query: it runs in the request the sync goes in front of, where a driver's
+    // prepared query would only be described there.)
+    match second.simple_query(show).await {
+        Ok(msgs) => {
+            let value = msgs.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            });
+            assert_eq!(
+                value.as_deref(),
+                Some("origin"),
+                "the request behind the failed sync ran with another client's setting"
+            );
+        }
+        Err(e) => assert_eq!(common::sqlstate(&e), Some("42501"), "{e}"),
+    }
     let gone = common::wait_backend_not(&direct, pid, "true", Duration::from_secs(5)).await;
     assert!(gone, "the connection whose sync failed is closed, not kept");
     for _ in 0..3 {
@@ -462,4 +478,121 @@ async fn a_prepared_insert_whose_connection_drops_is_not_run_twice() {
         .unwrap()
         .get(0);
     assert_eq!(rows, 1, "the insert ran {rows} times");
+}
+
+/// A lone primary of its own whose commits wait for a synchronous standby that does not
+/// exist (`synchronous_standby_names = 'nosuch'`): every commit is durable locally and then
+/// waits forever. Its own, so no other test's commits wait; removed when dropped.
+async fn sync_rep_cluster() -> causeway::cluster::LocalCluster {
+    use causeway::cluster::{ClusterOptions, LocalCluster};
+    tokio::task::spawn_blocking(|| {
+        let c = LocalCluster::start(ClusterOptions {
+            standbys: 0,
+            max_connections: 50,
+            ..ClusterOptions::default()
+        })
+        .expect("start a cluster");
+        c.psql(
+            0,
+            "create table sync_rep_t (tag text); grant all on sync_rep_t to public",
+        )
+        .expect("create table");
+        c.set_conf(0, "synchronous_standby_names = 'nosuch'")
+            .expect("set synchronous_standby_names");
+        c
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs `request` through a proxy in front of the synchronous-replication cluster, terminates
+/// its server process once it waits for the synchronous standby (committed locally), and
+/// checks the client gets 08006 and the row is there exactly once.
+async fn terminated_in_sync_rep_wait(
+    c: &causeway::cluster::LocalCluster,
+    proxy: &common::Proxy,
+    tag: &str,
+    request: impl FnOnce(
+        tokio_postgres::Client,
+    ) -> tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let info = format!(
+        "host=127.0.0.1 port={} user={} password={} dbname=postgres",
+        c.port(0).unwrap(),
+        causeway::cluster::SUPERUSER,
+        c.superuser_password()
+    );
+    let (direct, conn) = tokio_postgres::connect(&info, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let run = request(proxy.connect().await);
+    // Polled with a deadline: the commit reaches its wait once the proxy has sent it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let pid: i32 = loop {
+        let row = direct
+            .query_opt(
+                "select pid from pg_stat_activity where wait_event = 'SyncRep' \
+                 and query like '%sync_rep_t%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(r) = row {
+            break r.get(0);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the commit waits for the synchronous standby"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    direct
+        .query_one("select pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the client gets an answer")
+        .unwrap();
+    let err = result.expect_err("the request whose connection was terminated fails");
+    assert_eq!(common::sqlstate(&err), Some("08006"), "{err}");
+    // Reading needs no synchronous standby; nothing may have run it a second time.
+    let rows: i64 = direct
+        .query_one("select count(*) from sync_rep_t where tag = $1", &[&tag])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "the insert ran {rows} times");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_terminated_in_its_synchronous_replication_wait_is_not_run_twice() {
+    let c = sync_rep_cluster().await;
+    let config = causeway::demo::config_for(&c, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let app = causeway::app::App::new(config).expect("build proxy");
+    let addr = app.start().await.expect("start proxy");
+    app.topology()
+        .wait_for_primary(Duration::from_secs(10))
+        .await
+        .expect("proxy finds the primary");
+    let proxy = common::Proxy { addr, app };
+    // An autocommit named statement (the stale-plan guard watches it).
+    terminated_in_sync_rep_wait(&c, &proxy, "named", |client| {
+        tokio::spawn(async move {
+            let stmt = client.prepare("insert into sync_rep_t values ($1)").await?;
+            client.execute(&stmt, &[&"named"]).await.map(drop)
+        })
+    })
+    .await;
+    // A batch with its COMMIT inside.
+    terminated_in_sync_rep_wait(&c, &proxy, "batch", |client| {
+        tokio::spawn(async move {
+            client
+                .batch_execute("begin; insert into sync_rep_t values ('batch'); commit;")
+                .await
+        })
+    })
+    .await;
+    proxy.app.shutdown(Duration::from_secs(1)).await;
 }

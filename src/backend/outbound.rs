@@ -59,13 +59,17 @@ impl ServerConn {
         self.pending.push_back(super::replies::ReplyOwner::Proxy);
     }
 
-    /// Brings the connection's session parameters in line with the client's (`desired`, whose
-    /// fingerprint is `desired_id`) with a query of the proxy's own, written in front of what
-    /// follows; nothing when they already match.
-    pub fn queue_param_sync(&mut self, desired: &BTreeMap<String, String>, desired_id: u64) {
-        if let Some(sql) = param_sync_sql(desired, desired_id, &mut self.params) {
-            self.send_proxy_query(&sql);
-        }
+    /// The query that brings the connection's session parameters in line with the client's
+    /// (`desired`, whose fingerprint is `desired_id`); `None` when they already match (the
+    /// common case, answered without building anything when the fingerprint matches). The
+    /// bookkeeping counts the query as applied: if it fails, the connection must be marked
+    /// broken.
+    pub fn param_sync_query(
+        &mut self,
+        desired: &BTreeMap<String, String>,
+        desired_id: u64,
+    ) -> Option<String> {
+        param_sync_sql(desired, desired_id, &mut self.params)
     }
 
     /// Applies the client's parameters now and waits for the result (at startup, where a bad

@@ -715,6 +715,12 @@ impl ServerConn {
         self.track.copy_in.is_some()
     }
 
+    /// Whether the COPY FROM STDIN the server waits in was started through the extended
+    /// protocol.
+    pub fn is_copy_in_extended(&self) -> bool {
+        self.track.copy_in == Some(true)
+    }
+
     /// The client ended (or failed) the COPY it was sending.
     pub fn copy_in_done(&mut self) {
         self.track.copy_in = None;

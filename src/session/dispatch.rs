@@ -111,7 +111,56 @@ impl Session {
                 }
             }
         }
+        // A connection fresh from the pool may carry another client's parameters. Rare (the
+        // fingerprint usually matches): the sync is sent and answered before the request, so
+        // that a failed sync never lets the request run with someone else's settings.
+        let sync = match self.server.as_deref_mut() {
+            Some(conn) if !conn.owes_replies() => {
+                conn.param_sync_query(&self.state.params, self.state.params_id())
+            }
+            _ => None,
+        };
+        if let Some(sql) = sync {
+            if !Box::pin(self.sync_params_first(&sql, term)).await? {
+                return Ok(());
+            }
+        }
         self.dispatch_send(routed, term)
+    }
+
+    /// Applies the client's parameters to the connection just taken and waits for the answer.
+    /// False when it failed: the connection (which may hold another client's search_path,
+    /// role or timeouts) is closed, never pooled, and the request fails with the sync's error
+    /// without running anywhere; the next request gets another connection.
+    async fn sync_params_first(
+        &mut self,
+        sql: &str,
+        term: Terminator,
+    ) -> Result<bool, SessionError> {
+        let timeout = self.ctx.settings().config.pool.server_connect_timeout;
+        let Some(lease) = self.server.as_mut() else {
+            return Ok(true);
+        };
+        let e = match lease.run_internal(sql, timeout).await {
+            Ok(Ok(())) => return Ok(true),
+            Ok(Err(fields)) => ProxyError::from_server(&fields, Severity::Error),
+            Err(e) => ProxyError::error(e.sqlstate(), e.to_string()),
+        };
+        tracing::warn!(server = %lease.addr(), error = %e.message, "applying the client's parameters failed; the server connection will be closed");
+        lease.mark_broken();
+        self.server = None;
+        self.in_flight = None;
+        self.cancel.slot().set(None);
+        self.rerun = Rerun::No;
+        if self.pinned.is_some() || self.mode == crate::config::PoolMode::Session {
+            // The session's state lived on that connection.
+            return Err(SessionError::Fatal(ProxyError {
+                severity: Severity::Fatal,
+                ..e
+            }));
+        }
+        self.fail_request(&e, term);
+        Ok(false)
     }
 
     /// The time, read at most once per request: checkout and the request's send time share
@@ -343,11 +392,10 @@ impl Session {
             && binds_named_statement(&self.batch, &self.state);
         if quiet {
             // Statements evicted from the connection's cache or found stale are deallocated
-            // while nothing else runs on it; a connection fresh from the pool may carry another
-            // client's parameters: both in front of the request, in the same write (their
-            // replies are swallowed).
+            // while nothing else runs on it, in front of the request, in the same write (their
+            // replies are swallowed). (Parameters were brought in line before: see
+            // `sync_params_first`.)
             conn.queue_pending_closes();
-            conn.queue_param_sync(&self.state.params, self.state.params_id());
         }
         conn.write_batch(
             &self.batch,
@@ -371,6 +419,11 @@ impl Session {
                 standby: guard_target.is_some(),
                 error: None,
             });
+        }
+        if batch_class.copies_in && self.copy_in == super::CopyIn::Off {
+            // The client may send its data before the server asks for it: from now on it
+            // goes straight to this connection.
+            self.copy_in = super::CopyIn::Requested;
         }
         if batch_class.params_may_change {
             self.params_dirty = true;

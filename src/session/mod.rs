@@ -63,6 +63,36 @@ enum Rerun {
     StalePlan,
 }
 
+/// Where the client is in a COPY FROM STDIN, as the relay sees it.
+///
+/// A client may send its COPY data right behind the request, without waiting for the
+/// server's CopyInResponse (asyncpg's `copy_records_to_table` sends Query, CopyData and
+/// CopyDone in one go): PostgreSQL reads them in order. So the relay enters COPY when it sends
+/// the request, not when the server answers, and the client's CopyData, CopyDone and CopyFail
+/// always go straight to the connection the request went to, behind it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum CopyIn {
+    /// No COPY.
+    #[default]
+    Off,
+    /// A request that starts a COPY FROM was sent; the server has not asked for data yet.
+    Requested,
+    /// The client ended the COPY (CopyDone or CopyFail) before the server asked for data:
+    /// the CopyInResponse still to come must not put the session in COPY again.
+    EndedEarly,
+    /// The server waits for the client's data (CopyInResponse seen), and the client has not
+    /// ended it yet.
+    Active {
+        /// Started through the extended protocol: an error ends it with the server skipping
+        /// messages until the client's next Sync, with no ReadyForQuery before it.
+        extended: bool,
+    },
+    /// An extended-protocol COPY failed: the server skips what the client still sends until
+    /// its Sync, whose ReadyForQuery ends it. The connection stays the client's until then
+    /// (given back now, it would skip the next client's request).
+    Failed,
+}
+
 /// What a server's FATAL error means for the session.
 #[derive(Debug, Default)]
 enum ServerFatal {
@@ -251,8 +281,9 @@ pub struct Session {
     batch_deadline: Option<tokio::time::Instant>,
     /// Transaction status as last reported to the client.
     tx_status: TxStatus,
-    /// The server is in COPY IN: client CopyData/CopyDone/CopyFail go straight through.
-    copy_in: bool,
+    /// COPY FROM STDIN: where the client is in it (its CopyData, CopyDone and CopyFail go
+    /// straight to the server connection, see [`CopyIn`]).
+    copy_in: CopyIn,
     /// An error was reported in the middle of an extended-protocol batch: drop messages up to
     /// the next Sync, then answer it with ReadyForQuery (what PostgreSQL does).
     skip_until_sync: bool,
@@ -342,7 +373,7 @@ impl Session {
             batch_len: 0,
             batch_deadline: None,
             tx_status: TxStatus::Idle,
-            copy_in: false,
+            copy_in: CopyIn::Off,
             skip_until_sync: false,
             draining: false,
             awaiting_first_request: true,

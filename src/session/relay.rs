@@ -20,7 +20,7 @@ use bytes::BytesMut;
 
 use super::cancel::Stop;
 use super::dispatch::Terminator;
-use super::{idle, Session, SessionError};
+use super::{idle, CopyIn, Session, SessionError};
 use crate::protocol::frontend::{is_known_tag, tag as ftag};
 use crate::protocol::messages::{self, ProxyError};
 use crate::protocol::{decode_frame, ProtocolError, SqlState};
@@ -346,14 +346,15 @@ impl Session {
     /// Whether every request already sent to the server has been answered in full, or cannot
     /// be (a COPY IN waits for data that will not come).
     fn replies_done(&self) -> bool {
-        self.copy_in || self.server.as_deref().is_none_or(|s| s.replies_done())
+        matches!(self.copy_in, CopyIn::Active { .. })
+            || self.server.as_deref().is_none_or(|s| s.replies_done())
     }
 
     /// Whether the client is between requests: nothing in flight, no partial batch, no COPY,
     /// no request held back (a transaction may be open).
     fn is_quiet(&self) -> bool {
         self.batch.is_empty()
-            && !self.copy_in
+            && self.copy_in == CopyIn::Off
             && !self.skip_until_sync
             && self.held.is_none()
             && self.server.as_deref().is_none_or(|s| s.replies_done())
@@ -362,7 +363,7 @@ impl Session {
     /// Whether nothing is in flight: no request, no transaction, no partial batch, no COPY.
     pub(super) fn is_idle(&self) -> bool {
         self.batch.is_empty()
-            && !self.copy_in
+            && self.copy_in == CopyIn::Off
             && !self.skip_until_sync
             && self
                 .server
@@ -385,11 +386,35 @@ impl Session {
         self.mode == crate::config::PoolMode::Transaction
             && self.pinned.is_none()
             && !self.tx_status.is_in_transaction()
-            && !self.copy_in
+            && self.copy_in == CopyIn::Off
             && self
                 .server
                 .as_deref()
                 .is_some_and(|s| s.owes_only_proxy_replies())
+    }
+
+    /// A CopyData, CopyDone or CopyFail of the client's that is not part of an unfinished
+    /// batch: it goes to the server connection at once, right behind the request that started
+    /// the COPY, whether or not the server has asked for data yet (see [`CopyIn`]). Never
+    /// into a batch of its own, which would be routed, held or sent after a CopyDone that
+    /// went straight through. PostgreSQL ignores these messages outside COPY (a client still
+    /// sending after its COPY failed): they do too here, or are dropped when no connection is
+    /// held.
+    fn copy_frame(&mut self, frame: &crate::protocol::Frame) {
+        let ends = frame.tag() != ftag::COPY_DATA;
+        if ends {
+            self.copy_in = match self.copy_in {
+                CopyIn::Requested => CopyIn::EndedEarly,
+                CopyIn::Active { .. } => CopyIn::Off,
+                other => other,
+            };
+        }
+        if let Some(s) = self.server.as_deref_mut() {
+            s.send_raw(frame.raw());
+            if ends {
+                s.copy_in_done();
+            }
+        }
     }
 
     /// [`Self::on_client_bytes`], turning a protocol violation into a pending error (answered
@@ -417,17 +442,10 @@ impl Session {
                 break;
             };
             let tag = frame.tag();
-            if self.copy_in && matches!(tag, ftag::COPY_DATA | ftag::COPY_DONE | ftag::COPY_FAIL) {
-                let done = tag != ftag::COPY_DATA;
-                if done {
-                    self.copy_in = false;
-                }
-                if let Some(s) = self.server.as_deref_mut() {
-                    s.send_raw(frame.raw());
-                    if done {
-                        s.copy_in_done();
-                    }
-                }
+            if matches!(tag, ftag::COPY_DATA | ftag::COPY_DONE | ftag::COPY_FAIL)
+                && (self.copy_in != CopyIn::Off || (self.batch.is_empty() && !self.skip_until_sync))
+            {
+                self.copy_frame(&frame);
                 continue;
             }
             if self.skip_until_sync {

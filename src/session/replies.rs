@@ -11,7 +11,7 @@ use bytes::BytesMut;
 
 use super::guard::MisrouteGuard;
 use super::relay::Flow;
-use super::{ServerFatal, Session, SessionError};
+use super::{CopyIn, ServerFatal, Session, SessionError};
 use crate::backend::replies::{Disposition, Reply, ReplySink, Watch};
 use crate::config::PoolMode;
 use crate::protocol::backend::{ErrorFields, TxStatus};
@@ -123,7 +123,7 @@ impl Session {
             Reply::ParseComplete { for_proxy: false } => Disposition::Forward,
             Reply::Error { fields, .. } => self.server_error(&fields),
             Reply::CopyIn => {
-                self.copy_in = true;
+                self.copy_in_started();
                 Disposition::Forward
             }
             Reply::CopyBoth => {
@@ -154,7 +154,36 @@ impl Session {
             .metrics()
             .record_latency(self.server_role, sent.elapsed());
         self.tx_status = status;
+        if matches!(
+            self.copy_in,
+            CopyIn::Requested | CopyIn::EndedEarly | CopyIn::Failed
+        ) && !self
+            .server
+            .as_deref()
+            .is_some_and(|s| s.owes_client_reply())
+        {
+            // The request that was to start a COPY is over without one (it failed, or only
+            // prepared the statement), or the Sync after a failed COPY is answered.
+            self.copy_in = CopyIn::Off;
+        }
         self.probe_after_reply(status);
+    }
+
+    /// The server asks for the client's COPY data (CopyInResponse). A client that already
+    /// sent all of it, CopyDone included, behind its request is not in COPY any more.
+    fn copy_in_started(&mut self) {
+        if self.copy_in == CopyIn::EndedEarly {
+            self.copy_in = CopyIn::Off;
+            if let Some(s) = self.server.as_deref_mut() {
+                s.copy_in_done();
+            }
+        } else {
+            let extended = self
+                .server
+                .as_deref()
+                .is_some_and(|s| s.is_copy_in_extended());
+            self.copy_in = CopyIn::Active { extended };
+        }
     }
 
     /// A CommandComplete of the client's: what its tag means for the session (the connection
@@ -189,8 +218,14 @@ impl Session {
     /// was FATAL). A FATAL error the session outlives (transaction pooling, not pinned) reaches
     /// the client as an ERROR when the server closes (see [`Self::server_lost`]).
     fn server_error(&mut self, fields: &ErrorFields) -> Disposition {
-        // An error ends COPY IN on the server side.
-        self.copy_in = false;
+        // An error ends COPY IN on the server side; through the extended protocol the server
+        // then waits for the client's Sync. A COPY requested but not started yet stays so
+        // until its reply is over (the error may be an earlier request's).
+        match self.copy_in {
+            CopyIn::Active { extended: true } => self.copy_in = CopyIn::Failed,
+            CopyIn::Active { extended: false } => self.copy_in = CopyIn::Off,
+            _ => {}
+        }
         if fields.is_fatal() {
             if self.mode == PoolMode::Transaction && self.pinned.is_none() {
                 self.server_fatal =
@@ -242,7 +277,7 @@ impl Session {
         let addr = lease.addr().to_owned();
         tracing::warn!(server = %addr, "server connection lost: {why}");
         let message = format!("server connection to {addr} was lost: {why}");
-        let in_flight = lease.owes_client_reply() || self.copy_in;
+        let in_flight = lease.owes_client_reply() || self.copy_in != CopyIn::Off;
         let was_in_transaction = self.tx_status.is_in_transaction();
         drop(lease);
         if self.pinned.is_some() || self.mode == PoolMode::Session {
@@ -256,7 +291,7 @@ impl Session {
         // The server's own reason (say 57P01 at a shutdown) when it gave one.
         let e =
             downgraded.unwrap_or_else(|| ProxyError::error(SqlState::CONNECTION_FAILURE, message));
-        self.copy_in = false;
+        self.copy_in = CopyIn::Off;
         if in_flight {
             self.ctx.metrics().count_proxy_error(&e);
             self.client.push_error(&e);

@@ -99,6 +99,12 @@ password = "{su_password}"
     )
 }
 
+/// How long a test proxy may take to find the primary and its standbys. On an idle machine
+/// it takes one or two check intervals; a machine loaded by parallel builds (load average
+/// 30 on 2 cores, seen) has taken over 10 s to connect and log in the watcher. A deadline,
+/// not a wait: the tests go on as soon as the condition holds.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Starts a proxy with the base configuration plus `proxy_section` lines in `[proxy]` and
 /// `extra` at the end, and waits until it knows the primary.
 pub async fn start_proxy_with(proxy_section: &str, extra: &str) -> Proxy {
@@ -109,7 +115,7 @@ pub async fn start_proxy_with(proxy_section: &str, extra: &str) -> Proxy {
 /// knows the primary and both standbys are eligible for reads.
 pub async fn start_routing_proxy(routing_section: &str, extra: &str) -> Proxy {
     let proxy = start_proxy_from(routing_config_toml(routing_section, extra)).await;
-    let ok = eventually(Duration::from_secs(10), || async {
+    let ok = eventually(STARTUP_DEADLINE, || async {
         proxy.app.topology().load().eligible_standbys() == 2
     })
     .await;
@@ -123,7 +129,7 @@ pub async fn start_proxy_from(toml: String) -> Proxy {
     let app = App::new(loaded.config).expect("build proxy");
     let addr = app.start().await.expect("start proxy");
     app.topology()
-        .wait_for_primary(Duration::from_secs(10))
+        .wait_for_primary(STARTUP_DEADLINE)
         .await
         .expect("proxy finds the primary");
     Proxy { addr, app }

@@ -12,10 +12,16 @@
 //! - routing and lag settings: at the next request; the watcher's check interval, timeouts
 //!   and lag limits at its next check;
 //! - per-user and per-database defaults, timeouts: for new sessions;
-//! - `proxy.log_level`: at once (unless `RUST_LOG` is set).
+//! - `proxy.log_level`: at once (unless `RUST_LOG` is set);
+//! - `[[nodes]]`: through the watcher, at once: an added node is probed and serves reads
+//!   after its health checks pass; a removed one gets no new traffic, its probe stops, and
+//!   its pools are retired by the next pool maintenance pass (within a second): idle
+//!   connections close, connections in use (a running transaction) close when their client
+//!   is done, none is cut. A changed `weight` applies at once.
 //!
-//! Keys in [`RESTART_ONLY`] (the listen addresses, the node list, ...) are read once at
-//! start: a file that changes one is refused as a whole, with a message naming the key.
+//! Keys in [`RESTART_ONLY`] (the listen addresses, `[monitor]`, `[topology]`, ...) are read
+//! once at start: a file that changes one is refused as a whole, with a message naming the
+//! key.
 
 use std::time::Duration;
 
@@ -38,7 +44,6 @@ pub const RESTART_ONLY: &[&str] = &[
     "routing.volatility_refresh",
     "monitor",
     "topology",
-    "nodes",
 ];
 
 /// Whether a key needs a restart to change.
@@ -143,11 +148,7 @@ pub fn apply(ctx: &SessionCtx, config: Config) -> Result<Reloaded, ReloadError> 
         let key = pool.key();
         same_tls
             && new.users.contains_key(&key.user)
-            && new
-                .connect_target(key.node, &key.database, &key.user)
-                .password
-                .as_deref()
-                == pool.server_password()
+            && new.server_password(&key.user) == pool.server_password()
     });
     if retired > 0 {
         tracing::info!(
@@ -307,7 +308,7 @@ mod tests {
     fn restart_only_keys_and_tables() {
         assert!(needs_restart("proxy.listen"));
         assert!(needs_restart("monitor.user"));
-        assert!(needs_restart("nodes"));
+        assert!(!needs_restart("nodes"), "nodes come and go at run time");
         assert!(!needs_restart("pool.pool_size"));
         assert!(!needs_restart("routing.max_lag"));
         assert!(!needs_restart("users"));

@@ -21,6 +21,7 @@ use crate::net::tls::{ClientTls, TlsError};
 use crate::router::functions::FunctionOverrides;
 use crate::router::Policy;
 use crate::topology::watcher::WatcherSettings;
+use crate::topology::{NodeId, NodeSpec};
 
 /// Why a configuration cannot be turned into settings (what validation cannot see).
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +93,6 @@ impl Settings {
             fallback: config.routing.fallback,
             read_only_transactions: config.routing.read_only_transactions,
             balance: config.routing.balance,
-            weights: config.nodes.iter().map(|node| node.weight).collect(),
         };
         let lower = |v: &Vec<String>| v.iter().map(|f| f.to_ascii_lowercase()).collect();
         let function_overrides = FunctionOverrides {
@@ -111,12 +111,17 @@ impl Settings {
         })
     }
 
-    /// Every node's `host:port`, in configuration order (the topology's node names).
-    pub fn node_addresses(&self) -> Vec<String> {
+    /// Every configured node (address and read weight), in configuration order: the
+    /// topology's first node slots, and what a reload hands the watcher.
+    pub fn node_specs(&self) -> Vec<NodeSpec> {
         self.config
             .nodes
             .iter()
-            .map(|node| node.address())
+            .map(|node| NodeSpec {
+                host: node.host.clone(),
+                port: node.port,
+                weight: node.weight,
+            })
             .collect()
     }
 
@@ -139,7 +144,7 @@ impl Settings {
     pub fn watcher_settings(&self) -> WatcherSettings {
         let cfg = &self.config;
         WatcherSettings {
-            nodes: self.node_hosts(),
+            nodes: self.node_specs(),
             user: cfg.monitor.user.clone(),
             password: cfg.monitor.password.as_ref().map(|p| p.expose().to_owned()),
             database: cfg.monitor.database.clone(),
@@ -161,7 +166,6 @@ impl Settings {
     pub fn catalog_settings(&self) -> CatalogSettings {
         let cfg = &self.config;
         CatalogSettings {
-            nodes: self.node_hosts(),
             user: cfg.monitor.user.clone(),
             password: cfg.monitor.password.as_ref().map(|p| p.expose().to_owned()),
             timeout: cfg
@@ -173,18 +177,27 @@ impl Settings {
         }
     }
 
-    /// Where a pool for `user` on `database` at node `node` connects.
-    pub fn connect_target(&self, node: usize, database: &str, user: &str) -> ConnectTarget {
-        let n = &self.config.nodes[node];
-        let password = self
-            .users
+    /// The password `user`'s server connections log in with, if any.
+    pub fn server_password(&self, user: &str) -> Option<&str> {
+        self.users
             .get(user)
             .and_then(|u| u.config.server_password.as_ref())
-            .map(|p| p.expose().to_owned());
+            .map(|p| p.expose())
+    }
+
+    /// Where a pool for `user` on `database` at node `node` (the topology's slot, at
+    /// `host:port`) connects.
+    pub fn connect_target(
+        &self,
+        (node, host, port): (NodeId, &str, u16),
+        database: &str,
+        user: &str,
+    ) -> ConnectTarget {
+        let password = self.server_password(user).map(str::to_owned);
         ConnectTarget {
             node,
-            host: n.host.clone(),
-            port: n.port,
+            host: host.to_owned(),
+            port,
             user: user.to_owned(),
             database: database.to_owned(),
             password,
@@ -192,12 +205,6 @@ impl Settings {
             keepalive: self.config.proxy.tcp_keepalive,
             tls: self.server_tls.clone(),
         }
-    }
-
-    /// `(host, port)` of every node, in configuration order.
-    fn node_hosts(&self) -> Vec<(String, u16)> {
-        let nodes = &self.config.nodes;
-        nodes.iter().map(|n| (n.host.clone(), n.port)).collect()
     }
 }
 

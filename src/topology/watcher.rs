@@ -230,10 +230,17 @@ fn refreshed(
     if !updates.has_changed().unwrap_or(false) {
         return None;
     }
-    let mut next = updates.borrow_and_update().clone();
+    Some(keep_start_only(
+        updates.borrow_and_update().clone(),
+        current,
+    ))
+}
+
+/// `next` with the settings read only at start taken from `current`.
+fn keep_start_only(mut next: WatcherSettings, current: &WatcherSettings) -> WatcherSettings {
     next.patroni.clone_from(&current.patroni);
     next.health_threshold = current.health_threshold;
-    Some(next)
+    next
 }
 
 /// A probe task's state: its node and, when connected, its client and prepared probe.
@@ -491,7 +498,15 @@ async fn aggregate(
         let current = topology.load_full();
         let mut nodes = current.nodes.clone();
         let mut changes = SlotChanges::default();
-        if let Some(next) = refreshed(&mut updates, &agg.settings) {
+        // `changed()` above marked the settings seen: take them as they are.
+        let next = match input {
+            Input::Settings => Some(keep_start_only(
+                updates.borrow_and_update().clone(),
+                &agg.settings,
+            )),
+            _ => refreshed(&mut updates, &agg.settings),
+        };
+        if let Some(next) = next {
             agg.settings = next;
             changes = agg.set_configured(&mut nodes);
         }
@@ -653,9 +668,8 @@ impl Aggregator {
                 return None;
             }
             tracing::info!(node = %n.addr, "node {} added again: reads once it is healthy", n.addr);
-            let epoch = n.role_epoch + 1;
             *n = NodeState {
-                role_epoch: epoch,
+                role_epoch: n.role_epoch,
                 ..NodeState::new(id, spec)
             };
             self.tracks[id] = Track::new(self.settings.health_threshold);
@@ -697,7 +711,8 @@ impl Aggregator {
         n.within_lag = false;
         n.lag_bytes = None;
         n.lag = None;
-        n.role_epoch += 1;
+        // `role_epoch` stays: a session in a transaction there must finish it (a higher epoch
+        // would make it drop the connection); the retired pools reuse nothing.
         self.slots[id].generation += 1;
         if self.history_of == Some(id) {
             self.history.clear();

@@ -46,11 +46,17 @@ fn config(nodes: &[(usize, u32)], extra: &str) -> String {
     let base = routing_config_toml("consistency = \"eventual\"", extra);
     let all = cluster().nodes_toml().unwrap();
     assert!(base.contains(&all));
-    base.replace(&all, &nodes_toml(nodes)).replacen(
-        "[proxy]\n",
-        &format!("[proxy]\nadmin_users = [\"{SUPERUSER}\"]\n"),
-        1,
-    )
+    base.replace(&all, &nodes_toml(nodes))
+        .replacen(
+            "[proxy]\n",
+            &format!("[proxy]\nadmin_users = [\"{SUPERUSER}\"]\n"),
+            1,
+        )
+        .replacen(
+            "[monitor]\n",
+            "[monitor]\nconnect_timeout = \"5s\"\nquery_timeout = \"5s\"\n",
+            1,
+        )
 }
 
 /// A file of its own for one test's configuration.
@@ -69,8 +75,10 @@ async fn start_from_file(path: &Path) -> Proxy {
     let app = App::new(loaded.config).expect("build proxy");
     app.set_config_path(path.to_owned());
     let addr = app.start().await.expect("start proxy");
+    // Generous: on a loaded test machine, monitoring connections (SCRAM in a debug build) can
+    // take seconds.
     app.topology()
-        .wait_for_primary(Duration::from_secs(10))
+        .wait_for_primary(Duration::from_secs(30))
         .await
         .expect("proxy finds the primary");
     Proxy { addr, app }
@@ -84,6 +92,24 @@ async fn reload_with(p: &Proxy, path: &Path, text: &str) {
         .await
         .expect("open the console");
     console.simple_query("RELOAD").await.expect("RELOAD");
+}
+
+/// The addresses `SHOW NODES` lists on the console.
+async fn show_nodes(p: &Proxy) -> Vec<String> {
+    let console = p
+        .connect_as(SUPERUSER, cluster().superuser_password(), "causeway")
+        .await
+        .expect("open the console");
+    console
+        .simple_query("SHOW NODES")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get("address").map(str::to_owned),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The port of the server that answers one autocommit read.
@@ -122,6 +148,12 @@ async fn a_reload_adds_a_node_and_reads_reach_it() {
     assert!(t
         .current()
         .any(|n| n.port == port(b) && n.is_eligible_standby()));
+    let listed = show_nodes(&proxy).await;
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(
+        listed.contains(&format!("127.0.0.1:{}", port(b))),
+        "{listed:?}"
+    );
     proxy.app.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -205,6 +237,11 @@ async fn a_reload_removes_a_node_and_its_connections_drain() {
     })
     .await;
     assert!(removed, "B is removed from the topology");
+    let listed = show_nodes(&proxy).await;
+    assert!(
+        !listed.contains(&format!("127.0.0.1:{}", port(b))),
+        "a removed node is not listed: {listed:?}"
+    );
     let retired = eventually(Duration::from_secs(10), || async {
         proxy
             .app

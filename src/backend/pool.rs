@@ -826,3 +826,53 @@ impl Pools {
         self.pools.lock().values().cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::server_tls::ServerTls;
+
+    fn target(node: usize) -> ConnectTarget {
+        ConnectTarget {
+            node,
+            host: "127.0.0.1".into(),
+            port: 5432 + node as u16,
+            user: "app".into(),
+            database: "db".into(),
+            password: None,
+            nodelay: true,
+            keepalive: None,
+            tls: Arc::new(ServerTls::disabled()),
+        }
+    }
+
+    fn settings() -> PoolSettings {
+        PoolSettings {
+            pool_size: 2,
+            pool_timeout: None,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: None,
+            lifetime: None,
+            reset_query: None,
+            internal_timeout: Duration::from_secs(1),
+            min_idle: 0,
+        }
+    }
+
+    #[test]
+    fn pools_of_a_removed_node_are_retired_and_a_node_added_later_gets_its_own() {
+        let pools = Pools::new(settings(), 10);
+        let kept = pools.get(&target(0));
+        let removed = pools.get(&target(1));
+        // A node slot far beyond the first ones (added at run time) gets a pool and permits.
+        let added = pools.get(&target(7));
+        assert_eq!(pools.node_permits.lock().len(), 8);
+        assert_eq!(added.node_permits.available_permits(), 10);
+        assert_eq!(pools.retire_nodes(|n| n == 1), 1);
+        assert!(removed.is_retired());
+        assert!(!kept.is_retired() && !added.is_retired());
+        // Looked up again (the node came back): a new pool.
+        assert!(!Arc::ptr_eq(&pools.get(&target(1)), &removed));
+        assert_eq!(pools.retire_nodes(|_| false), 0);
+    }
+}

@@ -19,14 +19,12 @@ use causeway::config::{Balance, Fallback, PrimaryReads, ReadOnlyTransactions};
 use causeway::protocol::Lsn;
 use causeway::router::classify::ClassifierCache;
 use causeway::router::{route, Class, FixedLoad, Policy, RouteContext};
-use causeway::topology::{NodeState, Role, Topology, TopologyHandle};
+use causeway::topology::{NodeSpec, NodeState, Role, Topology, TopologyHandle};
 
 /// A healthy primary and two healthy standbys within the lag limits.
 fn three_nodes() -> Topology {
     let nodes = (0..3)
         .map(|id| NodeState {
-            id,
-            addr: format!("127.0.0.1:{}", 5432 + id),
             role: if id == 0 {
                 Role::Primary
             } else {
@@ -38,9 +36,14 @@ fn three_nodes() -> Topology {
             lag_bytes: Some(id as u64 * 100),
             lag: Some(Duration::from_millis(id as u64 * 5)),
             within_lag: true,
-            fenced: false,
-            no_reads: false,
-            role_epoch: 0,
+            ..NodeState::new(
+                id,
+                &NodeSpec {
+                    host: "127.0.0.1".to_owned(),
+                    port: 5432 + id as u16,
+                    weight: 1,
+                },
+            )
         })
         .collect::<Vec<_>>();
     Topology {
@@ -57,7 +60,6 @@ fn policy() -> Policy {
         fallback: Fallback::Primary,
         read_only_transactions: ReadOnlyTransactions::Standby,
         balance: Balance::LeastOutstanding,
-        weights: vec![1, 1, 1],
     }
 }
 

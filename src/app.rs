@@ -35,7 +35,8 @@ pub enum AppError {
 const KILL_WAIT: Duration = Duration::from_secs(3);
 
 /// Keeps the pools in shape until shutdown: idle connections past `server_idle_timeout` or
-/// `server_lifetime` are closed, and `min_idle` connections are kept open.
+/// `server_lifetime` are closed, `min_idle` connections are kept open, and the pools of nodes
+/// removed from the topology are retired.
 async fn maintain_pools(ctx: SessionCtx) {
     let every = ctx.pools().maintenance_interval();
     let shutdown = ctx.shutdown_token().clone();
@@ -44,13 +45,21 @@ async fn maintain_pools(ctx: SessionCtx) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let nodes: Vec<(u64, bool)> = ctx
-            .topology()
-            .load()
+        let topology = ctx.topology().load_full();
+        let nodes: Vec<(u64, bool)> = topology
             .nodes
             .iter()
             .map(|n| (n.role_epoch, n.healthy))
             .collect();
+        // Nodes no longer in the cluster: their pools drain (connections in use are closed
+        // when given back, never cut).
+        let retired = ctx
+            .pools()
+            .retire_nodes(|node| topology.nodes.get(node).is_some_and(|n| n.removed));
+        if retired > 0 {
+            tracing::info!(pools = retired, "pools of removed nodes retired");
+        }
+        drop(topology);
         let pass = ctx
             .pools()
             .maintain(|node| nodes.get(node).copied().unwrap_or((0, false)));

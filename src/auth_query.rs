@@ -165,6 +165,8 @@ struct Cache {
 struct Conn {
     /// The node.
     node: usize,
+    /// Its address, `host:port` (for errors).
+    addr: String,
     /// The client (queries are pipelined: several lookups share it at once).
     client: tokio_postgres::Client,
     /// The configured query, prepared.
@@ -185,8 +187,6 @@ pub struct AuthQuery {
     cache_ttl: Duration,
     /// How long a name not found stays so (`auth_query.negative_ttl`).
     negative_ttl: Duration,
-    /// `(host, port)` of each node.
-    nodes: Vec<(String, u16)>,
     /// `[server_tls]`.
     tls: Arc<ServerTls>,
     /// Limit for connecting, and for one query.
@@ -211,12 +211,7 @@ impl std::fmt::Debug for AuthQuery {
 
 impl AuthQuery {
     /// A lookup with empty caches and no connection yet.
-    pub fn new(
-        auth_query: &AuthQueryConfig,
-        nodes: Vec<(String, u16)>,
-        tls: Arc<ServerTls>,
-        timeout: Duration,
-    ) -> AuthQuery {
+    pub fn new(auth_query: &AuthQueryConfig, tls: Arc<ServerTls>, timeout: Duration) -> AuthQuery {
         let cache = Cache {
             found: Bounded::new(auth_query.cache_size),
             missing: Bounded::new(auth_query.cache_size),
@@ -229,7 +224,6 @@ impl AuthQuery {
             database: auth_query.database.clone(),
             cache_ttl: auth_query.cache_ttl,
             negative_ttl: auth_query.negative_ttl,
-            nodes,
             tls,
             timeout,
             cache: Mutex::new(cache),
@@ -299,7 +293,7 @@ impl AuthQuery {
         let conn = self.connection(topology).await?;
         self.lookups.fetch_add(1, Ordering::Relaxed);
         let failed = |reason: String| LookupError::Failed {
-            addr: self.addr(conn.node),
+            addr: conn.addr.clone(),
             reason,
         };
         let rows =
@@ -359,12 +353,16 @@ impl AuthQuery {
 
     /// The lookup connection to the node to ask now, made if needed.
     async fn connection(&self, topology: &TopologyHandle) -> Result<Arc<Conn>, LookupError> {
+        // The node and its address from one snapshot (nodes come and go at run time).
         let pick = |t: &crate::topology::Topology| {
-            t.primary
-                .or_else(|| t.nodes.iter().position(|n| n.is_eligible_standby()))
+            let node = t
+                .primary
+                .or_else(|| t.nodes.iter().position(|n| n.is_eligible_standby()))?;
+            let n = t.nodes.get(node)?;
+            Some((node, n.host.clone(), n.port))
         };
-        let node = match pick(&topology.load()) {
-            Some(n) => n,
+        let target = match pick(&topology.load()) {
+            Some(t) => t,
             None => {
                 topology
                     .wait_until(self.timeout, |t| pick(t).is_some())
@@ -374,26 +372,30 @@ impl AuthQuery {
         };
         let mut slot = self.conn.lock().await;
         if let Some(conn) = slot.as_ref() {
-            if conn.node == node && !conn.client.is_closed() {
+            if conn.node == target.0 && !conn.client.is_closed() {
                 return Ok(conn.clone());
             }
         }
         *slot = None;
-        let conn = Arc::new(self.connect(node).await?);
+        let conn = Arc::new(self.connect(target).await?);
         *slot = Some(conn.clone());
         Ok(conn)
     }
 
-    /// Connects to `node` as `auth_query.user` and prepares the query.
-    async fn connect(&self, node: usize) -> Result<Conn, LookupError> {
-        let (host, port) = &self.nodes[node];
+    /// Connects to `node` at `host:port` as `auth_query.user` and prepares the query.
+    async fn connect(&self, (node, host, port): (usize, String, u16)) -> Result<Conn, LookupError> {
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
         let failed = |reason: String| LookupError::Failed {
-            addr: self.addr(node),
+            addr: addr.clone(),
             reason,
         };
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host(host)
-            .port(*port)
+        cfg.host(&host)
+            .port(port)
             .user(&self.user)
             .dbname(&self.database)
             .application_name(APPLICATION_NAME)
@@ -406,6 +408,7 @@ impl AuthQuery {
             let statement = client.prepare(&self.query).await?;
             Ok::<_, tokio_postgres::Error>(Conn {
                 node,
+                addr: addr.clone(),
                 client,
                 statement,
             })
@@ -425,15 +428,6 @@ impl AuthQuery {
         let mut slot = self.conn.lock().await;
         if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
             *slot = None;
-        }
-    }
-
-    fn addr(&self, node: usize) -> String {
-        let (host, port) = &self.nodes[node];
-        if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
         }
     }
 }
@@ -498,7 +492,6 @@ mod tests {
         };
         let aq = AuthQuery::new(
             &cfg,
-            vec![("127.0.0.1".into(), 1)],
             Arc::new(ServerTls::disabled()),
             Duration::from_millis(50),
         );

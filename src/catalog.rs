@@ -46,8 +46,6 @@ enum LoadError {
 /// How to reach the primary for catalog queries.
 #[derive(Debug, Clone)]
 pub struct CatalogSettings {
-    /// `(host, port)` of each node.
-    pub nodes: Vec<(String, u16)>,
     /// Role used to read the catalog (the monitoring role).
     pub user: String,
     /// Its password.
@@ -176,10 +174,14 @@ impl Catalogs {
             .wait_for_primary(self.settings.timeout)
             .await
             .ok_or_else(|| LoadError::Other("no primary".to_owned()))?;
-        let (host, port) = &self.settings.nodes[primary];
+        // The primary's address as the snapshot names it (it may be a node added at run time).
+        let (host, port) = match topology.load().nodes.get(primary) {
+            Some(n) => (n.host.clone(), n.port),
+            None => return Err(LoadError::Other("no primary".to_owned())),
+        };
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host(host)
-            .port(*port)
+        cfg.host(&host)
+            .port(port)
             .user(&self.settings.user)
             .dbname(db)
             .application_name("causeway-catalog")

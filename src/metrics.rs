@@ -373,7 +373,7 @@ impl Metrics {
             }
         }
         let _ = writeln!(out, "# HELP causeway_node_up Node is healthy (1) or not (0).\n# TYPE causeway_node_up gauge");
-        for n in &topology.nodes {
+        for n in topology.current() {
             let _ = writeln!(
                 out,
                 "causeway_node_up{{node=\"{}\"}} {}",
@@ -382,7 +382,7 @@ impl Metrics {
             );
         }
         let _ = writeln!(out, "# HELP causeway_node_is_primary Node is the primary (1) or not (0).\n# TYPE causeway_node_is_primary gauge");
-        for n in &topology.nodes {
+        for n in topology.current() {
             let _ = writeln!(
                 out,
                 "causeway_node_is_primary{{node=\"{}\"}} {}",
@@ -391,13 +391,13 @@ impl Metrics {
             );
         }
         let _ = writeln!(out, "# HELP causeway_node_lag_bytes Standby replay lag in bytes.\n# TYPE causeway_node_lag_bytes gauge");
-        for n in topology.nodes.iter().filter(|n| n.role == Role::Standby) {
+        for n in topology.current().filter(|n| n.role == Role::Standby) {
             if let Some(b) = n.lag_bytes {
                 let _ = writeln!(out, "causeway_node_lag_bytes{{node=\"{}\"}} {b}", n.addr);
             }
         }
         let _ = writeln!(out, "# HELP causeway_node_lag_seconds Standby replay lag in time.\n# TYPE causeway_node_lag_seconds gauge");
-        for n in topology.nodes.iter().filter(|n| n.role == Role::Standby) {
+        for n in topology.current().filter(|n| n.role == Role::Standby) {
             if let Some(l) = n.lag {
                 let _ = writeln!(
                     out,

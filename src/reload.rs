@@ -18,9 +18,15 @@
 //! - `[server_tls]` (its keys, or a new CA file under the same name): pools are retired as
 //!   above, so new server connections verify with the new settings; the watcher's next
 //!   connections too.
+//! - `[[nodes]]`: through the watcher, at once: an added node is probed and serves reads
+//!   after its health checks pass; a removed one gets no new traffic, its probe stops, and
+//!   its pools are retired by the next pool maintenance pass (within a second): idle
+//!   connections close, connections in use (a running transaction) close when their client
+//!   is done, none is cut. A changed `weight` applies at once.
 //!
-//! Keys in [`RESTART_ONLY`] (the listen addresses, the node list, ...) are read once at
-//! start: a file that changes one is refused as a whole, with a message naming the key.
+//! Keys in [`RESTART_ONLY`] (the listen addresses, `[monitor]`, `[topology]`, ...) are read
+//! once at start: a file that changes one is refused as a whole, with a message naming the
+//! key.
 
 use std::time::Duration;
 
@@ -43,7 +49,6 @@ pub const RESTART_ONLY: &[&str] = &[
     "routing.volatility_refresh",
     "monitor",
     "topology",
-    "nodes",
 ];
 
 /// Whether a key needs a restart to change.
@@ -342,7 +347,7 @@ mod tests {
     fn restart_only_keys_and_tables() {
         assert!(needs_restart("proxy.listen"));
         assert!(needs_restart("monitor.user"));
-        assert!(needs_restart("nodes"));
+        assert!(!needs_restart("nodes"), "nodes come and go at run time");
         assert!(!needs_restart("pool.pool_size"));
         assert!(!needs_restart("routing.max_lag"));
         assert!(!needs_restart("users"));

@@ -22,6 +22,7 @@ use crate::net::tls::{ClientTls, TlsError};
 use crate::router::functions::FunctionOverrides;
 use crate::router::Policy;
 use crate::topology::watcher::WatcherSettings;
+use crate::topology::{NodeId, NodeSpec};
 
 /// Why a configuration cannot be turned into settings (what validation cannot see).
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +101,6 @@ impl Settings {
             fallback: config.routing.fallback,
             read_only_transactions: config.routing.read_only_transactions,
             balance: config.routing.balance,
-            weights: config.nodes.iter().map(|node| node.weight).collect(),
         };
         let lower = |v: &Vec<String>| v.iter().map(|f| f.to_ascii_lowercase()).collect();
         let function_overrides = FunctionOverrides {
@@ -109,19 +109,9 @@ impl Settings {
         };
         let client_tls = client_tls(&config)?;
         let server_tls = Arc::new(ServerTls::load(&config.server_tls)?);
-        let nodes = config
-            .nodes
-            .iter()
-            .map(|n| (n.host.clone(), n.port))
-            .collect();
         let auth_query = config.auth_query.as_ref().map(|auth_query| {
             let timeout = config.pool.server_connect_timeout;
-            Arc::new(AuthQuery::new(
-                auth_query,
-                nodes,
-                server_tls.clone(),
-                timeout,
-            ))
+            Arc::new(AuthQuery::new(auth_query, server_tls.clone(), timeout))
         });
         Ok(Settings {
             config,
@@ -134,12 +124,17 @@ impl Settings {
         })
     }
 
-    /// Every node's `host:port`, in configuration order (the topology's node names).
-    pub fn node_addresses(&self) -> Vec<String> {
+    /// Every configured node (address and read weight), in configuration order: the
+    /// topology's first node slots, and what a reload hands the watcher.
+    pub fn node_specs(&self) -> Vec<NodeSpec> {
         self.config
             .nodes
             .iter()
-            .map(|node| node.address())
+            .map(|node| NodeSpec {
+                host: node.host.clone(),
+                port: node.port,
+                weight: node.weight,
+            })
             .collect()
     }
 
@@ -162,7 +157,7 @@ impl Settings {
     pub fn watcher_settings(&self) -> WatcherSettings {
         let cfg = &self.config;
         WatcherSettings {
-            nodes: self.node_hosts(),
+            nodes: self.node_specs(),
             user: cfg.monitor.user.clone(),
             password: cfg.monitor.password.as_ref().map(|p| p.expose().to_owned()),
             database: cfg.monitor.database.clone(),
@@ -184,7 +179,6 @@ impl Settings {
     pub fn catalog_settings(&self) -> CatalogSettings {
         let cfg = &self.config;
         CatalogSettings {
-            nodes: self.node_hosts(),
             user: cfg.monitor.user.clone(),
             password: cfg.monitor.password.as_ref().map(|p| p.expose().to_owned()),
             timeout: cfg
@@ -196,17 +190,17 @@ impl Settings {
         }
     }
 
-    /// Where a pool for `user` on `database` at node `node` connects. `login` is what the
-    /// client's authentication gave for pass-through (SCRAM keys, or an `auth_query` user's
-    /// secret); it is used when the configuration has nothing for the user.
+    /// Where a pool for `user` on `database` at node `node` (the topology's slot, at
+    /// `host:port`) connects. `login` is what the client's authentication gave for
+    /// pass-through (SCRAM keys, or an `auth_query` user's secret); it is used when the
+    /// configuration has nothing for the user.
     pub fn connect_target(
         &self,
-        node: usize,
+        (node, host, port): (NodeId, &str, u16),
         database: &str,
         user: &str,
         login: Option<&ServerAuth>,
     ) -> ConnectTarget {
-        let n = &self.config.nodes[node];
         let auth = match (self.users.get(user).map(|u| &u.server_auth), login) {
             (Some(ServerAuth::None) | None, Some(login)) => login.clone(),
             (Some(configured), _) => configured.clone(),
@@ -214,8 +208,8 @@ impl Settings {
         };
         ConnectTarget {
             node,
-            host: n.host.clone(),
-            port: n.port,
+            host: host.to_owned(),
+            port,
             user: user.to_owned(),
             database: database.to_owned(),
             auth,
@@ -243,12 +237,6 @@ impl Settings {
             },
             None => self.auth_query.is_some() && matches!(auth, ServerAuth::PassThrough { .. }),
         }
-    }
-
-    /// `(host, port)` of every node, in configuration order.
-    fn node_hosts(&self) -> Vec<(String, u16)> {
-        let nodes = &self.config.nodes;
-        nodes.iter().map(|n| (n.host.clone(), n.port)).collect()
     }
 }
 
@@ -339,7 +327,10 @@ mod tests {
         let login = ServerAuth::pass_through(PassThrough::Scram(keys(&verifier, "pw")));
         // A verifier user connects with its login's keys, a hash user with the hash, a plain
         // user with its password whatever the login gave.
-        let auth = |user, login| s.connect_target(0, "db", user, login).auth;
+        let auth = |user, login| {
+            s.connect_target((0, "127.0.0.1", 5432), "db", user, login)
+                .auth
+        };
         assert!(auth("v", Some(&login)).same_secret(&login));
         assert!(matches!(auth("v", None), ServerAuth::None));
         assert!(matches!(

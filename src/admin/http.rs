@@ -118,14 +118,14 @@ async fn serve(app: Handles, mut stream: TcpStream) -> std::io::Result<()> {
 
 /// Ready: writes can go somewhere, or at least reads can.
 pub fn is_ready(t: &Topology) -> bool {
-    t.primary.is_some() || t.nodes.iter().any(|n| n.is_eligible_standby())
+    t.primary.is_some() || t.current().any(|n| n.is_eligible_standby())
 }
 
 /// The snapshot as JSON.
 pub fn topology_json(t: &Topology) -> String {
+    // Removed nodes (out of `[[nodes]]`, or no longer Patroni members) are not listed.
     let nodes: Vec<serde_json::Value> = t
-        .nodes
-        .iter()
+        .current()
         .map(|n| {
             serde_json::json!({
                 "address": n.addr,

@@ -34,7 +34,7 @@ use crate::protocol::{decode_frame, messages, Frame, ProtocolError, DEFAULT_MAX_
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub struct ConnectTarget {
-    /// Index of the node in the configuration.
+    /// The node's slot in the topology.
     pub node: usize,
     /// Host name or address.
     pub host: String,

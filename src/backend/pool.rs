@@ -24,7 +24,7 @@ use super::BackendError;
 /// Identifies a pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
-    /// Node index in the configuration.
+    /// The node's slot in the topology.
     pub node: usize,
     /// Database name on the server.
     pub database: String,
@@ -185,16 +185,6 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
         }
     }
     Guard(Some(f))
-}
-
-/// Retires `pool`: no longer handed out; its idle connections are closed now, those in use
-/// when they come back.
-fn retire(pool: &Pool) {
-    pool.retired.store(true, Ordering::Release);
-    let idle: Vec<Idle> = std::mem::take(&mut *pool.idle.lock());
-    for c in idle {
-        tokio::spawn(c.conn.close());
-    }
 }
 
 /// Most stale-statement entries a pool remembers; a connection further behind forgets all of
@@ -480,6 +470,16 @@ impl Pool {
         self.push_idle(lease, now);
     }
 
+    /// No longer handed out (a reload replaced it, or its node was removed): idle connections
+    /// are closed now, those in use when they come back.
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        let idle: Vec<Idle> = std::mem::take(&mut *self.idle.lock());
+        for c in idle {
+            tokio::spawn(c.conn.close());
+        }
+    }
+
     /// Whether a reload replaced this pool (sessions that kept it look the pool up again).
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)
@@ -588,8 +588,11 @@ impl Pool {
 pub struct Pools {
     /// What new pools are made with; replaced by a reload.
     settings: Mutex<PoolSettings>,
-    /// One semaphore per node, shared by that node's pools.
-    node_permits: Vec<Arc<Semaphore>>,
+    /// One semaphore per node slot, shared by that node's pools; grown when a pool of a node
+    /// added at run time is first made (off the request path: only pool creation reads it).
+    node_permits: Mutex<Vec<Arc<Semaphore>>>,
+    /// `max_server_connections`: permits of each node's semaphore.
+    max_server_connections: usize,
     /// Pools by key; removed when unused and empty (see [`Pools::maintain`]).
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// The admin console's `PAUSE`, while in force.
@@ -677,16 +680,24 @@ impl Pools {
             .as_ref()
             .is_some_and(|p| p.covers(database))
     }
-    /// Creates the pool registry for `nodes` nodes.
-    pub fn new(settings: PoolSettings, nodes: usize, max_server_connections: usize) -> Pools {
+    /// Creates the pool registry (pools are made on first use, for any node slot).
+    pub fn new(settings: PoolSettings, max_server_connections: usize) -> Pools {
         Pools {
             settings: Mutex::new(settings),
             pause: Mutex::new(None),
-            node_permits: (0..nodes)
-                .map(|_| Arc::new(Semaphore::new(max_server_connections)))
-                .collect(),
+            node_permits: Mutex::new(Vec::new()),
+            max_server_connections,
             pools: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The semaphore of node slot `node`, made (with the slots before it) on first use.
+    fn node_permits(&self, node: usize) -> Arc<Semaphore> {
+        let mut permits = self.node_permits.lock();
+        while permits.len() <= node {
+            permits.push(Arc::new(Semaphore::new(self.max_server_connections)));
+        }
+        permits[node].clone()
     }
 
     /// The pool for `target`, created if needed.
@@ -707,7 +718,7 @@ impl Pools {
             .is_some_and(|p| p.target.auth.is_superseded_by(&target.auth));
         if superseded {
             if let Some(old) = pools.remove(&key) {
-                retire(&old);
+                old.retire();
             }
         }
         pools
@@ -718,7 +729,7 @@ impl Pools {
                     target: target.clone(),
                     active: Arc::new(Semaphore::new(settings.pool_size)),
                     settings,
-                    node_permits: self.node_permits[target.node].clone(),
+                    node_permits: self.node_permits(target.node),
                     idle: Mutex::new(Vec::new()),
                     defaults: Mutex::new(None),
                     stale: Mutex::new(std::collections::VecDeque::new()),
@@ -770,7 +781,24 @@ impl Pools {
             old.iter().filter_map(|k| pools.remove(k)).collect()
         };
         for pool in &retired {
-            retire(pool);
+            pool.retire();
+        }
+        retired.len()
+    }
+
+    /// Retires every pool of the nodes `removed` names (nodes no longer in the cluster: a
+    /// reload took them out of `[[nodes]]`, or they left Patroni's member list), as
+    /// [`Pools::reconfigure`] does: no longer handed out, idle connections closed now, those
+    /// in use closed when they come back, so a running transaction is never cut. Returns how
+    /// many pools were retired.
+    pub fn retire_nodes(&self, removed: impl Fn(usize) -> bool) -> usize {
+        let retired: Vec<Arc<Pool>> = {
+            let mut pools = self.pools.lock();
+            let gone: Vec<PoolKey> = pools.keys().filter(|k| removed(k.node)).cloned().collect();
+            gone.iter().filter_map(|k| pools.remove(k)).collect()
+        };
+        for pool in &retired {
+            pool.retire();
         }
         retired.len()
     }
@@ -808,5 +836,55 @@ impl Pools {
     /// Every pool (for admin views and maintenance).
     pub fn all(&self) -> Vec<Arc<Pool>> {
         self.pools.lock().values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::server_tls::ServerTls;
+
+    fn target(node: usize) -> ConnectTarget {
+        ConnectTarget {
+            node,
+            host: "127.0.0.1".into(),
+            port: 5432 + node as u16,
+            user: "app".into(),
+            database: "db".into(),
+            auth: ServerAuth::None,
+            nodelay: true,
+            keepalive: None,
+            tls: Arc::new(ServerTls::disabled()),
+        }
+    }
+
+    fn settings() -> PoolSettings {
+        PoolSettings {
+            pool_size: 2,
+            pool_timeout: None,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: None,
+            lifetime: None,
+            reset_query: None,
+            internal_timeout: Duration::from_secs(1),
+            min_idle: 0,
+        }
+    }
+
+    #[test]
+    fn pools_of_a_removed_node_are_retired_and_a_node_added_later_gets_its_own() {
+        let pools = Pools::new(settings(), 10);
+        let kept = pools.get(&target(0));
+        let removed = pools.get(&target(1));
+        // A node slot far beyond the first ones (added at run time) gets a pool and permits.
+        let added = pools.get(&target(7));
+        assert_eq!(pools.node_permits.lock().len(), 8);
+        assert_eq!(added.node_permits.available_permits(), 10);
+        assert_eq!(pools.retire_nodes(|n| n == 1), 1);
+        assert!(removed.is_retired());
+        assert!(!kept.is_retired() && !added.is_retired());
+        // Looked up again (the node came back): a new pool.
+        assert!(!Arc::ptr_eq(&pools.get(&target(1)), &removed));
+        assert_eq!(pools.retire_nodes(|_| false), 0);
     }
 }

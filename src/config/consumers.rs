@@ -26,8 +26,8 @@ const ARRAY_TABLES: &[&str] = &["nodes", "users", "databases"];
 /// [`normalize`] writes it (no whitespace but one space between two words). When a read moves
 /// or is renamed, name the new one here.
 const ENTRY_READS: &[(&str, &str)] = &[
-    ("nodes.address", "node.address()"),
-    ("nodes.weight", "|node|node.weight"),
+    ("nodes.address", "host:node.host.clone()"),
+    ("nodes.weight", "weight:node.weight"),
     ("users.name", "users.insert(user.name.clone()"),
     ("users.password", "match(&user.password,"),
     ("users.server_password", "match(&user.server_password,"),

@@ -52,8 +52,6 @@ pub struct Policy {
     pub read_only_transactions: ReadOnlyTransactions,
     /// Balancing strategy.
     pub balance: crate::config::Balance,
-    /// Read weight of each node (0: never reads).
-    pub weights: Vec<u32>,
 }
 
 /// The session's routing state for one request.
@@ -74,17 +72,10 @@ pub struct RouteContext<'a> {
 
 /// Whether `node` may serve a read for this request: the one eligibility rule, used for
 /// routing, for the standbys read-your-writes asks, and for the welcome of a new client.
-/// [`NodeState::serves_reads`] (healthy, in recovery, unfenced, within the lag limit), a read
-/// weight above zero, and not excluded for this request.
-fn may_read(n: &NodeState, ctx: &RouteContext<'_>, policy: &Policy) -> bool {
-    policy.weight(n.id) > 0 && n.serves_reads(ctx.max_lag) && !ctx.excluded.contains(&n.id)
-}
-
-impl Policy {
-    /// Read weight of a node (1 when the node has none configured).
-    fn weight(&self, node: NodeId) -> u32 {
-        self.weights.get(node).copied().unwrap_or(1)
-    }
+/// [`NodeState::serves_reads`] (healthy, in recovery, unfenced, not removed, within the lag
+/// limit), a read weight above zero, and not excluded for this request.
+fn may_read(n: &NodeState, ctx: &RouteContext<'_>) -> bool {
+    n.weight > 0 && n.serves_reads(ctx.max_lag) && !ctx.excluded.contains(&n.id)
 }
 
 /// What the balancer reads of the proxy's own load, asked for only what the configured
@@ -195,7 +186,7 @@ pub fn route(
     };
     let mut candidates: smallvec::SmallVec<[balance::Candidate; 8]> = smallvec::SmallVec::new();
     let mut causal_block = false;
-    for n in topology.nodes.iter().filter(|n| may_read(n, ctx, policy)) {
+    for n in topology.nodes.iter().filter(|n| may_read(n, ctx)) {
         if let Some(min) = ctx.min_lsn {
             if n.lsn.is_none_or(|l| l < min) {
                 causal_block = true;
@@ -204,14 +195,14 @@ pub fn route(
         }
         candidates.push(balance::Candidate {
             node: n.id,
-            weight: policy.weight(n.id),
+            weight: n.weight,
             outstanding: load.outstanding(n.id),
         });
     }
     let primary_joins = !wants_standby && policy.primary_reads == PrimaryReads::Always;
     if primary_joins {
         if let Some(p) = topology.primary.filter(|p| !ctx.excluded.contains(p)) {
-            let weight = policy.weight(p);
+            let weight = topology.nodes.get(p).map_or(0, |n| n.weight);
             if weight > 0 {
                 candidates.push(balance::Candidate {
                     node: p,
@@ -249,15 +240,11 @@ pub fn route(
 /// Standbys a read could go to if the session had no read-your-writes position (see
 /// [`may_read`]), most replayed first as the snapshot last saw them. The session asks them for
 /// their current replay position.
-pub fn causal_candidates(
-    ctx: &RouteContext<'_>,
-    topology: &Topology,
-    policy: &Policy,
-) -> Vec<NodeId> {
+pub fn causal_candidates(ctx: &RouteContext<'_>, topology: &Topology) -> Vec<NodeId> {
     let mut c: Vec<(Lsn, NodeId)> = topology
         .nodes
         .iter()
-        .filter(|n| may_read(n, ctx, policy))
+        .filter(|n| may_read(n, ctx))
         .map(|n| (n.lsn.unwrap_or(Lsn::ZERO), n.id))
         .collect();
     c.sort_by_key(|&(lsn, _)| std::cmp::Reverse(lsn));
@@ -273,13 +260,13 @@ pub fn asks_standbys_first(decision: Decision, reason: Reason) -> bool {
 /// The node that greets a new client (its parameters are applied there and reported back):
 /// the primary; with `standby_ok` (transaction pooling, during a failover) a standby that may
 /// serve reads when no primary is known, so that new clients still get in and can read.
-pub fn welcome_node(topology: &Topology, policy: &Policy, standby_ok: bool) -> Option<NodeId> {
+pub fn welcome_node(topology: &Topology, standby_ok: bool) -> Option<NodeId> {
     let ctx = RouteContext::default();
     topology.primary.or_else(|| {
         topology
             .nodes
             .iter()
-            .find(|n| standby_ok && may_read(n, &ctx, policy))
+            .find(|n| standby_ok && may_read(n, &ctx))
             .map(|n| n.id)
     })
 }

@@ -4,12 +4,15 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::Balance;
-use crate::topology::{NodeState, Role};
+use crate::topology::{NodeSpec, NodeState, Role};
 
 fn node(id: NodeId, role: Role, healthy: bool, within_lag: bool, lsn: u64) -> NodeState {
+    let spec = NodeSpec {
+        host: format!("n{id}"),
+        port: 5432,
+        weight: 1,
+    };
     NodeState {
-        id,
-        addr: format!("n{id}"),
         role,
         healthy,
         lsn: Some(Lsn::from(lsn)),
@@ -17,9 +20,7 @@ fn node(id: NodeId, role: Role, healthy: bool, within_lag: bool, lsn: u64) -> No
         lag_bytes: Some(0),
         lag: Some(Duration::from_millis(if within_lag { 10 } else { 5000 })),
         within_lag,
-        fenced: false,
-        no_reads: false,
-        role_epoch: 0,
+        ..NodeState::new(id, &spec)
     }
 }
 
@@ -42,7 +43,6 @@ fn policy() -> Policy {
         fallback: Fallback::Primary,
         read_only_transactions: ReadOnlyTransactions::Standby,
         balance: Balance::RoundRobin,
-        weights: vec![1, 1, 1],
     }
 }
 
@@ -266,9 +266,9 @@ fn min_lsn_excludes_standbys_that_have_not_replayed_it() {
 
 #[test]
 fn weight_zero_never_reads() {
-    let t = cluster([true, true]);
-    let mut p = policy();
-    p.weights = vec![1, 0, 1];
+    let mut t = cluster([true, true]);
+    t.nodes[1].weight = 0;
+    let p = policy();
     for tick in 0..4 {
         assert_eq!(
             route(
@@ -293,7 +293,7 @@ fn read_your_writes_never_asks_a_fenced_standby() {
     // Node 2 follows the fenced old timeline, and reports a replay position past everything.
     t.nodes[2].fenced = true;
     t.nodes[2].lsn = Some(Lsn::from(1_000_000));
-    let asked = causal_candidates(&RouteContext::default(), &t, &policy());
+    let asked = causal_candidates(&RouteContext::default(), &t);
     assert_eq!(asked, vec![1], "only the unfenced standby is asked");
 }
 
@@ -337,8 +337,8 @@ fn the_welcome_never_comes_from_a_fenced_standby() {
     t.primary = None;
     t.nodes[0].healthy = false;
     t.nodes[1].fenced = true;
-    assert_eq!(welcome_node(&t, &policy(), true), Some(2));
-    assert_eq!(welcome_node(&t, &policy(), false), None);
+    assert_eq!(welcome_node(&t, true), Some(2));
+    assert_eq!(welcome_node(&t, false), None);
     t.nodes[2].fenced = true;
-    assert_eq!(welcome_node(&t, &policy(), true), None);
+    assert_eq!(welcome_node(&t, true), None);
 }

@@ -24,7 +24,7 @@ use crate::router::feedback::{Feedback, InFlight};
 use crate::router::functions::FunctionCatalog;
 use crate::settings::Settings;
 use crate::topology::watcher::WatcherSettings;
-use crate::topology::{Topology, TopologyHandle};
+use crate::topology::{Topology, TopologyHandle, MAX_NODES};
 
 /// The handles shared by every session.
 struct Shared {
@@ -102,20 +102,17 @@ impl SessionCtx {
     /// Builds the shared state for `settings` (nothing starts).
     pub fn new(settings: Settings) -> SessionCtx {
         let cfg = &settings.config;
-        let addrs = settings.node_addresses();
-        let pools = Pools::new(
-            settings.pool_settings(),
-            cfg.nodes.len(),
-            cfg.pool.max_server_connections,
-        );
+        let nodes = settings.node_specs();
+        let pools = Pools::new(settings.pool_settings(), cfg.pool.max_server_connections);
         let catalogs = Arc::new(Catalogs::new(settings.catalog_settings()));
-        let feedback = Arc::new(Feedback::new(cfg.nodes.len()));
+        // One counter per slot the watcher may ever hand out: the request path indexes it.
+        let feedback = Arc::new(Feedback::new(nodes.len().max(MAX_NODES)));
         let watcher_settings = watch::channel(settings.watcher_settings()).0;
         let mut mock_secret = [0u8; 32];
         rand::fill(&mut mock_secret);
         SessionCtx {
             shared: Arc::new(Shared {
-                topology: Arc::new(TopologyHandle::new(Topology::initial(&addrs))),
+                topology: Arc::new(TopologyHandle::new(Topology::of(&nodes))),
                 settings: Arc::new(ArcSwap::from_pointee(settings)),
                 pools,
                 cancels: CancelRegistry::default(),
@@ -315,7 +312,8 @@ impl SessionCtx {
         self.shared.next_pid.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff
     }
 
-    /// Where a pool for `user` on `database` at node `node` connects; `login` is what the
+    /// Where a pool for `user` on `database` at node `node` connects (the node's address
+    /// from the topology snapshot: nodes come and go at run time); `login` is what the
     /// client's authentication gave for pass-through.
     pub fn connect_target(
         &self,
@@ -324,6 +322,12 @@ impl SessionCtx {
         user: &str,
         login: Option<&ServerAuth>,
     ) -> ConnectTarget {
-        self.settings().connect_target(node, database, user, login)
+        let topology = self.topology().load();
+        let (host, port) = topology
+            .nodes
+            .get(node)
+            .map_or(("", 0), |n| (n.host.as_str(), n.port));
+        self.settings()
+            .connect_target((node, host, port), database, user, login)
     }
 }

@@ -107,8 +107,7 @@ impl Session {
                     let current = topology.load();
                     seen_primary = current.primary;
                     // The welcome may come from a standby (see `begin`).
-                    let now_known =
-                        crate::router::welcome_node(&current, &self.ctx.settings().policy, welcome);
+                    let now_known = crate::router::welcome_node(&current, welcome);
                     // A snapshot guard is not kept across the wait below.
                     drop(current);
                     match now_known {
@@ -155,6 +154,11 @@ impl Session {
         } else {
             crate::topology::Role::Standby
         };
+        if node >= self.pools.len() {
+            // A node added at run time (a reload, the cluster manager) after this session
+            // started.
+            self.pools.resize(node + 1, None);
+        }
         let pool = match &self.pools[node] {
             // A pool a reload replaced is looked up again (off the hot path: its idle
             // connections are gone, so `try_checkout` failed before this).

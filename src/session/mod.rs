@@ -339,7 +339,8 @@ impl Session {
             .get(&accepted.user)
             .and_then(|u| u.config.pool_mode)
             .unwrap_or(settings.config.proxy.pool_mode);
-        let nodes = settings.config.nodes.len();
+        // Node slots now (more may come: `acquire_on` grows the pool cache).
+        let nodes = ctx.topology().load().nodes.len();
         let mut accepted = accepted;
         let route = route::RouteState::for_client(&settings, &mut accepted);
         drop(settings);

@@ -342,7 +342,7 @@ impl Session {
             ..self.route_context(batch, &[])
         };
         let topology = self.ctx.topology().load();
-        router::causal_candidates(&ctx, &topology, &self.ctx.settings().policy)
+        router::causal_candidates(&ctx, &topology)
     }
 
     /// Decides where a classified batch goes, without a read-your-writes position when

@@ -19,8 +19,44 @@ use tokio::sync::watch;
 
 use crate::protocol::Lsn;
 
-/// Index of a node in the configuration's node list.
+/// A node's slot in the topology's node list: a small integer that never changes while the
+/// proxy runs. Slots are only ever appended (a node added by a reload or by the cluster
+/// manager gets the next one; an address that comes back gets its old one), and a removed
+/// node keeps its slot, marked [`NodeState::removed`], so that every `Vec` indexed by node
+/// (topology, pools, routing feedback) stays valid without a lock.
 pub type NodeId = usize;
+
+/// Most node slots a proxy allocates (the routing feedback preallocates one counter per
+/// slot so that the request path indexes a plain slice). Addresses seen beyond it get no
+/// slot and are logged.
+pub const MAX_NODES: usize = 1024;
+
+/// A node as the configuration (or the cluster manager) names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeSpec {
+    /// Host name or IP address.
+    pub host: String,
+    /// PostgreSQL port.
+    pub port: u16,
+    /// Share of reads (`weight`; 0: never reads). Nodes Patroni adds get 1.
+    pub weight: u32,
+}
+
+impl NodeSpec {
+    /// `host:port` (`[host]:port` for an IPv6 address), as logs and views name the node.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Whether this names the server at `host`, `port`.
+    pub fn is_at(&self, host: &str, port: u16) -> bool {
+        self.port == port && self.host == host
+    }
+}
 
 /// What a node says it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,10 +83,20 @@ impl Role {
 /// One node in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeState {
-    /// Index in the configuration.
+    /// Its slot (see [`NodeId`]); `nodes[id]` is this node.
     pub id: NodeId,
     /// `host:port`.
     pub addr: String,
+    /// Host, as server connections reach it.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Share of reads relative to the other nodes (0: never reads).
+    pub weight: u32,
+    /// No longer a node of the cluster (a reload removed it from `[[nodes]]`, or it left
+    /// Patroni's member list): never the primary, no reads, not probed, its pools drain. The
+    /// slot stays so that node ids stay valid; the address coming back revives it.
+    pub removed: bool,
     /// Last role the node reported.
     pub role: Role,
     /// Healthy after hysteresis: enough consecutive successful checks.
@@ -81,6 +127,28 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// A node not yet checked: unknown role, unhealthy, in slot `id`.
+    pub fn new(id: NodeId, spec: &NodeSpec) -> NodeState {
+        NodeState {
+            id,
+            addr: spec.address(),
+            host: spec.host.clone(),
+            port: spec.port,
+            weight: spec.weight,
+            removed: false,
+            role: Role::Unknown,
+            healthy: false,
+            lsn: None,
+            timeline: None,
+            lag_bytes: None,
+            lag: None,
+            within_lag: false,
+            fenced: false,
+            no_reads: false,
+            role_epoch: 0,
+        }
+    }
+
     /// Whether the node may serve reads as a standby right now: healthy, in recovery, not
     /// fenced, within the lag limits (the watcher's verdict).
     pub fn is_eligible_standby(&self) -> bool {
@@ -94,6 +162,7 @@ impl NodeState {
         self.healthy
             && self.role == Role::Standby
             && !self.fenced
+            && !self.removed
             && !self.no_reads
             && match max_lag {
                 None => self.within_lag,
@@ -130,7 +199,9 @@ impl RoleSource {
 pub struct Topology {
     /// Increases with every published change.
     pub epoch: u64,
-    /// Every configured node, in configuration order.
+    /// Every node slot, indexed by [`NodeId`]: the configured nodes first, in configuration
+    /// order, then nodes added at run time; removed ones stay, marked
+    /// [`NodeState::removed`] (see [`Topology::current`]).
     pub nodes: Vec<NodeState>,
     /// The node that takes writes, if exactly one healthy node is out of recovery.
     pub primary: Option<NodeId>,
@@ -147,31 +218,39 @@ impl Topology {
             .count()
     }
 
+    /// The nodes that belong to the cluster now (not removed): what views list.
+    pub fn current(&self) -> impl Iterator<Item = &NodeState> {
+        self.nodes.iter().filter(|n| !n.removed)
+    }
+
     /// The starting snapshot: every node unknown and unhealthy, no primary.
-    pub fn initial(addrs: &[String]) -> Topology {
+    pub fn of(nodes: &[NodeSpec]) -> Topology {
         Topology {
             epoch: 0,
-            nodes: addrs
+            nodes: nodes
                 .iter()
                 .enumerate()
-                .map(|(id, addr)| NodeState {
-                    id,
-                    addr: addr.clone(),
-                    role: Role::Unknown,
-                    healthy: false,
-                    lsn: None,
-                    timeline: None,
-                    lag_bytes: None,
-                    lag: None,
-                    within_lag: false,
-                    fenced: false,
-                    no_reads: false,
-                    role_epoch: 0,
-                })
+                .map(|(id, spec)| NodeState::new(id, spec))
                 .collect(),
             primary: None,
             role_source: RoleSource::Probe,
         }
+    }
+
+    /// [`Topology::of`] nodes named `host:port` (weight 1), for tests and tools.
+    pub fn initial(addrs: &[String]) -> Topology {
+        let specs: Vec<NodeSpec> = addrs
+            .iter()
+            .map(|a| {
+                let (host, port) = a.rsplit_once(':').unwrap_or((a.as_str(), "0"));
+                NodeSpec {
+                    host: host.to_owned(),
+                    port: port.parse().unwrap_or(0),
+                    weight: 1,
+                }
+            })
+            .collect();
+        Topology::of(&specs)
     }
 
     /// Derives `primary` from the nodes: among healthy, unfenced nodes out of recovery, the
@@ -183,7 +262,7 @@ impl Topology {
         let mut tie = false;
         for n in nodes
             .iter()
-            .filter(|n| n.healthy && n.role == Role::Primary && !n.fenced)
+            .filter(|n| n.healthy && n.role == Role::Primary && !n.fenced && !n.removed)
         {
             match best {
                 None => best = Some(n),
@@ -312,18 +391,17 @@ mod tests {
 
     fn node(id: usize, role: Role, healthy: bool) -> NodeState {
         NodeState {
-            id,
-            addr: format!("n{id}"),
             role,
             healthy,
-            lsn: None,
-            timeline: None,
-            lag_bytes: None,
-            lag: None,
             within_lag: true,
-            fenced: false,
-            no_reads: false,
-            role_epoch: 0,
+            ..NodeState::new(
+                id,
+                &NodeSpec {
+                    host: format!("n{id}"),
+                    port: 5432,
+                    weight: 1,
+                },
+            )
         }
     }
 

@@ -1,6 +1,7 @@
 //! Patroni as a topology source (`[topology] source = "patroni"`): polls `GET /cluster` on the
-//! first Patroni REST URL that answers and turns its member list into a [`DcsVerdict`] the
-//! watcher's aggregator applies on top of its own probes.
+//! first Patroni REST URL that answers; the watcher's aggregator follows its member list
+//! (members that are no node yet become nodes, nodes Patroni brought in leave with their
+//! member) and applies its [`DcsVerdict`] on top of its own probes.
 //!
 //! Patroni's leader key in its DCS is the cluster's one truth about who may write: every
 //! causeway instance that follows it agrees with the others and with Patroni, without any
@@ -125,20 +126,20 @@ fn member(m: &Value) -> Result<Member, PatroniError> {
     })
 }
 
-/// What Patroni's view means for the configured nodes.
+/// What Patroni's view means for the node slots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DcsVerdict {
-    /// The configured node holding Patroni's leader key (role `leader`), if any: the only node
-    /// that may take writes.
+    /// The node holding Patroni's leader key (role `leader`), if any: the only node that may
+    /// take writes.
     pub leader: Option<NodeId>,
-    /// Per configured node: Patroni forbids reads there (not a member, `noloadbalance`, or not
-    /// in a replaying state).
+    /// Per node slot: Patroni forbids reads there (not a member, `noloadbalance`, or not in a
+    /// replaying state).
     pub no_reads: Vec<bool>,
-    /// Members that match no configured node (`host:port`).
+    /// Members that match no node (`host:port`): only those left without a slot.
     pub unknown: Vec<String>,
 }
 
-/// Maps `members` onto the configured `(host, port)` nodes (an exact host and port match).
+/// Maps `members` onto the `(host, port)` of each node slot (an exact host and port match).
 pub fn verdict(members: &[Member], nodes: &[(String, u16)]) -> DcsVerdict {
     let find =
         |(host, port): &(String, u16)| members.iter().find(|m| m.port == *port && m.host == *host);

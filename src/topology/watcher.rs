@@ -5,6 +5,13 @@
 //! Each probe task owns its connection and only reports observations over a channel; the
 //! aggregator owns all decision state, so there is no shared mutable state and no lock.
 //! A black-holed node (accepts TCP, never answers) is caught by the query timeout, not by TCP.
+//!
+//! The aggregator also owns the node list: nodes come and go at run time through one
+//! mechanism, whether a reload changed `[[nodes]]` or Patroni's member list changed. A new
+//! address gets the next node slot (an address that comes back gets its old one) and a probe;
+//! it serves reads once its health hysteresis says healthy, as any node. A removed node keeps
+//! its slot marked removed (no reads, never the primary), its probe stops, and the pool
+//! maintenance retires its pools (connections close as they are given back, none is cut).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +25,8 @@ use tokio::time::Instant;
 
 use super::health::Hysteresis;
 use super::lag::LsnHistory;
-use super::patroni::{self, DcsVerdict};
-use super::{NodeId, NodeState, Role, RoleSource, Topology, TopologyHandle};
+use super::patroni::{self, DcsVerdict, Member};
+use super::{NodeId, NodeSpec, NodeState, Role, RoleSource, Topology, TopologyHandle, MAX_NODES};
 use crate::net::server_tls::ServerTls;
 use crate::protocol::Lsn;
 
@@ -40,8 +47,8 @@ const PROBE_TIMED_OUT: &str = "probe timed out";
 /// What the watcher needs to reach the nodes.
 #[derive(Debug, Clone)]
 pub struct WatcherSettings {
-    /// `(host, port)` of each node, in configuration order.
-    pub nodes: Vec<(String, u16)>,
+    /// The configured nodes (`[[nodes]]`), in configuration order; a reload may change them.
+    pub nodes: Vec<NodeSpec>,
     /// Monitoring role.
     pub user: String,
     /// Its password, if the servers ask for one.
@@ -82,21 +89,30 @@ struct Probed {
     system_id: Option<i64>,
 }
 
-/// What the Patroni poller reports each check: the verdict from the first URL that answered,
-/// or `Err` with every URL's failure.
-type DcsReport = Result<DcsVerdict, String>;
+/// What the Patroni poller reports each check: the member list from the first URL that
+/// answered, or `Err` with every URL's failure.
+type DcsReport = Result<Vec<Member>, String>;
+
+/// How many `/cluster` answers in a row must lack a member that Patroni brought in (not a
+/// configured node) before its node is removed: one answer caught mid-restart of a member's
+/// Patroni must not drain it. An unreachable Patroni counts for nothing.
+pub const MEMBER_GONE_POLLS: u32 = 3;
 
 /// One check's outcome.
 #[derive(Debug, Clone)]
 struct Observation {
     node: NodeId,
+    /// The slot's generation the probe was started for: a late report of a probe stopped
+    /// before its node was removed (and perhaps added again) is ignored.
+    generation: u64,
     result: Result<Probed, String>,
 }
 
-/// Starts the probe tasks and the aggregator on `tasks`; they stop when `cancel` fires.
-/// `updates` carries the settings and their later changes (a reload): the check interval,
-/// timeouts, account and lag limits apply from the next check; the node list and the health
-/// threshold are those at start.
+/// Starts the aggregator (which starts a probe task per node) on `tasks`; they stop when
+/// `cancel` fires. `updates` carries the settings and their later changes (a reload): the
+/// check interval, timeouts, account and lag limits apply from the next check; nodes added to
+/// or removed from the list are probed or dropped at once; the health threshold and the
+/// Patroni URLs are those at start.
 pub fn spawn(
     updates: watch::Receiver<WatcherSettings>,
     topology: Arc<TopologyHandle>,
@@ -105,22 +121,71 @@ pub fn spawn(
 ) {
     let settings = updates.borrow().clone();
     let (tx, rx) = mpsc::channel(64);
-    for node in 0..settings.nodes.len() {
-        let probe = Probe {
-            node,
-            settings: settings.clone(),
-            updates: updates.clone(),
-            client: None,
-            timeouts: 0,
-        };
-        tasks.spawn(probe.run(tx.clone(), cancel.clone()));
-    }
-    drop(tx);
     let (dcs_tx, dcs_rx) = mpsc::channel(4);
     if !settings.patroni.is_empty() {
         tasks.spawn(poll_patroni(settings.clone(), dcs_tx, cancel.clone()));
     }
-    tasks.spawn(aggregate(settings, updates, topology, (rx, dcs_rx), cancel));
+    let probes = Probes {
+        tasks: tasks.clone(),
+        tx,
+        updates: updates.clone(),
+        cancel: cancel.clone(),
+        running: Vec::new(),
+    };
+    tasks.spawn(aggregate(settings, updates, topology, (rx, dcs_rx), probes));
+}
+
+/// The running probe tasks, one per live node slot.
+struct Probes {
+    tasks: tokio_util::task::TaskTracker,
+    /// Where probes report (the aggregator's inbox).
+    tx: mpsc::Sender<Observation>,
+    updates: watch::Receiver<WatcherSettings>,
+    /// The watcher's own stop signal; each probe gets a child of it.
+    cancel: CancellationToken,
+    /// Per slot: stops that slot's probe.
+    running: Vec<Option<CancellationToken>>,
+}
+
+impl Probes {
+    /// Starts a probe of `node` (stopping an earlier one of the same slot).
+    fn start(&mut self, node: &NodeState, generation: u64, settings: &WatcherSettings) {
+        let stop = self.cancel.child_token();
+        let probe = Probe {
+            node: node.id,
+            generation,
+            host: node.host.clone(),
+            port: node.port,
+            settings: settings.clone(),
+            updates: self.updates.clone(),
+            client: None,
+            timeouts: 0,
+        };
+        self.tasks.spawn(probe.run(self.tx.clone(), stop.clone()));
+        if self.running.len() <= node.id {
+            self.running.resize(node.id + 1, None);
+        }
+        if let Some(old) = self.running[node.id].replace(stop) {
+            old.cancel();
+        }
+    }
+
+    /// Stops the probe of slot `id` (its monitoring connection closes).
+    fn stop(&mut self, id: NodeId) {
+        if let Some(stop) = self.running.get_mut(id).and_then(Option::take) {
+            stop.cancel();
+        }
+    }
+
+    /// Starts and stops probes as the node slots changed.
+    fn follow(&mut self, changes: SlotChanges, agg: &Aggregator, nodes: &[NodeState]) {
+        for id in changes.stop {
+            self.stop(id);
+        }
+        for id in changes.start {
+            self.start(&nodes[id], agg.slots[id].generation, &agg.settings);
+        }
+    }
 }
 
 /// Asks Patroni's `/cluster` every check interval, trying the URLs in order until one answers,
@@ -143,7 +208,7 @@ async fn poll_patroni(
         for url in &settings.patroni {
             match patroni::fetch_cluster(url, limit).await {
                 Ok(members) => {
-                    report = Some(Ok(patroni::verdict(&members, &settings.nodes)));
+                    report = Some(Ok(members));
                     break;
                 }
                 Err(e) => failures.push(format!("{url}: {e}")),
@@ -156,8 +221,8 @@ async fn poll_patroni(
     }
 }
 
-/// The newest settings from a reload, if they changed since last asked (keeping the node
-/// list and health threshold the watcher started with).
+/// The newest settings from a reload, if they changed since last asked (keeping the Patroni
+/// URLs and health threshold the watcher started with).
 fn refreshed(
     updates: &mut watch::Receiver<WatcherSettings>,
     current: &WatcherSettings,
@@ -165,16 +230,26 @@ fn refreshed(
     if !updates.has_changed().unwrap_or(false) {
         return None;
     }
-    let mut next = updates.borrow_and_update().clone();
-    next.nodes.clone_from(&current.nodes);
+    Some(keep_start_only(
+        updates.borrow_and_update().clone(),
+        current,
+    ))
+}
+
+/// `next` with the settings read only at start taken from `current`.
+fn keep_start_only(mut next: WatcherSettings, current: &WatcherSettings) -> WatcherSettings {
     next.patroni.clone_from(&current.patroni);
     next.health_threshold = current.health_threshold;
-    Some(next)
+    next
 }
 
 /// A probe task's state: its node and, when connected, its client and prepared probe.
 struct Probe {
     node: NodeId,
+    /// The slot's generation when this probe started (see [`Observation::generation`]).
+    generation: u64,
+    host: String,
+    port: u16,
     settings: WatcherSettings,
     /// Settings changed by a reload.
     updates: watch::Receiver<WatcherSettings>,
@@ -230,6 +305,7 @@ impl Probe {
             if tx
                 .send(Observation {
                     node: self.node,
+                    generation: self.generation,
                     result,
                 })
                 .await
@@ -264,10 +340,9 @@ impl Probe {
     }
 
     async fn connect(&self) -> Result<(Client, Statement), String> {
-        let (host, port) = &self.settings.nodes[self.node];
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host(host)
-            .port(*port)
+        cfg.host(&self.host)
+            .port(self.port)
             .user(&self.settings.user)
             .dbname(&self.settings.database)
             .application_name("causeway-monitor")
@@ -304,10 +379,57 @@ struct Track {
     system_id: Option<i64>,
 }
 
+impl Track {
+    fn new(threshold: u32) -> Track {
+        Track {
+            health: Hysteresis::new(false, threshold),
+            within_lag: Hysteresis::new(false, threshold),
+            last_error: None,
+            system_id: None,
+        }
+    }
+}
+
+/// Who brought a node in, which decides what takes it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// `[[nodes]]`: removed only by a reload that drops it.
+    Configured,
+    /// Patroni's member list (not configured): removed once [`MEMBER_GONE_POLLS`] answers in
+    /// a row lack it.
+    Patroni,
+}
+
+/// What the aggregator keeps per node slot besides its [`Track`].
+#[derive(Debug, Clone)]
+struct Slot {
+    source: Source,
+    /// Rises each time the slot is removed or revived (see [`Observation::generation`]).
+    generation: u64,
+    /// Successful `/cluster` answers in a row without this (Patroni-sourced) member.
+    absent: u32,
+}
+
+/// Node slots whose probe must start (new or revived) or stop (removed).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SlotChanges {
+    start: Vec<NodeId>,
+    stop: Vec<NodeId>,
+}
+
+impl SlotChanges {
+    fn is_empty(&self) -> bool {
+        self.start.is_empty() && self.stop.is_empty()
+    }
+}
+
 /// Everything the aggregator decides from.
 struct Aggregator {
     settings: WatcherSettings,
+    /// Per node slot.
     tracks: Vec<Track>,
+    /// Per node slot.
+    slots: Vec<Slot>,
     /// Positions of the current primary.
     history: LsnHistory,
     /// The node `history` belongs to.
@@ -325,59 +447,93 @@ struct Aggregator {
     /// verdict, kept while no Patroni URL answers: the last known topology stands, only the
     /// roles come from the probes.
     kept_no_reads: Option<Vec<bool>>,
-    /// Members already logged as not configured, so each is logged once.
+    /// Addresses in Patroni's latest member list.
+    members: Vec<(String, u16)>,
+    /// Members already logged as getting no slot, so each is logged once.
     unknown_logged: Vec<String>,
 }
 
 /// Everything the aggregator hears: probe observations and Patroni reports.
 type Inbox = (mpsc::Receiver<Observation>, mpsc::Receiver<DcsReport>);
 
+/// One input of the aggregator.
+enum Input {
+    Probe(Observation),
+    Dcs(DcsReport),
+    /// A reload changed the settings.
+    Settings,
+}
+
 async fn aggregate(
     settings: WatcherSettings,
     mut updates: watch::Receiver<WatcherSettings>,
     topology: Arc<TopologyHandle>,
     (mut rx, mut dcs_rx): Inbox,
-    cancel: CancellationToken,
+    mut probes: Probes,
 ) {
-    let tracks = settings
-        .nodes
-        .iter()
-        .map(|_| Track {
-            health: Hysteresis::new(false, settings.health_threshold),
-            within_lag: Hysteresis::new(false, settings.health_threshold),
-            last_error: None,
-            system_id: None,
-        })
-        .collect();
-    let mut agg = Aggregator {
-        settings,
-        tracks,
-        history: LsnHistory::default(),
-        history_of: None,
-        highest_timeline: None,
-        system_id: None,
-        dcs: None,
-        kept_no_reads: None,
-        unknown_logged: Vec::new(),
+    let cancel = probes.cancel.clone();
+    let mut agg = {
+        // The topology was made from the configuration the proxy was built with; a reload
+        // may have changed the list since.
+        let current = topology.load_full();
+        let mut nodes = current.nodes.clone();
+        let mut agg = Aggregator::new(settings, &nodes);
+        agg.set_configured(&mut nodes);
+        for n in nodes.iter().filter(|n| !n.removed) {
+            probes.start(n, agg.slots[n.id].generation, &agg.settings);
+        }
+        if nodes != current.nodes {
+            topology.publish(Topology {
+                epoch: 0,
+                primary: None,
+                nodes,
+                role_source: agg.role_source(),
+            });
+        }
+        agg
     };
     loop {
         let input = tokio::select! {
             _ = cancel.cancelled() => return,
-            o = rx.recv() => match o { Some(o) => Ok(o), None => return },
-            Some(d) = dcs_rx.recv() => Err(d),
+            // The aggregator holds a sender (for probes it starts): never `None`.
+            Some(o) = rx.recv() => Input::Probe(o),
+            Some(d) = dcs_rx.recv() => Input::Dcs(d),
+            Ok(()) = updates.changed() => Input::Settings,
         };
-        if let Some(next) = refreshed(&mut updates, &agg.settings) {
-            agg.settings = next;
-        }
-        let current = topology.load();
+        let current = topology.load_full();
         let mut nodes = current.nodes.clone();
+        let mut changes = SlotChanges::default();
+        // `changed()` above marked the settings seen: take them as they are.
+        let next = match input {
+            Input::Settings => Some(keep_start_only(
+                updates.borrow_and_update().clone(),
+                &agg.settings,
+            )),
+            _ => refreshed(&mut updates, &agg.settings),
+        };
+        if let Some(next) = next {
+            agg.settings = next;
+            changes = agg.set_configured(&mut nodes);
+        }
         let primary = match input {
-            Ok(obs) => agg.apply(&mut nodes, obs, Instant::now()),
-            Err(report) => {
+            Input::Probe(obs) => agg.apply(&mut nodes, obs, Instant::now()),
+            Input::Dcs(report) => {
+                let report = report.map(|members| {
+                    let more = agg.follow_members(&mut nodes, &members);
+                    changes.start.extend(more.start);
+                    changes.stop.extend(more.stop);
+                    let addrs: Vec<(String, u16)> =
+                        nodes.iter().map(|n| (n.host.clone(), n.port)).collect();
+                    patroni::verdict(&members, &addrs)
+                });
                 agg.apply_dcs(report);
                 agg.decide(&mut nodes)
             }
+            Input::Settings => agg.decide(&mut nodes),
         };
+        if !changes.is_empty() {
+            probes.follow(changes, &agg, &nodes);
+        }
         if primary != current.primary {
             match primary {
                 Some(p) => {
@@ -401,11 +557,194 @@ async fn aggregate(
     }
 }
 
+// === impl Aggregator: node slots ===
+
+impl Aggregator {
+    /// The aggregator for the node slots of `nodes` (the topology it starts from), all
+    /// configured.
+    fn new(settings: WatcherSettings, nodes: &[NodeState]) -> Aggregator {
+        let threshold = settings.health_threshold;
+        Aggregator {
+            settings,
+            tracks: nodes.iter().map(|_| Track::new(threshold)).collect(),
+            slots: nodes
+                .iter()
+                .map(|_| Slot {
+                    source: Source::Configured,
+                    generation: 0,
+                    absent: 0,
+                })
+                .collect(),
+            history: LsnHistory::default(),
+            history_of: None,
+            highest_timeline: None,
+            system_id: None,
+            dcs: None,
+            kept_no_reads: None,
+            members: Vec::new(),
+            unknown_logged: Vec::new(),
+        }
+    }
+
+    /// Makes the live nodes match the configured list (a reload): new addresses are added,
+    /// weights follow, configured nodes no longer listed are removed (or, while Patroni lists
+    /// them as members, kept as Patroni's).
+    fn set_configured(&mut self, nodes: &mut Vec<NodeState>) -> SlotChanges {
+        let mut changes = SlotChanges::default();
+        let specs = self.settings.nodes.clone();
+        for spec in &specs {
+            if let Some(id) = self.add_node(nodes, spec, Source::Configured) {
+                changes.start.push(id);
+            }
+        }
+        for id in 0..nodes.len() {
+            let n = &nodes[id];
+            if n.removed
+                || self.slots[id].source != Source::Configured
+                || specs.iter().any(|s| s.is_at(&n.host, n.port))
+            {
+                continue;
+            }
+            let member = self.dcs.is_some()
+                && self
+                    .members
+                    .iter()
+                    .any(|(h, p)| *h == n.host && *p == n.port);
+            if member {
+                tracing::info!(node = %n.addr, "node {} left [[nodes]] but is a Patroni member: kept while it is one", n.addr);
+                self.slots[id].source = Source::Patroni;
+                self.slots[id].absent = 0;
+            } else {
+                tracing::info!(node = %n.addr, "node {} removed from [[nodes]]: no new traffic; its connections close as their clients finish", n.addr);
+                self.remove_node(nodes, id);
+                changes.stop.push(id);
+            }
+        }
+        changes
+    }
+
+    /// Follows Patroni's member list: a member that is no node yet is added; a node Patroni
+    /// brought in is removed once [`MEMBER_GONE_POLLS`] answers in a row lack it. Configured
+    /// nodes stay (they are the seed list); Patroni's verdict keeps traffic off those that are
+    /// not members.
+    fn follow_members(&mut self, nodes: &mut Vec<NodeState>, members: &[Member]) -> SlotChanges {
+        let mut changes = SlotChanges::default();
+        self.members = members.iter().map(|m| (m.host.clone(), m.port)).collect();
+        for m in members {
+            let spec = NodeSpec {
+                host: m.host.clone(),
+                port: m.port,
+                weight: 1,
+            };
+            if let Some(id) = self.add_node(nodes, &spec, Source::Patroni) {
+                tracing::info!(node = %nodes[id].addr, member = %m.name, "Patroni member {} ({}) added as a node: reads once it is healthy", m.name, nodes[id].addr);
+                changes.start.push(id);
+            }
+        }
+        for id in 0..nodes.len() {
+            if nodes[id].removed || self.slots[id].source != Source::Patroni {
+                continue;
+            }
+            let present = members
+                .iter()
+                .any(|m| m.port == nodes[id].port && m.host == nodes[id].host);
+            let slot = &mut self.slots[id];
+            slot.absent = if present { 0 } else { slot.absent + 1 };
+            if slot.absent >= MEMBER_GONE_POLLS {
+                tracing::info!(node = %nodes[id].addr, "node {} is no longer a Patroni member: no new traffic; its connections close as their clients finish", nodes[id].addr);
+                self.remove_node(nodes, id);
+                changes.stop.push(id);
+            }
+        }
+        changes
+    }
+
+    /// Adds the node `spec` names, from `source`: a live node of that address keeps its slot
+    /// (a configured one takes the configured weight; a node Patroni brought in becomes
+    /// configured), a removed one is revived in its slot, a new address gets the next slot.
+    /// Returns the slot when its probe must start.
+    fn add_node(
+        &mut self,
+        nodes: &mut Vec<NodeState>,
+        spec: &NodeSpec,
+        source: Source,
+    ) -> Option<NodeId> {
+        if let Some(n) = nodes.iter_mut().find(|n| spec.is_at(&n.host, n.port)) {
+            let id = n.id;
+            if !n.removed {
+                if source == Source::Configured {
+                    n.weight = spec.weight;
+                    self.slots[id].source = Source::Configured;
+                }
+                return None;
+            }
+            tracing::info!(node = %n.addr, "node {} added again: reads once it is healthy", n.addr);
+            *n = NodeState {
+                role_epoch: n.role_epoch,
+                ..NodeState::new(id, spec)
+            };
+            self.tracks[id] = Track::new(self.settings.health_threshold);
+            let slot = &mut self.slots[id];
+            slot.source = source;
+            slot.generation += 1;
+            slot.absent = 0;
+            return Some(id);
+        }
+        let id = nodes.len();
+        if id >= MAX_NODES {
+            let addr = spec.address();
+            if !self.unknown_logged.contains(&addr) {
+                tracing::warn!(node = %addr, "node {addr} not added: already {MAX_NODES} node slots; restart causeway to start over");
+                self.unknown_logged.push(addr);
+            }
+            return None;
+        }
+        if source == Source::Configured {
+            tracing::info!(node = %spec.address(), "node {} added to [[nodes]]: reads once it is healthy", spec.address());
+        }
+        nodes.push(NodeState::new(id, spec));
+        self.tracks.push(Track::new(self.settings.health_threshold));
+        self.slots.push(Slot {
+            source,
+            generation: 0,
+            absent: 0,
+        });
+        Some(id)
+    }
+
+    /// Marks node `id` removed: unhealthy, unknown role, no reads, never the primary; a later
+    /// report of its probe is ignored.
+    fn remove_node(&mut self, nodes: &mut [NodeState], id: NodeId) {
+        let n = &mut nodes[id];
+        n.removed = true;
+        n.healthy = false;
+        n.role = Role::Unknown;
+        n.within_lag = false;
+        n.lag_bytes = None;
+        n.lag = None;
+        // `role_epoch` stays: a session in a transaction there must finish it (a higher epoch
+        // would make it drop the connection); the retired pools reuse nothing.
+        self.slots[id].generation += 1;
+        if self.history_of == Some(id) {
+            self.history.clear();
+            self.history_of = None;
+        }
+    }
+}
+
 impl Aggregator {
     /// Applies one observation to the node list (logging role and health changes once each)
     /// and returns the primary it implies.
     fn apply(&mut self, nodes: &mut [NodeState], obs: Observation, now: Instant) -> Option<NodeId> {
         let id = obs.node;
+        let current = self
+            .slots
+            .get(id)
+            .is_some_and(|s| s.generation == obs.generation);
+        if !current || nodes.get(id).is_none_or(|n| n.removed) {
+            // A probe stopped when its node was removed, reporting late.
+            return self.decide(nodes);
+        }
         let observed_ok = obs.result.is_ok();
         {
             let node = &mut nodes[id];
@@ -532,7 +871,7 @@ impl Aggregator {
 
     /// Takes Patroni's latest report: a verdict replaces the last one; with no Patroni URL
     /// answering, the probes decide alone until one answers again (logged on each change).
-    fn apply_dcs(&mut self, report: DcsReport) {
+    fn apply_dcs(&mut self, report: Result<DcsVerdict, String>) {
         match report {
             Ok(v) => {
                 if self.dcs.is_none() {
@@ -540,7 +879,7 @@ impl Aggregator {
                 }
                 for m in &v.unknown {
                     if !self.unknown_logged.contains(m) {
-                        tracing::warn!(member = %m, "Patroni member {m} is not in [[nodes]]: it gets no traffic until it is added there");
+                        tracing::warn!(member = %m, "Patroni member {m} has no node slot ({MAX_NODES} in use): it gets no traffic");
                         self.unknown_logged.push(m.clone());
                     }
                 }
@@ -581,7 +920,7 @@ impl Aggregator {
             None => Topology::derive_primary(nodes),
             Some(d) => d.leader.filter(|&l| {
                 let n = &nodes[l];
-                n.healthy && n.role == Role::Primary && !n.fenced
+                n.healthy && n.role == Role::Primary && !n.fenced && !n.removed
             }),
         }
     }
@@ -712,7 +1051,11 @@ mod tests {
     fn settings(n: usize) -> WatcherSettings {
         WatcherSettings {
             nodes: (0..n)
-                .map(|i| ("127.0.0.1".to_owned(), 5432 + i as u16))
+                .map(|i| NodeSpec {
+                    host: "127.0.0.1".to_owned(),
+                    port: 5432 + i as u16,
+                    weight: 1,
+                })
                 .collect(),
             user: "m".into(),
             password: None,
@@ -730,34 +1073,14 @@ mod tests {
 
     fn agg(n: usize) -> (Aggregator, Vec<NodeState>) {
         let s = settings(n);
-        let addrs: Vec<String> = s.nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
-        let tracks = (0..n)
-            .map(|_| Track {
-                health: Hysteresis::new(false, 2),
-                within_lag: Hysteresis::new(false, 2),
-                last_error: None,
-                system_id: None,
-            })
-            .collect();
-        (
-            Aggregator {
-                settings: s,
-                tracks,
-                history: LsnHistory::default(),
-                history_of: None,
-                highest_timeline: None,
-                system_id: None,
-                dcs: None,
-                kept_no_reads: None,
-                unknown_logged: Vec::new(),
-            },
-            Topology::initial(&addrs).nodes,
-        )
+        let nodes = Topology::of(&s.nodes).nodes;
+        (Aggregator::new(s, &nodes), nodes)
     }
 
     fn ok(node: NodeId, in_recovery: bool, lsn: u64) -> Observation {
         Observation {
             node,
+            generation: 0,
             result: Ok(Probed {
                 in_recovery,
                 lsn: Some(Lsn::from(lsn)),
@@ -804,6 +1127,7 @@ mod tests {
                 &mut nodes,
                 Observation {
                     node: 1,
+                    generation: 0,
                     result: Err("refused".into()),
                 },
                 t,
@@ -825,6 +1149,7 @@ mod tests {
                 &mut nodes,
                 Observation {
                     node: 0,
+                    generation: 0,
                     result: Err("down".into()),
                 },
                 t,
@@ -840,6 +1165,7 @@ mod tests {
     fn ok_sys(node: NodeId, in_recovery: bool, lsn: u64, timeline: u32, sys: i64) -> Observation {
         Observation {
             node,
+            generation: 0,
             result: Ok(Probed {
                 in_recovery,
                 lsn: Some(Lsn::from(lsn)),
@@ -852,6 +1178,7 @@ mod tests {
     fn down(node: NodeId) -> Observation {
         Observation {
             node,
+            generation: 0,
             result: Err("down".into()),
         }
     }
@@ -923,6 +1250,7 @@ mod tests {
                 &mut nodes,
                 Observation {
                     node: 1,
+                    generation: 0,
                     result: Err("down".into()),
                 },
                 t,
@@ -951,6 +1279,7 @@ mod tests {
             &mut nodes,
             Observation {
                 node: 2,
+                generation: 0,
                 result: Ok(Probed {
                     in_recovery: true,
                     lsn: Some(Lsn::from(300)),
@@ -966,7 +1295,7 @@ mod tests {
         assert!(!nodes[2].fenced);
     }
 
-    fn dcs(leader: Option<NodeId>, no_reads: Vec<bool>) -> DcsReport {
+    fn dcs(leader: Option<NodeId>, no_reads: Vec<bool>) -> Result<DcsVerdict, String> {
         Ok(DcsVerdict {
             leader,
             no_reads,
@@ -1013,5 +1342,124 @@ mod tests {
         assert_eq!(a.decide(&mut nodes), Some(1));
         assert!(!nodes[2].no_reads);
         assert_eq!(a.role_source(), RoleSource::Patroni);
+    }
+
+    fn spec(port: u16) -> NodeSpec {
+        NodeSpec {
+            host: "127.0.0.1".to_owned(),
+            port,
+            weight: 1,
+        }
+    }
+
+    fn member(port: u16, role: patroni::MemberRole) -> Member {
+        Member {
+            name: format!("pg{port}"),
+            role,
+            state: "streaming".into(),
+            host: "127.0.0.1".into(),
+            port,
+            timeline: Some(1),
+            lag: Some(0),
+            nofailover: false,
+            noloadbalance: false,
+        }
+    }
+
+    #[test]
+    fn a_reload_adds_and_removes_nodes_in_their_own_slots() {
+        let (mut a, mut nodes) = agg(2);
+        let t = Instant::now();
+        a.apply(&mut nodes, ok(0, false, 100), t);
+        a.apply(&mut nodes, ok(1, true, 100), t);
+        // Node 5434 added: a new slot, probed, reads only after a healthy check.
+        a.settings.nodes.push(spec(5434));
+        let changes = a.set_configured(&mut nodes);
+        assert_eq!(changes.start, vec![2]);
+        assert!(changes.stop.is_empty());
+        assert_eq!(nodes[2].addr, "127.0.0.1:5434");
+        assert!(!nodes[2].is_eligible_standby(), "not checked yet");
+        a.apply(&mut nodes, ok(2, true, 100), t);
+        assert!(
+            nodes[2].is_eligible_standby(),
+            "reads after its first healthy check"
+        );
+        // Node 5433 (slot 1) removed: no reads, its probe stops, late reports are ignored.
+        a.settings.nodes.remove(1);
+        let changes = a.set_configured(&mut nodes);
+        assert_eq!(changes.stop, vec![1]);
+        assert!(nodes[1].removed && !nodes[1].is_eligible_standby());
+        let late = ok(1, true, 100);
+        assert_eq!(a.apply(&mut nodes, late, t), Some(0));
+        assert!(
+            !nodes[1].healthy,
+            "a stopped probe's report changes nothing"
+        );
+        assert_eq!(nodes[2].id, 2, "other slots keep their ids");
+        // Added again: the same slot, a new generation, checked from scratch.
+        a.settings.nodes.insert(1, spec(5433));
+        let changes = a.set_configured(&mut nodes);
+        assert_eq!(changes.start, vec![1]);
+        assert!(!nodes[1].removed && !nodes[1].healthy);
+        let mut obs = ok(1, true, 100);
+        obs.generation = a.slots[1].generation;
+        a.apply(&mut nodes, obs.clone(), t);
+        a.apply(&mut nodes, obs, t);
+        assert!(nodes[1].is_eligible_standby());
+        assert_eq!(nodes.len(), 3);
+    }
+
+    #[test]
+    fn removing_the_primary_leaves_no_primary() {
+        let (mut a, mut nodes) = agg(2);
+        let t = Instant::now();
+        a.apply(&mut nodes, ok(0, false, 100), t);
+        assert_eq!(a.apply(&mut nodes, ok(0, false, 100), t), Some(0));
+        a.settings.nodes.remove(0);
+        a.set_configured(&mut nodes);
+        assert_eq!(a.decide(&mut nodes), None);
+    }
+
+    #[test]
+    fn patroni_members_come_and_go_without_a_reload() {
+        use patroni::MemberRole::{Leader, Replica};
+        let (mut a, mut nodes) = agg(2);
+        let t = Instant::now();
+        let members = vec![
+            member(5432, Leader),
+            member(5433, Replica),
+            member(5440, Replica),
+        ];
+        let changes = a.follow_members(&mut nodes, &members);
+        assert_eq!(changes.start, vec![2], "the new member gets a slot");
+        assert_eq!(nodes[2].addr, "127.0.0.1:5440");
+        let addrs: Vec<(String, u16)> = nodes.iter().map(|n| (n.host.clone(), n.port)).collect();
+        a.apply_dcs(Ok(patroni::verdict(&members, &addrs)));
+        a.apply(&mut nodes, ok(0, false, 100), t);
+        for _ in 0..2 {
+            a.apply(&mut nodes, ok(2, true, 100), t);
+        }
+        assert!(nodes[2].is_eligible_standby(), "reads once healthy");
+        // It leaves the member list: one answer without it (or an unreachable Patroni) is not
+        // enough; MEMBER_GONE_POLLS in a row are.
+        let without = vec![member(5432, Leader), member(5433, Replica)];
+        for _ in 1..MEMBER_GONE_POLLS {
+            assert!(a.follow_members(&mut nodes, &without).is_empty());
+        }
+        a.apply_dcs(Err("unreachable".into()));
+        assert!(!nodes[2].removed);
+        let changes = a.follow_members(&mut nodes, &without);
+        assert_eq!(changes.stop, vec![2]);
+        assert!(nodes[2].removed && !nodes[2].is_eligible_standby());
+        // A configured node is a seed: its absence from the member list never removes it.
+        let only_leader = vec![member(5432, Leader)];
+        for _ in 0..MEMBER_GONE_POLLS * 2 {
+            assert!(a.follow_members(&mut nodes, &only_leader).is_empty());
+        }
+        assert!(!nodes[1].removed);
+        // Back in the list: its old slot.
+        let changes = a.follow_members(&mut nodes, &members);
+        assert_eq!(changes.start, vec![2]);
+        assert_eq!(nodes.len(), 3);
     }
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use super::table::{cell, Kind, Table};
 use crate::session::context::SessionCtx;
 
-/// `SHOW NODES`: one row per configured node.
+/// `SHOW NODES`: one row per node of the cluster now (configured, or added by Patroni's member
+/// list; removed nodes are not listed). `node` is the node's slot, which stays the same while
+/// the proxy runs.
 pub fn show_nodes(ctx: &SessionCtx) -> Table {
     let topology = ctx.topology().load_full();
     let load = &**ctx.feedback();
@@ -28,7 +30,7 @@ pub fn show_nodes(ctx: &SessionCtx) -> Table {
         ("role_epoch", Kind::Int),
     ]);
     let yes_no = |b: bool| cell(if b { "yes" } else { "no" });
-    for n in &topology.nodes {
+    for n in topology.current() {
         let served = load.served(n.id);
         let role = if topology.primary == Some(n.id) {
             "primary"
@@ -62,7 +64,8 @@ pub fn show_nodes(ctx: &SessionCtx) -> Table {
 pub fn show_databases(ctx: &SessionCtx) -> Table {
     let settings = ctx.settings_full();
     let cfg = &settings.config;
-    let primary = ctx.topology().load().primary.and_then(|p| cfg.nodes.get(p));
+    let topology = ctx.topology().load_full();
+    let primary = topology.primary.and_then(|p| topology.nodes.get(p));
     let pools = ctx.pools().all();
     let mut names: BTreeSet<String> = cfg.databases.iter().map(|d| d.name.clone()).collect();
     names.extend(pools.iter().map(|p| p.key().database.clone()));

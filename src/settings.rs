@@ -273,6 +273,9 @@ fn user_entry(user: &UserConfig) -> Result<UserEntry, SettingsError> {
         AuthMethod::ScramSha256 => auth::Method::ScramSha256,
         AuthMethod::Md5 => auth::Method::Md5,
         AuthMethod::Trust => auth::Method::Trust,
+        // No password exchange either: the session's startup lets such a user in only with a
+        // verified client certificate whose CN is the user's name (`session::startup`).
+        AuthMethod::Cert => auth::Method::Trust,
     };
     let secret = match (&user.password, method) {
         (_, auth::Method::Trust) | (None, _) => None,

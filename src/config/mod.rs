@@ -196,6 +196,9 @@ keyword_enum! {
         Md5 = "md5",
         /// No password at all; only when written explicitly.
         Trust = "trust",
+        /// No password: the client's TLS certificate (verified against `client_tls.ca`) is
+        /// the credential, and its CN must be the user's name (PostgreSQL's `cert`).
+        Cert = "cert",
     }
 }
 
@@ -208,6 +211,17 @@ keyword_enum! {
         Allow = "allow",
         /// TLS only: a plaintext StartupMessage gets FATAL 28000.
         Require = "require",
+    }
+}
+
+keyword_enum! {
+    /// What a client certificate must prove when `client_tls.ca` is set (PostgreSQL's
+    /// `clientcert` option).
+    pub enum ClientCertMode {
+        /// The certificate must chain to `client_tls.ca` (the default).
+        VerifyCa = "verify-ca",
+        /// It must chain, and its CN must be the user name in the StartupMessage.
+        VerifyFull = "verify-full",
     }
 }
 
@@ -531,6 +545,9 @@ pub struct ClientTlsConfig {
     /// PEM CA certificates that client certificates must chain to; when set, every TLS client
     /// must present one.
     pub ca: Option<PathBuf>,
+    /// `client_cert`: `verify-ca` (default) or `verify-full` (the certificate's CN must be
+    /// the user name). Meaningful only with `ca`.
+    pub client_cert: ClientCertMode,
 }
 
 /// `[server_tls]`: the proxy's TLS towards PostgreSQL servers. The CA file is read when

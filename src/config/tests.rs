@@ -1217,6 +1217,50 @@ fn require_tls_is_per_user_and_needs_client_tls_on() {
 }
 
 #[test]
+fn client_cert_needs_a_ca_and_cert_users_need_tls_and_a_server_password() {
+    let tls = "[client_tls]\nmode = \"allow\"\ncert = \"s.crt\"\nkey = \"s.key\"\n";
+    let c = ok(&with_minimal(&format!("{tls}ca = \"c.crt\"\n")));
+    assert_eq!(
+        c.client_tls.client_cert,
+        ClientCertMode::VerifyCa,
+        "the default"
+    );
+    let c = ok(&with_minimal(&format!(
+        "{tls}ca = \"c.crt\"\nclient_cert = \"verify-full\"\n"
+    )));
+    assert_eq!(c.client_tls.client_cert, ClientCertMode::VerifyFull);
+    let p = problems(&with_minimal(&format!(
+        "{tls}client_cert = \"verify-full\"\n"
+    )));
+    assert!(problem_for(&p, "client_tls.client_cert")
+        .message
+        .contains("client_tls.ca"));
+
+    let cert_user = "[[users]]\nname = \"report\"\nauth = \"cert\"\nserver_password = \"s\"\n";
+    let c = ok(&with_minimal(&format!("{tls}ca = \"c.crt\"\n{cert_user}")));
+    let u = c.user("report").unwrap();
+    assert_eq!(u.auth, AuthMethod::Cert);
+    assert_eq!(u.password, None);
+    // No CA: no certificate is ever asked for.
+    let p = problems(&with_minimal(&format!("{tls}{cert_user}")));
+    assert!(problem_for(&p, "users[0].auth")
+        .message
+        .contains("client_tls.ca"));
+    // No server_password: nothing to log in to PostgreSQL with.
+    let p = problems(&with_minimal(&format!(
+        "{tls}ca = \"c.crt\"\n[[users]]\nname = \"report\"\nauth = \"cert\"\n"
+    )));
+    assert!(problem_for(&p, "users[0].server_password")
+        .message
+        .contains("auth = \"cert\""));
+    // A password would be unused.
+    let p = problems(&with_minimal(&format!(
+        "{tls}ca = \"c.crt\"\n{cert_user}password = \"p\"\n"
+    )));
+    problem_for(&p, "users[0].password");
+}
+
+#[test]
 fn server_tls_defaults_to_prefer_and_verify_modes_need_a_ca() {
     let c = ok(MINIMAL);
     assert_eq!(c.server_tls.mode, ServerTlsMode::Prefer);

@@ -15,10 +15,10 @@ use super::values::{
     PasswordKind,
 };
 use super::{
-    AuthMethod, AuthQueryConfig, Balance, ClientTlsConfig, ClientTlsMode, Config, Consistency,
-    DatabaseConfig, Fallback, Keyword, LogFormat, MonitorConfig, NodeConfig, PoolConfig, PoolMode,
-    PrimaryReads, Problem, ProxyConfig, ReadOnlyTransactions, RoutingConfig, Secret,
-    ServerTlsConfig, ServerTlsMode, TopologyConfig, TopologySource, UserConfig,
+    AuthMethod, AuthQueryConfig, Balance, ClientCertMode, ClientTlsConfig, ClientTlsMode, Config,
+    Consistency, DatabaseConfig, Fallback, Keyword, LogFormat, MonitorConfig, NodeConfig,
+    PoolConfig, PoolMode, PrimaryReads, Problem, ProxyConfig, ReadOnlyTransactions, RoutingConfig,
+    Secret, ServerTlsConfig, ServerTlsMode, TopologyConfig, TopologySource, UserConfig,
 };
 
 /// Every table and the keys it accepts: the one schema both the walk and the "did you mean"
@@ -88,7 +88,7 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
             "query_timeout",
         ],
     ),
-    ("client_tls", &["mode", "cert", "key", "ca"]),
+    ("client_tls", &["mode", "cert", "key", "ca", "client_cert"]),
     ("server_tls", &["mode", "ca", "allow_cleartext_without_tls"]),
     ("topology", &["source", "patroni"]),
     ("nodes", &["address", "weight", "role", "name"]),
@@ -576,6 +576,7 @@ impl<'l> Walker<'l> {
                 }
                 self.check_user(&section, &mut user);
                 self.check_require_tls(&section, &user, client_tls.mode);
+                self.check_cert_user(&section, &user, &client_tls);
                 users.push(user);
             }
             self.finish(section);
@@ -803,6 +804,21 @@ impl<'l> Walker<'l> {
             cert: path(self, s, "cert"),
             key: path(self, s, "key"),
             ca: path(self, s, "ca"),
+            client_cert: ClientCertMode::VerifyCa,
+        };
+        let client_cert = self.choice(s, "client_cert");
+        if client_cert.is_some() && tls.ca.is_none() && !self.has_problem("client_tls.ca") {
+            let at = self.at_of("client_tls.client_cert");
+            self.problem(
+                &at,
+                "client_tls.client_cert",
+                "needs client_tls.ca: client certificates are asked for and verified only \
+                 against a CA",
+            );
+        }
+        let tls = ClientTlsConfig {
+            client_cert: client_cert.unwrap_or(ClientCertMode::VerifyCa),
+            ..tls
         };
         if mode != ClientTlsMode::Disable {
             for (key, value) in [("cert", &tls.cert), ("key", &tls.key)] {

@@ -108,7 +108,7 @@ impl Settings {
             reads: lower(&config.routing.read_functions),
         };
         let client_tls = client_tls(&config)?;
-        let server_tls = Arc::new(ServerTls::load(&config.server_tls)?);
+        let server_tls = Arc::new(ServerTls::load(&config.server_tls, &config.nodes)?);
         let nodes = config
             .nodes
             .iter()

@@ -480,6 +480,28 @@ pub struct NodeConfig {
     pub role: Option<RoleHint>,
     /// A label for logs and metrics (`name`).
     pub name: Option<String>,
+    /// `tls_mode`, `tls_ca`, `tls_server_name`: this node's overrides of `[server_tls]`.
+    pub tls: NodeTlsConfig,
+}
+
+/// One node's overrides of `[server_tls]`, for nodes that differ (another CA, TLS off on a
+/// local node, an address whose certificate names a host). Unset keys take `[server_tls]`'s.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeTlsConfig {
+    /// `tls_mode`: overrides `server_tls.mode`.
+    pub mode: Option<ServerTlsMode>,
+    /// `tls_ca`: overrides `server_tls.ca`.
+    pub ca: Option<PathBuf>,
+    /// `tls_server_name`: the name `verify-full` checks the certificate against (and sends
+    /// as SNI) instead of the host in `address`.
+    pub server_name: Option<String>,
+}
+
+impl NodeTlsConfig {
+    /// Whether any key is set (the node then gets TLS settings of its own).
+    pub fn is_set(&self) -> bool {
+        self.mode.is_some() || self.ca.is_some() || self.server_name.is_some()
+    }
 }
 
 impl NodeConfig {

@@ -248,6 +248,7 @@ fn defaults() {
             weight: 1,
             role: None,
             name: None,
+            tls: NodeTlsConfig::default(),
         }]
     );
     assert!(c.users.is_empty());
@@ -1258,6 +1259,33 @@ fn client_cert_needs_a_ca_and_cert_users_need_tls_and_a_server_password() {
         "{tls}ca = \"c.crt\"\n{cert_user}password = \"p\"\n"
     )));
     problem_for(&p, "users[0].password");
+}
+
+#[test]
+fn nodes_may_override_server_tls_and_a_verifying_node_needs_a_ca() {
+    let nodes = "[[nodes]]\naddress = \"10.0.0.1:5432\"\ntls_mode = \"verify-full\"\n\
+                 tls_ca = \"n.crt\"\ntls_server_name = \"pg1.internal\"\n\
+                 [[nodes]]\naddress = \"10.0.0.2:5432\"\n";
+    let c = ok(&format!("[monitor]\nuser = \"mon\"\n{nodes}"));
+    assert_eq!(
+        c.nodes[0].tls,
+        NodeTlsConfig {
+            mode: Some(ServerTlsMode::VerifyFull),
+            ca: Some(PathBuf::from("n.crt")),
+            server_name: Some("pg1.internal".to_owned()),
+        }
+    );
+    assert!(!c.nodes[1].tls.is_set(), "unset keys take [server_tls]'s");
+    // A verifying node with no CA of its own takes server_tls.ca; with neither, refused.
+    let verify =
+        "[monitor]\nuser = \"mon\"\n[[nodes]]\naddress = \"db:5432\"\ntls_mode = \"verify-ca\"\n";
+    ok(&format!("{verify}[server_tls]\nca = \"s.crt\"\n"));
+    let p = problems(verify);
+    assert!(problem_for(&p, "nodes[0].tls_ca")
+        .message
+        .contains("server_tls.ca"));
+    let p = problems(&verify.replace("verify-ca", "sometimes"));
+    problem_for(&p, "nodes[0].tls_mode");
 }
 
 #[test]

@@ -17,8 +17,9 @@ use super::values::{
 use super::{
     AuthMethod, AuthQueryConfig, Balance, ClientCertMode, ClientTlsConfig, ClientTlsMode, Config,
     Consistency, DatabaseConfig, Fallback, Keyword, LogFormat, MonitorConfig, NodeConfig,
-    PoolConfig, PoolMode, PrimaryReads, Problem, ProxyConfig, ReadOnlyTransactions, RoutingConfig,
-    Secret, ServerTlsConfig, ServerTlsMode, TopologyConfig, TopologySource, UserConfig,
+    NodeTlsConfig, PoolConfig, PoolMode, PrimaryReads, Problem, ProxyConfig, ReadOnlyTransactions,
+    RoutingConfig, Secret, ServerTlsConfig, ServerTlsMode, TopologyConfig, TopologySource,
+    UserConfig,
 };
 
 /// Every table and the keys it accepts: the one schema both the walk and the "did you mean"
@@ -91,7 +92,18 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
     ("client_tls", &["mode", "cert", "key", "ca", "client_cert"]),
     ("server_tls", &["mode", "ca", "allow_cleartext_without_tls"]),
     ("topology", &["source", "patroni"]),
-    ("nodes", &["address", "weight", "role", "name"]),
+    (
+        "nodes",
+        &[
+            "address",
+            "weight",
+            "role",
+            "name",
+            "tls_mode",
+            "tls_ca",
+            "tls_server_name",
+        ],
+    ),
     (
         "users",
         &[
@@ -561,6 +573,7 @@ impl<'l> Walker<'l> {
         for mut section in self.tables(&mut root, "nodes") {
             if let Some(node) = self.node(&mut section) {
                 self.check_duplicate_node(&section.path, &node, &nodes);
+                self.check_node_tls(&section, &node, &server_tls);
                 nodes.push(node);
             }
             self.finish(section);
@@ -884,6 +897,11 @@ impl<'l> Walker<'l> {
         let weight = self.int(s, "weight", 0, i64::from(u32::MAX)).unwrap_or(1);
         let role = self.choice(s, "role");
         let name = self.name(s, "name");
+        let tls = NodeTlsConfig {
+            mode: self.choice(s, "tls_mode"),
+            ca: self.name(s, "tls_ca").map(PathBuf::from),
+            server_name: self.name(s, "tls_server_name"),
+        };
         let (host, port) = address?;
         Some(NodeConfig {
             host,
@@ -891,6 +909,7 @@ impl<'l> Walker<'l> {
             weight,
             role,
             name,
+            tls,
         })
     }
 

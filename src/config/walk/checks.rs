@@ -4,8 +4,8 @@
 
 use super::super::values::{password_kind, PasswordKind};
 use super::super::{
-    AuthMethod, ClientTlsConfig, ClientTlsMode, Config, NodeConfig, Notice, UserConfig,
-    NOT_YET_IMPLEMENTED,
+    AuthMethod, ClientTlsConfig, ClientTlsMode, Config, NodeConfig, Notice, ServerTlsConfig,
+    ServerTlsMode, UserConfig, NOT_YET_IMPLEMENTED,
 };
 use super::{join, Section, Walker};
 use crate::config::raw::At;
@@ -89,6 +89,33 @@ impl Walker<'_> {
                 let at = self.at_of(&path);
                 self.problem(&at, &path, format!("node name '{name}' is used twice"));
             }
+        }
+    }
+
+    /// A node whose TLS settings (its overrides over `[server_tls]`, in `section`) verify
+    /// certificates needs a CA from one or the other.
+    pub(super) fn check_node_tls(
+        &mut self,
+        section: &Section,
+        node: &NodeConfig,
+        server_tls: &ServerTlsConfig,
+    ) {
+        let Some(mode) = node.tls.mode else {
+            return;
+        };
+        let verify = matches!(mode, ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull);
+        if verify && node.tls.ca.is_none() && server_tls.ca.is_none() {
+            let path = join(&section.path, "tls_ca");
+            let at = section.at.clone();
+            self.problem(
+                &at,
+                &path,
+                format!(
+                    "missing: tls_mode = \"{}\" needs the PEM CA certificates to verify this \
+                     node against (tls_ca, or server_tls.ca)",
+                    mode.as_str()
+                ),
+            );
         }
     }
 

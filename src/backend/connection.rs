@@ -195,7 +195,12 @@ async fn negotiate_tls(
         }
         b'N' if tls.mode == ServerTlsMode::Prefer => Ok(ServerStream::Tcp(socket)),
         b'N' => Err(refuse(format!(
-            "the server does not accept TLS and server_tls.mode is \"{}\"",
+            "the server does not accept TLS and {} is \"{}\"",
+            if std::ptr::eq(tls, &*target.tls) {
+                "server_tls.mode"
+            } else {
+                "the node's tls_mode (or server_tls.mode)"
+            },
             tls.mode.as_str()
         ))),
         other => Err(refuse(format!(

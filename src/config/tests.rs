@@ -1303,6 +1303,11 @@ fn server_tls_defaults_to_prefer_and_verify_modes_need_a_ca() {
     assert!(problem_for(&p, "server_tls.ca")
         .message
         .contains("verify-ca"));
+    // A misspelt key is not silently ignored.
+    let p = problems(&with_minimal("[server_tls]\nmod = \"require\"\n"));
+    assert!(problem_for(&p, "server_tls.mod")
+        .message
+        .contains("did you mean 'mode'"));
     let p = problems(&with_minimal("[server_tls]\nmode = \"allow\"\n"));
     assert!(problem_for(&p, "server_tls.mode")
         .message

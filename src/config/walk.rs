@@ -565,6 +565,8 @@ impl<'l> Walker<'l> {
 
         let mut section = self.table(&mut root, "server_tls");
         let server_tls = self.server_tls(&mut section);
+        self.finish(section);
+
         let mut section = self.table(&mut root, "topology");
         let topology = self.topology(&mut section);
         self.finish(section);

@@ -8,6 +8,10 @@
 //! `verify-full` checks both, the name being the node's host as written in `[[nodes]]` (sent
 //! as SNI when it is a name, matched against an IP SAN when it is an address).
 //!
+//! A `[[nodes]]` entry may override the mode and the CA, and name the host its certificate
+//! carries (`tls_mode`, `tls_ca`, `tls_server_name`); [`ServerTls::for_node`] is where a
+//! node's settings are resolved, for every kind of connection.
+//!
 //! One crypto provider (ring), named explicitly, as on the client side ([`super::tls`]).
 
 use std::fmt;

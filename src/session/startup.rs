@@ -1,6 +1,7 @@
 //! Session start: TLS (an SSLRequest, or PostgreSQL 17's direct TLS), the other untagged
-//! packets (GSSENCRequest refused; cancel), the StartupMessage, protocol version negotiation, and client authentication against
-//! the proxy's own user list.
+//! packets (GSSENCRequest refused; cancel), the StartupMessage, protocol version negotiation, the
+//! client certificate checks (`client_cert = "verify-full"`, `auth = "cert"`), and client
+//! authentication against the proxy's own user list.
 //!
 //! Everything here happens before any server is involved; the whole phase runs under
 //! `startup_timeout` and reads at most [`MAX_STARTUP_PACKET_LEN`] /

@@ -160,7 +160,16 @@ pub fn apply(ctx: &SessionCtx, config: Config) -> Result<Reloaded, ReloadError> 
     }
     // A pool connects with the target it was made with: changed TLS settings (or CA file
     // contents) need new pools.
-    let same_tls = old.config.server_tls == new.config.server_tls && !server_ca_changed;
+    // Nodes' overrides of `[server_tls]` (`tls_*` in `[[nodes]]`) count too.
+    let node_tls = |s: &Settings| {
+        let nodes = s.config.nodes.iter().filter(|n| n.tls.is_set());
+        nodes
+            .map(|n| (n.address(), n.tls.clone()))
+            .collect::<Vec<_>>()
+    };
+    let same_tls = old.config.server_tls == new.config.server_tls
+        && node_tls(&old) == node_tls(&new)
+        && !server_ca_changed;
     let retired = ctx.pools().reconfigure(new.pool_settings(), |pool| {
         let key = pool.key();
         same_tls && new.keeps_server_auth(&key.user, pool.server_auth())

@@ -108,7 +108,7 @@ impl Settings {
             reads: lower(&config.routing.read_functions),
         };
         let client_tls = client_tls(&config)?;
-        let server_tls = Arc::new(ServerTls::load(&config.server_tls)?);
+        let server_tls = Arc::new(ServerTls::load(&config.server_tls, &config.nodes)?);
         let auth_query = config.auth_query.as_ref().map(|auth_query| {
             let timeout = config.pool.server_connect_timeout;
             Arc::new(AuthQuery::new(auth_query, server_tls.clone(), timeout))
@@ -261,6 +261,9 @@ fn user_entry(user: &UserConfig) -> Result<UserEntry, SettingsError> {
         AuthMethod::ScramSha256 => auth::Method::ScramSha256,
         AuthMethod::Md5 => auth::Method::Md5,
         AuthMethod::Trust => auth::Method::Trust,
+        // No password exchange either: the session's startup lets such a user in only with a
+        // verified client certificate whose CN is the user's name (`session::startup`).
+        AuthMethod::Cert => auth::Method::Trust,
     };
     let secret = match (&user.password, method) {
         (_, auth::Method::Trust) | (None, _) => None,

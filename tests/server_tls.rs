@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use causeway::backend::connection::{ConnectTarget, ServerAuth, ServerConn};
 use causeway::backend::BackendError;
-use causeway::cluster::{ClusterOptions, LocalCluster, APP_PASSWORD, APP_USER, MONITOR_USER};
+use causeway::cluster::{
+    ClusterOptions, LocalCluster, APP_PASSWORD, APP_USER, MONITOR_PASSWORD, MONITOR_USER, SUPERUSER,
+};
 use causeway::config::{Config, ServerTlsConfig, ServerTlsMode};
 use causeway::net::server_tls::ServerTls;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
@@ -108,7 +110,7 @@ async fn server_conn(
         auth: ServerAuth::Password(APP_PASSWORD.to_owned()),
         nodelay: true,
         keepalive: None,
-        tls: Arc::new(ServerTls::load(&tls).expect("load [server_tls]")),
+        tls: Arc::new(ServerTls::load(&tls, &[]).expect("load [server_tls]")),
     };
     ServerConn::connect(&target, Duration::from_secs(10)).await
 }
@@ -302,4 +304,114 @@ async fn a_reload_reads_a_changed_ca_file_under_the_same_name() {
     assert!(served_over_tls(&proxy).await, "served with the new file");
     proxy.app.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_file(&live);
+}
+
+/// `config` with `lines` added to the `[[nodes]]` entry of each node whose port `pick` takes.
+fn with_node_lines(toml: &str, pick: impl Fn(u16) -> bool, lines: &str) -> String {
+    let c = common::cluster();
+    let mut out = toml.to_owned();
+    for n in 0..c.node_count() {
+        let port = c.port(n).unwrap();
+        if pick(port) {
+            let address = format!("address = \"127.0.0.1:{port}\"\n");
+            assert!(out.contains(&address), "node {port} in the config");
+            out = out.replacen(&address, &format!("{address}{lines}"), 1);
+        }
+    }
+    out
+}
+
+/// `toml` with the watcher logging in as the superuser, so that its connections are told
+/// apart from those of proxies other tests of this binary run at the same time.
+fn own_monitor(toml: &str) -> String {
+    let c = common::cluster();
+    let monitor = format!("user = \"{MONITOR_USER}\"\npassword = \"{MONITOR_PASSWORD}\"\n");
+    assert!(toml.contains(&monitor), "the base config's [monitor]");
+    toml.replacen(
+        &monitor,
+        &format!(
+            "user = \"{SUPERUSER}\"\npassword = \"{}\"\n",
+            c.superuser_password()
+        ),
+        1,
+    )
+}
+
+/// Whether the watcher's connections to node `n` are all TLS, asked on that node directly
+/// (the watcher of [`own_monitor`]).
+async fn monitor_over_tls_at(n: usize) -> Option<bool> {
+    let direct = common::connect_direct(n).await;
+    let row = direct
+        .query_one(
+            "SELECT bool_and(s.ssl) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.usename = $1 AND a.application_name = 'causeway-monitor'",
+            &[&SUPERUSER],
+        )
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_overrides_of_server_tls_take_precedence_for_their_node() {
+    let cas = tokio::task::block_in_place(ssl_cluster);
+    let c = common::cluster();
+    // Globally verify-full against a CA that signed nothing here, and by address (which the
+    // certificate lacks): no node could pass. Each node's own CA and name make them pass.
+    let global = format!("mode = \"verify-full\"\nca = \"{}\"", cas.other.display());
+    let toml = with_node_lines(
+        &config(&global, "127.0.0.1"),
+        |_| true,
+        &format!(
+            "tls_ca = \"{}\"\ntls_server_name = \"localhost\"\n",
+            cas.ca.display()
+        ),
+    );
+    let proxy = common::start_proxy_from(own_monitor(&toml)).await;
+    assert!(served_over_tls(&proxy).await, "pool connection, verified");
+    let primary = c.primary().unwrap();
+    assert_eq!(
+        monitor_over_tls_at(primary).await,
+        Some(true),
+        "watcher, verified"
+    );
+    proxy.app.shutdown(Duration::from_secs(1)).await;
+
+    // Globally require; the primary alone says disable: the server sees which is which.
+    let primary_port = c.port(primary).unwrap();
+    let toml = with_node_lines(
+        &config("mode = \"require\"", "127.0.0.1"),
+        |p| p == primary_port,
+        "tls_mode = \"disable\"\n",
+    );
+    let proxy = common::start_proxy_from(own_monitor(&toml)).await;
+    let ok = common::eventually(Duration::from_secs(30), || async {
+        let mut all = true;
+        for n in 0..c.node_count() {
+            all &= monitor_over_tls_at(n).await == Some(n != primary);
+        }
+        all
+    })
+    .await;
+    assert!(
+        ok,
+        "watcher: plaintext to the primary only, TLS to the standbys"
+    );
+    let client = proxy.connect().await;
+    for _ in 0..4 {
+        let row = client
+            .query_one(
+                "SELECT inet_server_port(), ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("pg_stat_ssl through causeway");
+        let (port, ssl): (i32, bool) = (row.get(0), row.get(1));
+        assert_eq!(
+            ssl,
+            port != i32::from(primary_port),
+            "pool connection to port {port}"
+        );
+    }
+    proxy.app.shutdown(Duration::from_secs(1)).await;
 }

@@ -34,6 +34,10 @@ struct Certs {
     client_cert: PathBuf,
     /// Its key (mode 0600, as libpq demands).
     client_key: PathBuf,
+    /// A client certificate for `app_trust` (another user), signed by the same CA.
+    other_cert: PathBuf,
+    /// Its key.
+    other_key: PathBuf,
 }
 
 impl Drop for Certs {
@@ -69,7 +73,15 @@ fn make_certs() -> Certs {
         .distinguished_name
         .push(DnType::CommonName, APP_USER);
     let client = client_params.signed_by(&client_key, &ca).unwrap();
+    let other_key = KeyPair::generate().unwrap();
+    let mut other_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_params
+        .distinguished_name
+        .push(DnType::CommonName, APP_TRUST_USER);
+    let other = other_params.signed_by(&other_key, &ca).unwrap();
     let certs = Certs {
+        other_cert: dir.join("other.crt"),
+        other_key: dir.join("other.key"),
         ca: dir.join("ca.crt"),
         cert: dir.join("server.crt"),
         key: dir.join("server.key"),
@@ -82,8 +94,11 @@ fn make_certs() -> Certs {
     std::fs::write(&certs.key, leaf_key.serialize_pem()).unwrap();
     std::fs::write(&certs.client_cert, client.pem()).unwrap();
     std::fs::write(&certs.client_key, client_key.serialize_pem()).unwrap();
+    std::fs::write(&certs.other_cert, other.pem()).unwrap();
+    std::fs::write(&certs.other_key, other_key.serialize_pem()).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&certs.client_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&certs.other_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     certs
 }
 
@@ -110,12 +125,27 @@ fn psql() -> PathBuf {
 /// Runs `select` through psql with `conninfo` (libpq keywords); its stdout, or its stderr as
 /// the error.
 async fn psql_query(conninfo: &str, sql: &str) -> Result<String, String> {
+    psql_query_with(conninfo, sql, Some(APP_PASSWORD)).await
+}
+
+/// [`psql_query`] with `password` in PGPASSWORD, or none at all (and no password file).
+async fn psql_query_with(
+    conninfo: &str,
+    sql: &str,
+    password: Option<&str>,
+) -> Result<String, String> {
+    let mut command = tokio::process::Command::new(psql());
+    match password {
+        Some(p) => command.env("PGPASSWORD", p),
+        None => command
+            .env_remove("PGPASSWORD")
+            .env("PGPASSFILE", "/nonexistent"),
+    };
     let out = tokio::time::timeout(
         Duration::from_secs(20),
-        tokio::process::Command::new(psql())
+        command
             .arg(conninfo)
             .args(["-XAtq", "-c", sql])
-            .env("PGPASSWORD", APP_PASSWORD)
             .env("PGCONNECT_TIMEOUT", "10")
             .env_remove("PGSSLMODE")
             .env_remove("PGCHANNELBINDING")
@@ -609,4 +639,184 @@ async fn reload_takes_new_certificate_files_and_keeps_tls_clients_connected() {
     );
     assert!(!old_conn.is_finished());
     drop(b);
+}
+
+/// libpq keywords for TLS with a client certificate and key.
+fn with_cert(cert: &Path, key: &Path) -> String {
+    format!(
+        "sslmode=require sslcert={} sslkey={}",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// libpq keywords for the proxy as `user` (see [`libpq`]).
+fn libpq_as(proxy: &Proxy, user: &str, extra: &str) -> String {
+    format!(
+        "host=localhost hostaddr={} port={} user={user} dbname=postgres {extra}",
+        proxy.addr.ip(),
+        proxy.addr.port()
+    )
+}
+
+/// [`client_config`] (ALPN `postgresql`, for direct TLS) presenting a client certificate.
+fn client_config_with_cert(certs: &Certs, cert: &Path, key: &Path) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&certs.ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    config
+}
+
+/// Direct TLS with `config`, then a StartupMessage for `user`.
+async fn tls_startup(
+    addr: std::net::SocketAddr,
+    config: rustls::ClientConfig,
+    user: &str,
+) -> RawConn<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut conn = RawConn::wrap(connector.connect(name, tcp).await.expect("TLS handshake"));
+    conn.send(&raw::startup(&[("user", user), ("database", "postgres")]))
+        .await;
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_maps_the_client_certificate_to_the_user_by_its_cn() {
+    let certs = make_certs();
+    let tls = format!(
+        "\n[client_tls]\nmode = \"require\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n\
+         client_cert = \"verify-full\"\n",
+        certs.cert.display(),
+        certs.key.display(),
+        certs.ca.display()
+    );
+    let proxy = common::start_proxy_with("", &tls).await;
+    let app_cert = with_cert(&certs.client_cert, &certs.client_key);
+    // CN=app logs in as app (and the password exchange still runs: PGPASSWORD is needed).
+    let got = psql_query(
+        &libpq_as(&proxy, APP_USER, &app_cert),
+        "select current_user",
+    )
+    .await;
+    assert_eq!(got.as_deref(), Ok(APP_USER), "CN = user name");
+    let err = psql_query_with(&libpq_as(&proxy, APP_USER, &app_cert), "select 1", None)
+        .await
+        .expect_err("verify-full does not replace the password");
+    assert!(err.contains("password"), "{err}");
+    // The same certificate for another user: 28000 before any password exchange.
+    let err = psql_query(&libpq_as(&proxy, APP_TRUST_USER, &app_cert), "select 1")
+        .await
+        .expect_err("CN = app, user = app_trust");
+    assert!(
+        err.contains("certificate authentication failed for user \"app_trust\""),
+        "{err}"
+    );
+    // That user's own certificate lets it in (a trust user: no password at all).
+    let trust_cert = with_cert(&certs.other_cert, &certs.other_key);
+    let got = psql_query_with(
+        &libpq_as(&proxy, APP_TRUST_USER, &trust_cert),
+        "select current_user",
+        None,
+    )
+    .await;
+    assert_eq!(got.as_deref(), Ok(APP_TRUST_USER));
+    // An unknown name with a certificate for someone else gets the same answer as a known
+    // one: the check tells nothing about which users exist.
+    let err = psql_query(&libpq_as(&proxy, "nobody_here", &app_cert), "select 1")
+        .await
+        .expect_err("unknown name");
+    assert!(
+        err.contains("certificate authentication failed for user \"nobody_here\""),
+        "{err}"
+    );
+    // The SQLSTATE, and that no authentication request came first.
+    let config = client_config_with_cert(&certs, &certs.client_cert, &certs.client_key);
+    let mut conn = tls_startup(proxy.addr, config, APP_TRUST_USER).await;
+    let msgs = conn
+        .recv_until_closed(Duration::from_secs(5))
+        .await
+        .expect("closed");
+    assert_eq!(msgs.first().map(|m| m.tag), Some(b'E'), "{msgs:?}");
+    assert_eq!(raw::first_error(&msgs).expect("an error").code, "28000");
+    // No certificate: the handshake is refused.
+    let none = "sslmode=require sslcert=/nonexistent sslkey=/nonexistent";
+    let err = psql_query(&libpq_as(&proxy, APP_USER, none), "select 1")
+        .await
+        .expect_err("no client certificate");
+    assert!(err.contains("certificate"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cert_user_logs_in_with_its_certificate_and_no_password() {
+    let certs = make_certs();
+    let tls = format!(
+        "\n[client_tls]\nmode = \"allow\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+        certs.cert.display(),
+        certs.key.display(),
+        certs.ca.display()
+    );
+    // `app` logs in with its certificate; the proxy logs in to PostgreSQL with its password.
+    let entry = format!("name = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n");
+    let toml = common::config_toml("", &tls);
+    assert!(toml.contains(&entry), "the base config's app entry");
+    let toml = toml.replacen(
+        &entry,
+        &format!("name = \"{APP_USER}\"\nauth = \"cert\"\nserver_password = \"{APP_PASSWORD}\"\n"),
+        1,
+    );
+    let proxy = common::start_proxy_from(toml).await;
+    let app_cert = with_cert(&certs.client_cert, &certs.client_key);
+    // No PGPASSWORD, no password file: the certificate is the credential.
+    let got = psql_query_with(
+        &libpq_as(&proxy, APP_USER, &app_cert),
+        "select current_user",
+        None,
+    )
+    .await;
+    assert_eq!(
+        got.as_deref(),
+        Ok(APP_USER),
+        "cert user with its certificate"
+    );
+    // Another user's certificate: refused, even with the right password at hand.
+    let trust_cert = with_cert(&certs.other_cert, &certs.other_key);
+    let err = psql_query(&libpq_as(&proxy, APP_USER, &trust_cert), "select 1")
+        .await
+        .expect_err("CN = app_trust");
+    assert!(
+        err.contains("certificate authentication failed for user \"app\""),
+        "{err}"
+    );
+    // Plaintext (allowed for others under `allow`): no certificate, 28000.
+    let err = proxy
+        .connect_as(APP_USER, APP_PASSWORD, "postgres")
+        .await
+        .expect_err("a cert user without TLS");
+    assert_eq!(common::sqlstate(&err), Some("28000"), "{err}");
+    let err = psql_query(&libpq_as(&proxy, APP_USER, "sslmode=disable"), "select 1")
+        .await
+        .expect_err("a cert user without TLS");
+    assert!(err.contains("certificate authentication failed"), "{err}");
+    // TLS without a certificate: the handshake is refused (the CA makes one mandatory).
+    let none = "sslmode=require sslcert=/nonexistent sslkey=/nonexistent";
+    psql_query_with(&libpq_as(&proxy, APP_USER, none), "select 1", None)
+        .await
+        .expect_err("no client certificate");
 }

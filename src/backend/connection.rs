@@ -164,7 +164,8 @@ async fn negotiate_tls(
     target: &ConnectTarget,
     addr: &str,
 ) -> Result<ServerStream, BackendError> {
-    let tls = &target.tls;
+    // The node's own settings when `[[nodes]]` overrides `[server_tls]` for it.
+    let tls = target.tls.for_node(&target.host, target.port);
     let Some(config) = &tls.config else {
         return Ok(ServerStream::Tcp(socket));
     };
@@ -184,7 +185,8 @@ async fn negotiate_tls(
     socket.read_exact(&mut answer).await.map_err(io)?;
     match answer[0] {
         b'S' => {
-            let name = ServerTls::server_name(&target.host).map_err(refuse)?;
+            let host = tls.server_name.as_deref().unwrap_or(&target.host);
+            let name = ServerTls::server_name(host).map_err(refuse)?;
             let session = tokio_rustls::TlsConnector::from(config.clone())
                 .connect(name, socket)
                 .await
@@ -193,7 +195,12 @@ async fn negotiate_tls(
         }
         b'N' if tls.mode == ServerTlsMode::Prefer => Ok(ServerStream::Tcp(socket)),
         b'N' => Err(refuse(format!(
-            "the server does not accept TLS and server_tls.mode is \"{}\"",
+            "the server does not accept TLS and {} is \"{}\"",
+            if std::ptr::eq(tls, &*target.tls) {
+                "server_tls.mode"
+            } else {
+                "the node's tls_mode (or server_tls.mode)"
+            },
             tls.mode.as_str()
         ))),
         other => Err(refuse(format!(

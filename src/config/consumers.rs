@@ -28,6 +28,9 @@ const ARRAY_TABLES: &[&str] = &["nodes", "users", "databases"];
 const ENTRY_READS: &[(&str, &str)] = &[
     ("nodes.address", "host:node.host.clone()"),
     ("nodes.weight", "weight:node.weight"),
+    ("nodes.tls_mode", "node.tls.mode.unwrap_or("),
+    ("nodes.tls_ca", "node.tls.ca.clone()"),
+    ("nodes.tls_server_name", "&node.tls.server_name"),
     ("users.name", "users.insert(user.name.clone()"),
     ("users.password", "match(&user.password,"),
     ("users.server_password", "match(&user.server_password,"),

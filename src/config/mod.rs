@@ -196,6 +196,9 @@ keyword_enum! {
         Md5 = "md5",
         /// No password at all; only when written explicitly.
         Trust = "trust",
+        /// No password: the client's TLS certificate (verified against `client_tls.ca`) is
+        /// the credential, and its CN must be the user's name (PostgreSQL's `cert`).
+        Cert = "cert",
     }
 }
 
@@ -208,6 +211,17 @@ keyword_enum! {
         Allow = "allow",
         /// TLS only: a plaintext StartupMessage gets FATAL 28000.
         Require = "require",
+    }
+}
+
+keyword_enum! {
+    /// What a client certificate must prove when `client_tls.ca` is set (PostgreSQL's
+    /// `clientcert` option).
+    pub enum ClientCertMode {
+        /// The certificate must chain to `client_tls.ca` (the default).
+        VerifyCa = "verify-ca",
+        /// It must chain, and its CN must be the user name in the StartupMessage.
+        VerifyFull = "verify-full",
     }
 }
 
@@ -466,6 +480,28 @@ pub struct NodeConfig {
     pub role: Option<RoleHint>,
     /// A label for logs and metrics (`name`).
     pub name: Option<String>,
+    /// `tls_mode`, `tls_ca`, `tls_server_name`: this node's overrides of `[server_tls]`.
+    pub tls: NodeTlsConfig,
+}
+
+/// One node's overrides of `[server_tls]`, for nodes that differ (another CA, TLS off on a
+/// local node, an address whose certificate names a host). Unset keys take `[server_tls]`'s.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeTlsConfig {
+    /// `tls_mode`: overrides `server_tls.mode`.
+    pub mode: Option<ServerTlsMode>,
+    /// `tls_ca`: overrides `server_tls.ca`.
+    pub ca: Option<PathBuf>,
+    /// `tls_server_name`: the name `verify-full` checks the certificate against (and sends
+    /// as SNI) instead of the host in `address`.
+    pub server_name: Option<String>,
+}
+
+impl NodeTlsConfig {
+    /// Whether any key is set (the node then gets TLS settings of its own).
+    pub fn is_set(&self) -> bool {
+        self.mode.is_some() || self.ca.is_some() || self.server_name.is_some()
+    }
 }
 
 impl NodeConfig {
@@ -531,6 +567,9 @@ pub struct ClientTlsConfig {
     /// PEM CA certificates that client certificates must chain to; when set, every TLS client
     /// must present one.
     pub ca: Option<PathBuf>,
+    /// `client_cert`: `verify-ca` (default) or `verify-full` (the certificate's CN must be
+    /// the user name). Meaningful only with `ca`.
+    pub client_cert: ClientCertMode,
 }
 
 /// `[server_tls]`: the proxy's TLS towards PostgreSQL servers. The CA file is read when

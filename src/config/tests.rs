@@ -248,6 +248,7 @@ fn defaults() {
             weight: 1,
             role: None,
             name: None,
+            tls: NodeTlsConfig::default(),
         }]
     );
     assert!(c.users.is_empty());
@@ -1217,6 +1218,77 @@ fn require_tls_is_per_user_and_needs_client_tls_on() {
 }
 
 #[test]
+fn client_cert_needs_a_ca_and_cert_users_need_tls_and_a_server_password() {
+    let tls = "[client_tls]\nmode = \"allow\"\ncert = \"s.crt\"\nkey = \"s.key\"\n";
+    let c = ok(&with_minimal(&format!("{tls}ca = \"c.crt\"\n")));
+    assert_eq!(
+        c.client_tls.client_cert,
+        ClientCertMode::VerifyCa,
+        "the default"
+    );
+    let c = ok(&with_minimal(&format!(
+        "{tls}ca = \"c.crt\"\nclient_cert = \"verify-full\"\n"
+    )));
+    assert_eq!(c.client_tls.client_cert, ClientCertMode::VerifyFull);
+    let p = problems(&with_minimal(&format!(
+        "{tls}client_cert = \"verify-full\"\n"
+    )));
+    assert!(problem_for(&p, "client_tls.client_cert")
+        .message
+        .contains("client_tls.ca"));
+
+    let cert_user = "[[users]]\nname = \"report\"\nauth = \"cert\"\nserver_password = \"s\"\n";
+    let c = ok(&with_minimal(&format!("{tls}ca = \"c.crt\"\n{cert_user}")));
+    let u = c.user("report").unwrap();
+    assert_eq!(u.auth, AuthMethod::Cert);
+    assert_eq!(u.password, None);
+    // No CA: no certificate is ever asked for.
+    let p = problems(&with_minimal(&format!("{tls}{cert_user}")));
+    assert!(problem_for(&p, "users[0].auth")
+        .message
+        .contains("client_tls.ca"));
+    // No server_password: nothing to log in to PostgreSQL with.
+    let p = problems(&with_minimal(&format!(
+        "{tls}ca = \"c.crt\"\n[[users]]\nname = \"report\"\nauth = \"cert\"\n"
+    )));
+    assert!(problem_for(&p, "users[0].server_password")
+        .message
+        .contains("auth = \"cert\""));
+    // A password would be unused.
+    let p = problems(&with_minimal(&format!(
+        "{tls}ca = \"c.crt\"\n{cert_user}password = \"p\"\n"
+    )));
+    problem_for(&p, "users[0].password");
+}
+
+#[test]
+fn nodes_may_override_server_tls_and_a_verifying_node_needs_a_ca() {
+    let nodes = "[[nodes]]\naddress = \"10.0.0.1:5432\"\ntls_mode = \"verify-full\"\n\
+                 tls_ca = \"n.crt\"\ntls_server_name = \"pg1.internal\"\n\
+                 [[nodes]]\naddress = \"10.0.0.2:5432\"\n";
+    let c = ok(&format!("[monitor]\nuser = \"mon\"\n{nodes}"));
+    assert_eq!(
+        c.nodes[0].tls,
+        NodeTlsConfig {
+            mode: Some(ServerTlsMode::VerifyFull),
+            ca: Some(PathBuf::from("n.crt")),
+            server_name: Some("pg1.internal".to_owned()),
+        }
+    );
+    assert!(!c.nodes[1].tls.is_set(), "unset keys take [server_tls]'s");
+    // A verifying node with no CA of its own takes server_tls.ca; with neither, refused.
+    let verify =
+        "[monitor]\nuser = \"mon\"\n[[nodes]]\naddress = \"db:5432\"\ntls_mode = \"verify-ca\"\n";
+    ok(&format!("{verify}[server_tls]\nca = \"s.crt\"\n"));
+    let p = problems(verify);
+    assert!(problem_for(&p, "nodes[0].tls_ca")
+        .message
+        .contains("server_tls.ca"));
+    let p = problems(&verify.replace("verify-ca", "sometimes"));
+    problem_for(&p, "nodes[0].tls_mode");
+}
+
+#[test]
 fn server_tls_defaults_to_prefer_and_verify_modes_need_a_ca() {
     let c = ok(MINIMAL);
     assert_eq!(c.server_tls.mode, ServerTlsMode::Prefer);
@@ -1231,6 +1303,11 @@ fn server_tls_defaults_to_prefer_and_verify_modes_need_a_ca() {
     assert!(problem_for(&p, "server_tls.ca")
         .message
         .contains("verify-ca"));
+    // A misspelt key is not silently ignored.
+    let p = problems(&with_minimal("[server_tls]\nmod = \"require\"\n"));
+    assert!(problem_for(&p, "server_tls.mod")
+        .message
+        .contains("did you mean 'mode'"));
     let p = problems(&with_minimal("[server_tls]\nmode = \"allow\"\n"));
     assert!(problem_for(&p, "server_tls.mode")
         .message

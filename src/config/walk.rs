@@ -15,10 +15,11 @@ use super::values::{
     PasswordKind,
 };
 use super::{
-    AuthMethod, AuthQueryConfig, Balance, ClientTlsConfig, ClientTlsMode, Config, Consistency,
-    DatabaseConfig, Fallback, Keyword, LogFormat, MonitorConfig, NodeConfig, PoolConfig, PoolMode,
-    PrimaryReads, Problem, ProxyConfig, ReadOnlyTransactions, RoutingConfig, Secret,
-    ServerTlsConfig, ServerTlsMode, TopologyConfig, TopologySource, UserConfig,
+    AuthMethod, AuthQueryConfig, Balance, ClientCertMode, ClientTlsConfig, ClientTlsMode, Config,
+    Consistency, DatabaseConfig, Fallback, Keyword, LogFormat, MonitorConfig, NodeConfig,
+    NodeTlsConfig, PoolConfig, PoolMode, PrimaryReads, Problem, ProxyConfig, ReadOnlyTransactions,
+    RoutingConfig, Secret, ServerTlsConfig, ServerTlsMode, TopologyConfig, TopologySource,
+    UserConfig,
 };
 
 /// Every table and the keys it accepts: the one schema both the walk and the "did you mean"
@@ -88,10 +89,21 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
             "query_timeout",
         ],
     ),
-    ("client_tls", &["mode", "cert", "key", "ca"]),
+    ("client_tls", &["mode", "cert", "key", "ca", "client_cert"]),
     ("server_tls", &["mode", "ca", "allow_cleartext_without_tls"]),
     ("topology", &["source", "patroni"]),
-    ("nodes", &["address", "weight", "role", "name"]),
+    (
+        "nodes",
+        &[
+            "address",
+            "weight",
+            "role",
+            "name",
+            "tls_mode",
+            "tls_ca",
+            "tls_server_name",
+        ],
+    ),
     (
         "users",
         &[
@@ -553,6 +565,8 @@ impl<'l> Walker<'l> {
 
         let mut section = self.table(&mut root, "server_tls");
         let server_tls = self.server_tls(&mut section);
+        self.finish(section);
+
         let mut section = self.table(&mut root, "topology");
         let topology = self.topology(&mut section);
         self.finish(section);
@@ -561,6 +575,7 @@ impl<'l> Walker<'l> {
         for mut section in self.tables(&mut root, "nodes") {
             if let Some(node) = self.node(&mut section) {
                 self.check_duplicate_node(&section.path, &node, &nodes);
+                self.check_node_tls(&section, &node, &server_tls);
                 nodes.push(node);
             }
             self.finish(section);
@@ -576,6 +591,7 @@ impl<'l> Walker<'l> {
                 }
                 self.check_user(&section, &mut user);
                 self.check_require_tls(&section, &user, client_tls.mode);
+                self.check_cert_user(&section, &user, &client_tls);
                 users.push(user);
             }
             self.finish(section);
@@ -803,6 +819,21 @@ impl<'l> Walker<'l> {
             cert: path(self, s, "cert"),
             key: path(self, s, "key"),
             ca: path(self, s, "ca"),
+            client_cert: ClientCertMode::VerifyCa,
+        };
+        let client_cert = self.choice(s, "client_cert");
+        if client_cert.is_some() && tls.ca.is_none() && !self.has_problem("client_tls.ca") {
+            let at = self.at_of("client_tls.client_cert");
+            self.problem(
+                &at,
+                "client_tls.client_cert",
+                "needs client_tls.ca: client certificates are asked for and verified only \
+                 against a CA",
+            );
+        }
+        let tls = ClientTlsConfig {
+            client_cert: client_cert.unwrap_or(ClientCertMode::VerifyCa),
+            ..tls
         };
         if mode != ClientTlsMode::Disable {
             for (key, value) in [("cert", &tls.cert), ("key", &tls.key)] {
@@ -868,6 +899,11 @@ impl<'l> Walker<'l> {
         let weight = self.int(s, "weight", 0, i64::from(u32::MAX)).unwrap_or(1);
         let role = self.choice(s, "role");
         let name = self.name(s, "name");
+        let tls = NodeTlsConfig {
+            mode: self.choice(s, "tls_mode"),
+            ca: self.name(s, "tls_ca").map(PathBuf::from),
+            server_name: self.name(s, "tls_server_name"),
+        };
         let (host, port) = address?;
         Some(NodeConfig {
             host,
@@ -875,6 +911,7 @@ impl<'l> Walker<'l> {
             weight,
             role,
             name,
+            tls,
         })
     }
 

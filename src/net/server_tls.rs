@@ -8,6 +8,10 @@
 //! `verify-full` checks both, the name being the node's host as written in `[[nodes]]` (sent
 //! as SNI when it is a name, matched against an IP SAN when it is an address).
 //!
+//! A `[[nodes]]` entry may override the mode and the CA, and name the host its certificate
+//! carries (`tls_mode`, `tls_ca`, `tls_server_name`); [`ServerTls::for_node`] is where a
+//! node's settings are resolved, for every kind of connection.
+//!
 //! One crypto provider (ring), named explicitly, as on the client side ([`super::tls`]).
 
 use std::fmt;
@@ -22,10 +26,11 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
+use sha2::Digest;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 
-use crate::config::{ServerTlsConfig, ServerTlsMode};
+use crate::config::{NodeConfig, ServerTlsConfig, ServerTlsMode};
 
 /// Why `[server_tls]` cannot be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,12 @@ pub struct ServerTls {
     /// SHA-256 over the CA certificates read (`verify-ca`, `verify-full`): a reload compares
     /// it to tell whether the file under the same name changed.
     pub ca_digest: Option<[u8; 32]>,
+    /// The name certificates are checked against (and sent as SNI) instead of the node's host
+    /// (a node's `tls_server_name`); `None` in the global settings.
+    pub server_name: Option<String>,
+    /// Nodes with overrides in `[[nodes]]` (`tls_mode`, `tls_ca`, `tls_server_name`), by
+    /// host and port, with their own settings; every other node uses these.
+    pub nodes: Vec<((String, u16), Arc<ServerTls>)>,
 }
 
 impl fmt::Debug for ServerTls {
@@ -77,11 +88,61 @@ impl ServerTls {
             config: None,
             allow_cleartext_without_tls: false,
             ca_digest: None,
+            server_name: None,
+            nodes: Vec::new(),
         }
     }
 
-    /// Builds the handshake configuration `[server_tls]` describes, reading its CA file.
-    pub fn load(server_tls: &ServerTlsConfig) -> Result<ServerTls, ServerTlsError> {
+    /// The settings for the node at `host`:`port`: its own when `[[nodes]]` overrides
+    /// `[server_tls]` for it, else these. The one place a node's TLS settings are resolved
+    /// (pools through `ConnectTarget`, the watcher, the catalog loader and `auth_query`
+    /// through [`ServerTls::connect_monitor`]).
+    pub fn for_node(&self, host: &str, port: u16) -> &ServerTls {
+        self.nodes
+            .iter()
+            .find(|((h, p), _)| *p == port && h.eq_ignore_ascii_case(host))
+            .map_or(self, |(_, tls)| tls)
+    }
+
+    /// Builds `[server_tls]` and the overrides of the `nodes` that have some, reading the CA
+    /// files. The CA digest covers every CA file read, so a reload sees a change in any.
+    pub fn load(
+        server_tls: &ServerTlsConfig,
+        nodes: &[NodeConfig],
+    ) -> Result<ServerTls, ServerTlsError> {
+        let mut global = ServerTls::load_one(server_tls)?;
+        let mut digest = sha2::Sha256::new();
+        let mut any_ca = global.ca_digest.is_some();
+        digest.update(global.ca_digest.unwrap_or_default());
+        for node in nodes.iter().filter(|n| n.tls.is_set()) {
+            let config = ServerTlsConfig {
+                mode: node.tls.mode.unwrap_or(server_tls.mode),
+                ca: node.tls.ca.clone().or_else(|| server_tls.ca.clone()),
+                allow_cleartext_without_tls: server_tls.allow_cleartext_without_tls,
+            };
+            let mut tls = ServerTls::load_one(&config)?;
+            if let Some(name) = &node.tls.server_name {
+                ServerTls::server_name(name).map_err(|reason| ServerTlsError::Ca {
+                    path: PathBuf::from(node.address()),
+                    reason: format!("tls_server_name: {reason}"),
+                })?;
+                tls.server_name = Some(name.clone());
+            }
+            any_ca |= tls.ca_digest.is_some();
+            digest.update(node.address().as_bytes());
+            digest.update(tls.ca_digest.unwrap_or_default());
+            global
+                .nodes
+                .push(((node.host.clone(), node.port), Arc::new(tls)));
+        }
+        if any_ca {
+            global.ca_digest = Some(digest.finalize().into());
+        }
+        Ok(global)
+    }
+
+    /// Builds the handshake configuration one set of settings describes, reading its CA file.
+    fn load_one(server_tls: &ServerTlsConfig) -> Result<ServerTls, ServerTlsError> {
         let mode = server_tls.mode;
         let allow_cleartext_without_tls = server_tls.allow_cleartext_without_tls;
         if mode == ServerTlsMode::Disable {
@@ -129,6 +190,8 @@ impl ServerTls {
             config: Some(Arc::new(config)),
             allow_cleartext_without_tls,
             ca_digest,
+            server_name: None,
+            nodes: Vec::new(),
         })
     }
 
@@ -138,31 +201,64 @@ impl ServerTls {
             .map_err(|e| format!("{host:?} cannot be used as a TLS server name: {e}"))
     }
 
-    /// Connects a tokio-postgres client (topology watcher, catalog loader) with these settings
-    /// and spawns its connection task.
+    /// Connects a tokio-postgres client (topology watcher, catalog loader, `auth_query`) with
+    /// the settings of the node `cfg` names (its first host and port; see
+    /// [`ServerTls::for_node`]) and spawns its connection task.
     pub async fn connect_monitor(
         &self,
         cfg: &mut tokio_postgres::Config,
     ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
-        let Some(config) = &self.config else {
+        let host = match cfg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => String::new(),
+        };
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        let this = self.for_node(&host, port);
+        let Some(config) = &this.config else {
             cfg.ssl_mode(SslMode::Disable);
             let (client, conn) = cfg.connect(NoTls).await?;
             return Ok((client, tokio::spawn(async move { drop(conn.await) })));
         };
-        cfg.ssl_mode(if self.mode == ServerTlsMode::Prefer {
+        cfg.ssl_mode(if this.mode == ServerTlsMode::Prefer {
             SslMode::Prefer
         } else {
             SslMode::Require
         });
-        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(ClientConfig::clone(config));
+        let tls = Named {
+            inner: tokio_postgres_rustls::MakeRustlsConnect::new(ClientConfig::clone(config)),
+            name: this.server_name.clone(),
+        };
         let (client, conn) = cfg.connect(tls).await?;
         Ok((client, tokio::spawn(async move { drop(conn.await) })))
     }
 }
 
+/// tokio-postgres' TLS maker with a node's `tls_server_name` in place of the host it connects
+/// to (the name checked by `verify-full` and sent as SNI).
+struct Named {
+    /// The maker.
+    inner: tokio_postgres_rustls::MakeRustlsConnect,
+    /// The name to use instead of the host, if any.
+    name: Option<String>,
+}
+
+impl<S> tokio_postgres::tls::MakeTlsConnect<S> for Named
+where
+    tokio_postgres_rustls::MakeRustlsConnect: tokio_postgres::tls::MakeTlsConnect<S>,
+{
+    type Stream = <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::TlsConnect;
+    type Error =
+        <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
+        let domain = self.name.as_deref().unwrap_or(domain);
+        tokio_postgres::tls::MakeTlsConnect::<S>::make_tls_connect(&mut self.inner, domain)
+    }
+}
+
 /// Every certificate in the CA file, as trust anchors, and the SHA-256 of their DER.
 fn read_roots(path: &std::path::Path) -> Result<(RootCertStore, [u8; 32]), ServerTlsError> {
-    use sha2::Digest;
     let err = |reason: String| ServerTlsError::Ca {
         path: path.to_owned(),
         reason,

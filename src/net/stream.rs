@@ -103,6 +103,14 @@ impl ClientStream {
         }
     }
 
+    /// The client's TLS certificate (its leaf), if it presented one.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        match self {
+            ClientStream::Tls(s) => s.peer_certificate(),
+            _ => None,
+        }
+    }
+
     /// The first byte the client sends, left unread (`None` at EOF): tells a TLS ClientHello
     /// (direct TLS) from a startup packet without consuming either.
     pub async fn peek_first_byte(&mut self) -> io::Result<Option<u8>> {

@@ -26,7 +26,7 @@ use sha2::Digest;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::config::{ClientTlsConfig, ClientTlsMode};
+use crate::config::{ClientCertMode, ClientTlsConfig, ClientTlsMode};
 
 /// The ALPN protocol name PostgreSQL 17 clients send (required for direct TLS).
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
@@ -58,6 +58,9 @@ pub enum TlsError {
 pub struct ClientTls {
     /// `allow` or `require` (a `disable` config builds no `ClientTls`).
     pub mode: ClientTlsMode,
+    /// What a client certificate must prove (`client_tls.client_cert`); `None` when no
+    /// `client_tls.ca` is set and no certificate is asked for.
+    pub client_cert: Option<ClientCertMode>,
     /// The handshake configuration (certificate, key, client verifier, ALPN).
     pub config: Arc<ServerConfig>,
     /// `tls-server-end-point` channel binding data (RFC 5929): the hash of the leaf
@@ -127,6 +130,7 @@ impl ClientTls {
         config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
         Ok(Some(ClientTls {
             mode: client_tls.mode,
+            client_cert: client_tls.ca.as_ref().map(|_| client_tls.client_cert),
             config: Arc::new(config),
             end_point,
             certs_digest: digest.finalize().into(),
@@ -197,6 +201,58 @@ fn signature_hash(cert: &[u8]) -> Option<SigHash> {
         (4, p) if p == ECDSA => Some(SigHash::Sha512),
         _ => None,
     }
+}
+
+/// The subject's common name (CN) of a DER X.509 certificate, as PostgreSQL's `cert`
+/// authentication and `clientcert=verify-full` read it: the first CN attribute, as text.
+/// `None` when the certificate has no CN, or one that is not a string type, not valid text, or
+/// holds a NUL (PostgreSQL refuses those too).
+pub fn subject_common_name(cert: &[u8]) -> Option<String> {
+    let (_, body, _) = der_item(cert)?;
+    let (_, tbs, _) = der_item(body)?;
+    // TBSCertificate: [0] version (optional), serialNumber, signature, issuer, validity,
+    // subject, ...
+    let mut rest = tbs;
+    let (tag, _, after) = der_item(rest)?;
+    if tag == 0xa0 {
+        rest = after;
+    }
+    for _ in 0..4 {
+        rest = der_item(rest)?.2;
+    }
+    let (tag, mut rdns, _) = der_item(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    // Name ::= SEQUENCE OF SET OF AttributeTypeAndValue ::= SEQUENCE { OID, value }.
+    const CN: &[u8] = &[0x55, 0x04, 0x03]; // 2.5.4.3
+    while !rdns.is_empty() {
+        let (_, mut set, next) = der_item(rdns)?;
+        rdns = next;
+        while !set.is_empty() {
+            let (_, atv, next) = der_item(set)?;
+            set = next;
+            let (tag, oid, value) = der_item(atv)?;
+            if tag != 0x06 || oid != CN {
+                continue;
+            }
+            let (tag, text, _) = der_item(value)?;
+            let name = match tag {
+                // UTF8String, PrintableString, TeletexString (ASCII in practice), IA5String.
+                0x0c | 0x13 | 0x14 | 0x16 => String::from_utf8(text.to_vec()).ok()?,
+                // BMPString: UTF-16BE.
+                0x1e if text.len() % 2 == 0 => {
+                    let units = text.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                    char::decode_utf16(units)
+                        .collect::<Result<String, _>>()
+                        .ok()?
+                }
+                _ => return None,
+            };
+            return (!name.contains('\0')).then_some(name);
+        }
+    }
+    None
 }
 
 /// One DER item: its tag, its contents, and what follows it.
@@ -279,6 +335,13 @@ impl TlsClientStream {
     /// The negotiated ALPN protocol, if any.
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.inner.get_ref().1.alpn_protocol()
+    }
+
+    /// The client's certificate (its leaf), when it sent one; only ever one that
+    /// `client_tls.ca` verified, since the handshake fails otherwise.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        let certs = self.inner.get_ref().1.peer_certificates()?;
+        certs.first().map(|c| c.as_ref())
     }
 
     /// [`super::stream::ClientStream::try_write`] through TLS: encrypts, and reports the bytes
@@ -376,6 +439,44 @@ mod tests {
     use super::*;
     use crate::net::stream::ClientStream;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn subject_common_name_reads_the_first_cn_and_refuses_what_pg_refuses() {
+        use rcgen::{CertificateParams, DnType, DnValue, KeyPair};
+        let cert = |dn: &[(DnType, DnValue)]| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name = rcgen::DistinguishedName::new();
+            for (t, v) in dn {
+                p.distinguished_name.push(t.clone(), v.clone());
+            }
+            p.self_signed(&KeyPair::generate().unwrap())
+                .unwrap()
+                .der()
+                .to_vec()
+        };
+        let utf8 = |s: &str| DnValue::Utf8String(s.to_owned());
+        let c = cert(&[
+            (DnType::OrganizationName, utf8("Acme")),
+            (DnType::CommonName, utf8("app")),
+        ]);
+        assert_eq!(subject_common_name(&c).as_deref(), Some("app"));
+        let c = cert(&[(
+            DnType::CommonName,
+            DnValue::PrintableString("report".try_into().unwrap()),
+        )]);
+        assert_eq!(subject_common_name(&c).as_deref(), Some("report"));
+        let c = cert(&[(DnType::CommonName, utf8("név"))]);
+        assert_eq!(subject_common_name(&c).as_deref(), Some("név"));
+        assert_eq!(
+            subject_common_name(&cert(&[(DnType::OrganizationName, utf8("Acme"))])),
+            None
+        );
+        assert_eq!(
+            subject_common_name(&cert(&[(DnType::CommonName, utf8("a\0b"))])),
+            None
+        );
+        assert_eq!(subject_common_name(b"\x30\x03\x02\x01"), None);
+    }
 
     /// A server and a client configuration over a fresh CA and a `localhost` leaf.
     fn configs() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {

@@ -1,6 +1,7 @@
 //! Session start: TLS (an SSLRequest, or PostgreSQL 17's direct TLS), the other untagged
-//! packets (GSSENCRequest refused; cancel), the StartupMessage, protocol version negotiation, and client authentication against
-//! the proxy's own user list.
+//! packets (GSSENCRequest refused; cancel), the StartupMessage, protocol version negotiation, the
+//! client certificate checks (`client_cert = "verify-full"`, `auth = "cert"`), and client
+//! authentication against the proxy's own user list.
 //!
 //! Everything here happens before any server is involved; the whole phase runs under
 //! `startup_timeout` and reads at most [`MAX_STARTUP_PACKET_LEN`] /
@@ -16,7 +17,7 @@ use super::context::SessionCtx;
 use super::SessionError;
 use crate::auth::{self, AuthExchange, PassThrough};
 use crate::backend::connection::ServerAuth;
-use crate::config::ClientTlsMode;
+use crate::config::{AuthMethod, ClientCertMode, ClientTlsMode};
 use crate::net::tls::{self, ClientTls};
 use crate::protocol::frontend::tag as ftag;
 use crate::protocol::messages::{self, ProxyError};
@@ -114,10 +115,52 @@ pub async fn handshake(ctx: &SessionCtx, client: &mut ClientConn) -> Result<Outc
             ),
         )));
     }
-    let login = authenticate(ctx, client, &accepted.user).await?;
+    let cert_matches = check_client_cert(ctx, client, &accepted.user)?;
+    let login = authenticate(ctx, client, &accepted.user, cert_matches).await?;
     accepted.server_auth = login.server_auth;
     accepted.auth_query = login.auth_query;
     Ok(Outcome::Session(accepted))
+}
+
+/// The client certificate checks, made before any password exchange: under
+/// `client_tls.client_cert = "verify-full"` a TLS client's certificate must name (CN) the user
+/// it logs in as, whoever that is; a certificate user (`auth = "cert"`) must come over TLS with
+/// such a certificate. Either way FATAL 28000, as PostgreSQL's `cert` method answers. The
+/// verify-full check compares the certificate with the name asked for, not with the user
+/// list, so it tells nothing about which users exist; an unknown name that matches goes on to
+/// the mock exchange (28P01). Returns whether the certificate names the user.
+fn check_client_cert(
+    ctx: &SessionCtx,
+    client: &ClientConn,
+    user: &str,
+) -> Result<bool, SessionError> {
+    let settings = ctx.settings_full();
+    let verify_full = client.is_tls()
+        && settings
+            .client_tls
+            .as_ref()
+            .is_some_and(|t| t.client_cert == Some(ClientCertMode::VerifyFull));
+    let cert_user = settings
+        .users
+        .get(user)
+        .is_some_and(|u| u.config.auth == AuthMethod::Cert);
+    let name = client
+        .stream()
+        .peer_certificate()
+        .and_then(tls::subject_common_name);
+    let matches = name.as_deref() == Some(user);
+    if (verify_full || cert_user) && !matches {
+        let why = match (&name, client.is_tls()) {
+            (_, false) => "the connection is not TLS, so there is no client certificate".to_owned(),
+            (None, true) => "the client certificate names no user (no CN)".to_owned(),
+            (Some(cn), true) => format!("the client certificate is for \"{cn}\""),
+        };
+        return Err(SessionError::Fatal(ProxyError::fatal(
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("certificate authentication failed for user \"{user}\": {why}"),
+        )));
+    }
+    Ok(matches)
 }
 
 /// The encryption an untagged request asks for.
@@ -308,6 +351,7 @@ async fn authenticate(
     ctx: &SessionCtx,
     client: &mut ClientConn,
     user: &str,
+    cert_matches: bool,
 ) -> Result<Login, SessionError> {
     // Kept across the exchange's awaits: an `Arc`, not a guard.
     let settings = ctx.settings_full();
@@ -326,6 +370,14 @@ async fn authenticate(
     };
     let (exchange, step) = match (configured.map(|e| (&e.secret, e.method)), &found) {
         (Some((Some(secret), method)), _) => AuthExchange::new(method, user, secret),
+        // `check_client_cert` refused such a user without a matching certificate already;
+        // this keeps the door shut should the order ever change.
+        _ if configured.is_some_and(|e| e.config.auth == AuthMethod::Cert) && !cert_matches => {
+            return Err(SessionError::Fatal(ProxyError::fatal(
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!("certificate authentication failed for user \"{user}\""),
+            )));
+        }
         (Some((None, auth::Method::Trust)), _) => {
             let mut b = BytesMut::new();
             messages::authentication_ok(&mut b);

@@ -4,7 +4,8 @@
 
 use super::super::values::{password_kind, PasswordKind};
 use super::super::{
-    AuthMethod, ClientTlsMode, Config, NodeConfig, Notice, UserConfig, NOT_YET_IMPLEMENTED,
+    AuthMethod, ClientTlsConfig, ClientTlsMode, Config, NodeConfig, Notice, ServerTlsConfig,
+    ServerTlsMode, UserConfig, NOT_YET_IMPLEMENTED,
 };
 use super::{join, Section, Walker};
 use crate::config::raw::At;
@@ -91,6 +92,33 @@ impl Walker<'_> {
         }
     }
 
+    /// A node whose TLS settings (its overrides over `[server_tls]`, in `section`) verify
+    /// certificates needs a CA from one or the other.
+    pub(super) fn check_node_tls(
+        &mut self,
+        section: &Section,
+        node: &NodeConfig,
+        server_tls: &ServerTlsConfig,
+    ) {
+        let Some(mode) = node.tls.mode else {
+            return;
+        };
+        let verify = matches!(mode, ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull);
+        if verify && node.tls.ca.is_none() && server_tls.ca.is_none() {
+            let path = join(&section.path, "tls_ca");
+            let at = section.at.clone();
+            self.problem(
+                &at,
+                &path,
+                format!(
+                    "missing: tls_mode = \"{}\" needs the PEM CA certificates to verify this \
+                     node against (tls_ca, or server_tls.ca)",
+                    mode.as_str()
+                ),
+            );
+        }
+    }
+
     /// A user who must use TLS (in `section`) cannot log in at all when causeway offers none.
     pub(super) fn check_require_tls(
         &mut self,
@@ -107,6 +135,48 @@ impl Walker<'_> {
                 format!(
                     "user '{}' requires TLS but client_tls.mode is \"disable\": set it to \
                      \"allow\" or \"require\" (with cert and key), or drop require_tls",
+                    user.name
+                ),
+            );
+        }
+    }
+
+    /// A certificate user (`auth = "cert"`, in `section`) needs client certificates to be
+    /// asked for (`client_tls` on, with `ca`) and a way to log in to PostgreSQL: with no
+    /// password of its own, only `server_password` gives one.
+    pub(super) fn check_cert_user(
+        &mut self,
+        section: &Section,
+        user: &UserConfig,
+        client_tls: &ClientTlsConfig,
+    ) {
+        if user.auth != AuthMethod::Cert {
+            return;
+        }
+        let auth_path = join(&section.path, "auth");
+        if client_tls.mode == ClientTlsMode::Disable || client_tls.ca.is_none() {
+            let at = self.at_of(&auth_path);
+            self.problem(
+                &at,
+                &auth_path,
+                format!(
+                    "user '{}' logs in with a client certificate (auth = \"cert\") but \
+                     causeway asks for none: set client_tls.mode to \"allow\" or \
+                     \"require\" and client_tls.ca to the CA that signs client certificates",
+                    user.name
+                ),
+            );
+        }
+        if user.server_password.is_none() {
+            let path = join(&section.path, "server_password");
+            let at = section.at.clone();
+            self.problem(
+                &at,
+                &path,
+                format!(
+                    "missing: user '{}' has auth = \"cert\", so no client password reaches \
+                     the proxy to log in to PostgreSQL with; set server_password (when the \
+                     servers trust this user they never ask for it, and any value does)",
                     user.name
                 ),
             );
@@ -132,7 +202,14 @@ impl Walker<'_> {
         let password_at = self.at_of(&password_path);
         let kind = user.password.as_ref().map(|p| password_kind(p.expose()));
         match (user.auth, kind) {
-            (AuthMethod::Trust, _) => {}
+            (AuthMethod::Trust, _) | (AuthMethod::Cert, None) => {}
+            (AuthMethod::Cert, Some(_)) => self.problem(
+                &password_at,
+                &password_path,
+                "is not used with auth = \"cert\": the client's certificate is the \
+                 credential; drop password and give server_password, the plain password the \
+                 proxy logs in to PostgreSQL with",
+            ),
             (_, None) if !self.has_problem(&password_path) => {
                 let at = section.at.clone();
                 self.problem(

@@ -104,7 +104,7 @@ enum ServerFatal {
     Forwarded,
     /// The session outlives the server connection (transaction pooling): when the server
     /// closes, the client gets this as an ERROR instead of losing its connection.
-    Downgraded(ProxyError),
+    Downgraded(Box<ProxyError>),
 }
 
 /// Errors that end a session.
@@ -152,14 +152,19 @@ pub async fn run(
 ) {
     let mut client = ClientConn::new(stream, peer);
     let limit = ctx.settings().config.proxy.startup_timeout;
-    let outcome =
-        match tokio::time::timeout(limit, Box::pin(startup::handshake(&ctx, &mut client))).await {
-            Ok(r) => r,
-            Err(_) => Err(SessionError::Fatal(ProxyError::fatal(
-                SqlState::CONNECTION_FAILURE,
-                format!("startup and authentication did not complete within {limit:?}"),
-            ))),
-        };
+    // The timer boxed with the handshake: it is not needed once the session runs.
+    let outcome = match Box::pin(tokio::time::timeout(
+        limit,
+        startup::handshake(&ctx, &mut client),
+    ))
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(SessionError::Fatal(ProxyError::fatal(
+            SqlState::CONNECTION_FAILURE,
+            format!("startup and authentication did not complete within {limit:?}"),
+        ))),
+    };
     let accepted = match outcome {
         Ok(Outcome::Session(a)) => a,
         Ok(Outcome::Done) => return,
@@ -182,9 +187,11 @@ pub async fn run(
         ));
         return Box::pin(report_and_close(&mut client, e, ctx.metrics())).await;
     };
-    let mut session = Session::new(ctx, client, accepted);
-    // The phases are boxed so that a session waiting in `relay` (most of its life, often
-    // idle) does not carry the space of the others' futures.
+    // The session and its phases are boxed so that a session waiting in `relay` (most of
+    // its life, often idle) does not carry the space of the others' futures, nor `run`'s
+    // slots for what the startup phase held (with the Session inline, `run`'s future was
+    // 2240 bytes; see the test below).
+    let mut session = Box::new(Session::new(ctx, client, accepted));
     let result = match Box::pin(session.begin()).await {
         Ok(()) => Box::pin(session.relay()).await,
         Err(e) => Err(e),
@@ -297,7 +304,7 @@ pub struct Session {
     drain_deadline: Option<tokio::time::Instant>,
     /// The server connection died while the client had a transaction open (and no request
     /// in flight): the client's next request fails with this error.
-    lost_transaction: Option<ProxyError>,
+    lost_transaction: Option<Box<ProxyError>>,
     /// What a server's FATAL error means when the server closes.
     server_fatal: ServerFatal,
     /// The client broke the protocol after earlier requests that are still being answered:
@@ -386,5 +393,40 @@ impl Session {
             now: None,
             idle_timer,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn returned_size<A, B, C, D, R>(_: impl FnOnce(A, B, C, D) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// The same for a method taking `&mut Session`.
+    fn returned_size_mut<'a, R>(_: impl FnOnce(&'a mut Session) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// A session spends most of its life (often idle) in the future `run` returns, with
+    /// the session state and the relay's future boxed under it: an idle client's task stays
+    /// small (issue 17; `--nocapture` prints the sizes).
+    #[test]
+    fn session_futures_stay_small() {
+        let run = returned_size(run);
+        let relay = returned_size_mut(Session::relay);
+        let session = std::mem::size_of::<Session>();
+        println!("run future {run} B, relay future {relay} B, Session {session} B (boxed)");
+        // Debug builds lay futures out no tighter than release builds. Before the Session
+        // was boxed, `run` held it inline: 2240 bytes.
+        assert!(run <= 1024, "run's future is {run} bytes");
+        assert!(relay <= 1024, "relay's future is {relay} bytes");
+        // Rare errors are boxed (two ProxyErrors inline took 208 bytes).
+        assert!(
+            std::mem::size_of::<ServerFatal>() <= 16
+                && std::mem::size_of::<Option<Box<ProxyError>>>() == 8
+        );
     }
 }

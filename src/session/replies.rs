@@ -228,8 +228,10 @@ impl Session {
         }
         if fields.is_fatal() {
             if self.mode == PoolMode::Transaction && self.pinned.is_none() {
-                self.server_fatal =
-                    ServerFatal::Downgraded(ProxyError::from_server(fields, Severity::Error));
+                self.server_fatal = ServerFatal::Downgraded(Box::new(ProxyError::from_server(
+                    fields,
+                    Severity::Error,
+                )));
                 return Disposition::Drop;
             }
             self.server_fatal = ServerFatal::Forwarded;
@@ -271,7 +273,7 @@ impl Session {
         }
         let downgraded = match std::mem::take(&mut self.server_fatal) {
             ServerFatal::Forwarded => return Ok(Flow::End),
-            ServerFatal::Downgraded(e) => Some(e),
+            ServerFatal::Downgraded(e) => Some(*e),
             ServerFatal::None => None,
         };
         let addr = lease.addr().to_owned();
@@ -302,7 +304,7 @@ impl Session {
         } else if was_in_transaction {
             // The client believes a transaction is open; the next request must fail, not run
             // outside it.
-            self.lost_transaction = Some(e);
+            self.lost_transaction = Some(Box::new(e));
         }
         self.answer_deferred();
         Ok(Flow::Continue)

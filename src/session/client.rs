@@ -19,9 +19,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::net::stream::{ClientStream, LINGER};
 use crate::protocol::messages::ProxyError;
 
-/// The read buffer a read takes when the client holds none.
-const FIRST_READ: usize = 1024;
-
 /// Most chunks handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
@@ -118,22 +115,22 @@ impl ClientConn {
     }
 
     /// Makes room in the read buffer before a read (reads in chunks, not 64 bytes at a time).
-    ///
-    /// An empty buffer is given back instead (plain TCP): a client waiting between requests,
-    /// often idle for minutes, holds no read buffer, and the next read takes one only once the
-    /// socket is readable (see [`ClientConn::poll_read_into_buf`]). A TLS client keeps its
-    /// buffer: rustls may hold decrypted bytes while the socket itself is not readable.
     #[inline]
     pub fn prepare_read(&mut self) {
-        if self.rbuf.is_empty() {
-            if self.rbuf.capacity() > 0 && !self.stream.is_tls() {
-                self.rbuf = BytesMut::new();
-            }
-            return;
+        // Small by default (an idle client costs its buffer); a large message grows it, and a
+        // buffer left large and empty after one is given back.
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 64 * 1024 {
+            self.rbuf = BytesMut::new();
         }
-        // A buffer that filled up grows by 4 KiB at a time (and doubles when it reallocates).
         if self.rbuf.capacity() - self.rbuf.len() < 512 {
-            self.rbuf.reserve(4096);
+            // 1 KiB to start with holds any ordinary request; a buffer that filled up grows by
+            // 4 KiB at a time (and doubles when it reallocates).
+            let more = if self.rbuf.capacity() == 0 {
+                1024
+            } else {
+                4096
+            };
+            self.rbuf.reserve(more);
         }
     }
 
@@ -157,12 +154,6 @@ impl ClientConn {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<usize>> {
-        if self.rbuf.capacity() == self.rbuf.len() {
-            // No buffer held (an idle client): wait until there is something to read, then
-            // take one; 1 KiB holds any ordinary request.
-            std::task::ready!(self.stream.poll_read_ready(cx))?;
-            self.rbuf.reserve(FIRST_READ);
-        }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
     }
 

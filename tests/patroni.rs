@@ -6,7 +6,9 @@
 //! instances follow the new leader, and the time from Patroni naming it to the first write
 //! through each instance is printed; a `noloadbalance` member gets no reads; with every
 //! Patroni API unreachable the last topology stands and the probes decide (`/topology` says
-//! so). The fake-API test below covers the leader key on a standby.
+//! so); a fourth Patroni member started at run time, not in `proxy.toml`, gets reads without
+//! a reload, and none once it stopped and left the member list. The fake-API test below covers
+//! the leader key on a standby.
 //!
 //! Skipped, with the reason printed, when `patroni` or `patronictl` is not installed (Debian:
 //! `apt-get install patroni python3-pysyncobj`; `.ci/run` installs them).
@@ -198,10 +200,11 @@ impl PatroniCluster {
     }
 
     /// Waits (up to `limit`) until the Raft leader counts the fourth member among its nodes.
-    /// Patroni 3.0.2 asks the first partner that answers to add a new node, and a follower
-    /// refuses (pysyncobj: only the leader applies a membership change, `NOT_LEADER`), after
-    /// which Patroni never asks again: then this sends the same `add` to the leader. How many
-    /// `add`s it sent, or `None` if the member was not admitted in time.
+    /// Patroni 3.0.2 asks a partner once, at start, to add a new node; here that never took
+    /// effect (the leader's node list lacked it, the new node saw no leader and stayed out of
+    /// the DCS for minutes), so after 3 s this sends the same `add` to the Raft leader itself
+    /// (`syncobj_admin -add`) until the leader lists the node. How many `add`s it sent, or
+    /// `None` if the member was not admitted in time.
     fn admit_fourth(&self, limit: Duration) -> Option<usize> {
         let me = format!("127.0.0.1:{}", self.spare_ports.2);
         let deadline = std::time::Instant::now() + limit;
@@ -213,7 +216,19 @@ impl PatroniCluster {
                 if status.contains(&format!("partner_node_status_server_{me}")) {
                     return Some(sent);
                 }
-                Self::syncobj_admin(port, &["-add", &me]);
+                if sent == 0 {
+                    eprintln!(
+                        "added member: not a Raft member after 3 s; the Raft leader's status:\n{}\n\
+                         the new member's status:\n{}",
+                        status.trim(),
+                        Self::syncobj_admin(self.spare_ports.2, &["-status"]).trim()
+                    );
+                }
+                let out = Self::syncobj_admin(port, &["-add", &me]);
+                eprintln!(
+                    "added member: syncobj_admin -add on the Raft leader: {}",
+                    out.trim()
+                );
                 sent += 1;
             }
             std::thread::sleep(Duration::from_secs(1));
@@ -748,7 +763,8 @@ async fn read_ports(proxy: &common::Proxy, n: usize) -> Vec<u16> {
 
 /// One Patroni cluster, two causeway instances in front, in steps (starting Patroni is slow):
 /// a switchover under write load, a crash of the leader's PostgreSQL (Patroni fails over), a
-/// `noloadbalance` tag on a member, and every Patroni API unreachable.
+/// `noloadbalance` tag on a member, every Patroni API unreachable, and a fourth member that
+/// joins and leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_patroni_through_switchover_crash_tags_and_outage() {
     if !installed("patroni") || !installed("patronictl") {

@@ -200,9 +200,9 @@ impl PatroniCluster {
     }
 
     /// Waits (up to `limit`) until the Raft leader counts the fourth member among its nodes.
-    /// Patroni 3.0.2 asks a partner once, at start, to add a new node; here that never took
-    /// effect (the leader's node list lacked it, the new node saw no leader and stayed out of
-    /// the DCS for minutes), so after 3 s this sends the same `add` to the Raft leader itself
+    /// Patroni 3.0.2 asks a partner once, at start, to add a new node; here that often did not
+    /// take effect (the leader's node list lacked it, the new node saw no leader and stayed out
+    /// of the DCS for minutes), so after 3 s this sends the same `add` to the Raft leader itself
     /// (`syncobj_admin -add`) until the leader lists the node. How many `add`s it sent, or
     /// `None` if the member was not admitted in time.
     fn admit_fourth(&self, limit: Duration) -> Option<usize> {

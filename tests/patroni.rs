@@ -6,7 +6,9 @@
 //! instances follow the new leader, and the time from Patroni naming it to the first write
 //! through each instance is printed; a `noloadbalance` member gets no reads; with every
 //! Patroni API unreachable the last topology stands and the probes decide (`/topology` says
-//! so). The fake-API test below covers the leader key on a standby.
+//! so); a fourth Patroni member started at run time, not in `proxy.toml`, gets reads without
+//! a reload, and none once it stopped and left the member list. The fake-API test below covers
+//! the leader key on a standby.
 //!
 //! Skipped, with the reason printed, when `patroni` or `patronictl` is not installed (Debian:
 //! `apt-get install patroni python3-pysyncobj`; `.ci/run` installs them).
@@ -72,11 +74,17 @@ struct PatroniCluster {
     api_ports: Vec<u16>,
     children: Vec<Child>,
     ids: Option<(u32, u32)>,
+    /// Raft port of each member.
+    raft_ports: Vec<u16>,
+    /// PostgreSQL, REST API and Raft ports kept for a fourth member (`n3`) added at run time.
+    spare_ports: (u16, u16, u16),
+    /// The fourth member's Patroni process, while it runs.
+    spare: std::sync::Mutex<Option<Child>>,
 }
 
 impl PatroniCluster {
     fn start() -> PatroniCluster {
-        let ports = free_ports(9);
+        let ports = free_ports(12);
         let (pg_ports, api_ports, raft_ports) =
             (ports[0..3].to_vec(), ports[3..6].to_vec(), &ports[6..9]);
         let dir = std::env::temp_dir().join(format!("cw-patroni-{}", std::process::id()));
@@ -88,6 +96,9 @@ impl PatroniCluster {
             api_ports,
             children: Vec::new(),
             ids,
+            raft_ports: raft_ports.to_vec(),
+            spare_ports: (ports[9], ports[10], ports[11]),
+            spare: std::sync::Mutex::new(None),
         };
         for i in 0..3 {
             let home = dir.join(format!("n{i}"));
@@ -98,7 +109,13 @@ impl PatroniCluster {
                 .collect();
             fs::write(
                 home.join("patroni.yml"),
-                member_yaml(i, &home, &cluster, raft_ports[i], &partners),
+                member_yaml(
+                    i,
+                    &home,
+                    (cluster.pg_ports[i], cluster.api_ports[i]),
+                    raft_ports[i],
+                    &partners,
+                ),
             )
             .unwrap();
         }
@@ -111,20 +128,121 @@ impl PatroniCluster {
             assert!(status.success(), "chown the Patroni directory");
         }
         for i in 0..3 {
-            let home = dir.join(format!("n{i}"));
-            let log = fs::File::create(home.join("patroni.log")).unwrap();
-            let mut cmd = Command::new("patroni");
-            cmd.arg(home.join("patroni.yml"))
-                .env("HOME", &home)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log);
-            if let Some((uid, gid)) = ids {
-                cmd.uid(uid).gid(gid);
-            }
-            cluster.children.push(cmd.spawn().expect("start patroni"));
+            let child = cluster.spawn_patroni(&dir.join(format!("n{i}")));
+            cluster.children.push(child);
         }
         cluster
+    }
+
+    /// Starts Patroni with the configuration in `home`, as the `postgres` user when root.
+    fn spawn_patroni(&self, home: &Path) -> Child {
+        let log = fs::File::create(home.join("patroni.log")).unwrap();
+        let mut cmd = Command::new("patroni");
+        cmd.arg(home.join("patroni.yml"))
+            .env("HOME", home)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some((uid, gid)) = self.ids {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.spawn().expect("start patroni")
+    }
+
+    /// Starts a fourth member, `n3`, on the spare ports: a new data directory, the same Raft
+    /// cluster (Patroni's Raft store adds a node that lists the existing members as partners),
+    /// so it bootstraps as a replica of the leader. Stopped by `stop_fourth` or on drop.
+    fn start_fourth(&self) {
+        let (pg, api, raft) = self.spare_ports;
+        let home = self.dir.join("n3");
+        fs::create_dir_all(&home).unwrap();
+        let partners: Vec<String> = self
+            .raft_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        fs::write(
+            home.join("patroni.yml"),
+            member_yaml(3, &home, (pg, api), raft, &partners),
+        )
+        .unwrap();
+        if let Some((uid, gid)) = self.ids {
+            let status = Command::new("chown")
+                .args(["-R", &format!("{uid}:{gid}")])
+                .arg(&home)
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown the fourth member's directory");
+        }
+        let child = self.spawn_patroni(&home);
+        *self.spare.lock().unwrap() = Some(child);
+    }
+
+    /// `syncobj_admin` (pysyncobj's admin tool) against the Raft node on `port`: its output.
+    fn syncobj_admin(port: u16, args: &[&str]) -> String {
+        Command::new("syncobj_admin")
+            .args(["-conn", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The Raft leader's port and its status, as one of the first three members reports it.
+    fn raft_leader(&self) -> Option<(u16, String)> {
+        self.raft_ports.iter().find_map(|p| {
+            let status = Self::syncobj_admin(*p, &["-status"]);
+            let leader = status.lines().find_map(|l| l.strip_prefix("leader: "))?;
+            let port: u16 = leader.trim().rsplit(':').next()?.parse().ok()?;
+            let status = Self::syncobj_admin(port, &["-status"]);
+            status.contains("state: 2").then_some((port, status))
+        })
+    }
+
+    /// Waits (up to `limit`) until the Raft leader counts the fourth member among its nodes.
+    /// Patroni 3.0.2 asks a partner once, at start, to add a new node; here that often did not
+    /// take effect (the leader's node list lacked it, the new node saw no leader and stayed out
+    /// of the DCS for minutes), so after 3 s this sends the same `add` to the Raft leader itself
+    /// (`syncobj_admin -add`) until the leader lists the node. How many `add`s it sent, or
+    /// `None` if the member was not admitted in time.
+    fn admit_fourth(&self, limit: Duration) -> Option<usize> {
+        let me = format!("127.0.0.1:{}", self.spare_ports.2);
+        let deadline = std::time::Instant::now() + limit;
+        let mut sent = 0;
+        // Patroni's own attempt first (it succeeds when the leader answered first).
+        std::thread::sleep(Duration::from_secs(3));
+        while std::time::Instant::now() < deadline {
+            if let Some((port, status)) = self.raft_leader() {
+                if status.contains(&format!("partner_node_status_server_{me}")) {
+                    return Some(sent);
+                }
+                if sent == 0 {
+                    eprintln!(
+                        "added member: not a Raft member after 3 s; the Raft leader's status:\n{}\n\
+                         the new member's status:\n{}",
+                        status.trim(),
+                        Self::syncobj_admin(self.spare_ports.2, &["-status"]).trim()
+                    );
+                }
+                let out = Self::syncobj_admin(port, &["-add", &me]);
+                eprintln!(
+                    "added member: syncobj_admin -add on the Raft leader: {}",
+                    out.trim()
+                );
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        None
+    }
+
+    /// SIGTERM to the fourth member's Patroni (it stops its PostgreSQL and leaves the member
+    /// list); waits up to 30 s for it to exit. Whether it exited.
+    fn stop_fourth(&self) -> bool {
+        let Some(mut child) = self.spare.lock().unwrap().take() else {
+            return true;
+        };
+        stop_patroni(&mut child)
     }
 
     fn api_urls(&self) -> Vec<String> {
@@ -214,7 +332,7 @@ impl PatroniCluster {
     }
 
     fn logs(&self) -> String {
-        (0..3)
+        (0..4)
             .map(|i| {
                 let text = fs::read_to_string(self.dir.join(format!("n{i}/patroni.log")))
                     .unwrap_or_default();
@@ -229,8 +347,34 @@ impl PatroniCluster {
     }
 }
 
+/// SIGCONT then SIGTERM to a Patroni process (it stops its PostgreSQL), waiting up to 30 s for
+/// it to exit, then SIGKILL. Whether it exited by itself.
+fn stop_patroni(child: &mut Child) -> bool {
+    for signal in ["-CONT", "-TERM"] {
+        let _ = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exited = child.try_wait().ok().flatten().is_some();
+    let _ = child.kill();
+    let _ = child.wait();
+    exited
+}
+
 impl Drop for PatroniCluster {
     fn drop(&mut self) {
+        let spare = self
+            .spare
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut child) = spare {
+            stop_patroni(&mut child);
+        }
         // Patroni stops its PostgreSQL on SIGTERM (once running again, if a test stopped it).
         for child in &self.children {
             for signal in ["-CONT", "-TERM"] {
@@ -248,7 +392,7 @@ impl Drop for PatroniCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for i in 0..3 {
+        for i in 0..4 {
             let data = self.dir.join(format!("n{i}/data"));
             if data.join("postmaster.pid").exists() {
                 let mut cmd = Command::new(Path::new(BIN_DIR).join("pg_ctl"));
@@ -267,7 +411,7 @@ impl Drop for PatroniCluster {
 fn member_yaml(
     i: usize,
     home: &Path,
-    c: &PatroniCluster,
+    (pg, api): (u16, u16),
     raft_port: u16,
     partners: &[String],
 ) -> String {
@@ -313,8 +457,6 @@ postgresql:
   parameters:
     unix_socket_directories: {home}
 "#,
-        api = c.api_ports[i],
-        pg = c.pg_ports[i],
         partners = partners.join(", "),
     )
 }
@@ -621,7 +763,8 @@ async fn read_ports(proxy: &common::Proxy, n: usize) -> Vec<u16> {
 
 /// One Patroni cluster, two causeway instances in front, in steps (starting Patroni is slow):
 /// a switchover under write load, a crash of the leader's PostgreSQL (Patroni fails over), a
-/// `noloadbalance` tag on a member, and every Patroni API unreachable.
+/// `noloadbalance` tag on a member, every Patroni API unreachable, and a fourth member that
+/// joins and leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_patroni_through_switchover_crash_tags_and_outage() {
     if !installed("patroni") || !installed("patronictl") {
@@ -922,6 +1065,129 @@ async fn follows_patroni_through_switchover_crash_tags_and_outage() {
     })
     .await;
     assert!(back, "following Patroni again once it answers");
+
+    // === 5. A fourth Patroni member, not in proxy.toml, added at run time ===
+    let step = Instant::now();
+    let (new_pg, _, _) = c.spare_ports;
+    let c2 = c.clone();
+    let admitted = tokio::task::spawn_blocking(move || {
+        c2.start_fourth();
+        c2.admit_fourth(Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    let Some(adds) = admitted else {
+        panic!(
+            "the Raft leader admits the fourth member: {:?}\n{}",
+            tokio::task::spawn_blocking({
+                let c = c.clone();
+                move || c.raft_leader()
+            })
+            .await
+            .unwrap(),
+            c.logs()
+        );
+    };
+    eprintln!("added member: admitted to Raft ({adds} `add` sent to the Raft leader by the test)");
+    let replica = |m: &causeway::topology::patroni::Member| {
+        m.port == new_pg
+            && m.role == causeway::topology::patroni::MemberRole::Replica
+            && (m.state == "running" || m.state == "streaming")
+    };
+    let limit = Duration::from_secs(120);
+    let (listed_at, read_at) = tokio::join!(
+        async {
+            common::eventually(limit, || async { members(&c).await.iter().any(replica) })
+                .await
+                .then(Instant::now)
+        },
+        async {
+            let client = a.connect().await;
+            common::eventually(limit, || async {
+                let port: i32 = client
+                    .query_one("SELECT inet_server_port()", &[])
+                    .await
+                    .expect("a read")
+                    .get(0);
+                port as u16 == new_pg
+            })
+            .await
+            .then(Instant::now)
+        },
+    );
+    let Some(listed_at) = listed_at else {
+        panic!(
+            "Patroni lists the fourth member as a running replica: {:?}\n{}",
+            members(&c).await,
+            c.logs()
+        );
+    };
+    let read_at =
+        read_at.unwrap_or_else(|| panic!("a read reaches the fourth member\n{}", c.logs()));
+    eprintln!(
+        "added member: started -> running replica in /cluster {:?}; -> first read through \
+         causeway it answered {:?} (from the /cluster listing: {})",
+        listed_at - step,
+        read_at - step,
+        read_at.checked_duration_since(listed_at).map_or_else(
+            || format!("-{:?}", listed_at - read_at),
+            |d| format!("{d:?}")
+        ),
+    );
+    assert!(
+        !proxy_config(&c).contains(&format!(":{new_pg}\"")),
+        "the fourth member is not in proxy.toml"
+    );
+    for p in [&a, &b] {
+        let seen = common::eventually(Duration::from_secs(10), || async {
+            p.app.topology().load().current().any(|n| n.port == new_pg)
+        })
+        .await;
+        let json = causeway::admin::http::topology_json(&p.app.topology().load());
+        assert!(
+            seen && json.contains(&format!("\"address\":\"127.0.0.1:{new_pg}\"")),
+            "/topology lists the fourth member: {json}"
+        );
+    }
+    // It stops (SIGTERM to its Patroni, which stops its PostgreSQL and leaves the member
+    // list): causeway removes it, and no read reaches it.
+    let c2 = c.clone();
+    let stopped = tokio::task::spawn_blocking(move || c2.stop_fourth())
+        .await
+        .unwrap();
+    assert!(stopped, "the fourth member's Patroni exits on SIGTERM");
+    let stopped_at = Instant::now();
+    let left = common::eventually(Duration::from_secs(30), || async {
+        let m = members(&c).await;
+        !m.is_empty() && !m.iter().any(|m| m.port == new_pg)
+    })
+    .await;
+    assert!(
+        left,
+        "the fourth member leaves Patroni's member list\n{}",
+        c.logs()
+    );
+    let left_at = Instant::now();
+    for p in [&a, &b] {
+        let gone = common::eventually(Duration::from_secs(10), || async {
+            !p.app.topology().load().current().any(|n| n.port == new_pg)
+        })
+        .await;
+        assert!(gone, "causeway removes the member that left");
+        let ports = read_ports(p, 20).await;
+        assert!(
+            !ports.contains(&new_pg),
+            "a read on the member that left: {ports:?}"
+        );
+    }
+    eprintln!(
+        "added member step: {:?} in all (its Patroni stopped in {:?}; out of /cluster {:?} \
+         later; out of both snapshots, 40 reads checked {:?} after that)",
+        step.elapsed(),
+        stopped_at - read_at,
+        left_at - stopped_at,
+        left_at.elapsed(),
+    );
 }
 
 /// A stand-in for Patroni's REST API serving whatever `/cluster` body the test sets; dropping

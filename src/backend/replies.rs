@@ -699,6 +699,12 @@ impl ServerConn {
             .count()
     }
 
+    /// Whether frames were sent since the last Sync or Query (after a Flush, or a large
+    /// partial batch).
+    pub fn is_unsynced(&self) -> bool {
+        self.track.unsynced
+    }
+
     /// Whether the connection owes only the proxy's own replies (a probe sent behind the
     /// client's last request): they are already on their way.
     pub fn owes_only_proxy_replies(&self) -> bool {

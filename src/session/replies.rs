@@ -265,7 +265,9 @@ impl Session {
             // a commit waiting for synchronous replication is already durable locally): the
             // client gets 08006, as for any request in flight, and decides. (One the server
             // already refused, a stale plan being discarded, committed nothing either.)
-            if g.standby || g.discarding {
+            // Only when it is the one request in flight: the others would go unanswered.
+            let alone = lease.client_replies_owed() <= 1 && !lease.is_unsynced();
+            if (g.standby || g.discarding) && alone {
                 self.retry_now = Some(Box::new(g));
                 return Ok(Flow::Continue);
             }

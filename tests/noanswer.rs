@@ -5,6 +5,9 @@
 //! goes away (an administrator's `pg_terminate_backend`, a node stopped for a switchover), each
 //! of them must end with an ErrorResponse and a ReadyForQuery, not only the first.
 //!
+//! Likewise a transaction lost while the client was idle in it: its error must reach the
+//! client's next statement, not the Close + Sync the driver sent in front of it.
+//!
 //! The server process is terminated while it runs a `pg_sleep`, so the moment is known. Every
 //! read has a deadline well below the sleep: a request without an answer fails the test.
 mod common;
@@ -166,4 +169,77 @@ async fn requests_pipelined_behind_a_running_one_all_get_an_answer_when_the_back
         }
     }
     session_goes_on(&mut conn).await;
+}
+
+/// Terminates the primary's backend whose pid is `pid`, and waits until it is gone.
+async fn terminate_pid(pid: i32) {
+    let direct = common::connect_direct(0).await;
+    direct
+        .query_one("select pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    assert!(
+        common::wait_backend_not(&direct, pid, "true", Duration::from_secs(10)).await,
+        "backend {pid} ends"
+    );
+}
+
+/// Waits until `proxy` has dropped the server connection it held for its one client (it saw
+/// the server's FATAL and the connection close).
+async fn proxy_dropped_its_connection(proxy: &common::Proxy) {
+    let dropped = common::eventually(Duration::from_secs(10), || async {
+        let pools = proxy.app.ctx().pools().all();
+        pools.iter().map(|p| p.in_use()).sum::<usize>() == 0
+    })
+    .await;
+    assert!(dropped, "the proxy notices its server connection closed");
+}
+
+/// The server process of the client's open transaction (through the proxy).
+async fn backend_in_transaction(conn: &mut RawConn) -> i32 {
+    let begun = conn.simple_query("begin").await;
+    assert_eq!(&begun.last().unwrap().body[..], b"T", "{begun:?}");
+    let msgs = conn.simple_query("select pg_backend_pid()").await;
+    let row = msgs.iter().find(|m| m.tag == b'D').expect("a row");
+    row.data_row()[0].as_deref().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_lost_while_idle_fails_the_next_statement_not_a_close() {
+    let proxy = common::start_proxy().await;
+    let (mut conn, _) = raw::login_trust(proxy.addr, APP_TRUST_USER, "postgres").await;
+    for next in ["prepare", "commit"] {
+        let pid = backend_in_transaction(&mut conn).await;
+        terminate_pid(pid).await;
+        proxy_dropped_its_connection(&proxy).await;
+        // What tokio-postgres sends next in a transaction: the Close + Sync of the statement
+        // it dropped (whose reply it ignores), then the next statement's Parse/Describe/Sync,
+        // or the COMMIT. The error must reach that statement: the COMMIT of a lost transaction
+        // must not succeed outside it.
+        let mut pipeline = close_statement("gone");
+        pipeline.extend(ext::sync());
+        if next == "prepare" {
+            pipeline.extend(ext::parse("next", "select 1", &[]));
+            pipeline.extend(ext::describe_statement("next"));
+            pipeline.extend(ext::sync());
+        } else {
+            pipeline.extend(raw::query("commit"));
+        }
+        conn.send(&pipeline).await;
+        let msgs = answers(&mut conn, 2).await;
+        let replies = per_request(&msgs);
+        assert!(raw::first_error(&replies[0]).is_none(), "{next}: {msgs:?}");
+        let e = raw::first_error(&replies[1])
+            .unwrap_or_else(|| panic!("{next} fails with the lost transaction: {msgs:?}"));
+        assert!(
+            e.code == "57P01" || e.code == "08006",
+            "{next}: {e:?} ({msgs:?})"
+        );
+        assert!(
+            !replies[1].iter().any(|m| m.tag == b'C' || m.tag == b'1'),
+            "{next} ran: {msgs:?}"
+        );
+        assert_eq!(&replies[1].last().unwrap().body[..], b"I", "{msgs:?}");
+        session_goes_on(&mut conn).await;
+    }
 }

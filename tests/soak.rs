@@ -81,7 +81,6 @@ async fn mixed_work_under_chaos_leaks_no_descriptor_connection_or_transaction() 
     );
     assert!(
         hangs.is_empty(),
-        "every operation got an answer (a request sent as a switchover starts can get none: \
-         the open finding in docs/SOAK.md)\n{text}"
+        "every operation got an answer (see the finding in docs/SOAK.md)\n{text}"
     );
 }

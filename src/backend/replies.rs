@@ -689,6 +689,22 @@ impl ServerConn {
                 .any(|o| matches!(o, ReplyOwner::Client { .. }))
     }
 
+    /// How many client requests (each ended by Sync or Query) still wait for their
+    /// ReadyForQuery: a client may pipeline several on one connection, and if it dies each one
+    /// needs an answer.
+    pub fn client_replies_owed(&self) -> usize {
+        self.pending
+            .iter()
+            .filter(|o| matches!(o, ReplyOwner::Client { .. }))
+            .count()
+    }
+
+    /// Whether frames were sent since the last Sync or Query (after a Flush, or a large
+    /// partial batch).
+    pub fn is_unsynced(&self) -> bool {
+        self.track.unsynced
+    }
+
     /// Whether the connection owes only the proxy's own replies (a probe sent behind the
     /// client's last request): they are already on their way.
     pub fn owes_only_proxy_replies(&self) -> bool {

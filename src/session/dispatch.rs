@@ -189,11 +189,18 @@ impl Session {
             // connection's state ends).
             self.server_lost("its node was fenced or changed role")?;
         }
-        if let Some(e) = self.lost_transaction.take() {
-            // The transaction this request belongs to died with its server.
-            self.tx_status = TxStatus::Idle;
-            self.fail_request(&e, term);
-            return Ok(None);
+        // The transaction this request belongs to died with its server. A Close + Sync is
+        // answered below without running anything: the error waits for a request that runs
+        // something. (A driver that pipelines sends the Close + Sync of a statement it dropped
+        // in front of its next statement and ignores its reply, as tokio-postgres does: the
+        // error must not be spent on it, or that statement, the transaction's COMMIT say,
+        // would run outside any transaction and succeed.)
+        if self.lost_transaction.is_some() && !self.closes_only(term) {
+            if let Some(e) = self.lost_transaction.take() {
+                self.tx_status = TxStatus::Idle;
+                self.fail_request(&e, term);
+                return Ok(None);
+            }
         }
         if let Some(e) = self.statements_over_limit() {
             self.fail_request(&e, term);
@@ -225,7 +232,7 @@ impl Session {
             }));
             return Ok(None);
         }
-        if term == Terminator::Sync && self.server.is_none() && self.batch_only_closes() {
+        if self.closes_only(term) {
             // Close + Sync (a driver dropping a prepared statement) runs nothing: answered
             // here rather than routed like a read, which would take a standby connection (and
             // queue the client's next request behind it there) or fail for want of one.
@@ -263,6 +270,11 @@ impl Session {
         routed.reason = Some(reason);
         routed.ask_causal = crate::router::asks_standbys_first(decision, reason);
         Ok(Some(routed))
+    }
+
+    /// A Close + Sync with no connection held: answered by the proxy (see `dispatch_begin`).
+    fn closes_only(&self, term: Terminator) -> bool {
+        term == Terminator::Sync && self.server.is_none() && self.batch_only_closes()
     }
 
     /// Checks out a connection for `target` if its pool has one idle right now; with its

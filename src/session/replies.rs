@@ -244,10 +244,11 @@ impl Session {
 
     /// The server connection failed (the node died, a FATAL, a reset). The connection is
     /// dropped. A pinned session cannot go on without it (its LISTEN, temp tables... are gone):
-    /// FATAL. Otherwise the session survives, as with PgBouncer's transaction pooling: a
-    /// request in flight fails with 08006 (and its transaction with it), a transaction that was
-    /// open fails at the client's next request, and later requests get a new connection,
-    /// on the new primary after a failover.
+    /// FATAL. Otherwise the session survives, as with PgBouncer's transaction pooling: every
+    /// request in flight (one or several pipelined) fails with 08006, or with the server's own
+    /// reason such as 57P01 (and its transaction with it), a transaction that was open fails
+    /// at the client's next request, and later requests get a new connection, on the new
+    /// primary after a failover.
     pub(super) fn server_lost(&mut self, why: &str) -> Result<Flow, SessionError> {
         let Some(mut lease) = self.server.take() else {
             return Ok(Flow::Continue);
@@ -266,7 +267,9 @@ impl Session {
             // a commit waiting for synchronous replication is already durable locally): the
             // client gets 08006, as for any request in flight, and decides. (One the server
             // already refused, a stale plan being discarded, committed nothing either.)
-            if g.standby || g.discarding {
+            // Only when it is the one request in flight: the others would go unanswered.
+            let alone = lease.client_replies_owed() <= 1 && !lease.is_unsynced();
+            if (g.standby || g.discarding) && alone {
                 self.retry_now = Some(Box::new(g));
                 return Ok(Flow::Continue);
             }
@@ -279,7 +282,14 @@ impl Session {
         let addr = lease.addr().to_owned();
         tracing::warn!(server = %addr, "server connection lost: {why}");
         let message = format!("server connection to {addr} was lost: {why}");
-        let in_flight = lease.owes_client_reply() || self.copy_in != CopyIn::Off;
+        // Every request in flight gets its answer: a client may have pipelined several on
+        // this connection (tokio-postgres sends the Close + Sync of a statement it dropped
+        // right in front of its next request), and each waits for its own ReadyForQuery. A
+        // COPY or frames sent without Sync get one.
+        let answers = match lease.client_replies_owed() {
+            0 if lease.owes_client_reply() || self.copy_in != CopyIn::Off => 1,
+            n => n,
+        };
         let was_in_transaction = self.tx_status.is_in_transaction();
         drop(lease);
         if self.pinned.is_some() || self.mode == PoolMode::Session {
@@ -294,13 +304,15 @@ impl Session {
         let e =
             downgraded.unwrap_or_else(|| ProxyError::error(SqlState::CONNECTION_FAILURE, message));
         self.copy_in = CopyIn::Off;
-        if in_flight {
-            self.ctx.metrics().count_proxy_error(&e);
-            self.client.push_error(&e);
+        if answers > 0 {
             self.tx_status = TxStatus::Idle;
-            let mut b = BytesMut::with_capacity(6);
-            messages::ready_for_query(&mut b, self.tx_status);
-            self.client.push(b);
+            for _ in 0..answers {
+                self.ctx.metrics().count_proxy_error(&e);
+                self.client.push_error(&e);
+                let mut b = BytesMut::with_capacity(6);
+                messages::ready_for_query(&mut b, self.tx_status);
+                self.client.push(b);
+            }
         } else if was_in_transaction {
             // The client believes a transaction is open; the next request must fail, not run
             // outside it.

@@ -6,8 +6,9 @@
 
 mod common;
 
+use common::fake_patroni::FakePatroni;
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use causeway::app::App;
@@ -291,53 +292,6 @@ async fn a_reload_removes_a_node_and_its_connections_drain() {
         "no connection from the proxy to the removed node remains"
     );
     proxy.app.shutdown(Duration::from_secs(5)).await;
-}
-
-/// A stand-in for Patroni's REST API serving whatever `/cluster` body the test sets (as in
-/// tests/patroni.rs).
-struct FakePatroni {
-    url: String,
-    body: Arc<std::sync::Mutex<String>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl FakePatroni {
-    async fn start(body: String) -> FakePatroni {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let body = Arc::new(std::sync::Mutex::new(body));
-        let shared = body.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = listener.accept().await else {
-                    return;
-                };
-                let body = shared.lock().unwrap().clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 2048];
-                    let _ = s.read(&mut buf).await;
-                    let answer = format!(
-                        "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\
-                         Content-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = s.write_all(answer.as_bytes()).await;
-                });
-            }
-        });
-        FakePatroni { url, body, task }
-    }
-
-    fn set(&self, body: String) {
-        *self.body.lock().unwrap() = body;
-    }
-}
-
-impl Drop for FakePatroni {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// A `/cluster` body listing harness nodes `members`, `leader` holding the leader key.

@@ -3,6 +3,7 @@
 //! in-process causeway in front of it per test.
 #![allow(dead_code)]
 
+pub mod fake_patroni;
 pub mod raw;
 
 use std::net::SocketAddr;

@@ -109,10 +109,30 @@ pub async fn run(app: SessionCtx, listener: TcpListener) {
 /// it is closed: closing would reset them, while a new process listening beside this one
 /// (`SO_REUSEPORT`) has its own queue and never sees them. They are served like the rest and
 /// drained (a client that has not yet sent its first request gets to run it).
+///
+/// The socket itself is asked (`accept` until it would block), not tokio's readiness: the
+/// reactor may not yet have seen the latest connections in the queue (under load it often
+/// has not, and `poll_accept` then says there are none), and whatever is left in the queue is
+/// reset when the listener closes.
 fn take_queued(app: &SessionCtx, listener: &TcpListener, gates: &Gates) {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    while let std::task::Poll::Ready(Ok((socket, peer))) = listener.poll_accept(&mut cx) {
-        start_session(app, socket, peer, gates);
+    let socket = socket2::SockRef::from(listener);
+    loop {
+        let (accepted, addr) = match socket.accept() {
+            Ok(a) => a,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // Empty (would block), or out of descriptors: nothing more to take.
+            Err(_) => return,
+        };
+        let Some(peer) = addr.as_socket() else {
+            continue;
+        };
+        let stream = std::net::TcpStream::from(accepted);
+        if stream.set_nonblocking(true).is_err() {
+            continue;
+        }
+        if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+            start_session(app, stream, peer, gates);
+        }
     }
 }
 

@@ -461,7 +461,15 @@ async fn split_brain_then_old_primary_rejoins() {
         .await
         .expect_err("a transaction on the fenced node cannot go on");
     assert_eq!(common::sqlstate(&e), Some("08006"), "{e:?}");
+    // Until the client ends its failed transaction, nothing runs (a retry must not autocommit
+    // outside it); after its ROLLBACK, the next write works on the new primary.
+    let e = write(&in_tx, "tx-retry")
+        .await
+        .expect_err("a failed transaction block until ROLLBACK");
+    assert_eq!(common::sqlstate(&e), Some("25P02"), "{e:?}");
+    in_tx.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(write(&in_tx, "tx-next").await.unwrap().port, new_port);
+    assert_eq!(count_direct(&c, 1, "tx-retry").await, 0, "the retry ran");
     assert_eq!(count_direct(&c, 0, "%-after").await, 0);
     // Writes after the switch: all on node 1, none on node 0 (checked on node 0 directly).
     let client = proxy.connect().await;

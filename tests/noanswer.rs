@@ -239,7 +239,53 @@ async fn a_transaction_lost_while_idle_fails_the_next_statement_not_a_close() {
             !replies[1].iter().any(|m| m.tag == b'C' || m.tag == b'1'),
             "{next} ran: {msgs:?}"
         );
-        assert_eq!(&replies[1].last().unwrap().body[..], b"I", "{msgs:?}");
+        if next == "commit" {
+            // The COMMIT ended the transaction (it did not commit: the client was told).
+            assert_eq!(&replies[1].last().unwrap().body[..], b"I", "{msgs:?}");
+        } else {
+            // A failed transaction block, as on PostgreSQL after an error: nothing runs
+            // until the client ends it, so a retried statement cannot autocommit.
+            assert_eq!(&replies[1].last().unwrap().body[..], b"E", "{msgs:?}");
+            still_failed_until_rollback(&mut conn).await;
+        }
         session_goes_on(&mut conn).await;
     }
+}
+
+/// In the failed block a transaction lost while idle leaves: a statement fails with 25P02
+/// without running (simple and extended protocol), then `ROLLBACK` (sent as a driver's
+/// prepared statement is) ends the block.
+async fn still_failed_until_rollback(conn: &mut RawConn) {
+    let msgs = conn.simple_query("select 41 + 1").await;
+    let e = raw::first_error(&msgs).unwrap_or_else(|| panic!("25P02: {msgs:?}"));
+    assert_eq!(e.code, "25P02", "{msgs:?}");
+    assert!(!msgs.iter().any(|m| m.tag == b'D'), "it ran: {msgs:?}");
+    assert_eq!(&msgs.last().unwrap().body[..], b"E", "{msgs:?}");
+
+    let mut pipeline = ext::parse("", "select 1", &[]);
+    pipeline.extend(ext::bind("", &[]));
+    pipeline.extend(ext::execute());
+    pipeline.extend(ext::sync());
+    conn.send(&pipeline).await;
+    let msgs = answers(conn, 1).await;
+    let e = raw::first_error(&msgs).unwrap_or_else(|| panic!("25P02: {msgs:?}"));
+    assert_eq!(e.code, "25P02", "{msgs:?}");
+    assert!(
+        !msgs
+            .iter()
+            .any(|m| matches!(m.tag, b'1' | b'2' | b'D' | b'C')),
+        "{msgs:?}"
+    );
+    assert_eq!(&msgs.last().unwrap().body[..], b"E", "{msgs:?}");
+
+    let mut pipeline = ext::parse("", "ROLLBACK", &[]);
+    pipeline.extend(ext::bind("", &[]));
+    pipeline.extend(ext::execute());
+    pipeline.extend(ext::sync());
+    conn.send(&pipeline).await;
+    let msgs = answers(conn, 1).await;
+    let tags: Vec<u8> = msgs.iter().map(|m| m.tag).collect();
+    assert_eq!(tags, b"12CZ", "{msgs:?}");
+    assert_eq!(&msgs[2].body[..], b"ROLLBACK\0", "{msgs:?}");
+    assert_eq!(&msgs[3].body[..], b"I", "{msgs:?}");
 }

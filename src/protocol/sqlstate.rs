@@ -24,6 +24,8 @@ impl SqlState {
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
     /// `25006` read_only_sql_transaction.
     pub const READ_ONLY_SQL_TRANSACTION: SqlState = SqlState("25006");
+    /// `25P02` in_failed_sql_transaction.
+    pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
     /// `25P03` idle_in_transaction_session_timeout.
     pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
     /// `28000` invalid_authorization_specification.

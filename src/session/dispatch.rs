@@ -28,7 +28,7 @@ pub(super) enum Terminator {
 
 impl Terminator {
     /// Whether a ReadyForQuery will answer the request.
-    fn is_complete(self) -> bool {
+    pub(super) fn is_complete(self) -> bool {
         matches!(self, Terminator::Query | Terminator::Sync)
     }
 }
@@ -189,18 +189,16 @@ impl Session {
             // connection's state ends).
             self.server_lost("its node was fenced or changed role")?;
         }
-        // The transaction this request belongs to died with its server. A Close + Sync is
-        // answered below without running anything: the error waits for a request that runs
+        // The transaction this request belongs to died with its server: answered as a failed
+        // transaction block until the client ends it (`lost.rs`). A Close + Sync is answered
+        // below without running anything: the error waits for a request that runs
         // something. (A driver that pipelines sends the Close + Sync of a statement it dropped
         // in front of its next statement and ignores its reply, as tokio-postgres does: the
         // error must not be spent on it, or that statement, the transaction's COMMIT say,
         // would run outside any transaction and succeed.)
-        if self.lost_transaction.is_some() && !self.closes_only(term) {
-            if let Some(e) = self.lost_transaction.take() {
-                self.tx_status = TxStatus::Idle;
-                self.fail_request(&e, term);
-                return Ok(None);
-            }
+        if self.lost.is_some() && !self.closes_only(term) {
+            self.answer_lost_transaction(term);
+            return Ok(None);
         }
         if let Some(e) = self.statements_over_limit() {
             self.fail_request(&e, term);

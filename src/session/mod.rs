@@ -19,6 +19,7 @@ mod dispatch;
 mod guard;
 mod idle;
 mod lifecycle;
+mod lost;
 mod relay;
 mod replies;
 pub mod route;
@@ -303,8 +304,9 @@ pub struct Session {
     /// Until when a draining session that is `awaiting_first_request` waits for it.
     drain_deadline: Option<tokio::time::Instant>,
     /// The server connection died while the client had a transaction open (and no request
-    /// in flight): the client's next request fails with this error.
-    lost_transaction: Option<Box<ProxyError>>,
+    /// in flight): the session answers as a failed transaction block until the client ends
+    /// it (see `lost`).
+    lost: Option<Box<lost::LostTransaction>>,
     /// What a server's FATAL error means when the server closes.
     server_fatal: ServerFatal,
     /// The client broke the protocol after earlier requests that are still being answered:
@@ -386,7 +388,7 @@ impl Session {
             draining: false,
             awaiting_first_request: true,
             drain_deadline: None,
-            lost_transaction: None,
+            lost: None,
             server_fatal: ServerFatal::None,
             violation: None,
             max_message,

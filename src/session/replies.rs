@@ -316,7 +316,7 @@ impl Session {
         } else if was_in_transaction {
             // The client believes a transaction is open; the next request must fail, not run
             // outside it.
-            self.lost_transaction = Some(Box::new(e));
+            self.lost = Some(Box::new(super::lost::LostTransaction::new(e)));
         }
         self.answer_deferred();
         Ok(Flow::Continue)

@@ -4,13 +4,11 @@
 //! several proxies can run in one process (the integration tests do).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 
-use crate::config::{Config, ProxyConfig, RuntimeMode};
-use crate::net::loops::EventLoops;
+use crate::config::Config;
 use crate::session::cancel::Stop;
 pub use crate::session::context::{SessionCtx, UserSlot};
 pub use crate::settings::{Settings, SettingsError, UserEntry};
@@ -30,9 +28,6 @@ pub enum AppError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The per-core event loops could not be started.
-    #[error("cannot start the event loops: {0}")]
-    EventLoops(std::io::Error),
 }
 
 /// How long [`App::shutdown`] waits for sessions to close once the grace period is over (they
@@ -104,8 +99,6 @@ fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
 #[derive(Clone)]
 pub struct App {
     ctx: SessionCtx,
-    /// The per-core event loops, once started (`proxy.runtime = "per_core"`).
-    loops: Arc<OnceLock<Arc<EventLoops>>>,
 }
 
 impl std::ops::Deref for App {
@@ -121,7 +114,6 @@ impl App {
     pub fn new(config: Config) -> Result<App, AppError> {
         Ok(App {
             ctx: SessionCtx::new(Settings::new(config)?),
-            loops: Arc::default(),
         })
     }
 
@@ -164,20 +156,8 @@ impl App {
             ));
         }
         self.tasks().spawn(maintain_pools(self.ctx.clone()));
-        let loops = match cfg.proxy.runtime {
-            RuntimeMode::Shared => None,
-            RuntimeMode::PerCore => {
-                let loops = Arc::new(
-                    EventLoops::start(cfg.proxy.worker_threads).map_err(AppError::EventLoops)?,
-                );
-                tracing::info!(loops = loops.len(), "sessions run on per-core event loops");
-                self.pools().prefer_home_threads();
-                let _ = self.loops.set(loops.clone());
-                Some(loops)
-            }
-        };
         self.tasks()
-            .spawn(crate::net::listener::run(self.ctx.clone(), listener, loops));
+            .spawn(crate::net::listener::run(self.ctx.clone(), listener));
         tracing::info!(%local, "causeway listening");
         Ok(local)
     }
@@ -205,14 +185,6 @@ impl App {
             }
         }
         self.pools().close_idle().await;
-        if let Some(loops) = self.loops.get() {
-            loops.stop();
-        }
-    }
-
-    /// The per-core event loops, when the proxy runs on them.
-    pub fn event_loops(&self) -> Option<&Arc<EventLoops>> {
-        self.loops.get()
     }
 }
 
@@ -279,16 +251,6 @@ pub fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::R
             .worker_threads(n)
             .enable_all()
             .build(),
-    }
-}
-
-/// The runtime `proxy.toml` asks for: [`build_runtime`] with `worker_threads`, or with
-/// `runtime = "per_core"` a single-threaded one for the accept loop, the watcher and the HTTP
-/// endpoints (the sessions run on the event loops [`App::start`] starts).
-pub fn main_runtime(proxy: &ProxyConfig) -> std::io::Result<tokio::runtime::Runtime> {
-    match proxy.runtime {
-        RuntimeMode::Shared => build_runtime(proxy.worker_threads),
-        RuntimeMode::PerCore => build_runtime(1),
     }
 }
 

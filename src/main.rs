@@ -147,7 +147,7 @@ fn run(path: &PathBuf) -> ExitCode {
     for n in &loaded.notices {
         tracing::warn!("{n}");
     }
-    let runtime = match causeway::app::main_runtime(&loaded.config.proxy) {
+    let runtime = match causeway::app::build_runtime(loaded.config.proxy.worker_threads) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -41,7 +41,6 @@ pub const RESTART_ONLY: &[&str] = &[
     "proxy.listen",
     "proxy.http_listen",
     "proxy.worker_threads",
-    "proxy.runtime",
     "proxy.max_client_connections",
     "proxy.tcp_nodelay",
     "proxy.log_format",
@@ -255,7 +254,6 @@ pub fn key_values(c: &Config) -> Vec<(&'static str, String)> {
         ("proxy.admin_users", p.admin_users.join(",")),
         ("proxy.tcp_nodelay", p.tcp_nodelay.to_string()),
         ("proxy.worker_threads", p.worker_threads.to_string()),
-        ("proxy.runtime", p.runtime.to_string()),
         ("proxy.log_level", p.log_level.clone()),
         ("proxy.log_format", p.log_format.to_string()),
         (

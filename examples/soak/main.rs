@@ -192,7 +192,7 @@ fn serve_proxy(path: &Path) -> ExitCode {
         eprintln!("causeway child: the soak is gone (stdin closed); exiting");
         std::process::exit(0);
     });
-    let runtime = match causeway::app::main_runtime(&loaded.config.proxy) {
+    let runtime = match causeway::app::build_runtime(loaded.config.proxy.worker_threads) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

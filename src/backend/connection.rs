@@ -283,9 +283,6 @@ pub struct ServerConn {
     /// The node's role epoch when the connection was made (see
     /// [`crate::topology::NodeState::role_epoch`]).
     pub(crate) role_epoch: u64,
-    /// The thread that opened it: with per-core event loops, its socket is registered with
-    /// that thread's loop.
-    pub(crate) home: std::thread::ThreadId,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -351,7 +348,6 @@ impl ServerConn {
             last_used: now,
             expires: None,
             role_epoch: 0,
-            home: std::thread::current().id(),
         };
         let startup = StartupMessage::encode([
             ("user", target.user.as_str()),

@@ -172,9 +172,6 @@ pub struct Pool {
     retired: AtomicBool,
     /// Checkouts waiting for a free connection now (a full or paused pool).
     waiting: AtomicUsize,
-    /// Checkouts take the most recently used idle connection opened on their own thread
-    /// first (see [`Pools::prefer_home_threads`]).
-    home_threads: bool,
 }
 
 /// Runs `f` when dropped: undoes a count however the future holding it ends.
@@ -321,10 +318,12 @@ impl Pool {
         let active = self.active.clone().try_acquire_owned().ok()?;
         let idle = {
             let mut idle = self.idle.lock();
-            let at = self.next_idle(&idle)?;
+            let usable = idle
+                .last_mut()
+                .is_some_and(|i| self.usable(&mut i.conn, role_epoch, now));
             // Closing an unusable one is `checkout`'s job.
-            if self.usable(&mut idle[at].conn, role_epoch, now) {
-                Some(idle.remove(at))
+            if usable {
+                idle.pop()
             } else {
                 None
             }
@@ -539,24 +538,7 @@ impl Pool {
     }
 
     fn pop_idle(&self) -> Option<Idle> {
-        let mut idle = self.idle.lock();
-        let at = self.next_idle(&idle)?;
-        Some(idle.remove(at))
-    }
-
-    /// Which idle connection a checkout takes: the most recently used, or with
-    /// `home_threads` the most recently used of those opened on this thread if any.
-    fn next_idle(&self, idle: &[Idle]) -> Option<usize> {
-        let last = idle.len().checked_sub(1)?;
-        if !self.home_threads {
-            return Some(last);
-        }
-        let here = std::thread::current().id();
-        Some(
-            idle.iter()
-                .rposition(|i| i.conn.home == here)
-                .unwrap_or(last),
-        )
+        self.idle.lock().pop()
     }
 
     fn is_expired_at(&self, conn: &ServerConn, now: Instant) -> bool {
@@ -615,8 +597,6 @@ pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// The admin console's `PAUSE`, while in force.
     pause: Mutex<Option<Pause>>,
-    /// Checkouts prefer idle connections opened on their own thread (per-core event loops).
-    home_threads: AtomicBool,
 }
 
 /// A `PAUSE` in force: every permit of each paused pool is held, so no checkout proceeds
@@ -708,16 +688,7 @@ impl Pools {
             node_permits: Mutex::new(Vec::new()),
             max_server_connections,
             pools: Mutex::new(HashMap::new()),
-            home_threads: AtomicBool::new(false),
         }
-    }
-
-    /// Makes checkouts prefer an idle connection opened on the checking-out thread (for
-    /// pools made from now on). With per-core event loops a socket is registered with the
-    /// loop of the thread that opened it: used from another loop, each of its events wakes
-    /// two threads.
-    pub fn prefer_home_threads(&self) {
-        self.home_threads.store(true, Ordering::Relaxed);
     }
 
     /// The semaphore of node slot `node`, made (with the slots before it) on first use.
@@ -765,7 +736,6 @@ impl Pools {
                     stale_generation: AtomicU64::new(0),
                     retired: AtomicBool::new(false),
                     waiting: AtomicUsize::new(0),
-                    home_threads: self.home_threads.load(Ordering::Relaxed),
                 });
                 if let Some(pause) = &mut *self.pause.lock() {
                     if pause.covers(&pool.key.database) {

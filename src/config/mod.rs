@@ -132,18 +132,6 @@ keyword_enum! {
 }
 
 keyword_enum! {
-    /// How client sessions are spread over threads (`proxy.runtime`).
-    pub enum RuntimeMode {
-        /// One multi-threaded tokio runtime with work stealing: a session may run on any of
-        /// `worker_threads` threads.
-        Shared = "shared",
-        /// `worker_threads` single-threaded event loops, each on its own thread: a client's
-        /// session, and the server connections it opens, stay on the loop it was given.
-        PerCore = "per_core",
-    }
-}
-
-keyword_enum! {
     /// What a client may observe after its own writes.
     pub enum Consistency {
         /// Read-your-writes: after a write, the session's reads go to the primary or to a
@@ -350,8 +338,6 @@ pub struct ProxyConfig {
     /// Threads that run sessions (`worker_threads`): 0 (the default) is one per CPU core; 1 is
     /// a single-threaded event loop.
     pub worker_threads: usize,
-    /// How sessions are spread over those threads (`runtime`, default `shared`).
-    pub runtime: RuntimeMode,
 }
 
 /// `[pool]`: server connections.
@@ -660,11 +646,6 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         var: "CAUSEWAY_WORKER_THREADS",
         key: "proxy.worker_threads",
         integer: true,
-    },
-    EnvOverride {
-        var: "CAUSEWAY_RUNTIME",
-        key: "proxy.runtime",
-        integer: false,
     },
     EnvOverride {
         var: "CAUSEWAY_MONITOR_USER",

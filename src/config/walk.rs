@@ -18,8 +18,8 @@ use super::{
     AuthMethod, AuthQueryConfig, Balance, ClientCertMode, ClientTlsConfig, ClientTlsMode, Config,
     Consistency, DatabaseConfig, Fallback, Keyword, LogFormat, MonitorConfig, NodeConfig,
     NodeTlsConfig, PoolConfig, PoolMode, PrimaryReads, Problem, ProxyConfig, ReadOnlyTransactions,
-    RoutingConfig, RuntimeMode, Secret, ServerTlsConfig, ServerTlsMode, TopologyConfig,
-    TopologySource, UserConfig,
+    RoutingConfig, Secret, ServerTlsConfig, ServerTlsMode, TopologyConfig, TopologySource,
+    UserConfig,
 };
 
 /// Every table and the keys it accepts: the one schema both the walk and the "did you mean"
@@ -42,7 +42,6 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
             "admin_users",
             "tcp_nodelay",
             "worker_threads",
-            "runtime",
             "log_level",
             "log_format",
         ],
@@ -667,7 +666,6 @@ impl<'l> Walker<'l> {
             admin_users: self.string_list(s, "admin_users").unwrap_or_default(),
             tcp_nodelay: self.boolean(s, "tcp_nodelay").unwrap_or(true),
             worker_threads: self.int(s, "worker_threads", 0, 1024).unwrap_or(0),
-            runtime: self.choice(s, "runtime").unwrap_or(RuntimeMode::Shared),
             log_level: self
                 .name(s, "log_level")
                 .unwrap_or_else(|| "info".to_owned()),

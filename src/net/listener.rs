@@ -16,7 +16,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::loops::EventLoops;
 use super::stream::{ClientStream, LINGER};
 use crate::protocol::messages::ProxyError;
 use crate::protocol::SqlState;
@@ -65,13 +64,10 @@ struct Gates {
     nodelay: bool,
     /// `proxy.tcp_keepalive`.
     keepalive: Option<Duration>,
-    /// The per-core event loops sessions run on (`proxy.runtime = "per_core"`); `None`: on
-    /// the accept loop's runtime.
-    loops: Option<Arc<EventLoops>>,
 }
 
-/// Accepts clients until shutdown; with `loops`, each session runs on one of them.
-pub async fn run(app: SessionCtx, listener: TcpListener, loops: Option<Arc<EventLoops>>) {
+/// Accepts clients until shutdown.
+pub async fn run(app: SessionCtx, listener: TcpListener) {
     let settings = app.settings();
     let gates = Gates {
         clients: Arc::new(Semaphore::new(settings.config.proxy.max_client_connections)),
@@ -81,7 +77,6 @@ pub async fn run(app: SessionCtx, listener: TcpListener, loops: Option<Arc<Event
         refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
         nodelay: settings.config.proxy.tcp_nodelay,
         keepalive: settings.config.proxy.tcp_keepalive,
-        loops,
     };
     drop(settings);
     let shutdown = app.shutdown_token().clone();
@@ -129,8 +124,9 @@ fn start_session(
     gates: &Gates,
 ) {
     super::keepalive::set(&socket, gates.keepalive);
+    let stream = ClientStream::from(socket);
     if gates.nodelay {
-        let _ = socket.set_nodelay(true);
+        let _ = stream.set_nodelay(true);
     }
     match gates.startup.clone().try_acquire_owned() {
         Ok(permit) => {
@@ -141,39 +137,12 @@ fn start_session(
             };
             app.metrics().clients_accepted.inc();
             app.metrics().clients_active.inc();
-            let Some(loops) = &gates.loops else {
-                let stream = ClientStream::from(socket);
-                app.tasks().clone().spawn(async move {
-                    session::run(app.clone(), stream, peer, admission).await;
-                    app.metrics().clients_active.dec();
-                });
-                return;
-            };
-            // Registered with this runtime's reactor: taken out of it here and registered
-            // with the chosen loop's at the session's first poll, on that loop's thread.
-            let socket = match socket.into_std() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot hand a client to an event loop");
-                    app.metrics().clients_active.dec();
-                    return;
-                }
-            };
-            let tasks = app.tasks().clone();
-            let session = async move {
-                match tokio::net::TcpStream::from_std(socket) {
-                    Ok(socket) => {
-                        let stream = ClientStream::from(socket);
-                        session::run(app.clone(), stream, peer, admission).await;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot register a client socket"),
-                }
+            app.tasks().clone().spawn(async move {
+                session::run(app.clone(), stream, peer, admission).await;
                 app.metrics().clients_active.dec();
-            };
-            loops.spawn(tasks.track_future(session));
+            });
         }
         Err(_) => {
-            let stream = ClientStream::from(socket);
             app.metrics().clients_refused.inc();
             // Dropping the stream closes it at once: no task, no descriptor kept.
             if let Ok(slot) = gates.refusing.clone().try_acquire_owned() {

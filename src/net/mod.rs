@@ -3,7 +3,6 @@
 
 pub mod keepalive;
 pub mod listener;
-pub mod loops;
 pub mod server_tls;
 pub mod stream;
 pub mod tls;

@@ -130,6 +130,27 @@ async fn requests_pipelined_in_a_transaction_all_fail_when_the_backend_dies() {
     session_goes_on(&mut conn).await;
 }
 
+/// A statement running in a transaction when its server process dies: it fails, and the
+/// client is in a failed transaction block (nothing runs until its ROLLBACK), not outside the
+/// transaction where a retry would autocommit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_in_flight_in_a_transaction_leaves_a_failed_block() {
+    let proxy = common::start_proxy().await;
+    let (mut conn, _) = raw::login_trust(proxy.addr, APP_TRUST_USER, "postgres").await;
+    let begun = conn.simple_query("begin").await;
+    assert_eq!(&begun.last().unwrap().body[..], b"T", "{begun:?}");
+    let marker = "noanswer_inflight";
+    conn.send(&raw::query(&format!("select pg_sleep(60) /* {marker} */")))
+        .await;
+    terminate_running(marker).await;
+    let msgs = answers(&mut conn, 1).await;
+    let e = raw::first_error(&msgs).unwrap_or_else(|| panic!("it fails: {msgs:?}"));
+    assert!(e.code == "57P01" || e.code == "08006", "{e:?}");
+    assert_eq!(&msgs.last().unwrap().body[..], b"E", "{msgs:?}");
+    still_failed_until_rollback(&mut conn).await;
+    session_goes_on(&mut conn).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_pipelined_behind_a_running_one_all_get_an_answer_when_the_backend_dies() {
     // Outside a transaction: a request sent while the one before still runs follows it on the

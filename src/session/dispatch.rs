@@ -448,6 +448,7 @@ impl Session {
         };
         if term.is_complete() {
             conn.expect_client_reply(term == Terminator::Sync, sent);
+            self.ends_in_flight |= batch_class.ends_transaction;
             self.probe_after_request(&batch_class);
         } else {
             conn.expect_unsynced();

@@ -1,11 +1,13 @@
-//! A transaction that died with its server connection while the client had it open and
-//! nothing in flight. The client still believes it is open: until it ends it, the session
-//! answers as PostgreSQL answers in a failed transaction block, so that nothing the client
-//! sends next runs outside the transaction it meant (a retried statement that autocommits,
-//! then a `COMMIT` that "succeeds", would make half a transaction look committed).
+//! A transaction that died with its server connection while the client had it open. The
+//! client still believes it is open: until it ends it, the session answers as PostgreSQL
+//! answers in a failed transaction block, so that nothing the client sends next runs outside
+//! the transaction it meant (a retried statement that autocommits, then a `COMMIT` that
+//! "succeeds", would make half a transaction look committed).
 //!
-//! - The first request that runs something fails with the reason (the server's own, say
-//!   `57P01`, or `08006`) and ReadyForQuery says `E`.
+//! - Requests in flight when the connection died fail with the reason; unless one of them
+//!   ended the transaction (`COMMIT`, `ROLLBACK`), ReadyForQuery says `E` (`server_lost`).
+//! - With nothing in flight, the first request that runs something fails with the reason (the
+//!   server's own, say `57P01`, or `08006`) and ReadyForQuery says `E`.
 //! - Later requests fail with `25P02` (current transaction is aborted) while the block lasts.
 //! - `ROLLBACK` / `ABORT` ends it: `ROLLBACK`, ReadyForQuery `I`. `COMMIT` / `END` ends it
 //!   too: with the reason if the client has not heard it yet (its transaction did not
@@ -38,6 +40,11 @@ impl LostTransaction {
         LostTransaction {
             reason: Some(reason),
         }
+    }
+
+    /// One whose reason the client has already been told (its requests in flight failed).
+    pub(super) fn reported() -> LostTransaction {
+        LostTransaction { reason: None }
     }
 }
 

@@ -307,6 +307,9 @@ pub struct Session {
     /// in flight): the session answers as a failed transaction block until the client ends
     /// it (see `lost`).
     lost: Option<Box<lost::LostTransaction>>,
+    /// A request in flight ends the client's transaction (`COMMIT`, `ROLLBACK`): if the server
+    /// connection dies under it, the client's transaction is over, not a failed block.
+    ends_in_flight: bool,
     /// What a server's FATAL error means when the server closes.
     server_fatal: ServerFatal,
     /// The client broke the protocol after earlier requests that are still being answered:
@@ -389,6 +392,7 @@ impl Session {
             awaiting_first_request: true,
             drain_deadline: None,
             lost: None,
+            ends_in_flight: false,
             server_fatal: ServerFatal::None,
             violation: None,
             max_message,

@@ -154,6 +154,14 @@ impl Session {
             .metrics()
             .record_latency(self.server_role, sent.elapsed());
         self.tx_status = status;
+        if self.ends_in_flight
+            && !self
+                .server
+                .as_deref()
+                .is_some_and(|s| s.owes_client_reply())
+        {
+            self.ends_in_flight = false;
+        }
         if matches!(
             self.copy_in,
             CopyIn::Requested | CopyIn::EndedEarly | CopyIn::Failed
@@ -305,7 +313,15 @@ impl Session {
             downgraded.unwrap_or_else(|| ProxyError::error(SqlState::CONNECTION_FAILURE, message));
         self.copy_in = CopyIn::Off;
         if answers > 0 {
-            self.tx_status = TxStatus::Idle;
+            // Requests in flight in a transaction fail; unless one of them ended it (the
+            // COMMIT itself, say), the client is left in a failed transaction block, as after
+            // any error in a transaction: nothing it sends runs until its ROLLBACK (`lost.rs`).
+            self.tx_status = if was_in_transaction && !self.ends_in_flight {
+                self.lost = Some(Box::new(super::lost::LostTransaction::reported()));
+                TxStatus::Failed
+            } else {
+                TxStatus::Idle
+            };
             for _ in 0..answers {
                 self.ctx.metrics().count_proxy_error(&e);
                 self.client.push_error(&e);
@@ -318,6 +334,7 @@ impl Session {
             // outside it.
             self.lost = Some(Box::new(super::lost::LostTransaction::new(e)));
         }
+        self.ends_in_flight = false;
         self.answer_deferred();
         Ok(Flow::Continue)
     }

@@ -104,6 +104,9 @@ pub struct BatchClass {
     pub any_proxy: bool,
     /// Some statement is `COMMIT` / `END` (a transaction's writes become visible).
     pub commits: bool,
+    /// Some statement is `COMMIT` / `END` or `ROLLBACK` / `ABORT`: the client's transaction
+    /// ends with this request.
+    pub ends_transaction: bool,
     /// Some statement is `COPY ... FROM` (the server will wait for data: nothing may be sent
     /// behind the request).
     pub copies_in: bool,
@@ -121,6 +124,11 @@ impl BatchClass {
                 StatementKind::Proxy(_) => self.any_proxy = true,
                 StatementKind::Commit { .. } => {
                     self.commits = true;
+                    self.ends_transaction = true;
+                    self.all_proxy = false;
+                }
+                StatementKind::Rollback { .. } => {
+                    self.ends_transaction = true;
                     self.all_proxy = false;
                 }
                 StatementKind::CopyFrom => {

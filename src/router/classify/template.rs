@@ -248,11 +248,12 @@ fn remap<S: AsRef<[u8]>, T>(
         let r = s.range();
         Some(super::Span::new(map(r.start)?, map(r.end)?))
     };
-    let mut statements = analysis.statements.clone();
+    // `from_slice`: one copy of the inline part (`clone` pushes element by element).
+    let mut statements: super::Statements = SmallVec::from_slice(&analysis.statements);
     for s in &mut statements {
         s.span = span(s.span)?;
     }
-    let mut functions = analysis.functions.clone();
+    let mut functions: super::FunctionRefs = SmallVec::from_slice(&analysis.functions);
     for f in &mut functions {
         f.name = span(f.name)?;
         f.schema = match f.schema {

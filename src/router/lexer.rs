@@ -247,33 +247,7 @@ impl<'a> Lexer<'a> {
     /// A numeric literal. PostgreSQL 16 rejects trailing letters ("trailing junk"); reading
     /// them into the number is harmless here because numbers never decide anything.
     fn number(&mut self) -> TokenKind {
-        let start = self.pos;
-        let hex_like = self.byte_at(start) == Some(b'0')
-            && matches!(
-                self.byte_at(start + 1),
-                Some(b'x' | b'X' | b'o' | b'O' | b'b' | b'B')
-            );
-        let mut dot = self.byte_at(start) == Some(b'.');
-        if dot {
-            self.pos += 1; // `.5`
-        }
-        while let Some(b) = self.byte_at(self.pos) {
-            if b.is_ascii_alphanumeric() || b == b'_' {
-                self.pos += 1;
-            } else if b == b'.' && !dot && !hex_like && self.byte_at(self.pos + 1) != Some(b'.') {
-                // `1.5`, `1.`; but `1..2` is not a number followed by a fraction.
-                dot = true;
-                self.pos += 1;
-            } else if (b == b'+' || b == b'-')
-                && !hex_like
-                && matches!(self.src.get(self.pos - 1), Some(b'e' | b'E'))
-                && matches!(self.byte_at(self.pos + 1), Some(b'0'..=b'9'))
-            {
-                self.pos += 1; // exponent sign: `1e-5`
-            } else {
-                break;
-            }
-        }
+        self.pos = number_end(self.src, self.pos);
         TokenKind::Number
     }
 
@@ -517,6 +491,36 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         from = at + 1;
     }
     None
+}
+
+/// The end of the numeric literal that starts at `start` (a digit, or a `.` before one): digits,
+/// letters and `_` (`0x1F`, `1_000`, trailing junk), one `.` unless it starts `..` (`1.5`, `1.`),
+/// and an exponent's sign (`1e-5`). Shared by the lexer and the classifier cache's literal-free
+/// key, which must agree on where a number ends.
+pub fn number_end(src: &[u8], start: usize) -> usize {
+    let at = |i: usize| src.get(i).copied();
+    let hex_like = at(start) == Some(b'0')
+        && matches!(at(start + 1), Some(b'x' | b'X' | b'o' | b'O' | b'b' | b'B'));
+    let mut dot = at(start) == Some(b'.');
+    let mut pos = start + usize::from(dot); // `.5`
+    while let Some(b) = at(pos) {
+        if b.is_ascii_alphanumeric() || b == b'_' {
+            pos += 1;
+        } else if b == b'.' && !dot && !hex_like && at(pos + 1) != Some(b'.') {
+            // `1.5`, `1.`; but `1..2` is not a number followed by a fraction.
+            dot = true;
+            pos += 1;
+        } else if (b == b'+' || b == b'-')
+            && !hex_like
+            && matches!(src.get(pos - 1), Some(b'e' | b'E'))
+            && matches!(at(pos + 1), Some(b'0'..=b'9'))
+        {
+            pos += 1; // exponent sign: `1e-5`
+        } else {
+            break;
+        }
+    }
+    pos
 }
 
 /// PostgreSQL's whitespace: space, tab, newline, carriage return, form feed, vertical tab.

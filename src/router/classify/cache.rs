@@ -1,5 +1,7 @@
 //! [`ClassifierCache`]: analyses remembered by statement text, so a repeated statement costs
-//! one hash, one shard lock, one comparison and an `Arc` clone instead of a lexer pass. It
+//! one hash, one shard lock, one comparison and an `Arc` clone instead of a lexer pass; a
+//! statement repeated with other integers (`… WHERE aid = 42`) costs one scan more and a copy
+//! of the analysis with its spans moved (see `template.rs`). It
 //! holds the lexical analysis only: the router's verdict on functions changes when `pg_proc`
 //! is reloaded, so it is never stored here. Owned by the `App`, not a global.
 
@@ -11,14 +13,16 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
 
+use super::template::{is_literal_free, Key, Template};
 use super::{analyze, Analysis, OwnedAnalysis};
 
 /// Limits of a [`ClassifierCache`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheLimits {
-    /// Most analyses kept.
+    /// Most analyses kept, by exact text and by literal-free key each.
     pub max_entries: usize,
-    /// Most bytes kept (texts plus analyses, approximately).
+    /// Most bytes kept (texts plus analyses, approximately), by exact text and by literal-free
+    /// key each.
     pub max_bytes: usize,
     /// Longer texts are analysed every time and never stored: one huge generated statement
     /// must not push out thousands of small ones.
@@ -59,10 +63,17 @@ pub(super) const SHARDS: usize = 16;
 /// miss, never a wrong answer, and a flood of colliding texts cannot grow a chain. Eviction is
 /// CLOCK (second chance) per shard, by entry count and by bytes. Analysis runs outside the
 /// lock.
+///
+/// A second set of shards holds analyses by literal-free key, for texts that differ only in
+/// integer literals: a text that misses by its exact bytes is looked up there before it is
+/// analysed, and its analysis is stored there instead when it is one every such text shares
+/// (see `template.rs`).
 #[derive(Debug)]
 pub struct ClassifierCache {
-    /// The shards; a text's hash picks one.
+    /// The shards by exact text; a text's hash picks one.
     shards: Box<[Mutex<Shard>]>,
+    /// The shards by literal-free key; the key's hash picks one.
+    templates: Box<[Mutex<Shard>]>,
     /// Seed of the text hash, random per cache.
     seed: u64,
     /// The limits, as configured.
@@ -111,6 +122,7 @@ impl ClassifierCache {
         let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
         ClassifierCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            templates: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             seed,
             limits,
             hits: AtomicU64::new(0),
@@ -131,29 +143,63 @@ impl ClassifierCache {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return hit;
         }
+        let template = Template::of(sql);
+        let mut key = Key::new();
+        let keyed = template.as_ref().map(|t| {
+            t.key_into(sql, &mut key);
+            let hash = hash_text(self.seed, &key);
+            (t, hash, &self.templates[(hash >> 60) as usize % SHARDS])
+        });
+        if let Some((t, hash, shard)) = keyed {
+            let stored = shard.lock().get(hash, &key);
+            if let Some(value) = stored.and_then(|k| t.applied(&k, sql)) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Arc::new(value);
+            }
+        }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let value = Arc::new(analyze(sql).to_owned_analysis());
+        let fresh = analyze(sql);
         let per_shard = |total: usize| total.div_ceil(SHARDS).max(1);
-        shard.lock().insert(
-            hash,
-            Arc::clone(&value),
+        let (entries, bytes) = (
             per_shard(self.limits.max_entries),
             per_shard(self.limits.max_bytes),
         );
+        if let Some((t, hash, shard)) = keyed.filter(|_| is_literal_free(&fresh)) {
+            if let Some(stored) = t.keyed(&fresh, &key) {
+                shard.lock().insert(hash, Arc::new(stored), entries, bytes);
+                return Arc::new(fresh.to_owned_analysis());
+            }
+        }
+        let value = Arc::new(fresh.to_owned_analysis());
+        shard
+            .lock()
+            .insert(hash, Arc::clone(&value), entries, bytes);
         value
     }
 
-    /// The cached analysis of `sql`, if there is one.
+    /// The cached analysis of `sql`, if there is one (by its exact text or its literal-free
+    /// key).
     pub fn get(&self, sql: &[u8]) -> Option<Arc<OwnedAnalysis>> {
         let hash = hash_text(self.seed, sql);
-        self.shards[(hash >> 60) as usize % SHARDS]
+        let exact = self.shards[(hash >> 60) as usize % SHARDS]
             .lock()
-            .get(hash, sql)
+            .get(hash, sql);
+        exact.or_else(|| {
+            let t = Template::of(sql)?;
+            let mut key = Key::new();
+            t.key_into(sql, &mut key);
+            let hash = hash_text(self.seed, &key);
+            let keyed = self.templates[(hash >> 60) as usize % SHARDS]
+                .lock()
+                .get(hash, &key)?;
+            t.applied(&keyed, sql).map(Arc::new)
+        })
     }
 
     /// Counters and current size.
     pub fn stats(&self) -> CacheStats {
-        let (entries, bytes) = self.shards.iter().fold((0, 0), |(e, b), s| {
+        let all = self.shards.iter().chain(self.templates.iter());
+        let (entries, bytes) = all.fold((0, 0), |(e, b), s| {
             let s = s.lock();
             (e + s.slots.len(), b + s.bytes)
         });
@@ -167,7 +213,7 @@ impl ClassifierCache {
 
     /// Drops every entry.
     pub fn clear(&self) {
-        for shard in self.shards.iter() {
+        for shard in self.shards.iter().chain(self.templates.iter()) {
             *shard.lock() = Shard::default();
         }
     }

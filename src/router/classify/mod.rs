@@ -33,7 +33,7 @@
 //! - `command.rs`: `SET`/`SHOW`/`RESET causeway.*` and the setting-value parsers;
 //! - `builtins.rs`: the built-in functions the classifier knows by name;
 //! - `names.rs`: identifiers, normalised as PostgreSQL does;
-//! - `cache.rs`: [`ClassifierCache`];
+//! - `cache.rs`: [`ClassifierCache`]; `template.rs`: its keys with integer literals left out;
 //! - `corpus.rs` (the statement corpus, shared with the oracle test) and `tests.rs`.
 
 mod analyzer;
@@ -42,6 +42,7 @@ mod cache;
 mod command;
 mod hints;
 mod names;
+mod template;
 #[cfg(test)]
 mod tests;
 

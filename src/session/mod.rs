@@ -354,7 +354,9 @@ impl Session {
         // The database's catalog once a server accepted it (see `begin`): a name that does
         // not exist must not make the proxy load anything.
         let catalog = Arc::default();
-        let state = ClientState::new(&accepted.params, ctx.params_hasher().clone());
+        // The startup parameters move into the client's state (not kept twice).
+        let startup = std::mem::take(&mut accepted.params);
+        let state = ClientState::new(startup, ctx.params_hasher().clone());
         Session {
             ctx,
             client,

@@ -71,6 +71,8 @@ pub(super) enum Flow {
 impl Session {
     /// Relays until the client terminates, the proxy shuts down, or an error ends the session.
     pub(super) async fn relay(&mut self) -> Result<(), SessionError> {
+        // A client that logged in and waits holds no read buffer until it sends something.
+        self.client.release_read_buffer();
         // Bytes the client sent before the welcome was complete (read while waiting for a
         // server connection).
         if !self.client.rbuf.is_empty() {

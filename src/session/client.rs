@@ -149,6 +149,15 @@ impl ClientConn {
         }
     }
 
+    /// Gives back both buffers when they are empty: the read buffer (see
+    /// [`ClientConn::release_read_buffer`]) and the write queue's slots.
+    pub fn release_buffers(&mut self) {
+        self.release_read_buffer();
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = VecDeque::new();
+        }
+    }
+
     /// Reads once into the read buffer after making room (used during startup).
     pub async fn read_some(&mut self) -> std::io::Result<usize> {
         self.prepare_read();

@@ -71,8 +71,6 @@ pub(super) enum Flow {
 impl Session {
     /// Relays until the client terminates, the proxy shuts down, or an error ends the session.
     pub(super) async fn relay(&mut self) -> Result<(), SessionError> {
-        // A client that logged in and waits holds no read buffer until it sends something.
-        self.client.release_read_buffer();
         // Bytes the client sent before the welcome was complete (read while waiting for a
         // server connection).
         if !self.client.rbuf.is_empty() {
@@ -234,6 +232,11 @@ impl Session {
 
     /// Waits for the next I/O event on either side.
     async fn next_event(&mut self) -> Event {
+        if self.awaiting_first_request {
+            // Logged in and welcomed, and nothing asked yet (many clients of a pool stay so):
+            // nothing held for it but its state. Once it has sent something, never again.
+            self.client.release_buffers();
+        }
         self.client.prepare_read();
         let stalled = self.client_stalled();
         let hold_limit = if self.held.is_some() {

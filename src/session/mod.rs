@@ -302,7 +302,7 @@ pub struct Session {
     route: route::RouteState,
     /// The request in flight that may have to run again, held back until the server clearly
     /// answers it.
-    guard: Option<guard::MisrouteGuard>,
+    guard: guard::GuardSlot,
     /// A refused request to re-run.
     retry_now: Option<Box<guard::MisrouteGuard>>,
     /// A request waiting for the standby connection ahead of it to be released.
@@ -413,7 +413,7 @@ impl Session {
             in_flight: None,
             catalog,
             route,
-            guard: None,
+            guard: guard::GuardSlot::default(),
             retry_now: None,
             held: None,
             rerun: Rerun::No,
@@ -474,6 +474,8 @@ mod tests {
             std::mem::size_of::<ServerFatal>() <= 16
                 && std::mem::size_of::<Option<Box<ProxyError>>>() == 8
         );
+        // The misroute guard (328 bytes) is allocated with the first guarded request.
+        assert_eq!(std::mem::size_of::<guard::GuardSlot>(), 8);
     }
 
     /// What an idle client's session is made of, inline (issue 17; `--nocapture` prints it).
@@ -497,6 +499,20 @@ mod tests {
             returned_size_mut(Session::begin),
             size_of::<cancel::CancelSlot>(),
             size_of::<cancel::ClientInfo>(),
+        );
+        println!(
+            "guard {} lease {} causal {} server_fatal {} violation {} copy_in {} key {} \
+             in_flight {} idle_timer {} catalog {}",
+            size_of::<guard::GuardSlot>(),
+            size_of::<Option<Lease>>(),
+            size_of::<causal::CausalState>(),
+            size_of::<ServerFatal>(),
+            size_of::<Option<ProtocolError>>(),
+            size_of::<CopyIn>(),
+            size_of::<CancelKey>(),
+            size_of::<Option<crate::router::feedback::InFlight>>(),
+            size_of::<Option<Box<idle::IdleTimer>>>(),
+            size_of::<Arc<arc_swap::ArcSwap<crate::router::functions::FunctionCatalog>>>(),
         );
     }
 }

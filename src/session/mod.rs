@@ -166,10 +166,13 @@ pub fn run(
         else {
             return;
         };
-        let result = match Box::pin(session.begin()).await {
-            Ok(()) => Box::pin(session.relay()).await,
-            Err(e) => Err(e),
-        };
+        // With `?`, no `Result` of `begin` is held across the relay's wait (a `match` on it
+        // would keep its space in this future).
+        let result = async {
+            Box::pin(session.begin()).await?;
+            Box::pin(session.relay()).await
+        }
+        .await;
         Box::pin(session.finish(result)).await;
     }
 }

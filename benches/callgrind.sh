@@ -61,11 +61,11 @@ dump=$(grep -l "^summary:" "$work"/cg.out* | head -1)
 [ -n "${KEEP:-}" ] && cp "$dump" "$KEEP"
 total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$dump" | sort -n | tail -1)
 # The sessions' own work, without the watcher's background checks (whose share of the total
-# depends on how long the run took): the inclusive cost of the session tasks' poll function.
-# (Since the session was boxed, its task is a `TrackedFuture` polled from session/mod.rs.)
+# depends on how long the run took): the inclusive cost of the session tasks' poll function
+# (named after session::run, or, when that is inlined, the task's TrackedFuture poll that
+# callgrind files under session/mod.rs).
 relay=$(callgrind_annotate --inclusive=yes "$dump" 2>/dev/null |
-  grep -E 'session/mod\.rs:<tokio_util::task::task_tracker::TrackedFuture<.*>::poll|causeway::session::run::\{\{closure\}\}' |
-  head -1 | awk '{gsub(",","",$1); print $1}' || true)
+  grep -E 'causeway::session::run::\{\{closure\}\}|src/session/mod.rs:<tokio_util::task::task_tracker::TrackedFuture' | head -1 | awk '{gsub(",","",$1); print $1}' || true)
 echo "mode=$mode user-space instructions per query: $((total / 16000)) (total $total)"
 [ -n "$relay" ] && echo "mode=$mode session tasks' instructions per query: $((relay / 16000))"
 true

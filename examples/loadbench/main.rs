@@ -927,7 +927,7 @@ fn memory_runs(
         });
         match &result {
             Ok(r) => say!(
-                "{}: {} of {} logins completed ({} AuthenticationOk, {} ReadyForQuery), RSS {:.1} -> {:.1} MiB: {} bytes per client",
+                "{}: {} of {} logins completed ({} AuthenticationOk, {} ReadyForQuery), RSS {:.1} -> {:.1} MiB: {} bytes per client; one more client logged in and got ReadyForQuery in {}",
                 r.proxy,
                 r.authenticated,
                 r.requested,
@@ -935,7 +935,9 @@ fn memory_runs(
                 r.ready,
                 r.rss_before as f64 / 1048576.0,
                 r.rss_after as f64 / 1048576.0,
-                r.bytes_per_client().map_or("n/a".into(), |b| format!("{b:.0}"))
+                r.bytes_per_client().map_or("n/a".into(), |b| format!("{b:.0}")),
+                r.one_more_login
+                    .map_or("(not within 10 s)".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
             ),
             Err(e) => say!("memory mode against {} failed: {e}", kind.name()),
         }

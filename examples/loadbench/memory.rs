@@ -56,6 +56,9 @@ pub struct MemoryResult {
     pub rss_after_close: u64,
     pub connect_seconds: f64,
     pub proxy_cpu_seconds: f64,
+    /// With all the idle clients connected: how long one more client took from connecting
+    /// to its ReadyForQuery (`None` if it did not get there within 10 s).
+    pub one_more_login: Option<Duration>,
     pub first_error: Option<String>,
 }
 
@@ -301,6 +304,28 @@ pub fn measure(
         tokio::time::sleep(settle).await;
         result.rss_after = procs::status_bytes(pid, "VmRSS").unwrap_or(0);
         result.proxy_cpu_seconds = procs::tree_cpu_seconds(pid) - cpu_before;
+        // One more client, the (n+1)th: is it still served at once?
+        {
+            let ready = Arc::new(Counters::default());
+            let (tx, _rx) = oneshot::channel();
+            let begun = Instant::now();
+            clients.spawn(idle_client(
+                port,
+                user,
+                password,
+                database,
+                cache.clone(),
+                tx,
+                ready.clone(),
+            ));
+            while begun.elapsed() < Duration::from_secs(10) {
+                if ready.ready.load(Ordering::Relaxed) > 0 {
+                    result.one_more_login = Some(begun.elapsed());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
         result.ready = counters.ready.load(Ordering::Relaxed);
         result.auth_ok = counters.auth_ok.load(Ordering::Relaxed);
         result.errors_after_auth = counters.errors.load(Ordering::Relaxed);

@@ -229,7 +229,18 @@ pub fn start_causeway(
     let log = dir.join("causeway.log");
     let log_file = fs::File::create(&log).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut cmd = clean_command(&exe);
+    // `CAUSEWAY_BENCH_WRAP="valgrind --tool=massif"` runs the proxy under that command
+    // (a heap profile of the idle-client mode, for instance).
+    let wrap = std::env::var("CAUSEWAY_BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(program) => {
+            let mut cmd = clean_command(Path::new(program));
+            cmd.args(words).arg(&exe);
+            cmd
+        }
+        None => clean_command(&exe),
+    };
     cmd.arg("--serve-proxy")
         .arg(&config)
         // Its stdin is a pipe we hold: when the harness dies, it sees EOF and exits.

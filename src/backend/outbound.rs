@@ -66,7 +66,7 @@ impl ServerConn {
     /// broken.
     pub fn param_sync_query(
         &mut self,
-        desired: &BTreeMap<String, String>,
+        desired: &[(String, String)],
         desired_id: u64,
     ) -> Option<String> {
         param_sync_sql(desired, desired_id, &mut self.params)
@@ -77,7 +77,7 @@ impl ServerConn {
     /// refused a value; the connection is then marked broken.
     pub async fn sync_params_now(
         &mut self,
-        desired: &BTreeMap<String, String>,
+        desired: &[(String, String)],
         desired_id: u64,
         timeout: std::time::Duration,
     ) -> Result<Result<(), ErrorFields>, BackendError> {
@@ -373,8 +373,8 @@ fn close_statements(out: &mut BytesMut, names: &[std::sync::Arc<str>]) {
     put_frame_with(out, ftag::SYNC, |_| {});
 }
 
-/// SQL that makes a connection's session parameters equal to `desired`, and the bookkeeping
-/// that assumes it succeeded; `None` when nothing differs.
+/// SQL that makes a connection's session parameters equal to `desired` (sorted by name, names
+/// unique), and the bookkeeping that assumes it succeeded; `None` when nothing differs.
 ///
 /// Parameters the proxy set earlier and the client does not want are `RESET` (back to the
 /// server default); differing ones are set with `set_config`, which takes the raw value exactly
@@ -382,7 +382,7 @@ fn close_statements(out: &mut BytesMut, names: &[std::sync::Arc<str>]) {
 /// quoted name). A parameter never set on the connection is skipped when the server already
 /// reports the wanted value.
 fn param_sync_sql(
-    desired: &BTreeMap<String, String>,
+    desired: &[(String, String)],
     desired_id: u64,
     server: &mut ServerParams,
 ) -> Option<String> {
@@ -394,7 +394,11 @@ fn param_sync_sql(
     let resets: Vec<String> = server
         .applied
         .keys()
-        .filter(|k| !desired.contains_key(*k))
+        .filter(|k| {
+            desired
+                .binary_search_by(|(name, _)| name.as_str().cmp(k.as_str()))
+                .is_err()
+        })
         .cloned()
         .collect();
     for k in resets {
@@ -493,6 +497,7 @@ mod tests {
         let mut desired = BTreeMap::new();
         desired.insert("client_encoding".to_owned(), "UTF8".to_owned());
         desired.insert("work_mem".to_owned(), "8192".to_owned());
+        let desired: Vec<_> = desired.into_iter().collect();
         let sql = param_sync_sql(&desired, 0, &mut server).unwrap();
         assert_eq!(
             sql,
@@ -511,6 +516,7 @@ mod tests {
         a.insert("work_mem".to_owned(), "8192".to_owned());
         let mut b = BTreeMap::new();
         b.insert("work_mem".to_owned(), "1024".to_owned());
+        let (a, b): (Vec<_>, Vec<_>) = (a.into_iter().collect(), b.into_iter().collect());
         assert!(param_sync_sql(&a, 7, &mut server).is_some());
         assert_eq!(server.synced, 7);
         assert!(param_sync_sql(&a, 7, &mut server).is_none());

@@ -157,8 +157,11 @@ fn start_session(
             };
             app.metrics().clients_accepted.inc();
             app.metrics().clients_active.inc();
+            // The session's future made here, so that the task holds it and not also what
+            // it was made from (an idle client's task stays small, issue 17).
+            let session = session::run(app.clone(), stream, peer, admission);
             app.tasks().clone().spawn(async move {
-                session::run(app.clone(), stream, peer, admission).await;
+                session.await;
                 app.metrics().clients_active.dec();
             });
         }

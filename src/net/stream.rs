@@ -90,6 +90,18 @@ impl ClientStream {
         }
     }
 
+    /// Ready once a read would find something (data, EOF or an error): lets a caller wait
+    /// for a request without holding a buffer for it. A TLS stream is ready at once, as
+    /// rustls may hold decrypted bytes while its socket has nothing new.
+    #[inline]
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            ClientStream::Tcp(s) => s.poll_read_ready(cx),
+            ClientStream::Tls(_) => Poll::Ready(Ok(())),
+            ClientStream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
     /// Whether the client's connection is encrypted.
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls(_))

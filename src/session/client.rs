@@ -19,6 +19,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::net::stream::{ClientStream, LINGER};
 use crate::protocol::messages::ProxyError;
 
+/// The read buffer a read takes when the client holds none.
+const FIRST_READ: usize = 1024;
+
 /// Most chunks handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
@@ -115,22 +118,43 @@ impl ClientConn {
     }
 
     /// Makes room in the read buffer before a read (reads in chunks, not 64 bytes at a time).
+    ///
+    /// A client that holds no read buffer (see [`ClientConn::release_read_buffer`]) gets
+    /// none here: the read takes one once the socket is readable.
     #[inline]
     pub fn prepare_read(&mut self) {
-        // Small by default (an idle client costs its buffer); a large message grows it, and a
-        // buffer left large and empty after one is given back.
+        if self.rbuf.capacity() == 0 {
+            return;
+        }
+        // A large message grows the buffer, and a buffer left large and empty after one is
+        // given back.
         if self.rbuf.is_empty() && self.rbuf.capacity() > 64 * 1024 {
             self.rbuf = BytesMut::new();
+            return;
         }
         if self.rbuf.capacity() - self.rbuf.len() < 512 {
-            // 1 KiB to start with holds any ordinary request; a buffer that filled up grows by
-            // 4 KiB at a time (and doubles when it reallocates).
-            let more = if self.rbuf.capacity() == 0 {
-                1024
-            } else {
-                4096
-            };
-            self.rbuf.reserve(more);
+            // A buffer that filled up grows by 4 KiB at a time (and doubles when it
+            // reallocates).
+            self.rbuf.reserve(4096);
+        }
+    }
+
+    /// Gives back an empty read buffer (plain TCP): a client that waits, perhaps for hours,
+    /// holds none until its socket is readable (issue 17). A TLS client keeps its buffer:
+    /// rustls may hold decrypted bytes while the socket has nothing new, so a read is always
+    /// tried at once (see [`ClientStream::poll_read_ready`]).
+    pub fn release_read_buffer(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 && !self.stream.is_tls() {
+            self.rbuf = BytesMut::new();
+        }
+    }
+
+    /// Gives back both buffers when they are empty: the read buffer (see
+    /// [`ClientConn::release_read_buffer`]) and the write queue's slots.
+    pub fn release_buffers(&mut self) {
+        self.release_read_buffer();
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = VecDeque::new();
         }
     }
 
@@ -154,6 +178,12 @@ impl ClientConn {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<usize>> {
+        if self.rbuf.capacity() == 0 {
+            // No buffer held: wait until there is something to read, then take one; 1 KiB
+            // holds any ordinary request.
+            std::task::ready!(self.stream.poll_read_ready(cx))?;
+            self.rbuf.reserve(FIRST_READ);
+        }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
     }
 

@@ -418,7 +418,7 @@ impl Session {
         }
         if guard_target.is_some() || stale_guard {
             // The guard keeps the frames for a re-run (they are sent; the batch starts over).
-            self.guard = Some(super::guard::MisrouteGuard {
+            self.guard.set(super::guard::MisrouteGuard {
                 frames: std::mem::take(&mut self.batch),
                 term_is_sync: term == Terminator::Sync,
                 learn_key: batch_class.learn_key,

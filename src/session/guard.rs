@@ -56,6 +56,42 @@ pub struct MisrouteGuard {
     pub error: Option<BytesMut>,
 }
 
+/// The session's misroute guard, if a request is guarded: an `Option<MisrouteGuard>` whose
+/// 328 bytes are allocated with the session's first guarded request and kept for the next
+/// ones (one allocation per session, none per request). A client that has not sent a guarded
+/// request, such as one that logged in and waits, carries 8 bytes for it (issue 17).
+#[derive(Default)]
+pub struct GuardSlot(Option<Box<Option<MisrouteGuard>>>);
+
+impl GuardSlot {
+    /// The guard, if a request is guarded.
+    #[inline]
+    pub fn as_ref(&self) -> Option<&MisrouteGuard> {
+        self.0.as_deref().and_then(Option::as_ref)
+    }
+
+    /// The guard, if a request is guarded.
+    #[inline]
+    pub fn as_mut(&mut self) -> Option<&mut MisrouteGuard> {
+        self.0.as_deref_mut().and_then(Option::as_mut)
+    }
+
+    /// Ends the guard, handing it over; the slot's allocation stays for the next one.
+    #[inline]
+    pub fn take(&mut self) -> Option<MisrouteGuard> {
+        self.0.as_deref_mut().and_then(Option::take)
+    }
+
+    /// Guards a request (replacing any guard).
+    #[inline]
+    pub fn set(&mut self, guard: MisrouteGuard) {
+        match self.0.as_deref_mut() {
+            Some(slot) => *slot = Some(guard),
+            None => self.0 = Some(Box::new(Some(guard))),
+        }
+    }
+}
+
 /// Whether a standby's error means "this should not have come here" and the request may be
 /// re-run elsewhere: a write refused by a read-only server (25006), what PostgreSQL does not
 /// do during recovery (0A000: "cannot access temporary or unlogged relations during

@@ -41,7 +41,7 @@ use crate::protocol::{Frame, ProtocolError, SqlState};
 use crate::topology::Role;
 use cancel::Registration;
 use client::ClientConn;
-use context::SessionCtx;
+use context::{SessionCtx, UserSlot};
 use dispatch::Terminator;
 use startup::{Accepted, Outcome};
 use state::ClientState;
@@ -145,12 +145,57 @@ impl SessionError {
 
 /// Serves one client connection from accept to close; `admission` is its place under the
 /// connection limits.
-pub async fn run(
+///
+/// Startup and login run boxed (boxed here, so that the caller's task holds only the box),
+/// and that box is freed once the client is in: the task of a session waiting in `relay`
+/// (most of its life, often idle) holds only the boxed session, its slots and the relay's
+/// boxed future (issue 17; with the startup phase inline, `run`'s future was 688 bytes in a
+/// release build).
+pub fn run(
     ctx: SessionCtx,
     stream: ClientStream,
     peer: SocketAddr,
     admission: crate::net::listener::Admission,
-) {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let start = Box::pin(start(ctx, stream, peer, admission));
+    async move {
+        let Some(Started {
+            mut session,
+            _user_slot,
+            _client_slot,
+        }) = start.await
+        else {
+            return;
+        };
+        // With `?`, no `Result` of `begin` is held across the relay's wait (a `match` on it
+        // would keep its space in this future).
+        let result = async {
+            Box::pin(session.begin()).await?;
+            Box::pin(session.relay()).await
+        }
+        .await;
+        Box::pin(session.finish(result)).await;
+    }
+}
+
+/// A client that logged in, and the places it holds under the limits until it leaves.
+struct Started {
+    /// The session, boxed: its phases' futures do not carry its space.
+    session: Box<Session>,
+    /// The client counted against its user's `max_connections`.
+    _user_slot: UserSlot,
+    /// The client counted against `max_client_connections`.
+    _client_slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Startup, authentication and the connection limits; `None` when the connection ended there
+/// (refused, a cancel request, or an admin console session, served here).
+async fn start(
+    ctx: SessionCtx,
+    stream: ClientStream,
+    peer: SocketAddr,
+    admission: crate::net::listener::Admission,
+) -> Option<Started> {
     let mut client = ClientConn::new(stream, peer);
     let limit = ctx.settings().config.proxy.startup_timeout;
     // The timer boxed with the handshake: it is not needed once the session runs.
@@ -168,36 +213,37 @@ pub async fn run(
     };
     let accepted = match outcome {
         Ok(Outcome::Session(a)) => a,
-        Ok(Outcome::Done) => return,
-        Err(e) => return Box::pin(report_and_close(&mut client, e, ctx.metrics())).await,
+        Ok(Outcome::Done) => return None,
+        Err(e) => {
+            Box::pin(report_and_close(&mut client, e, ctx.metrics())).await;
+            return None;
+        }
     };
     // As PostgreSQL counts max_connections and a role's CONNECTION LIMIT: after
     // authentication.
-    let Some(_client_slot) = admission.logged_in() else {
+    let Some(client_slot) = admission.logged_in() else {
         let e = SessionError::Fatal(crate::net::listener::too_many_clients());
-        return Box::pin(report_and_close(&mut client, e, ctx.metrics())).await;
+        Box::pin(report_and_close(&mut client, e, ctx.metrics())).await;
+        return None;
     };
     // Once per connection, never per request: the console is a database name.
     if accepted.database == crate::admin::console::DATABASE {
-        return Box::pin(crate::admin::console::serve(ctx, client, accepted)).await;
+        Box::pin(crate::admin::console::serve(ctx, client, accepted)).await;
+        return None;
     }
-    let Some(_slot) = ctx.user_slot(&accepted.user) else {
+    let Some(user_slot) = ctx.user_slot(&accepted.user) else {
         let e = SessionError::Fatal(ProxyError::fatal(
             SqlState::TOO_MANY_CONNECTIONS,
             format!("too many connections for role \"{}\"", accepted.user),
         ));
-        return Box::pin(report_and_close(&mut client, e, ctx.metrics())).await;
+        Box::pin(report_and_close(&mut client, e, ctx.metrics())).await;
+        return None;
     };
-    // The session and its phases are boxed so that a session waiting in `relay` (most of
-    // its life, often idle) does not carry the space of the others' futures, nor `run`'s
-    // slots for what the startup phase held (with the Session inline, `run`'s future was
-    // 2240 bytes; see the test below).
-    let mut session = Box::new(Session::new(ctx, client, accepted));
-    let result = match Box::pin(session.begin()).await {
-        Ok(()) => Box::pin(session.relay()).await,
-        Err(e) => Err(e),
-    };
-    Box::pin(session.finish(result)).await;
+    Some(Started {
+        session: Box::new(Session::new(ctx, client, accepted)),
+        _user_slot: user_slot,
+        _client_slot: client_slot,
+    })
 }
 
 /// Sends the error (if the client can still hear it) and closes.
@@ -260,7 +306,7 @@ pub struct Session {
     route: route::RouteState,
     /// The request in flight that may have to run again, held back until the server clearly
     /// answers it.
-    guard: Option<guard::MisrouteGuard>,
+    guard: guard::GuardSlot,
     /// A refused request to re-run.
     retry_now: Option<Box<guard::MisrouteGuard>>,
     /// A request waiting for the standby connection ahead of it to be released.
@@ -359,7 +405,9 @@ impl Session {
         // The database's catalog once a server accepted it (see `begin`): a name that does
         // not exist must not make the proxy load anything.
         let catalog = Arc::default();
-        let state = ClientState::new(&accepted.params, ctx.params_hasher().clone());
+        // The startup parameters move into the client's state (not kept twice).
+        let startup = std::mem::take(&mut accepted.params);
+        let state = ClientState::new(startup, ctx.params_hasher().clone());
         Session {
             ctx,
             client,
@@ -373,7 +421,7 @@ impl Session {
             in_flight: None,
             catalog,
             route,
-            guard: None,
+            guard: guard::GuardSlot::default(),
             retry_now: None,
             held: None,
             rerun: Rerun::No,
@@ -426,13 +474,54 @@ mod tests {
         let session = std::mem::size_of::<Session>();
         println!("run future {run} B, relay future {relay} B, Session {session} B (boxed)");
         // Debug builds lay futures out no tighter than release builds. Before the Session
-        // was boxed, `run` held it inline: 2240 bytes.
-        assert!(run <= 1024, "run's future is {run} bytes");
+        // was boxed, `run` held it inline: 2240 bytes; before the startup phase was boxed,
+        // 688 (736 in a debug build).
+        assert!(run <= 256, "run's future is {run} bytes");
         assert!(relay <= 1024, "relay's future is {relay} bytes");
         // Rare errors are boxed (two ProxyErrors inline took 208 bytes).
         assert!(
             std::mem::size_of::<ServerFatal>() <= 16
                 && std::mem::size_of::<Option<Box<ProxyError>>>() == 8
+        );
+        // The misroute guard (328 bytes) is allocated with the first guarded request.
+        assert_eq!(std::mem::size_of::<guard::GuardSlot>(), 8);
+    }
+
+    /// What an idle client's session is made of, inline (issue 17; `--nocapture` prints it).
+    #[test]
+    fn print_session_parts() {
+        use std::mem::size_of;
+        println!(
+            "Session {} = ClientConn {} (ClientStream {}) + Accepted {} + ClientState {} \
+             + RouteState {} + Registration {} + Batch {} + pools {} + deferred {}; \
+             begin future {}, CancelSlot {}, ClientInfo {}",
+            size_of::<Session>(),
+            size_of::<ClientConn>(),
+            size_of::<ClientStream>(),
+            size_of::<Accepted>(),
+            size_of::<ClientState>(),
+            size_of::<route::RouteState>(),
+            size_of::<Registration>(),
+            size_of::<Batch>(),
+            size_of::<Vec<Option<Arc<Pool>>>>(),
+            size_of::<Vec<Batch>>(),
+            returned_size_mut(Session::begin),
+            size_of::<cancel::CancelSlot>(),
+            size_of::<cancel::ClientInfo>(),
+        );
+        println!(
+            "guard {} lease {} causal {} server_fatal {} violation {} copy_in {} key {} \
+             in_flight {} idle_timer {} catalog {}",
+            size_of::<guard::GuardSlot>(),
+            size_of::<Option<Lease>>(),
+            size_of::<causal::CausalState>(),
+            size_of::<ServerFatal>(),
+            size_of::<Option<ProtocolError>>(),
+            size_of::<CopyIn>(),
+            size_of::<CancelKey>(),
+            size_of::<Option<crate::router::feedback::InFlight>>(),
+            size_of::<Option<Box<idle::IdleTimer>>>(),
+            size_of::<Arc<arc_swap::ArcSwap<crate::router::functions::FunctionCatalog>>>(),
         );
     }
 }

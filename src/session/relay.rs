@@ -232,6 +232,11 @@ impl Session {
 
     /// Waits for the next I/O event on either side.
     async fn next_event(&mut self) -> Event {
+        if self.awaiting_first_request {
+            // Logged in and welcomed, and nothing asked yet (many clients of a pool stay so):
+            // nothing held for it but its state. Once it has sent something, never again.
+            self.client.release_buffers();
+        }
         self.client.prepare_read();
         let stalled = self.client_stalled();
         let hold_limit = if self.held.is_some() {

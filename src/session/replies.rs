@@ -9,7 +9,7 @@
 
 use bytes::BytesMut;
 
-use super::guard::MisrouteGuard;
+use super::guard::GuardSlot;
 use super::relay::Flow;
 use super::{CopyIn, ServerFatal, Session, SessionError};
 use crate::backend::replies::{Disposition, Reply, ReplySink, Watch};
@@ -25,7 +25,7 @@ pub(super) struct Sink<'a> {
     /// The client connection.
     pub client: &'a mut super::client::ClientConn,
     /// The misroute guard, if a request is guarded.
-    pub guard: &'a mut Option<MisrouteGuard>,
+    pub guard: &'a mut GuardSlot,
 }
 
 impl ReplySink for Sink<'_> {

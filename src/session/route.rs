@@ -323,9 +323,8 @@ impl Session {
     /// Whether the session's transactions are read-only by default.
     fn default_read_only(&self) -> bool {
         self.state
-            .params
-            .get("default_transaction_read_only")
-            .is_some_and(|v| matches!(v.as_str(), "on" | "true" | "yes" | "1"))
+            .param("default_transaction_read_only")
+            .is_some_and(|v| matches!(v, "on" | "true" | "yes" | "1"))
     }
 
     /// The routing context of a classified batch: hints and `causeway.*` settings over the

@@ -18,11 +18,13 @@ use std::hash::BuildHasher;
 /// The client's session state.
 #[derive(Debug, Default)]
 pub struct ClientState {
-    /// Session parameters the client expects, by lower-case name, as raw values `set_config`
-    /// accepts.
-    pub params: BTreeMap<String, String>,
-    /// Parameters from the startup packet: what `RESET`/`DISCARD ALL` return to.
-    pub startup_params: BTreeMap<String, String>,
+    /// Session parameters the client expects, as raw values `set_config` accepts: sorted by
+    /// lower-case name, names unique. A sorted list, not a map: a client has a few, and a
+    /// `BTreeMap` takes a 544-byte node for even one (issue 17).
+    pub params: Vec<(String, String)>,
+    /// Parameters from the startup packet, in the same form: what `RESET`/`DISCARD ALL`
+    /// return to.
+    startup_params: Box<[(String, String)]>,
     /// Fingerprint of `params`, kept with them: a server connection last brought in line with
     /// the same fingerprint needs no comparison. Never 0 (a connection's "unknown").
     params_id: u64,
@@ -37,15 +39,20 @@ pub struct ClientState {
 }
 
 impl ClientState {
-    /// Starts from the startup packet's parameters; `hasher` is the proxy's (see
-    /// `App::params_hasher`).
-    pub fn new(startup: &[(String, String)], hasher: RandomState) -> ClientState {
-        let startup_params: BTreeMap<String, String> = startup
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+    /// Starts from the startup packet's parameters (names in any case; of a name given twice
+    /// the last value counts); `hasher` is the proxy's (see `App::params_hasher`).
+    pub fn new(startup: Vec<(String, String)>, hasher: RandomState) -> ClientState {
+        let mut startup: Vec<(String, String)> = startup
+            .into_iter()
+            .rev()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect();
+        // Stable: of equal names the last given comes first, and is the one kept.
+        startup.sort_by(|a, b| a.0.cmp(&b.0));
+        startup.dedup_by(|later, kept| later.0 == kept.0);
+        let startup_params = startup.into_boxed_slice();
         let mut state = ClientState {
-            params: startup_params.clone(),
+            params: startup_params.to_vec(),
             startup_params,
             params_id: 0,
             hasher,
@@ -54,6 +61,14 @@ impl ClientState {
         };
         state.params_id = state.fingerprint();
         state
+    }
+
+    /// The value the client expects for parameter `name` (lower case), if it set one.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| self.params[i].1.as_str())
     }
 
     /// The fingerprint of the current parameters.
@@ -71,10 +86,10 @@ impl ClientState {
     /// startup value; so startup values fill the gaps (and get applied again).
     pub fn refresh_params(&mut self, session_level: BTreeMap<String, String>) {
         let mut params = session_level;
-        for (k, v) in &self.startup_params {
+        for (k, v) in self.startup_params.iter() {
             params.entry(k.clone()).or_insert_with(|| v.clone());
         }
-        self.params = params;
+        self.params = params.into_iter().collect();
         self.params_id = self.fingerprint();
     }
 }
@@ -86,21 +101,36 @@ mod tests {
     #[test]
     fn refresh_keeps_startup_values_the_server_forgot() {
         let mut c = ClientState::new(
-            &[("Application_Name".into(), "x".into())],
+            vec![("Application_Name".into(), "x".into())],
             RandomState::new(),
         );
-        assert_eq!(
-            c.params.get("application_name").map(String::as_str),
-            Some("x")
-        );
+        assert_eq!(c.param("application_name"), Some("x"));
         let mut reported = BTreeMap::new();
         reported.insert("search_path".to_owned(), "a".to_owned());
         c.refresh_params(reported);
         assert_eq!(c.params.len(), 2);
-        assert_eq!(c.params.get("search_path").map(String::as_str), Some("a"));
-        assert_eq!(
-            c.params.get("application_name").map(String::as_str),
-            Some("x")
+        assert_eq!(c.param("search_path"), Some("a"));
+        assert_eq!(c.param("application_name"), Some("x"));
+    }
+
+    #[test]
+    fn startup_params_sorted_lower_case_last_one_counts() {
+        let c = ClientState::new(
+            vec![
+                ("TimeZone".into(), "UTC".into()),
+                ("application_name".into(), "a".into()),
+                ("timezone".into(), "CET".into()),
+            ],
+            RandomState::new(),
         );
+        assert_eq!(
+            c.params,
+            vec![
+                ("application_name".to_owned(), "a".to_owned()),
+                ("timezone".to_owned(), "CET".to_owned())
+            ]
+        );
+        assert_eq!(c.param("timezone"), Some("CET"));
+        assert_eq!(c.param("search_path"), None);
     }
 }

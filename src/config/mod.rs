@@ -462,8 +462,9 @@ pub const DEFAULT_AUTH_QUERY: &str =
 pub struct TopologyConfig {
     /// `source`: `"probe"` (default) or `"patroni"`.
     pub source: TopologySource,
-    /// `patroni`: Patroni REST API base URLs (`http://host:port`), asked in order until one
-    /// answers; required (non-empty) when `source = "patroni"`.
+    /// `patroni`: Patroni REST API base URLs (`http://host:port`), all asked each check (the
+    /// answer whose leader has the newest timeline wins); required (non-empty) when
+    /// `source = "patroni"`.
     pub patroni: Vec<String>,
 }
 

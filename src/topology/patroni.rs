@@ -1,5 +1,6 @@
-//! Patroni as a topology source (`[topology] source = "patroni"`): polls `GET /cluster` on the
-//! first Patroni REST URL that answers; the watcher's aggregator follows its member list
+//! Patroni as a topology source (`[topology] source = "patroni"`): polls `GET /cluster` on
+//! every Patroni REST URL and takes the freshest answer ([`freshest`]); the watcher's
+//! aggregator follows its member list
 //! (members that are no node yet become nodes, nodes Patroni brought in leave with their
 //! member) and applies its [`DcsVerdict`] on top of its own probes.
 //!
@@ -164,6 +165,28 @@ pub fn verdict(members: &[Member], nodes: &[(String, u16)]) -> DcsVerdict {
     }
 }
 
+/// Of several `/cluster` answers (in the configured order of their URLs), the one to follow.
+/// Each Patroni member answers from its own copy of the DCS, and a member busy demoting
+/// itself, or cut off from the others, may answer with an old one that still names it leader.
+/// A leader only ever moves to a higher timeline, so the answer whose leader reports the
+/// highest timeline is the newest; on a tie (or no timeline anywhere), the first URL's.
+pub fn freshest(answers: Vec<Vec<Member>>) -> Option<Vec<Member>> {
+    let leader_timeline = |members: &[Member]| {
+        members
+            .iter()
+            .find(|m| m.role == MemberRole::Leader)
+            .and_then(|m| m.timeline)
+    };
+    let mut best: Option<(Option<u32>, Vec<Member>)> = None;
+    for members in answers {
+        let t = leader_timeline(&members);
+        if best.as_ref().is_none_or(|(b, _)| t > *b) {
+            best = Some((t, members));
+        }
+    }
+    best.map(|(_, m)| m)
+}
+
 /// `GET /cluster` on `url`, within `limit`.
 pub async fn fetch_cluster(url: &str, limit: Duration) -> Result<Vec<Member>, PatroniError> {
     let authority = url
@@ -263,6 +286,37 @@ mod tests {
             .iter()
             .map(|p| ("127.0.0.1".to_owned(), *p))
             .collect()
+    }
+
+    /// The same cluster with its leader moved: `pg2` promoted on timeline 6.
+    fn switched_over() -> Vec<Member> {
+        let mut m = parse_cluster(CLUSTER).unwrap();
+        m[0].role = MemberRole::Replica;
+        m[1].role = MemberRole::Leader;
+        m[1].timeline = Some(6);
+        m
+    }
+
+    #[test]
+    fn the_answer_whose_leader_has_the_newest_timeline_wins() {
+        let old = parse_cluster(CLUSTER).unwrap();
+        let new = switched_over();
+        // A stale copy of the DCS (the demoted member's own) first in URL order loses.
+        assert_eq!(freshest(vec![old.clone(), new.clone()]), Some(new.clone()));
+        assert_eq!(freshest(vec![new.clone(), old.clone()]), Some(new.clone()));
+        // No leader (the key released mid-switchover) is older than any leader's timeline.
+        let mut leaderless = old.clone();
+        leaderless[0].role = MemberRole::Replica;
+        assert_eq!(
+            freshest(vec![leaderless.clone(), old.clone()]),
+            Some(old.clone())
+        );
+        // A tie keeps the first URL's answer.
+        assert_eq!(freshest(vec![leaderless.clone()]), Some(leaderless));
+        let mut same = old.clone();
+        same[2].state = "stopped".into();
+        assert_eq!(freshest(vec![same.clone(), old.clone()]), Some(same));
+        assert_eq!(freshest(Vec::new()), None);
     }
 
     #[test]

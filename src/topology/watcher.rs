@@ -188,8 +188,10 @@ impl Probes {
     }
 }
 
-/// Asks Patroni's `/cluster` every check interval, trying the URLs in order until one answers,
-/// and reports the verdict (or why none answered) to the aggregator.
+/// Asks every Patroni URL's `/cluster` at once, every check interval, and reports the
+/// freshest answer ([`patroni::freshest`]: a member demoting itself may answer from an old
+/// copy of the DCS), or why none answered, to the aggregator. Once one URL has answered, the
+/// others get [`PATRONI_GRACE`] more: a URL that hangs delays no report by more.
 async fn poll_patroni(
     settings: WatcherSettings,
     tx: mpsc::Sender<DcsReport>,
@@ -203,23 +205,56 @@ async fn poll_patroni(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, url) in settings.patroni.iter().enumerate() {
+            let url = url.clone();
+            asks.spawn(async move {
+                let answer = patroni::fetch_cluster(&url, limit).await;
+                (i, url, answer)
+            });
+        }
+        let mut answers = Vec::new();
         let mut failures = Vec::new();
-        let mut report = None;
-        for url in &settings.patroni {
-            match patroni::fetch_cluster(url, limit).await {
+        let mut grace: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match grace {
+                None => asks.join_next().await,
+                Some(until) => match tokio::time::timeout_at(until, asks.join_next()).await {
+                    Ok(next) => next,
+                    // The rest answer too late for this check (dropping `asks` stops them).
+                    Err(_) => break,
+                },
+            };
+            let Some(joined) = next else { break };
+            let Ok((i, url, answer)) = joined else {
+                continue;
+            };
+            match answer {
                 Ok(members) => {
-                    report = Some(Ok(members));
-                    break;
+                    answers.push((i, members));
+                    grace.get_or_insert_with(|| tokio::time::Instant::now() + PATRONI_GRACE);
                 }
-                Err(e) => failures.push(format!("{url}: {e}")),
+                Err(e) => failures.push((i, format!("{url}: {e}"))),
             }
         }
-        let report = report.unwrap_or_else(|| Err(failures.join("; ")));
+        answers.sort_by_key(|(i, _)| *i);
+        failures.sort_by_key(|(i, _)| *i);
+        let report =
+            patroni::freshest(answers.into_iter().map(|(_, m)| m).collect()).ok_or_else(|| {
+                failures
+                    .into_iter()
+                    .map(|(_, e)| e)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            });
         if tx.send(report).await.is_err() {
             return;
         }
     }
 }
+
+/// How long the other Patroni URLs may take once one has answered a check.
+const PATRONI_GRACE: Duration = Duration::from_millis(200);
 
 /// The newest settings from a reload, if they changed since last asked (keeping the Patroni
 /// URLs and health threshold the watcher started with).

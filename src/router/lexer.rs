@@ -556,7 +556,7 @@ const IDENT_CONT: [bool; 256] = {
 
 /// PostgreSQL's operator characters.
 #[inline]
-fn is_op_char(b: u8) -> bool {
+pub(crate) const fn is_op_char(b: u8) -> bool {
     matches!(
         b,
         b'+' | b'-'

@@ -70,14 +70,7 @@ impl Session {
                 ftag::PARSE => {
                     if let Ok(p) = frontend::parse(body) {
                         last = Some(self.ctx.classifier().analyze(p.query));
-                        if !p.name.is_empty() {
-                            // A named statement the client will Bind later, on its own: it
-                            // must exist for the client (and be answered here again).
-                            let tail = f.raw().slice(5 + p.name.len() + 1..);
-                            self.state
-                                .statements
-                                .insert(Bytes::copy_from_slice(p.name), StatementDef::new(tail));
-                        }
+                        self.remember_parsed_here(f, p.name);
                     }
                     messages::parse_complete(&mut out);
                 }
@@ -128,6 +121,17 @@ impl Session {
             }
         }
         self.client.push(out);
+    }
+
+    /// A named statement parsed in a batch the proxy answers itself: the client will Bind it
+    /// later, on its own, so it must exist for the client (and be prepared on a server then).
+    pub(super) fn remember_parsed_here(&mut self, parse: &Frame, name: &[u8]) {
+        if !name.is_empty() {
+            let tail = parse.raw().slice(5 + name.len() + 1..);
+            self.state
+                .statements
+                .insert(Bytes::copy_from_slice(name), StatementDef::new(tail));
+        }
     }
 
     /// The analysis of the client's named statement `name` (none for the unnamed one).

@@ -17,11 +17,10 @@
 //!
 //! Nothing here takes a server connection: the block has none.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use super::dispatch::Terminator;
 use super::Session;
-use crate::backend::statements::StatementDef;
 use crate::protocol::backend::TxStatus;
 use crate::protocol::frontend::{self, tag as ftag, Target as DescribeTarget};
 use crate::protocol::messages::{self, command_complete, ProxyError};
@@ -85,13 +84,7 @@ impl Session {
                 ftag::PARSE => match frontend::parse(body) {
                     Ok(p) if self.lost.is_some() && self.ends(p.query) != Ends::No => {
                         last = self.ends(p.query);
-                        if !p.name.is_empty() {
-                            // The client will Bind it later: it must exist for the client.
-                            let tail = f.raw().slice(5 + p.name.len() + 1..);
-                            self.state
-                                .statements
-                                .insert(Bytes::copy_from_slice(p.name), StatementDef::new(tail));
-                        }
+                        self.remember_parsed_here(f, p.name);
                         messages::parse_complete(&mut out);
                     }
                     _ => skipping = self.fail_in_block(&mut out),

@@ -26,7 +26,7 @@ use smallvec::SmallVec;
 mod tests;
 
 use super::{Analysis, StatementKind};
-use crate::router::lexer::number_end;
+use crate::router::lexer::{is_op_char, number_end};
 
 /// The byte that stands for one integer literal in a key.
 const LITERAL: u8 = 0xFF;
@@ -179,36 +179,23 @@ const CLASS: [u8; 256] = {
             DASH
         } else if b == b'/' {
             SLASH
-        } else if matches!(
-            b,
-            b' ' | b'\t'
-                | b'\n'
-                | b'\r'
-                | 0x0b
-                | 0x0c
-                | b'('
-                | b')'
-                | b'['
-                | b']'
-                | b','
-                | b';'
-                | b':'
-                | b'+'
-                | b'*'
-                | b'<'
-                | b'>'
-                | b'='
-                | b'~'
-                | b'!'
-                | b'@'
-                | b'#'
-                | b'%'
-                | b'^'
-                | b'&'
-                | b'|'
-                | b'`'
-                | b'?'
-        ) {
+        } else if is_op_char(b)
+            || matches!(
+                b,
+                b' ' | b'\t'
+                    | b'\n'
+                    | b'\r'
+                    | 0x0b
+                    | 0x0c
+                    | b'('
+                    | b')'
+                    | b'['
+                    | b']'
+                    | b','
+                    | b';'
+                    | b':'
+            )
+        {
             PLAIN
         } else {
             BAIL

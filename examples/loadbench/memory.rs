@@ -228,20 +228,15 @@ pub fn measure(
     runtime.block_on(async move {
         let cache = SaltCache::default();
         let counters = Arc::new(Counters::default());
+        // Every client of this measurement: the same proxy, account and salt cache.
+        let client =
+            |tx, counters| idle_client(port, user, password, database, cache.clone(), tx, counters);
         // One client first, closed again, so lazily built state (runtime, pool, caches) is in the
         // baseline, not in the per-client figure.
         {
             let mut warm = JoinSet::new();
             let (tx, rx) = oneshot::channel();
-            warm.spawn(idle_client(
-                port,
-                user,
-                password,
-                database,
-                cache.clone(),
-                tx,
-                Arc::new(Counters::default()),
-            ));
+            warm.spawn(client(tx, Arc::new(Counters::default())));
             match tokio::time::timeout(Duration::from_secs(30), rx).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => return Err(format!("{proxy}: warm-up client failed: {e}")),
@@ -267,15 +262,7 @@ pub fn measure(
             let mut waits = Vec::with_capacity(this_batch);
             for _ in 0..this_batch {
                 let (tx, rx) = oneshot::channel();
-                clients.spawn(idle_client(
-                    port,
-                    user,
-                    password,
-                    database,
-                    cache.clone(),
-                    tx,
-                    counters.clone(),
-                ));
+                clients.spawn(client(tx, counters.clone()));
                 waits.push(rx);
             }
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -309,15 +296,7 @@ pub fn measure(
             let ready = Arc::new(Counters::default());
             let (tx, _rx) = oneshot::channel();
             let begun = Instant::now();
-            clients.spawn(idle_client(
-                port,
-                user,
-                password,
-                database,
-                cache.clone(),
-                tx,
-                ready.clone(),
-            ));
+            clients.spawn(client(tx, ready.clone()));
             while begun.elapsed() < Duration::from_secs(10) {
                 if ready.ready.load(Ordering::Relaxed) > 0 {
                     result.one_more_login = Some(begun.elapsed());

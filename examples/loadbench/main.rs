@@ -287,6 +287,8 @@ pub struct Sample {
     pub m: pgbench::Measured,
     /// Proxy CPU seconds (user + system, whole process tree) during the run.
     pub proxy_cpu: Option<f64>,
+    /// The user-space part of `proxy_cpu`.
+    pub proxy_user_cpu: Option<f64>,
     /// Proxy peak RSS during the run (sum over its processes), bytes.
     pub peak_rss: Option<u64>,
     /// Proxy PSS at the end of the run (shared pages split among its processes), bytes.
@@ -307,10 +309,17 @@ impl Sample {
     }
 
     pub fn cpu_per_1k_queries(&self, w: &Workload) -> Option<f64> {
+        self.per_1k_queries(w, self.proxy_cpu)
+    }
+
+    /// User-space CPU seconds per 1000 queries.
+    pub fn user_cpu_per_1k_queries(&self, w: &Workload) -> Option<f64> {
+        self.per_1k_queries(w, self.proxy_user_cpu)
+    }
+
+    fn per_1k_queries(&self, w: &Workload, cpu: Option<f64>) -> Option<f64> {
         let q = self.queries(w);
-        self.proxy_cpu
-            .filter(|_| q > 0)
-            .map(|c| c / (q as f64 / 1000.0))
+        cpu.filter(|_| q > 0).map(|c| c / (q as f64 / 1000.0))
     }
 }
 
@@ -840,7 +849,7 @@ fn one_run(
             facts.peak_rss_reset = false;
         }
     }
-    let cpu0 = t.pid.map(procs::tree_cpu_seconds);
+    let cpu0 = t.pid.map(procs::tree_cpu_times);
     let ours0 = procs::our_cpu_seconds(&plan.postmasters);
     let (busy0, total0) = procs::machine_cpu();
     let started = Instant::now();
@@ -859,15 +868,18 @@ fn one_run(
     let ours = procs::our_cpu_seconds(&plan.postmasters) - ours0;
     let total_seconds = (total1 - total0) as f64 / procs::clock_ticks();
     let busy_seconds = (busy1 - busy0) as f64 / procs::clock_ticks();
-    let proxy_cpu = t
-        .pid
-        .zip(cpu0)
-        .map(|(pid, c0)| procs::tree_cpu_seconds(pid) - c0);
+    let proxy_times = t.pid.zip(cpu0).map(|(pid, c0)| {
+        let c1 = procs::tree_cpu_times(pid);
+        (c1.user - c0.user, c1.system - c0.system)
+    });
+    let proxy_cpu = proxy_times.map(|(u, s)| u + s);
+    let proxy_user_cpu = proxy_times.map(|(u, _)| u);
     let peak_rss = t.pid.map(|pid| procs::tree_status_bytes(pid, "VmHWM"));
     let pss = t.pid.map(procs::tree_pss_bytes);
     Ok(Sample {
         m,
         proxy_cpu,
+        proxy_user_cpu,
         peak_rss,
         pss,
         machine_busy: (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64,

@@ -380,17 +380,36 @@ pub fn clock_ticks() -> f64 {
 /// CPU seconds used by `root` and its descendants: utime + stime of every live process of the
 /// tree, plus cutime + cstime (children that exited and were reaped).
 pub fn tree_cpu_seconds(root: u32) -> f64 {
-    let mut ticks = 0u64;
+    let t = tree_cpu_times(root);
+    t.user + t.system
+}
+
+/// CPU seconds of a process tree, split into user space and kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTimes {
+    /// utime + cutime.
+    pub user: f64,
+    /// stime + cstime.
+    pub system: f64,
+}
+
+/// [`tree_cpu_seconds`], with user-space and kernel time apart.
+pub fn tree_cpu_times(root: u32) -> CpuTimes {
+    let (mut user, mut system) = (0u64, 0u64);
     for pid in process_tree(root) {
         if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
             if let Some(f) = stat_fields(&stat) {
-                for i in 11..=14 {
-                    ticks += f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                }
+                // After the command name: utime, stime, cutime, cstime at 11..=14.
+                let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                user += field(11) + field(13);
+                system += field(12) + field(14);
             }
         }
     }
-    ticks as f64 / clock_ticks()
+    CpuTimes {
+        user: user as f64 / clock_ticks(),
+        system: system as f64 / clock_ticks(),
+    }
 }
 
 /// CPU seconds of this process's tree (the harness, pgbench, the proxies; reaped children

@@ -39,6 +39,7 @@ struct Agg {
     p50: Vec<f64>,
     p99: Vec<f64>,
     cpu_1k: Vec<f64>,
+    user_1k: Vec<f64>,
     peak_rss: Vec<f64>,
     pss: Vec<f64>,
     busy: Vec<f64>,
@@ -58,6 +59,7 @@ fn aggregate(wr: &WorkloadRuns, idx: usize, cores: usize) -> Agg {
         p50: vec![],
         p99: vec![],
         cpu_1k: vec![],
+        user_1k: vec![],
         peak_rss: vec![],
         pss: vec![],
         busy: vec![],
@@ -78,6 +80,9 @@ fn aggregate(wr: &WorkloadRuns, idx: usize, cores: usize) -> Agg {
                 a.other.push(s.other_load);
                 if let Some(c) = s.cpu_per_1k_queries(w) {
                     a.cpu_1k.push(c);
+                }
+                if let Some(c) = s.user_cpu_per_1k_queries(w) {
+                    a.user_1k.push(c);
                 }
                 if let Some(r) = s.peak_rss {
                     a.peak_rss.push(r as f64);
@@ -260,7 +265,8 @@ pub fn render(
     );
     let _ = writeln!(
         o,
-        "- **Proxy CPU** is utime + stime from `/proc/<pid>/stat` (pgpool-II: its whole process \
+        "- **Proxy CPU** is utime + stime from `/proc/<pid>/stat` (\"What limits causeway\" gives \
+         utime, the user-space part, apart; pgpool-II: its whole process \
          tree, including reaped children) read before and after each run, divided by the \
          queries pgbench completed (`-S`: 1 per transaction; TPC-B: 7); it includes the logins of \
          the run's clients (pgbench connects them at its start), which weighs on pgpool-II (it \
@@ -659,9 +665,11 @@ fn render_limits(o: &mut String, runs: &[WorkloadRuns], cores: usize) {
             continue;
         }
         let mut s = format!(
-            "- `{}`: causeway {:.1} µs of CPU per query, {:.0}% of the machine",
+            "- `{}`: causeway {:.1} µs of CPU per query ({:.1} of it user space), {:.0}% of \
+             the machine",
             w.label(),
             median(&ca.cpu_1k) * 1000.0,
+            median(&ca.user_1k) * 1000.0,
             median(&ca.proxy_share) * 100.0,
         );
         for (kind, idx) in [(Kind::PgBouncer, b), (Kind::Pgpool, p)] {
@@ -669,9 +677,10 @@ fn render_limits(o: &mut String, runs: &[WorkloadRuns], cores: usize) {
             if !a.cpu_1k.is_empty() {
                 let _ = write!(
                     s,
-                    "; {} {:.1} µs, {:.0}%",
+                    "; {} {:.1} µs ({:.1} user), {:.0}%",
                     kind.name(),
                     median(&a.cpu_1k) * 1000.0,
+                    median(&a.user_1k) * 1000.0,
                     median(&a.proxy_share) * 100.0
                 );
             }

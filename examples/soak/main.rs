@@ -19,6 +19,8 @@
 //! The exit status is non-zero when something was not flat, not back, or an unexpected error
 //! happened. `tests/soak.rs` runs the same code for 2 minutes with assertions.
 
+#[path = "../common/serve_proxy.rs"]
+mod serve_proxy;
 mod soak;
 
 use std::path::{Path, PathBuf};
@@ -75,7 +77,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(config) = &args.serve_proxy {
-        return serve_proxy(config);
+        return serve_proxy::serve_proxy(config, "soak");
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -167,52 +169,4 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
-}
-
-/// `--serve-proxy <config>`: the causeway child. Runs the proxy from the library until SIGINT /
-/// SIGTERM, or until its stdin closes (the soak is gone).
-fn serve_proxy(path: &Path) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let loaded = match causeway::config::Config::load(path) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    std::thread::spawn(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-        eprintln!("causeway child: the soak is gone (stdin closed); exiting");
-        std::process::exit(0);
-    });
-    let runtime = match causeway::app::build_runtime(loaded.config.proxy.worker_threads) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async move {
-        let app = match causeway::app::App::new(loaded.config) {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(2);
-            }
-        };
-        if let Err(e) = app.start().await {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-        causeway::app::wait_for_stop_signal(app.ctx()).await;
-        app.shutdown(Duration::ZERO).await;
-        ExitCode::SUCCESS
-    })
 }

@@ -47,6 +47,12 @@ use causeway::cluster::{ClusterOptions, LocalCluster};
 use pgbench::{Protocol, Script, Workload};
 use proxies::{CausewaySettings, PgBouncerSettings, PgpoolSettings, Proxy};
 
+// The allocator of this process, and so of its `--serve-proxy` child: the `causeway` binary's
+// (feature `jemalloc`), so the figures are those of the shipped binary.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// causeway vs direct PostgreSQL, PgBouncer and pgpool-II on a local 3-node cluster.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "loadbench")]

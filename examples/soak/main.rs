@@ -29,6 +29,12 @@ use std::time::Duration;
 
 use clap::Parser;
 
+// The allocator of this process, and so of its `--serve-proxy` child: the `causeway` binary's
+// (feature `jemalloc`), so the RSS it reports is the shipped binary's.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(about = "Run mixed work through causeway under chaos and watch for leaks")]
 struct Args {

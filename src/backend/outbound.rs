@@ -27,7 +27,7 @@ use super::{BackendError, ServerConn};
 use crate::protocol::backend::ErrorFields;
 use crate::protocol::codec::{put_cstr, put_frame_with};
 use crate::protocol::frontend::{self, tag as ftag, Target};
-use crate::protocol::{Frame, ProtocolError};
+use crate::protocol::{Batch, ProtocolError};
 
 /// A statement name that never exists on a server: Close aimed at it is a no-op.
 const NO_SUCH_STATEMENT: &[u8] = b"causeway_no_such_statement";
@@ -39,7 +39,7 @@ impl ServerConn {
     /// `unnamed` its unnamed one.
     pub fn write_batch(
         &mut self,
-        batch: &[Frame],
+        batch: &Batch,
         client: &mut ClientStatements,
         unnamed: &mut UnnamedStatement,
     ) -> Result<(), ProtocolError> {
@@ -132,7 +132,7 @@ struct ClientSide<'a> {
 /// Appends `batch` to the connection's write buffer, rewritten for it. `seq` is the sequence
 /// number of the request the batch belongs to.
 fn write_batch(
-    batch: &[Frame],
+    batch: &Batch,
     client: &mut ClientSide<'_>,
     server: &mut ServerConn,
     seq: u64,
@@ -144,7 +144,7 @@ fn write_batch(
     let start = server.wbuf.len();
     server
         .wbuf
-        .reserve(batch.iter().map(Frame::len).sum::<usize>() + 64);
+        .reserve(batch.byte_len() + 64);
     let mut body = std::mem::take(&mut server.wbuf);
     let mut batch_parses = Vec::new();
     let result = rewrite_frames(
@@ -181,7 +181,7 @@ fn write_batch(
 /// first to `prelude`.
 #[allow(clippy::too_many_arguments)]
 fn rewrite_frames(
-    batch: &[Frame],
+    batch: &Batch,
     side: &mut ClientSide<'_>,
     server: &mut ServerConn,
     seq: u64,
@@ -201,14 +201,14 @@ fn rewrite_frames(
                 let p = frontend::parse(b)?;
                 if p.name.is_empty() {
                     // Tag, length and the name's NUL: the rest is the definition.
-                    let tail = frame.raw().slice(6..);
+                    let tail = frame.bytes_from(6);
                     *side.unnamed = Some(tail.clone());
                     server.statements.unnamed = Some(tail);
                     unnamed_here = true;
                     body.extend_from_slice(frame.raw());
                     continue;
                 }
-                let tail = frame.raw().slice(5 + p.name.len() + 1..);
+                let tail = frame.bytes_from(5 + p.name.len() + 1);
                 let def = StatementDef::new(tail.clone());
                 let server_name = server.statements.fresh_name();
                 put_frame_with(body, ftag::PARSE, |o| {

@@ -22,7 +22,7 @@ use super::{Rerun, Session, SessionError, Terminator};
 use crate::backend::replies::{held_until_answered, Disposition, Reply};
 use crate::protocol::backend::ErrorFields;
 use crate::protocol::messages::ProxyError;
-use crate::protocol::{Frame, SqlState};
+use crate::protocol::SqlState;
 
 /// Most bytes of replies a guard holds back. Past it the guard gives up (what it held goes to
 /// the client, and the request will not be re-run): a request that has already produced this
@@ -281,7 +281,7 @@ impl Session {
         // Frames of a following request may already be waiting in the batch: they go after.
         let later = std::mem::replace(&mut self.batch, g.frames);
         let later_len =
-            std::mem::replace(&mut self.batch_len, self.batch.iter().map(Frame::len).sum());
+            std::mem::replace(&mut self.batch_len, self.batch.byte_len());
         // A misroute goes to the primary; a stale plan where the router sends it (or on the
         // connection still held), and is not re-run a second time.
         self.rerun = if stale {

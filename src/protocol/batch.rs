@@ -82,6 +82,45 @@ impl<'a> FrameRef<'a> {
     }
 }
 
+/// Frames of a [`Batch`] copied on unchanged into an output buffer: frames that follow each
+/// other in one chunk (a Describe, Execute and Sync behind a rewritten Bind) are copied with
+/// one `extend_from_slice`. Whatever else is written to the output must come after a
+/// [`Passthrough::flush`].
+#[derive(Default)]
+pub struct Passthrough<'a> {
+    /// The run of frames not copied yet: its chunk, and its bytes there.
+    chunk: Option<&'a Bytes>,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> Passthrough<'a> {
+    /// Adds `frame` to the run (copying the run first if `frame` does not continue it).
+    #[inline]
+    pub fn add(&mut self, frame: FrameRef<'a>, out: &mut BytesMut) {
+        if let Some(chunk) = self.chunk {
+            if std::ptr::eq(chunk, frame.chunk) && self.end == frame.start {
+                self.end = frame.end;
+                return;
+            }
+            out.extend_from_slice(&chunk[self.start..self.end]);
+        }
+        *self = Passthrough {
+            chunk: Some(frame.chunk),
+            start: frame.start,
+            end: frame.end,
+        };
+    }
+
+    /// Copies the run to `out`.
+    #[inline]
+    pub fn flush(&mut self, out: &mut BytesMut) {
+        if let Some(chunk) = self.chunk.take() {
+            out.extend_from_slice(&chunk[self.start..self.end]);
+        }
+    }
+}
+
 impl std::fmt::Debug for FrameRef<'_> {
     // Bodies can hold passwords or row data: show the type and size only.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -220,7 +259,11 @@ mod tests {
 
     #[test]
     fn noted_frames_are_cut_as_one_chunk_and_read_back() {
-        let mut buf = frames(&[(b'B', b"\0s1\0\0\0\0\0\0\0"), (b'E', b"\0\0\0\0\0"), (b'S', b"")]);
+        let mut buf = frames(&[
+            (b'B', b"\0s1\0\0\0\0\0\0\0"),
+            (b'E', b"\0\0\0\0\0"),
+            (b'S', b""),
+        ]);
         buf.put_u8(b'Q'); // the start of the next request stays
         let mut batch = Batch::new();
         let mut at = 0;
@@ -239,6 +282,31 @@ mod tests {
         assert_eq!(f[2].raw(), b"S\0\0\0\x04");
         assert_eq!(&f[0].bytes_from(6)[..], b"s1\0\0\0\0\0\0\0");
         assert_eq!(batch.byte_len(), 30);
+    }
+
+    #[test]
+    fn passthrough_copies_runs_in_order() {
+        let mut batch = Batch::new();
+        let mut first = frames(&[(b'B', b"\0\0\0\0\0\0\0"), (b'E', b"\0\0\0\0\0")]);
+        batch.note(0, 12);
+        batch.note(12, 22);
+        batch.cut(&mut first, 22);
+        batch.push(Frame::new(b'S', b""));
+        let mut out = BytesMut::new();
+        let mut run = Passthrough::default();
+        for (i, f) in batch.iter().enumerate() {
+            if i == 0 {
+                // Rewritten: whatever ran before is copied first.
+                run.flush(&mut out);
+                out.extend_from_slice(b"<B>");
+            } else {
+                run.add(f, &mut out);
+            }
+        }
+        run.flush(&mut out);
+        let mut want = BytesMut::from(&b"<B>"[..]);
+        want.extend_from_slice(&frames(&[(b'E', b"\0\0\0\0\0"), (b'S', b"")]));
+        assert_eq!(out, want);
     }
 
     #[test]

@@ -280,8 +280,7 @@ impl Session {
         }
         // Frames of a following request may already be waiting in the batch: they go after.
         let later = std::mem::replace(&mut self.batch, g.frames);
-        let later_len =
-            std::mem::replace(&mut self.batch_len, self.batch.byte_len());
+        let later_len = std::mem::replace(&mut self.batch_len, self.batch.byte_len());
         // A misroute goes to the primary; a stale plan where the router sends it (or on the
         // connection still held), and is not re-run a second time.
         self.rerun = if stale {

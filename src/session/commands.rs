@@ -147,11 +147,11 @@ impl Session {
     /// Whether the batch only closes statements or portals and syncs: nothing to run, so
     /// nothing to route (the proxy answers it, see [`Session::answer_proxy_batch`]).
     pub(super) fn batch_only_closes(&self) -> bool {
-        self.batch.iter().any(|f| f.tag() == ftag::SYNC)
-            && self
-                .batch
-                .iter()
-                .all(|f| matches!(f.tag(), ftag::CLOSE | ftag::SYNC))
+        // The test that fails at the first frame of any other batch first.
+        self.batch
+            .iter()
+            .all(|f| matches!(f.tag(), ftag::CLOSE | ftag::SYNC))
+            && self.batch.iter().any(|f| f.tag() == ftag::SYNC)
     }
 
     /// Carries out the `causeway.*` statements of one text, writing their replies.

@@ -82,6 +82,14 @@ impl GuardSlot {
         self.0.as_deref_mut().and_then(Option::take)
     }
 
+    /// Ends the guard where it is (what it still holds is dropped).
+    #[inline]
+    pub fn end(&mut self) {
+        if let Some(slot) = self.0.as_deref_mut() {
+            *slot = None;
+        }
+    }
+
     /// Guards a request (replacing any guard).
     #[inline]
     pub fn set(&mut self, guard: MisrouteGuard) {

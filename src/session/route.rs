@@ -113,6 +113,9 @@ pub struct BatchClass {
     /// The batch runs something (a Query or an Execute): it counts as a request its node
     /// served (a Sync or Describe sent on its own does not).
     pub executes: bool,
+    /// Some Bind names one of the client's prepared statements that exists before the batch
+    /// (a request the stale-plan guard may watch).
+    pub binds_named: bool,
 }
 
 impl BatchClass {
@@ -241,9 +244,12 @@ impl Session {
                             p.tag() == ftag::PARSE
                                 && frontend::parse(p.body()).is_ok_and(|v| v.name == b.statement)
                         });
-                        if !named_here {
+                        if named_here {
+                            out.binds_named |= self.state.statements.contains_key(b.statement);
+                        } else {
                             match self.state.statements.get(b.statement) {
                                 Some(def) => {
+                                    out.binds_named = true;
                                     let (a, key) = def.route_info.get_or_init(|| {
                                         let query =
                                             def.body.split(|&c| c == 0).next().unwrap_or(&[]);

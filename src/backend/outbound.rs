@@ -25,9 +25,10 @@ use super::replies::SentParse;
 use super::statements::{ClientStatements, StatementDef, UnnamedStatement};
 use super::{BackendError, ServerConn};
 use crate::protocol::backend::ErrorFields;
-use crate::protocol::codec::{put_cstr, put_frame_with};
+use crate::protocol::batch::Passthrough;
+use crate::protocol::codec::{put_cstr, put_frame_parts, put_frame_with};
 use crate::protocol::frontend::{self, tag as ftag, Target};
-use crate::protocol::{Frame, ProtocolError};
+use crate::protocol::{Batch, FrameRef, ProtocolError};
 
 /// A statement name that never exists on a server: Close aimed at it is a no-op.
 const NO_SUCH_STATEMENT: &[u8] = b"causeway_no_such_statement";
@@ -39,7 +40,7 @@ impl ServerConn {
     /// `unnamed` its unnamed one.
     pub fn write_batch(
         &mut self,
-        batch: &[Frame],
+        batch: &Batch,
         client: &mut ClientStatements,
         unnamed: &mut UnnamedStatement,
     ) -> Result<(), ProtocolError> {
@@ -132,7 +133,7 @@ struct ClientSide<'a> {
 /// Appends `batch` to the connection's write buffer, rewritten for it. `seq` is the sequence
 /// number of the request the batch belongs to.
 fn write_batch(
-    batch: &[Frame],
+    batch: &Batch,
     client: &mut ClientSide<'_>,
     server: &mut ServerConn,
     seq: u64,
@@ -142,9 +143,7 @@ fn write_batch(
     // The batch goes straight into the write buffer; statements it needs prepared first
     // (rare) are moved in front of it at the end.
     let start = server.wbuf.len();
-    server
-        .wbuf
-        .reserve(batch.iter().map(Frame::len).sum::<usize>() + 64);
+    server.wbuf.reserve(batch.byte_len() + 64);
     let mut body = std::mem::take(&mut server.wbuf);
     let mut batch_parses = Vec::new();
     let result = rewrite_frames(
@@ -181,7 +180,7 @@ fn write_batch(
 /// first to `prelude`.
 #[allow(clippy::too_many_arguments)]
 fn rewrite_frames(
-    batch: &[Frame],
+    batch: &Batch,
     side: &mut ClientSide<'_>,
     server: &mut ServerConn,
     seq: u64,
@@ -191,6 +190,10 @@ fn rewrite_frames(
     batch_parses: &mut Vec<SentParse>,
 ) -> Result<(), ProtocolError> {
     let client = &mut *side.client;
+    let mut out = Out {
+        body,
+        run: Passthrough::default(),
+    };
     // Whether the batch itself parsed the unnamed statement (or dropped it) before the frame
     // at hand: its later Binds need nothing prepared.
     let mut unnamed_here = false;
@@ -201,17 +204,17 @@ fn rewrite_frames(
                 let p = frontend::parse(b)?;
                 if p.name.is_empty() {
                     // Tag, length and the name's NUL: the rest is the definition.
-                    let tail = frame.raw().slice(6..);
+                    let tail = frame.bytes_from(6);
                     *side.unnamed = Some(tail.clone());
                     server.statements.unnamed = Some(tail);
                     unnamed_here = true;
-                    body.extend_from_slice(frame.raw());
+                    out.copy(frame);
                     continue;
                 }
-                let tail = frame.raw().slice(5 + p.name.len() + 1..);
+                let tail = frame.bytes_from(5 + p.name.len() + 1);
                 let def = StatementDef::new(tail.clone());
                 let server_name = server.statements.fresh_name();
-                put_frame_with(body, ftag::PARSE, |o| {
+                put_frame_with(out.put(), ftag::PARSE, |o| {
                     put_cstr(o, server_name.as_bytes());
                     o.put_slice(&tail);
                 });
@@ -232,34 +235,37 @@ fn rewrite_frames(
                         prepare_unnamed(side.unnamed, server, prelude, prelude_parses, seq);
                         unnamed_here = true;
                     }
-                    body.extend_from_slice(frame.raw());
+                    out.copy(frame);
                     continue;
                 }
-                let Some(name) =
+                let Some((name, hash)) =
                     server_name_for(v.statement, client, server, prelude, prelude_parses, seq)
                 else {
-                    body.extend_from_slice(frame.raw());
+                    out.copy(frame);
                     continue;
                 };
-                if let Some(def) = client.get(v.statement) {
-                    server.track.binds.push_back((seq, def.hash));
-                }
-                // portal, statement, then the untouched rest (formats, values, result formats).
-                let rest = &b[v.portal.len() + 1 + v.statement.len() + 1..];
-                put_frame_with(body, ftag::BIND, |o| {
-                    put_cstr(o, v.portal);
-                    put_cstr(o, name.as_bytes());
-                    o.put_slice(rest);
-                });
+                server.track.binds.push_back((seq, hash));
+                // The portal with its NUL, the server's name, then the client's NUL after its
+                // name and the untouched rest (formats, values, result formats).
+                let portal_end = v.portal.len() + 1;
+                put_frame_parts(
+                    out.put(),
+                    ftag::BIND,
+                    &[
+                        &b[..portal_end],
+                        name.as_bytes(),
+                        &b[portal_end + v.statement.len()..],
+                    ],
+                );
             }
             ftag::DESCRIBE => match frontend::describe_or_close(b)? {
                 Target::Statement(s) if !s.is_empty() => {
                     match server_name_for(s, client, server, prelude, prelude_parses, seq) {
-                        Some(name) => put_frame_with(body, ftag::DESCRIBE, |o| {
+                        Some((name, _)) => put_frame_with(out.put(), ftag::DESCRIBE, |o| {
                             o.put_u8(b'S');
                             put_cstr(o, name.as_bytes());
                         }),
-                        None => body.extend_from_slice(frame.raw()),
+                        None => out.copy(frame),
                     }
                 }
                 Target::Statement(_) => {
@@ -267,14 +273,14 @@ fn rewrite_frames(
                         prepare_unnamed(side.unnamed, server, prelude, prelude_parses, seq);
                         unnamed_here = true;
                     }
-                    body.extend_from_slice(frame.raw());
+                    out.copy(frame);
                 }
-                _ => body.extend_from_slice(frame.raw()),
+                _ => out.copy(frame),
             },
             ftag::CLOSE => match frontend::describe_or_close(b)? {
                 Target::Statement(s) if !s.is_empty() => {
                     client.remove(s);
-                    put_frame_with(body, ftag::CLOSE, |o| {
+                    put_frame_with(out.put(), ftag::CLOSE, |o| {
                         o.put_u8(b'S');
                         put_cstr(o, NO_SUCH_STATEMENT);
                     });
@@ -284,25 +290,49 @@ fn rewrite_frames(
                     *side.unnamed = None;
                     server.statements.unnamed = None;
                     unnamed_here = true;
-                    body.extend_from_slice(frame.raw());
+                    out.copy(frame);
                 }
-                _ => body.extend_from_slice(frame.raw()),
+                _ => out.copy(frame),
             },
             ftag::QUERY => {
                 // A simple Query drops the unnamed statement, the client's and the server's.
                 *side.unnamed = None;
                 server.statements.unnamed = None;
-                body.extend_from_slice(frame.raw());
+                out.copy(frame);
             }
-            _ => body.extend_from_slice(frame.raw()),
+            _ => out.copy(frame),
         }
     }
+    out.run.flush(out.body);
     Ok(())
 }
 
+/// The rewritten batch as it is written: frames copied on unchanged gather into runs (see
+/// [`Passthrough`]), and a rewritten frame is written behind the run before it.
+struct Out<'a, 'b> {
+    body: &'b mut BytesMut,
+    run: Passthrough<'a>,
+}
+
+impl<'a> Out<'a, '_> {
+    /// Copies `frame` on unchanged.
+    #[inline]
+    fn copy(&mut self, frame: FrameRef<'a>) {
+        self.run.add(frame, self.body);
+    }
+
+    /// The buffer, to write a rewritten frame into, with every frame before it written.
+    #[inline]
+    fn put(&mut self) -> &mut BytesMut {
+        self.run.flush(self.body);
+        self.body
+    }
+}
+
 /// The server-side name for the client's statement `name` on this connection, preparing it in
-/// `prelude` if needed. `None` when the client has no such statement (the message goes on
-/// unchanged and the server reports the error with the client's own name).
+/// `prelude` if needed, and the statement's definition hash. `None` when the client has no
+/// such statement (the message goes on unchanged and the server reports the error with the
+/// client's own name).
 fn server_name_for(
     name: &[u8],
     client: &ClientStatements,
@@ -310,10 +340,10 @@ fn server_name_for(
     prelude: &mut BytesMut,
     prelude_parses: &mut Vec<SentParse>,
     seq: u64,
-) -> Option<std::sync::Arc<str>> {
+) -> Option<(std::sync::Arc<str>, u64)> {
     let def = client.get(name)?;
     if let Some(n) = server.statements.name_of(def) {
-        return Some(n.clone());
+        return Some((n.clone(), def.hash));
     }
     let server_name = server.statements.fresh_name();
     put_frame_with(prelude, ftag::PARSE, |o| {
@@ -327,7 +357,7 @@ fn server_name_for(
         client_name: None,
         seq,
     });
-    Some(server_name)
+    Some((server_name, def.hash))
 }
 
 /// Prepares the client's unnamed statement (`unnamed`) in `prelude` when the connection's is

@@ -159,6 +159,19 @@ pub fn put_frame_with(dst: &mut BytesMut, tag: u8, fill: impl FnOnce(&mut BytesM
     dst[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Appends a frame whose body is `parts` one after the other, with one reservation and the
+/// header written at once (the Bind rewrite on every prepared query: fewer, larger copies).
+#[inline]
+pub fn put_frame_parts(dst: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+    let body: usize = parts.iter().map(|p| p.len()).sum();
+    dst.reserve(HEADER_LEN + body);
+    let len = ((body + 4) as i32).to_be_bytes();
+    dst.extend_from_slice(&[tag, len[0], len[1], len[2], len[3]]);
+    for p in parts {
+        dst.extend_from_slice(p);
+    }
+}
+
 /// Appends a NUL-terminated string.
 pub fn put_cstr(dst: &mut BytesMut, s: &[u8]) {
     dst.put_slice(s);
@@ -272,6 +285,15 @@ mod tests {
                 Err(ProtocolError::InvalidLength { .. })
             ));
         }
+    }
+
+    #[test]
+    fn put_frame_parts_is_put_frame() {
+        let mut a = BytesMut::new();
+        put_frame_parts(&mut a, b'B', &[b"p\0", b"cw_1", b"\0rest"]);
+        let mut b = BytesMut::new();
+        put_frame(&mut b, b'B', b"p\0cw_1\0rest");
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! peer cannot make the proxy allocate a size of its choosing.
 
 pub mod backend;
+pub mod batch;
 pub mod codec;
 pub mod frontend;
 pub mod lsn;
@@ -19,6 +20,7 @@ pub mod messages;
 pub mod sqlstate;
 pub mod startup;
 
+pub use batch::{Batch, FrameRef};
 pub use codec::{decode_frame, peek_header, Frame, Header};
 pub use lsn::Lsn;
 pub use sqlstate::SqlState;

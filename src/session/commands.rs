@@ -11,7 +11,7 @@ use crate::backend::statements::StatementDef;
 use crate::config::Route;
 use crate::protocol::frontend::{self, tag as ftag, Target as DescribeTarget};
 use crate::protocol::messages::{self, command_complete, row_description, ProxyError};
-use crate::protocol::{Frame, Lsn, SqlState};
+use crate::protocol::{Batch, FrameRef, Lsn, SqlState};
 use crate::router::classify::{
     OwnedAnalysis, ProxyCommand, ProxyError as CmdError, ProxySetting, StatementKind,
 };
@@ -46,7 +46,7 @@ impl Session {
         }
     }
 
-    fn answer_proxy_frames(&mut self, batch: &[Frame]) {
+    fn answer_proxy_frames(&mut self, batch: &Batch) {
         let mut out = BytesMut::new();
         let mut last: Option<std::sync::Arc<OwnedAnalysis>> = None;
         // After an error, the rest of an extended batch is skipped up to its Sync.
@@ -125,9 +125,9 @@ impl Session {
 
     /// A named statement parsed in a batch the proxy answers itself: the client will Bind it
     /// later, on its own, so it must exist for the client (and be prepared on a server then).
-    pub(super) fn remember_parsed_here(&mut self, parse: &Frame, name: &[u8]) {
+    pub(super) fn remember_parsed_here(&mut self, parse: FrameRef<'_>, name: &[u8]) {
         if !name.is_empty() {
-            let tail = parse.raw().slice(5 + name.len() + 1..);
+            let tail = parse.bytes_from(5 + name.len() + 1);
             self.state
                 .statements
                 .insert(Bytes::copy_from_slice(name), StatementDef::new(tail));
@@ -147,11 +147,11 @@ impl Session {
     /// Whether the batch only closes statements or portals and syncs: nothing to run, so
     /// nothing to route (the proxy answers it, see [`Session::answer_proxy_batch`]).
     pub(super) fn batch_only_closes(&self) -> bool {
-        self.batch.iter().any(|f| f.tag() == ftag::SYNC)
-            && self
-                .batch
-                .iter()
-                .all(|f| matches!(f.tag(), ftag::CLOSE | ftag::SYNC))
+        // The test that fails at the first frame of any other batch first.
+        self.batch
+            .iter()
+            .all(|f| matches!(f.tag(), ftag::CLOSE | ftag::SYNC))
+            && self.batch.iter().any(|f| f.tag() == ftag::SYNC)
     }
 
     /// Carries out the `causeway.*` statements of one text, writing their replies.

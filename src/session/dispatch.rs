@@ -9,7 +9,7 @@ use crate::protocol::backend::TxStatus;
 use crate::protocol::frontend::tag as ftag;
 use crate::protocol::messages::{self, ProxyError};
 use crate::protocol::sqlstate::Severity;
-use crate::protocol::{Frame, SqlState};
+use crate::protocol::SqlState;
 use crate::router::Target;
 use crate::topology::Role;
 
@@ -63,18 +63,6 @@ pub(super) struct Routed {
 }
 
 impl Session {
-    pub(super) async fn add_and_dispatch(
-        &mut self,
-        frame: Frame,
-        term: Terminator,
-    ) -> Result<(), SessionError> {
-        self.batch_len += frame.len();
-        self.batch.push(frame);
-        // Not boxed: `dispatch` keeps its large slow path (checkout, connecting,
-        // read-your-writes asks) in a boxed future of its own.
-        self.dispatch(term).await
-    }
-
     /// Sends the batch to the server serving this client, getting one if needed.
     ///
     /// Three steps: [`Self::dispatch_begin`] decides (synchronously) what the batch needs;
@@ -399,7 +387,7 @@ impl Session {
             && term == Terminator::Sync
             && !self.tx_status.is_in_transaction()
             && conn.status() == TxStatus::Idle
-            && binds_named_statement(&self.batch, &self.state);
+            && batch_class.binds_named;
         if quiet {
             // Statements evicted from the connection's cache or found stale are deallocated
             // while nothing else runs on it, in front of the request, in the same write (their
@@ -535,16 +523,6 @@ impl Session {
             ),
         ))
     }
-}
-
-/// Whether the batch binds one of the client's named prepared statements.
-fn binds_named_statement(batch: &[Frame], state: &super::state::ClientState) -> bool {
-    batch.iter().any(|f| {
-        f.tag() == ftag::BIND
-            && crate::protocol::frontend::bind(f.body()).is_ok_and(|b| {
-                !b.statement.is_empty() && state.statements.contains_key(b.statement)
-            })
-    })
 }
 
 /// The error of a read that must run on a standby when none is eligible.

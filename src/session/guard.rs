@@ -22,7 +22,7 @@ use super::{Rerun, Session, SessionError, Terminator};
 use crate::backend::replies::{held_until_answered, Disposition, Reply};
 use crate::protocol::backend::ErrorFields;
 use crate::protocol::messages::ProxyError;
-use crate::protocol::{Frame, SqlState};
+use crate::protocol::SqlState;
 
 /// Most bytes of replies a guard holds back. Past it the guard gives up (what it held goes to
 /// the client, and the request will not be re-run): a request that has already produced this
@@ -80,6 +80,14 @@ impl GuardSlot {
     #[inline]
     pub fn take(&mut self) -> Option<MisrouteGuard> {
         self.0.as_deref_mut().and_then(Option::take)
+    }
+
+    /// Ends the guard where it is (what it still holds is dropped).
+    #[inline]
+    pub fn end(&mut self) {
+        if let Some(slot) = self.0.as_deref_mut() {
+            *slot = None;
+        }
     }
 
     /// Guards a request (replacing any guard).
@@ -280,8 +288,7 @@ impl Session {
         }
         // Frames of a following request may already be waiting in the batch: they go after.
         let later = std::mem::replace(&mut self.batch, g.frames);
-        let later_len =
-            std::mem::replace(&mut self.batch_len, self.batch.iter().map(Frame::len).sum());
+        let later_len = std::mem::replace(&mut self.batch_len, self.batch.byte_len());
         // A misroute goes to the primary; a stale plan where the router sends it (or on the
         // connection still held), and is not re-run a second time.
         self.rerun = if stale {

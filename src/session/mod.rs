@@ -37,7 +37,7 @@ use crate::protocol::backend::TxStatus;
 use crate::protocol::messages::ProxyError;
 use crate::protocol::sqlstate::Severity;
 use crate::protocol::startup::CancelKey;
-use crate::protocol::{Frame, ProtocolError, SqlState};
+use crate::protocol::{ProtocolError, SqlState};
 use crate::topology::Role;
 use cancel::Registration;
 use client::ClientConn;
@@ -46,10 +46,11 @@ use dispatch::Terminator;
 use startup::{Accepted, Outcome};
 use state::ClientState;
 
-/// One request's frames, up to its Sync or Query. An extended-protocol request is at most
-/// Parse, Bind, Describe, Execute and Sync (libpq's prepared statements send Bind, Describe,
-/// Execute, Sync): inline, so the hot path allocates nothing for it.
-pub type Batch = smallvec::SmallVec<[Frame; 5]>;
+/// One request's frames, up to its Sync or Query, in the bytes they arrived in (see
+/// [`crate::protocol::batch`]). An extended-protocol request is usually at most Parse, Bind,
+/// Describe, Execute and Sync (libpq's prepared statements send Bind, Describe, Execute, Sync)
+/// in one read: one chunk and five frames inline, so the hot path allocates nothing for it.
+pub use crate::protocol::Batch;
 
 /// How the next dispatch re-runs a guarded request, if it does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

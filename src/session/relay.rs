@@ -438,11 +438,58 @@ impl Session {
     /// Handles every complete frame the client has sent. Stops (leaving the rest buffered) while a
     /// `causeway.*` answer waits for earlier replies, so replies keep the requests' order.
     async fn on_client_bytes(&mut self) -> Result<Flow, SessionError> {
+        // The frames of the batch are left in the read buffer as they are scanned and cut off
+        // together (one chunk per request, see `Batch`): `scanned` is how many bytes at its
+        // front they hold. Whatever ends the scan cuts them first.
+        let mut scanned = 0;
+        let r = self.client_frames(&mut scanned).await;
+        self.batch.cut(&mut self.client.rbuf, scanned);
+        if r? == Flow::End {
+            return Ok(Flow::End);
+        }
+        if !self.batch.is_empty() {
+            // An unfinished batch: sent on if the client sends nothing more for a while.
+            self.batch_deadline = Some(tokio::time::Instant::now() + UNFINISHED_BATCH_WAIT);
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The body of [`Self::on_client_bytes`]: handles the frames in the read buffer, the
+    /// batch's frames noted in place (`scanned` bytes at its front, cut off before a request
+    /// is dispatched).
+    async fn client_frames(&mut self, scanned: &mut usize) -> Result<Flow, SessionError> {
         while !self.client_stalled() {
             if self.held.is_some() {
                 // Everything after a held request waits for it.
                 break;
             }
+            // The common case: a complete frame of the batch, noted where it is.
+            if let Some((tag, len)) = self.batch_frame_at(*scanned) {
+                self.batch.note(*scanned, *scanned + len);
+                *scanned += len;
+                self.batch_len += len;
+                let term = match tag {
+                    ftag::QUERY => Terminator::Query,
+                    ftag::SYNC => Terminator::Sync,
+                    ftag::FLUSH => Terminator::Flush,
+                    _ if self.batch_len > BATCH_FORWARD => Terminator::Partial,
+                    _ => continue,
+                };
+                self.batch
+                    .cut(&mut self.client.rbuf, std::mem::take(scanned));
+                if term == Terminator::Partial {
+                    Box::pin(self.dispatch(term)).await?;
+                } else {
+                    // Not boxed: `dispatch` keeps its large slow path (checkout, connecting,
+                    // read-your-writes asks) in a boxed future of its own.
+                    self.dispatch(term).await?;
+                }
+                continue;
+            }
+            // Anything else (an incomplete frame, COPY data, a Terminate, a frame skipped
+            // after an error, a bad one) is decoded on its own, behind the batch's frames.
+            self.batch
+                .cut(&mut self.client.rbuf, std::mem::take(scanned));
             let Some(frame) = decode_frame(&mut self.client.rbuf, self.max_message)? else {
                 break;
             };
@@ -468,29 +515,36 @@ impl Session {
             }
             match tag {
                 ftag::TERMINATE => return Ok(Flow::End),
-                ftag::QUERY => self.add_and_dispatch(frame, Terminator::Query).await?,
-                ftag::SYNC => self.add_and_dispatch(frame, Terminator::Sync).await?,
-                ftag::FLUSH => self.add_and_dispatch(frame, Terminator::Flush).await?,
-                t if is_known_tag(t) => {
-                    self.batch_len += frame.len();
-                    self.batch.push(frame);
-                    if self.batch_len > BATCH_FORWARD {
-                        Box::pin(self.dispatch(Terminator::Partial)).await?;
-                    }
-                }
                 t => {
+                    // `batch_frame_at` takes every other known tag.
                     return Err(ProtocolError::Unexpected {
                         tag: t as char,
                         context: "(invalid frontend message type)",
                     }
-                    .into())
+                    .into());
                 }
             }
         }
-        if !self.batch.is_empty() {
-            // An unfinished batch: sent on if the client sends nothing more for a while.
-            self.batch_deadline = Some(tokio::time::Instant::now() + UNFINISHED_BATCH_WAIT);
-        }
         Ok(Flow::Continue)
+    }
+
+    /// The tag and length of the frame at `at` in the read buffer when it is complete and
+    /// goes into the batch: a known message other than Terminate, not COPY data that goes
+    /// straight to the server (see [`Self::copy_frame`]), and not skipped after an error.
+    /// `None` leaves the frame to `decode_frame` (which also reports a bad length).
+    #[inline]
+    fn batch_frame_at(&self, at: usize) -> Option<(u8, usize)> {
+        let buf = self.client.rbuf.get(at..)?;
+        let header = crate::protocol::peek_header(buf, self.max_message).ok()??;
+        if buf.len() < header.frame_len || self.skip_until_sync {
+            return None;
+        }
+        let tag = header.tag;
+        let copy_now = matches!(tag, ftag::COPY_DATA | ftag::COPY_DONE | ftag::COPY_FAIL)
+            && (self.copy_in != CopyIn::Off || self.batch.is_empty());
+        if tag == ftag::TERMINATE || copy_now || !is_known_tag(tag) {
+            return None;
+        }
+        Some((tag, header.frame_len))
     }
 }

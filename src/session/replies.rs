@@ -42,12 +42,13 @@ impl ReplySink for Sink<'_> {
 
     fn answered(&mut self) {
         // The standby answers the guarded read: what the guard held from earlier reads goes
-        // out, and the guard ends.
-        if let Some(g) = self.guard.take() {
-            for b in g.held {
+        // out, and the guard ends (in place: not moved out to be dropped).
+        if let Some(g) = self.guard.as_mut() {
+            for b in g.held.drain(..) {
                 self.client.push(b);
             }
         }
+        self.guard.end();
     }
 }
 

@@ -113,6 +113,9 @@ pub struct BatchClass {
     /// The batch runs something (a Query or an Execute): it counts as a request its node
     /// served (a Sync or Describe sent on its own does not).
     pub executes: bool,
+    /// Some Bind names one of the client's prepared statements that exists before the batch
+    /// (a request the stale-plan guard may watch).
+    pub binds_named: bool,
 }
 
 impl BatchClass {
@@ -209,7 +212,7 @@ impl Session {
                 ftag::QUERY => match frontend::query_text(body) {
                     Ok(t) => {
                         out.executes = true;
-                        let a = self.ctx.classifier().analyze(t);
+                        let a = self.ctx.classifier().analyze_for_routing(t);
                         consider(&a, text_key(t), &mut out, &mut class)
                     }
                     Err(_) => class = Class::Write,
@@ -217,7 +220,7 @@ impl Session {
                 ftag::PARSE => match frontend::parse(body) {
                     Ok(p) => {
                         parsed_unnamed |= p.name.is_empty();
-                        let a = self.ctx.classifier().analyze(p.query);
+                        let a = self.ctx.classifier().analyze_for_routing(p.query);
                         consider(&a, text_key(p.query), &mut out, &mut class)
                     }
                     Err(_) => class = Class::Write,
@@ -229,7 +232,7 @@ impl Session {
                             // text is the client's last unnamed Parse (unknown: a write).
                             match unnamed_query(&self.state.unnamed) {
                                 Some(q) => {
-                                    let a = self.ctx.classifier().analyze(q);
+                                    let a = self.ctx.classifier().analyze_for_routing(q);
                                     consider(&a, text_key(q), &mut out, &mut class)
                                 }
                                 None => class = Class::Write,
@@ -241,13 +244,19 @@ impl Session {
                             p.tag() == ftag::PARSE
                                 && frontend::parse(p.body()).is_ok_and(|v| v.name == b.statement)
                         });
-                        if !named_here {
+                        if named_here {
+                            out.binds_named |= self.state.statements.contains_key(b.statement);
+                        } else {
                             match self.state.statements.get(b.statement) {
                                 Some(def) => {
+                                    out.binds_named = true;
                                     let (a, key) = def.route_info.get_or_init(|| {
                                         let query =
                                             def.body.split(|&c| c == 0).next().unwrap_or(&[]);
-                                        (self.ctx.classifier().analyze(query), text_key(query))
+                                        (
+                                            self.ctx.classifier().analyze_for_routing(query),
+                                            text_key(query),
+                                        )
                                     });
                                     consider(a, *key, &mut out, &mut class)
                                 }

@@ -104,6 +104,70 @@ fn check_variants(sql: &str) {
     }
 }
 
+/// What routing reads of an analysis (see [`ClassifierCache::analyze_for_routing`]).
+fn routing_view<S: AsRef<[u8]>>(a: &super::super::Analysis<S>) -> String {
+    let kinds: Vec<String> = a
+        .statements()
+        .iter()
+        .map(|s| format!("{:?}", s.kind))
+        .collect();
+    let functions: Vec<String> = a.functions().map(|f| f.to_string()).collect();
+    format!(
+        "{:?} {kinds:?} {:?} {:?} {:?} {:?} {functions:?} {}",
+        a.route(),
+        a.pin(),
+        a.hint(),
+        a.max_lag(),
+        a.default_read_only(),
+        a.is_empty()
+    )
+}
+
+/// The routing view through one cache agrees with the classifier's own for `sql` and its
+/// integer variants, in both orders, mixed with full analyses.
+fn check_routing_variants(sql: &str) {
+    let mut texts = vec![sql.to_owned()];
+    texts.extend(REPLACEMENTS.iter().filter_map(|r| with_integers(sql, r)));
+    for order in [false, true] {
+        let cache = ClassifierCache::default();
+        let run: Vec<&String> = if order {
+            texts.iter().rev().collect()
+        } else {
+            texts.iter().collect()
+        };
+        for round in 0..2 {
+            for text in &run {
+                let want = routing_view(&analyze(text.as_bytes()));
+                let got = routing_view(&*cache.analyze_for_routing(text.as_bytes()));
+                assert_eq!(got, want, "routing view differs for {text:?}");
+                if round == 1 {
+                    let full = format!("{:?}", cache.analyze(text.as_bytes()));
+                    assert_eq!(full, fresh(text), "cached answer differs for {text:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_routing_view_of_a_shared_key_is_the_texts_own() {
+    for (sql, _) in CORPUS {
+        check_routing_variants(sql);
+    }
+    for sql in LITERAL_DECIDES {
+        check_routing_variants(sql);
+    }
+    // pgbench's texts share the key's analysis itself: one entry, no copy per text.
+    let cache = ClassifierCache::default();
+    let a = cache.analyze_for_routing(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;");
+    let b = cache.analyze_for_routing(b"SELECT abalance FROM pgbench_accounts WHERE aid = 2;");
+    let c = cache.analyze_for_routing(b"SELECT abalance FROM pgbench_accounts WHERE aid = 3;");
+    assert!(std::sync::Arc::ptr_eq(&b, &c));
+    assert_eq!(routing_view(&*a), routing_view(&*b));
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses, stats.entries), (2, 1, 1));
+}
+
 #[test]
 fn corpus_texts_through_shared_keys_get_their_own_analysis() {
     let mut keyed = 0;

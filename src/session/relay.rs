@@ -61,6 +61,41 @@ enum Event {
     BatchWait,
 }
 
+/// How a run of the relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Relayed {
+    /// The session is over.
+    Done,
+    /// The session is idle with nothing held: park it (`Session::park`) until its client
+    /// has something to say, then relay again.
+    Parked,
+}
+
+/// A parked session's wait (see [`Session::park`]).
+pub(super) struct Park<'a> {
+    session: &'a mut Session,
+}
+
+impl std::future::Future for Park<'_> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let session = &mut *self.get_mut().session;
+        if session.cancel.slot().poll_stop(cx, Stop::Drain).is_ready()
+            || session.client.poll_read_ready(cx).is_ready()
+        {
+            return Poll::Ready(());
+        }
+        // Armed anew at every poll (a wake-up of a parked session is rare): the deadline runs
+        // from when the idleness began, as in the relay's wait.
+        let idle = session.idleness();
+        match session.idle_timer.as_deref_mut().and_then(|t| t.arm(idle)) {
+            Some(sleep) => std::future::Future::poll(sleep, cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
 /// Whether the relay goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Flow {
@@ -69,25 +104,80 @@ pub(super) enum Flow {
 }
 
 impl Session {
-    /// Relays until the client terminates, the proxy shuts down, or an error ends the session.
-    pub(super) async fn relay(&mut self) -> Result<(), SessionError> {
+    /// Relays until the client terminates, the proxy shuts down, or an error ends the session
+    /// (`Done`), or, when `may_park`, until the session can be parked (`Parked`: the welcome
+    /// is out and the client has sent nothing yet). After a park it relays at least one event
+    /// before parking again (`may_park` false), so a client whose socket woke the park is
+    /// read.
+    pub(super) async fn relay(&mut self, mut may_park: bool) -> Result<Relayed, SessionError> {
         // Bytes the client sent before the welcome was complete (read while waiting for a
         // server connection).
         if !self.client.rbuf.is_empty() {
             self.awaiting_first_request = false;
             if self.on_client_bytes().await? == Flow::End {
-                return Ok(());
+                return Ok(Relayed::Done);
             }
         }
         loop {
             self.write_now();
+            if self.awaiting_first_request && may_park && self.parkable() {
+                return Ok(Relayed::Parked);
+            }
+            may_park = true;
             let event = self.next_event().await;
             if self.on_event(event).await? == Flow::End {
-                return Ok(());
+                return Ok(Relayed::Done);
             }
             if self.between_events().await? == Flow::End {
-                return Ok(());
+                return Ok(Relayed::Done);
             }
+        }
+    }
+
+    /// Whether the session holds nothing the relay's wait would have to watch besides the
+    /// client's socket, the stop signal and the idle timer: no server connection, nothing
+    /// to write or read, no request in any stage, not draining; and a plain TCP client
+    /// (TLS may hold decrypted bytes the socket's readiness does not show).
+    fn parkable(&self) -> bool {
+        self.server.is_none()
+            && self.client.out_len() == 0
+            && self.client.rbuf.is_empty()
+            && !self.client.is_tls()
+            && self.is_quiet()
+            && !self.skip_until_sync
+            && !self.draining
+            && !self.params_dirty
+            && self.deferred.is_empty()
+            && self.violation.is_none()
+            && self.retry_now.is_none()
+    }
+
+    /// Waits, with the relay's future freed, until the client's socket is readable (or
+    /// failed), the proxy begins to stop, or the idle timer fires; the relay then finds out
+    /// which. Only a session that is [`Self::parkable`]: an idle client holds its session, its
+    /// task and its socket's registration, nothing more (issue 17). A future of one pointer:
+    /// the session task holds it inline.
+    pub(super) fn park(&mut self) -> Park<'_> {
+        self.client.release_buffers();
+        Park { session: self }
+    }
+    /// The kind of idleness whose limit applies now (`None`: busy, or no limit is set):
+    /// `proxy.client_idle_timeout` and `proxy.idle_transaction_timeout`. When both are off,
+    /// no check. The client's own view of its transaction counts too (one whose server died
+    /// mid-transaction still has it open until its next request fails).
+    #[inline]
+    fn idleness(&self) -> Option<idle::Idle> {
+        match self.idle_timer.is_some() && self.is_quiet() {
+            false => None,
+            true if self.tx_status.is_in_transaction()
+                || self
+                    .server
+                    .as_deref()
+                    .is_some_and(|s| s.status().is_in_transaction()) =>
+            {
+                Some(idle::Idle::Transaction)
+            }
+            true => Some(idle::Idle::Session),
         }
     }
 
@@ -151,7 +241,7 @@ impl Session {
     async fn between_events(&mut self) -> Result<Flow, SessionError> {
         if self.violation.is_some() && self.replies_done() {
             if let Some(e) = self.violation.take() {
-                return Err(e.into());
+                return Err((*e).into());
             }
         }
         if let Some(lease) = self.server.as_mut() {
@@ -245,21 +335,8 @@ impl Session {
             usize::MAX
         };
         // client_idle_timeout and idle_transaction_timeout: when both are off, no timer, no
-        // idleness check, no clock read. The client's own view of its transaction counts too
-        // (one whose server died mid-transaction still has it open until its next request
-        // fails).
-        let idle = match self.idle_timer.is_some() && self.is_quiet() {
-            false => None,
-            true if self.tx_status.is_in_transaction()
-                || self
-                    .server
-                    .as_deref()
-                    .is_some_and(|s| s.status().is_in_transaction()) =>
-            {
-                Some(idle::Idle::Transaction)
-            }
-            true => Some(idle::Idle::Session),
-        };
+        // idleness check, no clock read.
+        let idle = self.idleness();
         // The same timer wakes a draining session that waits for its first request.
         let batch_wait = if !self.batch.is_empty() && !stalled && self.held.is_none() {
             self.batch_deadline
@@ -428,7 +505,7 @@ impl Session {
         match self.on_client_bytes().await {
             Err(SessionError::Protocol(e)) => {
                 self.client.rbuf.clear();
-                self.violation = Some(e);
+                self.violation = Some(Box::new(e));
                 Ok(Flow::Continue)
             }
             other => other,

@@ -59,6 +59,8 @@ enum Event {
     IdleTimeout(idle::Idle),
     /// The client sent nothing more of an unfinished batch for [`UNFINISHED_BATCH_WAIT`].
     BatchWait,
+    /// The client has sent nothing for a while (see `CancelRegistry::trim_idle`).
+    Trim,
 }
 
 /// How a run of the relay ended.
@@ -81,6 +83,7 @@ impl std::future::Future for Park<'_> {
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
         let session = &mut *self.get_mut().session;
+        // A trim request (below `Drain`) does not wake it: it is parked already.
         if session.cancel.slot().poll_stop(cx, Stop::Drain).is_ready()
             || session.client.poll_read_ready(cx).is_ready()
         {
@@ -101,6 +104,8 @@ impl std::future::Future for Park<'_> {
 pub(super) enum Flow {
     Continue,
     End,
+    /// Park the session (an idle one asked to trim).
+    Park,
 }
 
 impl Session {
@@ -110,6 +115,10 @@ impl Session {
     /// before parking again (`may_park` false), so a client whose socket woke the park is
     /// read.
     pub(super) async fn relay(&mut self, mut may_park: bool) -> Result<Relayed, SessionError> {
+        if !may_park {
+            // Back from a park: a trim request that came meanwhile is done.
+            self.cancel.slot().clear_trim();
+        }
         // Bytes the client sent before the welcome was complete (read while waiting for a
         // server connection).
         if !self.client.rbuf.is_empty() {
@@ -125,8 +134,10 @@ impl Session {
             }
             may_park = true;
             let event = self.next_event().await;
-            if self.on_event(event).await? == Flow::End {
-                return Ok(Relayed::Done);
+            match self.on_event(event).await? {
+                Flow::Continue => {}
+                Flow::End => return Ok(Relayed::Done),
+                Flow::Park => return Ok(Relayed::Parked),
             }
             if self.between_events().await? == Flow::End {
                 return Ok(Relayed::Done);
@@ -155,10 +166,12 @@ impl Session {
     /// Waits, with the relay's future freed, until the client's socket is readable (or
     /// failed), the proxy begins to stop, or the idle timer fires; the relay then finds out
     /// which. Only a session that is [`Self::parkable`]: an idle client holds its session, its
-    /// task and its socket's registration, nothing more (issue 17). A future of one pointer:
-    /// the session task holds it inline.
+    /// task and its socket's registration, nothing more (issue 17): no read buffer, write
+    /// queue or misroute guard (they come back with its next request). A future of one
+    /// pointer: the session task holds it inline.
     pub(super) fn park(&mut self) -> Park<'_> {
         self.client.release_buffers();
+        self.guard.release();
         Park { session: self }
     }
     /// The kind of idleness whose limit applies now (`None`: busy, or no limit is set):
@@ -185,6 +198,7 @@ impl Session {
     async fn on_event(&mut self, event: Event) -> Result<Flow, SessionError> {
         if matches!(event, Event::ClientRead(Ok(n)) if n > 0) {
             self.awaiting_first_request = false;
+            self.cancel.slot().touch();
         }
         Ok(match event {
             Event::ClientRead(Ok(0)) => return Err(SessionError::Closed),
@@ -223,6 +237,16 @@ impl Session {
                 )))
             }
             Event::IdleTimeout(kind) => return Err(SessionError::Fatal(idle::timeout_error(kind))),
+            Event::Trim => {
+                // A client idle after activity keeps no buffers, and an idle session no
+                // relay (its buffers and future come back with its next request).
+                self.cancel.slot().clear_trim();
+                self.client.release_buffers();
+                if self.parkable() {
+                    return Ok(Flow::Park);
+                }
+                Flow::Continue
+            }
             Event::BatchWait => {
                 // What the client sent runs, as it would directly; the rest of the batch
                 // follows on the same connection.
@@ -371,9 +395,9 @@ impl Session {
         let read_client =
             server_out_len < SERVER_OUT_HIGH && !stalled && client.rbuf.len() < hold_limit;
         let slot = &**cancel.slot();
-        // One poll for both levels: while running it waits for a drain, while draining for
-        // the kill.
-        let stop_at = if *draining { Stop::Kill } else { Stop::Drain };
+        // One poll for all levels: while running it waits for a trim request or a drain,
+        // while draining for the kill.
+        let stop_at = if *draining { Stop::Kill } else { Stop::Trim };
         // In a fixed order (no random start, which costs a thread-local RNG draw per
         // wake-up): the stop signal, then writes, since they free room; then the server's
         // replies, then the client's requests. Only sides that are ready compete, and each
@@ -384,7 +408,8 @@ impl Session {
             if let Poll::Ready(stop) = slot.poll_stop(cx, stop_at) {
                 return Poll::Ready(match stop {
                     Stop::Kill => Event::Kill,
-                    _ => Event::Shutdown,
+                    Stop::Drain => Event::Shutdown,
+                    _ => Event::Trim,
                 });
             }
             if client_out_len > 0 {

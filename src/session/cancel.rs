@@ -28,9 +28,9 @@ use crate::protocol::startup::CancelKey;
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     /// Role name.
-    pub user: String,
+    pub user: Arc<str>,
     /// Database name as the client asked for it.
-    pub database: String,
+    pub database: Arc<str>,
     /// The client's address.
     pub peer: std::net::SocketAddr,
     /// The `application_name` the client sent at startup, if any.

@@ -237,7 +237,7 @@ async fn start(
         }
     };
     // Once per connection, never per request: the console is a database name.
-    if accepted.database == crate::admin::console::DATABASE {
+    if *accepted.database == *crate::admin::console::DATABASE {
         Box::pin(crate::admin::console::serve(ctx, client, accepted)).await;
         return None;
     }
@@ -405,7 +405,7 @@ impl Session {
         );
         let mode = settings
             .users
-            .get(&accepted.user)
+            .get(&*accepted.user)
             .and_then(|u| u.config.pool_mode)
             .unwrap_or(settings.config.proxy.pool_mode);
         // Node slots now (more may come: `acquire_on` grows the pool cache).

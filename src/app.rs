@@ -34,6 +34,19 @@ pub enum AppError {
 /// tell their client, then cancel or roll back on the server).
 const KILL_WAIT: Duration = Duration::from_secs(3);
 
+/// Until shutdown, asks the sessions of clients idle for a while to give back their buffers
+/// and park (see `CancelRegistry::trim_idle`).
+async fn trim_idle_sessions(ctx: SessionCtx) {
+    let shutdown = ctx.shutdown_token().clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(crate::session::cancel::TRIM_INTERVAL) => {}
+        }
+        ctx.cancels().trim_idle();
+    }
+}
+
 /// Keeps the pools in shape until shutdown: idle connections past `server_idle_timeout` or
 /// `server_lifetime` are closed, `min_idle` connections are kept open, and the pools of nodes
 /// removed from the topology are retired.
@@ -156,6 +169,7 @@ impl App {
             ));
         }
         self.tasks().spawn(maintain_pools(self.ctx.clone()));
+        self.tasks().spawn(trim_idle_sessions(self.ctx.clone()));
         self.tasks()
             .spawn(crate::net::listener::run(self.ctx.clone(), listener));
         tracing::info!(%local, "causeway listening");

@@ -199,8 +199,8 @@ fn end_sessions_of_removed_users(ctx: &SessionCtx, settings: &Settings) {
         let info = slot.info();
         // A user `auth_query` found stays while it is on (its next lookup decides).
         let looked_up = info.auth_query && settings.auth_query.is_some();
-        let gone = (!settings.users.contains_key(&info.user) && !looked_up)
-            || (info.console && !admins.contains(&info.user));
+        let gone = (!settings.users.contains_key(&*info.user) && !looked_up)
+            || (info.console && !admins.iter().any(|a| *a == *info.user));
         if gone {
             tracing::info!(client = pid, user = %info.user, "reload: ending the session of a removed user");
             slot.signal(Stop::Drain);

@@ -28,9 +28,9 @@ use crate::protocol::startup::CancelKey;
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     /// Role name.
-    pub user: String,
+    pub user: Arc<str>,
     /// Database name as the client asked for it.
-    pub database: String,
+    pub database: Arc<str>,
     /// The client's address.
     pub peer: std::net::SocketAddr,
     /// The `application_name` the client sent at startup, if any.
@@ -83,6 +83,9 @@ pub struct CancelSlot {
     /// need not register it again (the slot is polled by its own session task only, whose
     /// waker does not change).
     registered: AtomicBool,
+    /// The client sent something since the registry's last idle sweep (see
+    /// [`CancelRegistry::trim_idle`]).
+    active: AtomicBool,
 }
 
 /// How far the proxy's shutdown has gone, for one session.
@@ -90,10 +93,14 @@ pub struct CancelSlot {
 pub enum Stop {
     /// Running.
     None = 0,
+    /// Not a stop: the client has sent nothing for a sweep interval; an idle session gives
+    /// back its buffers and parks (issue 17). Below the stop levels, so a session waiting
+    /// for those alone does not wake for it.
+    Trim = 1,
     /// Shutting down: end the session when it is idle.
-    Drain = 1,
+    Drain = 2,
     /// The grace period is over: end the session now.
-    Kill = 2,
+    Kill = 3,
 }
 
 impl CancelSlot {
@@ -144,11 +151,42 @@ impl CancelSlot {
         match self.stop.load(Ordering::Acquire) {
             l if l < level as u8 => None,
             0 => Some(Stop::None),
-            1 => Some(Stop::Drain),
+            1 => Some(Stop::Trim),
+            2 => Some(Stop::Drain),
             _ => Some(Stop::Kill),
         }
     }
+
+    /// Notes that the client sent something (its session is not idle).
+    #[inline]
+    pub fn touch(&self) {
+        self.active.store(true, Ordering::Relaxed);
+    }
+
+    /// Asks the session to trim (see [`Stop::Trim`]) and wakes it, unless it was asked
+    /// already or is stopping.
+    fn request_trim(&self) {
+        if self
+            .stop
+            .compare_exchange(0, Stop::Trim as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.registered.store(false, Ordering::Release);
+            self.waker.wake();
+        }
+    }
+
+    /// The session acted on a trim request (or is no longer idle): clears it, leaving a
+    /// stop level alone.
+    pub fn clear_trim(&self) {
+        let _ =
+            self.stop
+                .compare_exchange(Stop::Trim as u8, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
 }
+
+/// How often [`CancelRegistry::trim_idle`] runs.
+pub const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Registered clients by the key causeway gave them.
 #[derive(Debug, Default)]
@@ -199,6 +237,7 @@ impl CancelRegistry {
             stop: AtomicU8::new(Stop::None as u8),
             waker: AtomicWaker::new(),
             registered: AtomicBool::new(false),
+            active: AtomicBool::new(false),
         });
         self.slots.lock().insert(key, slot.clone());
         Registration {
@@ -214,6 +253,26 @@ impl CancelRegistry {
         let slots: Vec<Arc<CancelSlot>> = self.slots.lock().values().cloned().collect();
         for s in slots {
             s.signal(level);
+        }
+    }
+
+    /// The idle sweep: asks every session whose client has sent nothing since the last
+    /// sweep to trim (see [`Stop::Trim`]); called every [`TRIM_INTERVAL`], so a client idle
+    /// for one to two intervals gives back what it holds for requests. Sessions already
+    /// asked are not woken again.
+    pub fn trim_idle(&self) {
+        let idle: Vec<Arc<CancelSlot>> = self
+            .slots
+            .lock()
+            .values()
+            .filter(|s| {
+                !s.active.swap(false, Ordering::Relaxed)
+                    && s.stop.load(Ordering::Acquire) == Stop::None as u8
+            })
+            .cloned()
+            .collect();
+        for s in idle {
+            s.request_trim();
         }
     }
 
@@ -327,5 +386,29 @@ mod tests {
             secret: 42,
         });
         assert_eq!(still.as_deref(), Some(&target(1)));
+    }
+
+    #[test]
+    fn an_idle_slot_is_asked_to_trim_once_and_stops_outrank_it() {
+        let reg = CancelRegistry::default();
+        let r = reg.register(CancelKey { pid: 1, secret: 2 }, info());
+        let slot = r.slot().clone();
+        assert_eq!(slot.reached(Stop::Trim), None);
+        slot.touch();
+        reg.trim_idle();
+        assert_eq!(
+            slot.reached(Stop::Trim),
+            None,
+            "active since the last sweep"
+        );
+        reg.trim_idle();
+        assert_eq!(slot.reached(Stop::Trim), Some(Stop::Trim));
+        assert_eq!(slot.reached(Stop::Drain), None, "a trim is not a stop");
+        slot.clear_trim();
+        assert_eq!(slot.reached(Stop::Trim), None);
+        slot.signal(Stop::Drain);
+        slot.clear_trim();
+        reg.trim_idle();
+        assert_eq!(slot.reached(Stop::Trim), Some(Stop::Drain));
     }
 }

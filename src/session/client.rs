@@ -158,6 +158,12 @@ impl ClientConn {
         }
     }
 
+    /// Ready once the socket is readable (or failed): a parked session's wait, which reads
+    /// nothing (see `Session::park`).
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream.poll_read_ready(cx)
+    }
+
     /// Reads once into the read buffer after making room (used during startup).
     pub async fn read_some(&mut self) -> std::io::Result<usize> {
         self.prepare_read();

@@ -83,16 +83,16 @@ pub struct SessionCtx {
 /// A client counted against its user's `max_connections`, until dropped.
 pub struct UserSlot {
     ctx: SessionCtx,
-    user: String,
+    user: Arc<str>,
 }
 
 impl Drop for UserSlot {
     fn drop(&mut self) {
         let mut m = self.ctx.shared.user_sessions.lock();
-        if let Some(n) = m.get_mut(&self.user) {
+        if let Some(n) = m.get_mut(&*self.user) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&self.user);
+                m.remove(&*self.user);
             }
         }
     }
@@ -245,14 +245,14 @@ impl SessionCtx {
 
     /// Counts an authenticated client against its user's `max_connections`; `None` when the
     /// user already has that many.
-    pub fn user_slot(&self, user: &str) -> Option<UserSlot> {
+    pub fn user_slot(&self, user: &Arc<str>) -> Option<UserSlot> {
         let limit = self
             .settings()
             .users
-            .get(user)
+            .get(&**user)
             .and_then(|u| u.config.max_connections);
         let mut m = self.shared.user_sessions.lock();
-        let n = m.entry(user.to_owned()).or_insert(0);
+        let n = m.entry(user.to_string()).or_insert(0);
         // Limits are at least 1, so a refused user never leaves a zero entry behind.
         if limit.is_some_and(|l| *n >= l) {
             return None;
@@ -260,7 +260,7 @@ impl SessionCtx {
         *n += 1;
         Some(UserSlot {
             ctx: self.clone(),
-            user: user.to_owned(),
+            user: user.clone(),
         })
     }
 

@@ -90,6 +90,13 @@ impl GuardSlot {
         }
     }
 
+    /// Gives the allocation back when no request is guarded (a parked session, issue 17).
+    pub fn release(&mut self) {
+        if self.as_ref().is_none() {
+            self.0 = None;
+        }
+    }
+
     /// Guards a request (replacing any guard).
     #[inline]
     pub fn set(&mut self, guard: MisrouteGuard) {

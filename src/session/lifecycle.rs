@@ -263,7 +263,7 @@ impl Session {
         self.client.flush().await?;
         let timeout = self.ctx.settings().config.pool.server_connect_timeout;
         if let Some(rows) = server.read_back_params(timeout).await? {
-            self.state.refresh_params(rows);
+            self.state.refresh_params(rows, self.ctx.params_hasher());
         }
         Ok(())
     }

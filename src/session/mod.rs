@@ -172,7 +172,14 @@ pub fn run(
         // would keep its space in this future).
         let result = async {
             Box::pin(session.begin()).await?;
-            Box::pin(session.relay()).await
+            let mut may_park = true;
+            // The relay's future is boxed while it runs and freed while the session is parked
+            // (see `Session::park`): a parked client holds only its session.
+            while Box::pin(session.relay(may_park)).await? == relay::Relayed::Parked {
+                session.park().await;
+                may_park = false;
+            }
+            Ok(())
         }
         .await;
         Box::pin(session.finish(result)).await;
@@ -185,8 +192,8 @@ struct Started {
     session: Box<Session>,
     /// The client counted against its user's `max_connections`.
     _user_slot: UserSlot,
-    /// The client counted against `max_client_connections`.
-    _client_slot: tokio::sync::OwnedSemaphorePermit,
+    /// The client counted against `max_client_connections` and in `clients_active`.
+    _client_slot: crate::net::listener::ClientSlot,
 }
 
 /// Startup, authentication and the connection limits; `None` when the connection ended there
@@ -222,13 +229,16 @@ async fn start(
     };
     // As PostgreSQL counts max_connections and a role's CONNECTION LIMIT: after
     // authentication.
-    let Some(client_slot) = admission.logged_in() else {
-        let e = SessionError::Fatal(crate::net::listener::too_many_clients());
-        Box::pin(report_and_close(&mut client, e, ctx.metrics())).await;
-        return None;
+    let client_slot = match admission.logged_in() {
+        Ok(slot) => slot,
+        Err(_active) => {
+            let e = SessionError::Fatal(crate::net::listener::too_many_clients());
+            Box::pin(report_and_close(&mut client, e, ctx.metrics())).await;
+            return None;
+        }
     };
     // Once per connection, never per request: the console is a database name.
-    if accepted.database == crate::admin::console::DATABASE {
+    if *accepted.database == *crate::admin::console::DATABASE {
         Box::pin(crate::admin::console::serve(ctx, client, accepted)).await;
         return None;
     }
@@ -362,7 +372,8 @@ pub struct Session {
     /// The client broke the protocol after earlier requests that are still being answered:
     /// those replies go out first, then this error ends the session (PostgreSQL reads one
     /// message at a time, so it answers everything before the bad message too).
-    violation: Option<ProtocolError>,
+    /// (Boxed: rare, and 40 bytes inline.)
+    violation: Option<Box<ProtocolError>>,
     /// Largest frontend message accepted.
     max_message: usize,
     /// The current request's clock reading (see `Session::clock`).
@@ -395,7 +406,7 @@ impl Session {
         );
         let mode = settings
             .users
-            .get(&accepted.user)
+            .get(&*accepted.user)
             .and_then(|u| u.config.pool_mode)
             .unwrap_or(settings.config.proxy.pool_mode);
         // Node slots now (more may come: `acquire_on` grows the pool cache).
@@ -408,7 +419,7 @@ impl Session {
         let catalog = Arc::default();
         // The startup parameters move into the client's state (not kept twice).
         let startup = std::mem::take(&mut accepted.params);
-        let state = ClientState::new(startup, ctx.params_hasher().clone());
+        let state = ClientState::new(startup, ctx.params_hasher());
         Session {
             ctx,
             client,
@@ -465,15 +476,23 @@ mod tests {
         std::mem::size_of::<R>()
     }
 
+    /// The same for a method taking `&mut Session` and a flag.
+    fn returned_size_mut_flag<'a, R>(_: impl FnOnce(&'a mut Session, bool) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
     /// A session spends most of its life (often idle) in the future `run` returns, with
     /// the session state and the relay's future boxed under it: an idle client's task stays
     /// small (issue 17; `--nocapture` prints the sizes).
     #[test]
     fn session_futures_stay_small() {
         let run = returned_size(run);
-        let relay = returned_size_mut(Session::relay);
+        let relay = returned_size_mut_flag(Session::relay);
+        let park = returned_size_mut(Session::park);
         let session = std::mem::size_of::<Session>();
-        println!("run future {run} B, relay future {relay} B, Session {session} B (boxed)");
+        println!(
+            "run future {run} B, relay future {relay} B, park future {park} B, Session {session} B (boxed)"
+        );
         // Debug builds lay futures out no tighter than release builds. Before the Session
         // was boxed, `run` held it inline: 2240 bytes; before the startup phase was boxed,
         // 688 (736 in a debug build).
@@ -517,7 +536,7 @@ mod tests {
             size_of::<Option<Lease>>(),
             size_of::<causal::CausalState>(),
             size_of::<ServerFatal>(),
-            size_of::<Option<ProtocolError>>(),
+            size_of::<Option<Box<ProtocolError>>>(),
             size_of::<CopyIn>(),
             size_of::<CancelKey>(),
             size_of::<Option<crate::router::feedback::InFlight>>(),

@@ -59,6 +59,44 @@ enum Event {
     IdleTimeout(idle::Idle),
     /// The client sent nothing more of an unfinished batch for [`UNFINISHED_BATCH_WAIT`].
     BatchWait,
+    /// The client has sent nothing for a while (see `CancelRegistry::trim_idle`).
+    Trim,
+}
+
+/// How a run of the relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Relayed {
+    /// The session is over.
+    Done,
+    /// The session is idle with nothing held: park it (`Session::park`) until its client
+    /// has something to say, then relay again.
+    Parked,
+}
+
+/// A parked session's wait (see [`Session::park`]).
+pub(super) struct Park<'a> {
+    session: &'a mut Session,
+}
+
+impl std::future::Future for Park<'_> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let session = &mut *self.get_mut().session;
+        // A trim request (below `Drain`) does not wake it: it is parked already.
+        if session.cancel.slot().poll_stop(cx, Stop::Drain).is_ready()
+            || session.client.poll_read_ready(cx).is_ready()
+        {
+            return Poll::Ready(());
+        }
+        // Armed anew at every poll (a wake-up of a parked session is rare): the deadline runs
+        // from when the idleness began, as in the relay's wait.
+        let idle = session.idleness();
+        match session.idle_timer.as_deref_mut().and_then(|t| t.arm(idle)) {
+            Some(sleep) => std::future::Future::poll(sleep, cx),
+            None => Poll::Pending,
+        }
+    }
 }
 
 /// Whether the relay goes on.
@@ -66,28 +104,93 @@ enum Event {
 pub(super) enum Flow {
     Continue,
     End,
+    /// Park the session (an idle one asked to trim).
+    Park,
 }
 
 impl Session {
-    /// Relays until the client terminates, the proxy shuts down, or an error ends the session.
-    pub(super) async fn relay(&mut self) -> Result<(), SessionError> {
+    /// Relays until the client terminates, the proxy shuts down, or an error ends the session
+    /// (`Done`), or, when `may_park`, until the session can be parked (`Parked`: the welcome
+    /// is out and the client has sent nothing yet). After a park it relays at least one event
+    /// before parking again (`may_park` false), so a client whose socket woke the park is
+    /// read.
+    pub(super) async fn relay(&mut self, mut may_park: bool) -> Result<Relayed, SessionError> {
+        if !may_park {
+            // Back from a park: a trim request that came meanwhile is done.
+            self.cancel.slot().clear_trim();
+        }
         // Bytes the client sent before the welcome was complete (read while waiting for a
         // server connection).
         if !self.client.rbuf.is_empty() {
             self.awaiting_first_request = false;
             if self.on_client_bytes().await? == Flow::End {
-                return Ok(());
+                return Ok(Relayed::Done);
             }
         }
         loop {
             self.write_now();
+            if self.awaiting_first_request && may_park && self.parkable() {
+                return Ok(Relayed::Parked);
+            }
+            may_park = true;
             let event = self.next_event().await;
-            if self.on_event(event).await? == Flow::End {
-                return Ok(());
+            match self.on_event(event).await? {
+                Flow::Continue => {}
+                Flow::End => return Ok(Relayed::Done),
+                Flow::Park => return Ok(Relayed::Parked),
             }
             if self.between_events().await? == Flow::End {
-                return Ok(());
+                return Ok(Relayed::Done);
             }
+        }
+    }
+
+    /// Whether the session holds nothing the relay's wait would have to watch besides the
+    /// client's socket, the stop signal and the idle timer: no server connection, nothing
+    /// to write or read, no request in any stage, not draining; and a plain TCP client
+    /// (TLS may hold decrypted bytes the socket's readiness does not show).
+    fn parkable(&self) -> bool {
+        self.server.is_none()
+            && self.client.out_len() == 0
+            && self.client.rbuf.is_empty()
+            && !self.client.is_tls()
+            && self.is_quiet()
+            && !self.skip_until_sync
+            && !self.draining
+            && !self.params_dirty
+            && self.deferred.is_empty()
+            && self.violation.is_none()
+            && self.retry_now.is_none()
+    }
+
+    /// Waits, with the relay's future freed, until the client's socket is readable (or
+    /// failed), the proxy begins to stop, or the idle timer fires; the relay then finds out
+    /// which. Only a session that is [`Self::parkable`]: an idle client holds its session, its
+    /// task and its socket's registration, nothing more (issue 17): no read buffer, write
+    /// queue or misroute guard (they come back with its next request). A future of one
+    /// pointer: the session task holds it inline.
+    pub(super) fn park(&mut self) -> Park<'_> {
+        self.client.release_buffers();
+        self.guard.release();
+        Park { session: self }
+    }
+    /// The kind of idleness whose limit applies now (`None`: busy, or no limit is set):
+    /// `proxy.client_idle_timeout` and `proxy.idle_transaction_timeout`. When both are off,
+    /// no check. The client's own view of its transaction counts too (one whose server died
+    /// mid-transaction still has it open until its next request fails).
+    #[inline]
+    fn idleness(&self) -> Option<idle::Idle> {
+        match self.idle_timer.is_some() && self.is_quiet() {
+            false => None,
+            true if self.tx_status.is_in_transaction()
+                || self
+                    .server
+                    .as_deref()
+                    .is_some_and(|s| s.status().is_in_transaction()) =>
+            {
+                Some(idle::Idle::Transaction)
+            }
+            true => Some(idle::Idle::Session),
         }
     }
 
@@ -95,6 +198,7 @@ impl Session {
     async fn on_event(&mut self, event: Event) -> Result<Flow, SessionError> {
         if matches!(event, Event::ClientRead(Ok(n)) if n > 0) {
             self.awaiting_first_request = false;
+            self.cancel.slot().touch();
         }
         Ok(match event {
             Event::ClientRead(Ok(0)) => return Err(SessionError::Closed),
@@ -133,6 +237,16 @@ impl Session {
                 )))
             }
             Event::IdleTimeout(kind) => return Err(SessionError::Fatal(idle::timeout_error(kind))),
+            Event::Trim => {
+                // A client idle after activity keeps no buffers, and an idle session no
+                // relay (its buffers and future come back with its next request).
+                self.cancel.slot().clear_trim();
+                self.client.release_buffers();
+                if self.parkable() {
+                    return Ok(Flow::Park);
+                }
+                Flow::Continue
+            }
             Event::BatchWait => {
                 // What the client sent runs, as it would directly; the rest of the batch
                 // follows on the same connection.
@@ -151,7 +265,7 @@ impl Session {
     async fn between_events(&mut self) -> Result<Flow, SessionError> {
         if self.violation.is_some() && self.replies_done() {
             if let Some(e) = self.violation.take() {
-                return Err(e.into());
+                return Err((*e).into());
             }
         }
         if let Some(lease) = self.server.as_mut() {
@@ -245,21 +359,8 @@ impl Session {
             usize::MAX
         };
         // client_idle_timeout and idle_transaction_timeout: when both are off, no timer, no
-        // idleness check, no clock read. The client's own view of its transaction counts too
-        // (one whose server died mid-transaction still has it open until its next request
-        // fails).
-        let idle = match self.idle_timer.is_some() && self.is_quiet() {
-            false => None,
-            true if self.tx_status.is_in_transaction()
-                || self
-                    .server
-                    .as_deref()
-                    .is_some_and(|s| s.status().is_in_transaction()) =>
-            {
-                Some(idle::Idle::Transaction)
-            }
-            true => Some(idle::Idle::Session),
-        };
+        // idleness check, no clock read.
+        let idle = self.idleness();
         // The same timer wakes a draining session that waits for its first request.
         let batch_wait = if !self.batch.is_empty() && !stalled && self.held.is_none() {
             self.batch_deadline
@@ -294,9 +395,9 @@ impl Session {
         let read_client =
             server_out_len < SERVER_OUT_HIGH && !stalled && client.rbuf.len() < hold_limit;
         let slot = &**cancel.slot();
-        // One poll for both levels: while running it waits for a drain, while draining for
-        // the kill.
-        let stop_at = if *draining { Stop::Kill } else { Stop::Drain };
+        // One poll for all levels: while running it waits for a trim request or a drain,
+        // while draining for the kill.
+        let stop_at = if *draining { Stop::Kill } else { Stop::Trim };
         // In a fixed order (no random start, which costs a thread-local RNG draw per
         // wake-up): the stop signal, then writes, since they free room; then the server's
         // replies, then the client's requests. Only sides that are ready compete, and each
@@ -307,7 +408,8 @@ impl Session {
             if let Poll::Ready(stop) = slot.poll_stop(cx, stop_at) {
                 return Poll::Ready(match stop {
                     Stop::Kill => Event::Kill,
-                    _ => Event::Shutdown,
+                    Stop::Drain => Event::Shutdown,
+                    _ => Event::Trim,
                 });
             }
             if client_out_len > 0 {
@@ -428,7 +530,7 @@ impl Session {
         match self.on_client_bytes().await {
             Err(SessionError::Protocol(e)) => {
                 self.client.rbuf.clear();
-                self.violation = Some(e);
+                self.violation = Some(Box::new(e));
                 Ok(Flow::Continue)
             }
             other => other,

@@ -44,14 +44,14 @@ impl RouteState {
         settings: &crate::settings::Settings,
         accepted: &mut super::startup::Accepted,
     ) -> RouteState {
-        let user_cfg = settings.users.get(&accepted.user).map(|u| &u.config);
+        let user_cfg = settings.users.get(&*accepted.user).map(|u| &u.config);
         let readonly_alias = match &settings.config.routing.readonly_database_suffix {
             Some(sfx)
                 if accepted.database.len() > sfx.len()
                     && accepted.database.ends_with(sfx.as_str()) =>
             {
                 let base = accepted.database[..accepted.database.len() - sfx.len()].to_owned();
-                accepted.database = base;
+                accepted.database = base.into();
                 true
             }
             _ => false,

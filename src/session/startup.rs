@@ -11,6 +11,7 @@
 //! [`MAX_STARTUP_PACKET_LEN`]: crate::protocol::MAX_STARTUP_PACKET_LEN
 
 use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
 
 use super::client::ClientConn;
 use super::context::SessionCtx;
@@ -27,10 +28,11 @@ use crate::protocol::{decode_frame, SqlState};
 /// A client that passed startup and authentication.
 #[derive(Debug, Clone)]
 pub struct Accepted {
-    /// Role name.
-    pub user: String,
-    /// Database name as the client asked for it.
-    pub database: String,
+    /// Role name (shared with the cancel registry's `ClientInfo` and the user slot: one copy
+    /// per client, issue 17).
+    pub user: Arc<str>,
+    /// Database name as the client asked for it (shared as `user` is).
+    pub database: Arc<str>,
     /// Session parameters from the startup packet (and its `options`), to apply on every server
     /// connection that serves the client.
     pub params: Vec<(String, String)>,
@@ -103,7 +105,7 @@ pub async fn handshake(ctx: &SessionCtx, client: &mut ClientConn) -> Result<Outc
     if !client.is_tls()
         && settings
             .users
-            .get(&accepted.user)
+            .get(&*accepted.user)
             .is_some_and(|u| u.config.require_tls)
     {
         return Err(SessionError::Fatal(ProxyError::fatal(
@@ -277,8 +279,8 @@ fn accept_startup(client: &mut ClientConn, m: &StartupMessage) -> Result<Accepte
         }
     }
     Ok(Accepted {
-        user,
-        database,
+        user: user.into(),
+        database: database.into(),
         params,
         server_auth: None,
         auth_query: false,

@@ -14,23 +14,25 @@
 use std::collections::hash_map::RandomState;
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 /// The client's session state.
 #[derive(Debug, Default)]
 pub struct ClientState {
     /// Session parameters the client expects, as raw values `set_config` accepts: sorted by
     /// lower-case name, names unique. A sorted list, not a map: a client has a few, and a
-    /// `BTreeMap` takes a 544-byte node for even one (issue 17).
-    pub params: Vec<(String, String)>,
+    /// `BTreeMap` takes a 544-byte node for even one (issue 17). Shared with
+    /// `startup_params` until the client changes a parameter: most never do, and keep one
+    /// copy.
+    pub params: Arc<[(String, String)]>,
     /// Parameters from the startup packet, in the same form: what `RESET`/`DISCARD ALL`
     /// return to.
-    startup_params: Box<[(String, String)]>,
+    startup_params: Arc<[(String, String)]>,
     /// Fingerprint of `params`, kept with them: a server connection last brought in line with
-    /// the same fingerprint needs no comparison. Never 0 (a connection's "unknown").
+    /// the same fingerprint needs no comparison. Never 0 (a connection's "unknown"). Made
+    /// with the proxy's keyed hasher (`App::params_hasher`: the same for every session, so
+    /// equal parameters give equal fingerprints; random per proxy, so they cannot be forged).
     params_id: u64,
-    /// The proxy's keyed hasher for `params_id` (the same for every session, so equal
-    /// parameters give equal fingerprints; random per proxy, so they cannot be forged).
-    hasher: RandomState,
     /// Named prepared statements by the client's name.
     pub statements: crate::backend::statements::ClientStatements,
     /// The client's unnamed statement, from its last unnamed Parse until a simple Query or a
@@ -41,7 +43,7 @@ pub struct ClientState {
 impl ClientState {
     /// Starts from the startup packet's parameters (names in any case; of a name given twice
     /// the last value counts); `hasher` is the proxy's (see `App::params_hasher`).
-    pub fn new(startup: Vec<(String, String)>, hasher: RandomState) -> ClientState {
+    pub fn new(startup: Vec<(String, String)>, hasher: &RandomState) -> ClientState {
         let mut startup: Vec<(String, String)> = startup
             .into_iter()
             .rev()
@@ -50,17 +52,14 @@ impl ClientState {
         // Stable: of equal names the last given comes first, and is the one kept.
         startup.sort_by(|a, b| a.0.cmp(&b.0));
         startup.dedup_by(|later, kept| later.0 == kept.0);
-        let startup_params = startup.into_boxed_slice();
-        let mut state = ClientState {
-            params: startup_params.to_vec(),
+        let startup_params: Arc<[(String, String)]> = startup.into();
+        ClientState {
+            params_id: fingerprint(&startup_params, hasher),
+            params: startup_params.clone(),
             startup_params,
-            params_id: 0,
-            hasher,
             statements: Default::default(),
             unnamed: None,
-        };
-        state.params_id = state.fingerprint();
-        state
+        }
     }
 
     /// The value the client expects for parameter `name` (lower case), if it set one.
@@ -76,22 +75,27 @@ impl ClientState {
         self.params_id
     }
 
-    fn fingerprint(&self) -> u64 {
-        self.hasher.hash_one(&self.params).max(1)
-    }
-
     /// Replaces the parameters with what a server reported as session-level after the client
     /// changed them. A startup parameter the server no longer reports was reset to the
     /// server default, while on a connection of its own the client would be back at its
     /// startup value; so startup values fill the gaps (and get applied again).
-    pub fn refresh_params(&mut self, session_level: BTreeMap<String, String>) {
+    pub fn refresh_params(
+        &mut self,
+        session_level: BTreeMap<String, String>,
+        hasher: &RandomState,
+    ) {
         let mut params = session_level;
         for (k, v) in self.startup_params.iter() {
             params.entry(k.clone()).or_insert_with(|| v.clone());
         }
         self.params = params.into_iter().collect();
-        self.params_id = self.fingerprint();
+        self.params_id = fingerprint(&self.params, hasher);
     }
+}
+
+/// The fingerprint of a parameter list (see `ClientState::params_id`).
+fn fingerprint(params: &[(String, String)], hasher: &RandomState) -> u64 {
+    hasher.hash_one(params).max(1)
 }
 
 #[cfg(test)]
@@ -102,12 +106,12 @@ mod tests {
     fn refresh_keeps_startup_values_the_server_forgot() {
         let mut c = ClientState::new(
             vec![("Application_Name".into(), "x".into())],
-            RandomState::new(),
+            &RandomState::new(),
         );
         assert_eq!(c.param("application_name"), Some("x"));
         let mut reported = BTreeMap::new();
         reported.insert("search_path".to_owned(), "a".to_owned());
-        c.refresh_params(reported);
+        c.refresh_params(reported, &RandomState::new());
         assert_eq!(c.params.len(), 2);
         assert_eq!(c.param("search_path"), Some("a"));
         assert_eq!(c.param("application_name"), Some("x"));
@@ -121,11 +125,11 @@ mod tests {
                 ("application_name".into(), "a".into()),
                 ("timezone".into(), "CET".into()),
             ],
-            RandomState::new(),
+            &RandomState::new(),
         );
         assert_eq!(
-            c.params,
-            vec![
+            *c.params,
+            [
                 ("application_name".to_owned(), "a".to_owned()),
                 ("timezone".to_owned(), "CET".to_owned())
             ]

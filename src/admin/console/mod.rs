@@ -46,7 +46,8 @@ pub async fn serve(ctx: SessionCtx, mut client: ClientConn, accepted: Accepted) 
         .config
         .proxy
         .admin_users
-        .contains(&accepted.user);
+        .iter()
+        .any(|a| *a == *accepted.user);
     if !is_admin {
         let e = ProxyError::fatal(
             SqlState::INVALID_AUTHORIZATION_SPECIFICATION,

@@ -74,7 +74,7 @@ pub fn show_databases(ctx: &SessionCtx) -> Table {
             .clients()
             .iter()
             .filter(|(_, s)| !s.info().console)
-            .map(|(_, s)| s.info().database.clone()),
+            .map(|(_, s)| s.info().database.to_string()),
     );
     let mut t = Table::new(&[
         ("name", Kind::Text),

@@ -41,7 +41,7 @@ pub fn show_pools(ctx: &SessionCtx) -> Table {
     for (_, slot) in ctx.cancels().clients() {
         let info = slot.info();
         if !info.console {
-            let key = (info.database.clone(), info.user.clone());
+            let key = (info.database.to_string(), info.user.to_string());
             rows.entry(key).or_default().clients += 1;
         }
     }

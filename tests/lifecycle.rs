@@ -779,3 +779,60 @@ async fn client_idle_timeout_0_never_closes() {
     c.client.batch_execute("select 1").await.unwrap();
     assert!(!c.task.is_finished());
 }
+
+// === idle clients given back their memory (issue 17) ===
+
+/// Clients idle through two idle sweeps (the first sees their last request, the second asks
+/// them to trim: read buffer and write queue given back, and, with nothing held, the session
+/// parked without its relay) are served afterwards as if nothing happened: a plain query, a
+/// statement prepared before the sleep, an open transaction (which holds its server
+/// connection, so it trims but does not park), and a client that never sent a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_idle_through_the_idle_sweep_are_served_as_before() {
+    let proxy = common::start_proxy().await;
+    proxy
+        .connect()
+        .await
+        .batch_execute("create table idle_sweep_t (id int)")
+        .await
+        .unwrap();
+    let plain = idle_client(&proxy).await;
+    let prepared = idle_client(&proxy).await;
+    let stmt = prepared.client.prepare("select $1::int + 1").await.unwrap();
+    let in_tx = idle_client(&proxy).await;
+    in_tx
+        .client
+        .batch_execute("begin; insert into idle_sweep_t values (1)")
+        .await
+        .unwrap();
+    let fresh = connect_observed(&proxy.conninfo(APP_USER, APP_PASSWORD, "postgres"))
+        .await
+        .unwrap();
+
+    let idle = causeway::session::cancel::TRIM_INTERVAL * 2 + Duration::from_secs(1);
+    tokio::time::sleep(idle).await;
+
+    let served = async {
+        plain.client.batch_execute("select 1").await.unwrap();
+        let row = prepared.client.query_one(&stmt, &[&41i32]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+        in_tx
+            .client
+            .batch_execute("insert into idle_sweep_t values (2); commit")
+            .await
+            .unwrap();
+        let row = fresh
+            .client
+            .query_one("select count(*) from idle_sweep_t", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 2, "the transaction's rows, committed");
+    };
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("idle clients must be served after the sweep");
+    for c in [&plain, &prepared, &in_tx, &fresh] {
+        assert!(!c.task.is_finished(), "a connection ended while idle");
+    }
+    assert_eq!(count_direct("select count(*) from idle_sweep_t").await, 2);
+}

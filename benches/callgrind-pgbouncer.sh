@@ -4,8 +4,8 @@
 #
 #   cargo build --release && benches/callgrind-pgbouncer.sh [prepared|simple] [causeway binary]
 #
-# Starts `causeway demo` (a throwaway primary + 2 standbys) on 127.0.0.1:6499, runs PgBouncer
-# under valgrind on 127.0.0.1:6498 in front of the demo's primary (transaction pooling for
+# Starts `causeway demo` (a throwaway primary + 2 standbys) on 127.0.0.1:$DEMO_PORT (default 6499), runs PgBouncer
+# under valgrind on 127.0.0.1:$PROXY_PORT (default 6498) in front of the demo's primary (transaction pooling for
 # `simple`, session pooling for `prepared`: PgBouncer before 1.21 does not keep prepared
 # statements in transaction mode), warms it up with `pgbench -S -c 8 -j 2 -t 300`, zeroes the
 # counts, runs `pgbench -S -c 8 -j 2 -t 2000` (16,000 queries), dumps, and prints the total
@@ -20,8 +20,8 @@ set -euo pipefail
 mode=${1:-prepared}
 bin=${2:-target/release/causeway}
 pgbouncer=${PGBOUNCER:-/usr/sbin/pgbouncer}
-demo_port=6499
-proxy_port=6498
+demo_port=${DEMO_PORT:-6499}
+proxy_port=${PROXY_PORT:-6498}
 work=$(mktemp -d)
 demo=""
 proxy=""
@@ -33,44 +33,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$bin" demo --listen "127.0.0.1:$demo_port" >"$work/demo.log" 2>&1 &
-demo=$!
-for _ in $(seq 120); do
-  grep -q "^Load:" "$work/demo.log" && break
-  sleep 1
-done
-ports=$(sed -n 's/.* ports \([0-9, ]*\) (primary first).*/\1/p' "$work/demo.log")
-pw=$(sed -n 's/^Load: PGPASSWORD=\([^ ]*\) .*/\1/p' "$work/demo.log")
-[ -n "$ports" ] && [ -n "$pw" ] || { cat "$work/demo.log"; exit 1; }
-primary=${ports%%,*}
-export PGPASSWORD=$pw
+. "$(dirname "$0")/lib.sh"
+start_demo "$bin" "$demo_port" "$work" || exit 1
 
-verifier=$(psql -qAt -h 127.0.0.1 -p "$primary" -U postgres \
-  -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'" postgres)
 case $mode in
   prepared) pool_mode=session ;;
   *) pool_mode=transaction ;;
 esac
-printf '"postgres" "%s"\n' "$verifier" >"$work/userlist.txt"
-cat >"$work/pgbouncer.ini" <<EOF
-[databases]
-postgres = host=127.0.0.1 port=$primary dbname=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $proxy_port
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $work/userlist.txt
-pool_mode = $pool_mode
-default_pool_size = 8
-max_client_conn = 100
-logfile = $work/pgbouncer.log
-log_connections = 0
-log_disconnections = 0
-log_pooler_errors = 1
-stats_period = 60
-EOF
+write_pgbouncer "$work" "$proxy_port" "$pool_mode" 8
 
 run_as=()
 if [ "$(id -u)" = 0 ]; then

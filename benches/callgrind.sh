@@ -4,16 +4,16 @@
 #
 #   cargo build --release && benches/callgrind.sh [prepared|simple] [binary]
 #
-# Starts `causeway demo` (a throwaway primary + 2 standbys) on 127.0.0.1:6499, runs a second
-# proxy from the same binary under valgrind on 127.0.0.1:6498 in front of the demo's nodes,
+# Starts `causeway demo` (a throwaway primary + 2 standbys) on 127.0.0.1:$DEMO_PORT (default 6499), runs a second
+# proxy from the same binary under valgrind on 127.0.0.1:$PROXY_PORT (default 6498) in front of the demo's nodes,
 # warms it up with `pgbench -S -c 8 -j 2 -t 300`, zeroes the counts, runs
 # `pgbench -S -c 8 -j 2 -t 2000` (16,000 queries), dumps, and prints the total divided by
 # 16,000. Everything it started is stopped by PID at the end.
 set -euo pipefail
 mode=${1:-prepared}
 bin=${2:-target/release/causeway}
-demo_port=6499
-proxy_port=6498
+demo_port=${DEMO_PORT:-6499}
+proxy_port=${PROXY_PORT:-6498}
 work=$(mktemp -d)
 demo=""
 proxy=""
@@ -24,15 +24,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$bin" demo --listen "127.0.0.1:$demo_port" >"$work/demo.log" 2>&1 &
-demo=$!
-for _ in $(seq 120); do
-  grep -q "^Load:" "$work/demo.log" && break
-  sleep 1
-done
-ports=$(sed -n 's/.* ports \([0-9, ]*\) (primary first).*/\1/p' "$work/demo.log")
-pw=$(sed -n 's/^Load: PGPASSWORD=\([^ ]*\) .*/\1/p' "$work/demo.log")
-[ -n "$ports" ] && [ -n "$pw" ] || { cat "$work/demo.log"; exit 1; }
+. "$(dirname "$0")/lib.sh"
+start_demo "$bin" "$demo_port" "$work" || exit 1
 
 {
   printf '[proxy]\nlisten = "127.0.0.1:%s"\npool_mode = "transaction"\n\n' "$proxy_port"
@@ -44,12 +37,10 @@ pw=$(sed -n 's/^Load: PGPASSWORD=\([^ ]*\) .*/\1/p' "$work/demo.log")
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
   "$bin" --config "$work/proxy.toml" run >"$work/proxy.log" 2>&1 &
 proxy=$!
-export PGPASSWORD=$pw
 for _ in $(seq 120); do
   psql -qAt -h 127.0.0.1 -p "$proxy_port" -U postgres -c 'select 1' postgres >/dev/null 2>&1 && break
   sleep 1
 done
-primary=${ports%%,*}
 pgbench -i -q -h 127.0.0.1 -p "$primary" -U postgres postgres >/dev/null 2>&1
 sleep 1
 pgb() { pgbench -n -S -M "$mode" -c 8 -j 2 -t "$1" -h 127.0.0.1 -p "$proxy_port" -U postgres postgres; }

@@ -7,7 +7,8 @@
 #   cargo build --release && benches/runtimes.sh [prepared|simple] [clients] [rounds] [secs] [binary]
 #
 # VARIANTS lists the configurations: `name|[proxy] line` entries separated by `;`, default
-# "shared|;current_thread|worker_threads = 1". PGBOUNCER=1 adds PgBouncer (/usr/sbin/pgbouncer,
+# "shared|;current_thread|worker_threads = 1"; a third field names another binary for that
+# variant (`base||/tmp/causeway-old;new||target/release/causeway` compares two builds). PGBOUNCER=1 adds PgBouncer (/usr/sbin/pgbouncer,
 # run as OS user postgres when we are root) in front of the primary as one more variant, in
 # transaction mode for `simple` and session mode for `prepared` (as loadbench runs it). Starts
 # `causeway demo` on 127.0.0.1:$DEMO_PORT (default 6479; pgbench -i -s 10 on its primary), one
@@ -34,17 +35,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$bin" demo --listen "127.0.0.1:$demo_port" >"$work/demo.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 120); do
-  grep -q "^Load:" "$work/demo.log" && break
-  sleep 1
-done
-ports=$(sed -n 's/.* ports \([0-9, ]*\) (primary first).*/\1/p' "$work/demo.log")
-pw=$(sed -n 's/^Load: PGPASSWORD=\([^ ]*\) .*/\1/p' "$work/demo.log")
-[ -n "$ports" ] && [ -n "$pw" ] || { cat "$work/demo.log"; exit 1; }
-export PGPASSWORD=$pw
-pgbench -i -q -s 10 -h 127.0.0.1 -p "${ports%%,*}" -U postgres postgres >/dev/null 2>&1
+. "$(dirname "$0")/lib.sh"
+start_demo "$bin" "$demo_port" "$work" || exit 1
+pids+=("$demo")
+pgbench -i -q -s 10 -h 127.0.0.1 -p "$primary" -U postgres postgres >/dev/null 2>&1
 
 names=()
 declare -A port pid
@@ -53,6 +47,12 @@ IFS=';' read -ra entries <<<"$variants"
 for entry in "${entries[@]}"; do
   name=${entry%%|*}
   line=${entry#*|}
+  # An optional third field: the binary this variant runs (default: the script's argument).
+  vbin=$bin
+  if [[ $line == *"|"* ]]; then
+    vbin=${line#*|}
+    line=${line%%|*}
+  fi
   i=$((i + 1))
   names+=("$name")
   port[$name]=$((base_port + i))
@@ -62,7 +62,7 @@ for entry in "${entries[@]}"; do
     for p in ${ports//,/ }; do printf '[[nodes]]\naddress = "127.0.0.1:%s"\n\n' "$p"; done
     printf '[[users]]\nname = "postgres"\npassword = "%s"\n' "$pw"
   } >"$work/$name.toml"
-  RUST_LOG=warn "$bin" --config "$work/$name.toml" run >"$work/$name.log" 2>&1 &
+  RUST_LOG=warn "$vbin" --config "$work/$name.toml" run >"$work/$name.log" 2>&1 &
   pid[$name]=$!
   pids+=($!)
 done
@@ -73,27 +73,8 @@ if [ -n "${PGBOUNCER:-}" ]; then
   port[$name]=$((base_port + i))
   pool=transaction
   [ "$mode" = prepared ] && pool=session
-  verifier=$(psql -qAt -h 127.0.0.1 -p "${ports%%,*}" -U postgres postgres \
-    -c "select rolpassword from pg_authid where rolname = 'postgres'")
   mkdir -p "$work/pgb"
-  printf '"postgres" "%s"\n' "$verifier" >"$work/pgb/userlist.txt"
-  cat >"$work/pgb/pgbouncer.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=${ports%%,*} dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = ${port[$name]}
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $work/pgb/userlist.txt
-pool_mode = $pool
-default_pool_size = 80
-max_client_conn = 1000
-logfile = $work/pgb/pgbouncer.log
-pidfile = $work/pgb/pgbouncer.pid
-log_connections = 0
-log_disconnections = 0
-INI
+  write_pgbouncer "$work/pgb" "${port[$name]}" "$pool" 80
   as=()
   if [ "$(id -u)" = 0 ]; then
     chown -R postgres "$work/pgb"

@@ -58,17 +58,7 @@ for _ in $(seq 50); do
   sleep 0.2
 done
 [ -n "$proxy" ] || { echo "PgBouncer did not start"; cat "$work/proxy.log"; exit 1; }
-for _ in $(seq 120); do
-  psql -qAt -h 127.0.0.1 -p "$proxy_port" -U postgres -c 'select 1' postgres >/dev/null 2>&1 && break
-  sleep 1
-done
-pgbench -i -q -h 127.0.0.1 -p "$primary" -U postgres postgres >/dev/null 2>&1
-sleep 1
-pgb() { pgbench -n -S -M "$mode" -c 8 -j 2 -t "$1" -h 127.0.0.1 -p "$proxy_port" -U postgres postgres; }
-pgb 300 >/dev/null
-"${run_as[@]}" callgrind_control -z "$proxy" >/dev/null 2>&1
-pgb 2000 | grep -E "^(number of transactions actually processed|number of failed)"
-"${run_as[@]}" callgrind_control -d "$proxy" >/dev/null 2>&1
+callgrind_queries "$mode" "$proxy_port" "$proxy" "${run_as[@]}"
 dump=$(grep -l "^summary:" "$work"/cg.out* | head -1)
 [ -n "${KEEP:-}" ] && cp "$dump" "$KEEP"
 total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$dump" | sort -n | tail -1)

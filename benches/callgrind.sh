@@ -37,17 +37,7 @@ start_demo "$bin" "$demo_port" "$work" || exit 1
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
   "$bin" --config "$work/proxy.toml" run >"$work/proxy.log" 2>&1 &
 proxy=$!
-for _ in $(seq 120); do
-  psql -qAt -h 127.0.0.1 -p "$proxy_port" -U postgres -c 'select 1' postgres >/dev/null 2>&1 && break
-  sleep 1
-done
-pgbench -i -q -h 127.0.0.1 -p "$primary" -U postgres postgres >/dev/null 2>&1
-sleep 1
-pgb() { pgbench -n -S -M "$mode" -c 8 -j 2 -t "$1" -h 127.0.0.1 -p "$proxy_port" -U postgres postgres; }
-pgb 300 >/dev/null
-callgrind_control -z "$proxy" >/dev/null
-pgb 2000 | grep -E "^(number of transactions actually processed|number of failed)"
-callgrind_control -d "$proxy" >/dev/null
+callgrind_queries "$mode" "$proxy_port" "$proxy"
 dump=$(grep -l "^summary:" "$work"/cg.out* | head -1)
 [ -n "${KEEP:-}" ] && cp "$dump" "$KEEP"
 total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$dump" | sort -n | tail -1)

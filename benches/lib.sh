@@ -48,3 +48,24 @@ log_pooler_errors = 1
 stats_period = 60
 INI
 }
+
+# callgrind_queries MODE PORT PID [PREFIX...]: the counted run of the callgrind scripts. Waits
+# for the proxy on 127.0.0.1:PORT to answer, fills pgbench's tables on the primary, warms up
+# with `pgbench -S -M MODE -c 8 -j 2 -t 300`, zeroes the counts of the callgrind process PID,
+# runs `-t 2000` (16,000 queries) and dumps. PREFIX (e.g. `runuser -u postgres --`) runs
+# callgrind_control as the proxy's user. Needs start_demo's `primary`.
+callgrind_queries() {
+  local mode=$1 port=$2 pid=$3
+  shift 3
+  for _ in $(seq 120); do
+    psql -qAt -h 127.0.0.1 -p "$port" -U postgres -c 'select 1' postgres >/dev/null 2>&1 && break
+    sleep 1
+  done
+  pgbench -i -q -h 127.0.0.1 -p "$primary" -U postgres postgres >/dev/null 2>&1
+  sleep 1
+  pgbench -n -S -M "$mode" -c 8 -j 2 -t 300 -h 127.0.0.1 -p "$port" -U postgres postgres >/dev/null
+  "$@" callgrind_control -z "$pid" >/dev/null 2>&1
+  pgbench -n -S -M "$mode" -c 8 -j 2 -t 2000 -h 127.0.0.1 -p "$port" -U postgres postgres |
+    grep -E "^(number of transactions actually processed|number of failed)"
+  "$@" callgrind_control -d "$pid" >/dev/null 2>&1
+}

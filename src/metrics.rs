@@ -110,6 +110,8 @@ pub struct Metrics {
     pub clients_refused: Counter,
     /// Client connections open now.
     pub clients_active: Gauge,
+    /// Of those, the ones parked now: idle, holding no relay, buffers or server connection.
+    pub clients_parked: Gauge,
     /// Requests by target and reason.
     pub requests: Family<RouteLabels, Counter>,
     /// The counters of `requests`, made in advance: `[target][reason]`, in the order of
@@ -166,6 +168,7 @@ impl Metrics {
             clients_accepted: Counter::default(),
             clients_refused: Counter::default(),
             clients_active: Gauge::default(),
+            clients_parked: Gauge::default(),
             requests: Family::default(),
             request_counters: Default::default(),
             misroute_retries: Counter::default(),
@@ -194,6 +197,11 @@ impl Metrics {
             "clients_active",
             "Client connections open now",
             m.clients_active.clone(),
+        );
+        registry.register(
+            "clients_parked",
+            "Client connections parked now: idle, holding no relay, buffers or server connection",
+            m.clients_parked.clone(),
         );
         registry.register(
             "requests",

@@ -784,9 +784,10 @@ async fn client_idle_timeout_0_never_closes() {
 
 /// Clients idle through two idle sweeps (the first sees their last request, the second asks
 /// them to trim: read buffer and write queue given back, and, with nothing held, the session
-/// parked without its relay) are served afterwards as if nothing happened: a plain query, a
-/// statement prepared before the sleep, an open transaction (which holds its server
-/// connection, so it trims but does not park), and a client that never sent a request.
+/// parked without its relay, counted in `clients_parked`) are served afterwards as if nothing
+/// happened: a plain query, a statement prepared before the sleep, an open transaction (which
+/// holds its server connection, so it trims but does not park), and a client that never sent a
+/// request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_idle_through_the_idle_sweep_are_served_as_before() {
     let proxy = common::start_proxy().await;
@@ -809,8 +810,16 @@ async fn clients_idle_through_the_idle_sweep_are_served_as_before() {
         .await
         .unwrap();
 
-    let idle = causeway::session::cancel::TRIM_INTERVAL * 2 + Duration::from_secs(1);
-    tokio::time::sleep(idle).await;
+    // The fresh client is parked from its login on; the others once the second sweep after
+    // their last request finds them silent. The transaction holds its server connection: it
+    // gives back its buffers but is not parked.
+    let parked = || proxy.app.ctx().metrics().clients_parked.get();
+    let sweeps = causeway::session::cancel::TRIM_INTERVAL * 2 + Duration::from_secs(5);
+    assert!(
+        common::eventually(sweeps, || async { parked() == 3 }).await,
+        "plain, prepared and fresh parked after two sweeps; clients_parked = {}",
+        parked()
+    );
 
     let served = async {
         plain.client.batch_execute("select 1").await.unwrap();
@@ -834,5 +843,6 @@ async fn clients_idle_through_the_idle_sweep_are_served_as_before() {
     for c in [&plain, &prepared, &in_tx, &fresh] {
         assert!(!c.task.is_finished(), "a connection ended while idle");
     }
+    assert_eq!(parked(), 0, "every parked client was woken by its request");
     assert_eq!(count_direct("select count(*) from idle_sweep_t").await, 2);
 }

@@ -78,6 +78,13 @@ pub(super) struct Park<'a> {
     session: &'a mut Session,
 }
 
+/// A parked session counts in `clients_parked` until its `Park` ends (or is dropped).
+impl Drop for Park<'_> {
+    fn drop(&mut self) {
+        self.session.ctx.metrics().clients_parked.dec();
+    }
+}
+
 impl std::future::Future for Park<'_> {
     type Output = ();
 
@@ -172,6 +179,7 @@ impl Session {
     pub(super) fn park(&mut self) -> Park<'_> {
         self.client.release_buffers();
         self.guard.release();
+        self.ctx.metrics().clients_parked.inc();
         Park { session: self }
     }
     /// The kind of idleness whose limit applies now (`None`: busy, or no limit is set):

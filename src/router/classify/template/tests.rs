@@ -83,25 +83,32 @@ fn fresh(sql: &str) -> String {
     format!("{:?}", analyze(sql.as_bytes()).to_owned_analysis())
 }
 
-/// Feeds `sql` and its integer variants through one cache, in both orders, and checks every
-/// answer against the classifier's own.
-fn check_variants(sql: &str) {
+/// Feeds `sql` and its integer variants to `check` through one fresh cache per order
+/// (forwards, then backwards), each text twice; `check` gets the cache, the text and the
+/// round (0 or 1).
+fn for_each_variant(sql: &str, mut check: impl FnMut(&ClassifierCache, &str, usize)) {
     let mut texts = vec![sql.to_owned()];
     texts.extend(REPLACEMENTS.iter().filter_map(|r| with_integers(sql, r)));
-    for order in [false, true] {
+    for backwards in [false, true] {
         let cache = ClassifierCache::default();
-        let run: Vec<&String> = if order {
-            texts.iter().rev().collect()
-        } else {
-            texts.iter().collect()
-        };
-        for _ in 0..2 {
-            for text in &run {
-                let got = format!("{:?}", cache.analyze(text.as_bytes()));
-                assert_eq!(got, fresh(text), "cached answer differs for {text:?}");
+        if backwards {
+            texts.reverse();
+        }
+        for round in 0..2 {
+            for text in &texts {
+                check(&cache, text, round);
             }
         }
     }
+}
+
+/// Feeds `sql` and its integer variants through one cache, in both orders, and checks every
+/// answer against the classifier's own.
+fn check_variants(sql: &str) {
+    for_each_variant(sql, |cache, text, _| {
+        let got = format!("{:?}", cache.analyze(text.as_bytes()));
+        assert_eq!(got, fresh(text), "cached answer differs for {text:?}");
+    });
 }
 
 /// What routing reads of an analysis (see [`ClassifierCache::analyze_for_routing`]).
@@ -126,27 +133,15 @@ fn routing_view<S: AsRef<[u8]>>(a: &super::super::Analysis<S>) -> String {
 /// The routing view through one cache agrees with the classifier's own for `sql` and its
 /// integer variants, in both orders, mixed with full analyses.
 fn check_routing_variants(sql: &str) {
-    let mut texts = vec![sql.to_owned()];
-    texts.extend(REPLACEMENTS.iter().filter_map(|r| with_integers(sql, r)));
-    for order in [false, true] {
-        let cache = ClassifierCache::default();
-        let run: Vec<&String> = if order {
-            texts.iter().rev().collect()
-        } else {
-            texts.iter().collect()
-        };
-        for round in 0..2 {
-            for text in &run {
-                let want = routing_view(&analyze(text.as_bytes()));
-                let got = routing_view(&*cache.analyze_for_routing(text.as_bytes()));
-                assert_eq!(got, want, "routing view differs for {text:?}");
-                if round == 1 {
-                    let full = format!("{:?}", cache.analyze(text.as_bytes()));
-                    assert_eq!(full, fresh(text), "cached answer differs for {text:?}");
-                }
-            }
+    for_each_variant(sql, |cache, text, round| {
+        let want = routing_view(&analyze(text.as_bytes()));
+        let got = routing_view(&*cache.analyze_for_routing(text.as_bytes()));
+        assert_eq!(got, want, "routing view differs for {text:?}");
+        if round == 1 {
+            let full = format!("{:?}", cache.analyze(text.as_bytes()));
+            assert_eq!(full, fresh(text), "cached answer differs for {text:?}");
         }
-    }
+    });
 }
 
 #[test]
